@@ -1,0 +1,1 @@
+"""GEMM autotuning: problems, backends, candidate verification, the sweep and the tuned cache."""

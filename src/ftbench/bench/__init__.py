@@ -1,0 +1,1 @@
+"""Measurement: the timing core, GPU state and the environment record."""

@@ -1,0 +1,1 @@
+"""CUDA kernels with thin, checked Python launchers, and the GEMM dispatch."""

@@ -1,0 +1,1 @@
+"""Model architectures (`ModelSpec`), workloads and the GEMM problems they issue."""

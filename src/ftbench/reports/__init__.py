@@ -1,0 +1,1 @@
+"""Result files, history, statistical comparison and rendered reports."""

@@ -1,0 +1,49 @@
+"""Result files: records of one kind of measurement with the environment they came from."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ftbench.bench.environment import EnvironmentRecord
+from ftbench.errors import InvalidInputError
+from ftbench.files import read_json, write_json_atomic
+
+SCHEMA = 1
+
+
+def write_results(
+    path: str | os.PathLike[str],
+    kind: str,
+    records: list[dict[str, Any]],
+    environment: EnvironmentRecord,
+) -> Path:
+    """Write a result file atomically: {schema, kind, environment, records}."""
+    document = {
+        "schema": SCHEMA,
+        "kind": kind,
+        "environment": environment.to_dict(),
+        "records": records,
+    }
+    return write_json_atomic(path, document)
+
+
+def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check a result file; a wrong schema or shape names the file and the problem."""
+    document = read_json(path)
+    if not isinstance(document, dict):
+        raise InvalidInputError(f"{path}: not an ftbench result file (top level is not an object)")
+    missing = [key for key in ("schema", "kind", "environment", "records") if key not in document]
+    if missing:
+        fields = ", ".join(missing)
+        raise InvalidInputError(f"{path}: not an ftbench result file (missing {fields})")
+    if document["schema"] != SCHEMA:
+        raise InvalidInputError(
+            f"{path}: result schema {document['schema']} is not supported (this ftbench reads "
+            f"schema {SCHEMA})"
+        )
+    if not isinstance(document["records"], list):
+        raise InvalidInputError(f"{path}: 'records' must be a list")
+    document["environment"] = EnvironmentRecord.from_dict(document["environment"])
+    return document

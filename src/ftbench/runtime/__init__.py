@@ -1,0 +1,1 @@
+"""The CuPy transformer runtime: weights, KV cache, decoder, generation, parallelism."""

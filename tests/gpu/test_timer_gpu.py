@@ -1,0 +1,106 @@
+"""The timing core on a real GPU: batching, cache modes, fallbacks and sanity of the numbers."""
+
+import pytest
+
+from ftbench.bench.timer import TimingPolicy, cold_input_sets, device_facts, time_launch
+
+pytestmark = pytest.mark.gpu
+
+QUICK = TimingPolicy(budget_s=2.0, target_rel_ci=0.01)
+
+
+def copier(cupy, nbytes, sets=1):
+    pairs = [
+        (cupy.random.randint(0, 255, nbytes, dtype=cupy.uint8), cupy.empty(nbytes, cupy.uint8))
+        for _ in range(sets)
+    ]
+
+    def launch(i):
+        src, dst = pairs[i]
+        cupy.cuda.runtime.memcpyAsync(
+            dst.data.ptr, src.data.ptr, nbytes, cupy.cuda.runtime.memcpyDeviceToDevice,
+            cupy.cuda.get_current_stream().ptr,
+        )  # fmt: skip
+
+    return launch
+
+
+def test_short_launches_are_batched_in_a_graph():
+    import cupy
+
+    timing = time_launch(copier(cupy, 2**20), name="copy 1 MiB", policy=QUICK)
+    assert timing.method == "graph"
+    assert timing.launches_per_sample > 10
+    assert timing.cache == "hot"
+    assert 0 < timing.min_ms <= timing.median_ms
+    assert timing.ci_low_ms <= timing.median_ms <= timing.ci_high_ms
+    assert timing.median_ms < 0.05  # a 1 MiB copy takes microseconds, not launch overhead
+
+
+def test_long_launches_are_timed_one_per_sample():
+    import cupy
+
+    timing = time_launch(copier(cupy, 2**30), name="copy 1 GiB", policy=QUICK)
+    assert timing.launches_per_sample == 1
+    assert timing.method == "stream"
+    assert timing.converged
+
+
+def test_copy_time_scales_with_bytes():
+    import cupy
+
+    small = time_launch(copier(cupy, 2**29), name="512 MiB", cache="cold", policy=QUICK)
+    large = time_launch(copier(cupy, 2**31), name="2 GiB", cache="cold", policy=QUICK)
+    assert large.median_ms / small.median_ms == pytest.approx(4.0, rel=0.1)
+
+
+def test_cold_rotation_is_slower_than_hot_for_data_that_fits_l2():
+    import cupy
+
+    l2_bytes, _ = device_facts(cupy)
+    nbytes = l2_bytes // 8  # source + destination fit in L2 comfortably
+    sets = cold_input_sets(2 * nbytes, l2_bytes)
+    hot = time_launch(copier(cupy, nbytes, sets), name="hot", cache="hot", policy=QUICK)
+    cold = time_launch(
+        copier(cupy, nbytes, sets),
+        name="cold",
+        cache="cold",
+        input_sets=sets,
+        set_bytes=2 * nbytes,
+        policy=QUICK,
+    )
+    assert cold.cache == "cold-rotate"
+    assert cold.launches_per_sample % sets == 0
+    assert hot.median_ms < 0.85 * cold.median_ms
+
+
+def test_cold_without_enough_sets_flushes_l2_before_each_launch():
+    import cupy
+
+    timing = time_launch(copier(cupy, 2**20), name="flush", cache="cold", policy=QUICK)
+    assert timing.cache == "cold-flush"
+    assert timing.launches_per_sample == 1
+
+
+def test_uncapturable_launch_falls_back_to_the_stream_and_says_so():
+    import cupy
+
+    x = cupy.random.random(1024)
+
+    def launch(_):
+        float(x.sum())  # a host read: illegal inside graph capture
+
+    timing = time_launch(launch, name="sync", policy=TimingPolicy(budget_s=1.0, sample_ms=0.5))
+    assert timing.method == "stream"
+    assert "launch-gaps-included" in timing.flags
+
+
+def test_timing_records_conditions_and_serialises():
+    import json
+
+    import cupy
+
+    timing = time_launch(copier(cupy, 2**24), name="copy 16 MiB", policy=QUICK)
+    data = json.loads(json.dumps(timing.to_dict()))
+    assert data["conditions"]["sm_clock_mhz_max"] is not None or data["conditions"]["note"]
+    assert len(data["samples_ms"]) >= QUICK.min_samples

@@ -1,0 +1,67 @@
+"""The command line without a GPU: help, env, and the one-line error path."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from ftbench import cli
+from ftbench.errors import InvalidInputError
+
+runner = CliRunner()
+
+
+def ftbench(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "ftbench", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_help_lists_the_commands():
+    result = ftbench("--help")
+    assert result.returncode == 0
+    assert "env" in result.stdout
+
+
+def test_version():
+    result = runner.invoke(cli.app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.startswith("ftbench ")
+
+
+def test_env_json_is_a_complete_record():
+    result = runner.invoke(cli.app, ["env", "--json"])
+    assert result.exit_code == 0
+    record = json.loads(result.stdout)
+    assert {"software", "gpus", "git_commit", "driver_version", "schema"} <= record.keys()
+    if not record["gpus"]:
+        assert record["no_gpu_reason"].startswith("no GPU found")
+
+
+def test_env_table_without_gpu_says_so_and_exits_zero(monkeypatch, tmp_path):
+    from ftbench.bench import environment
+
+    def fail():
+        raise RuntimeError("NVML could not start: driver not loaded")
+
+    monkeypatch.setattr(environment.gpu_state, "nvml", fail)
+    out = tmp_path / "env.json"
+    result = runner.invoke(cli.app, ["env", "--out", str(out)])
+    assert result.exit_code == 0
+    assert "no GPU found" in result.stdout
+    assert json.loads(out.read_text())["gpus"] == []
+
+
+def test_ftbench_errors_become_one_line_and_exit_2(monkeypatch, capsys):
+    def broken():
+        raise InvalidInputError("profile 'nope' not found; try: gptj-6b")
+
+    monkeypatch.setattr(cli, "app", broken)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "error: profile 'nope' not found; try: gptj-6b"
+    assert "Traceback" not in err

@@ -1,0 +1,58 @@
+import json
+
+import pytest
+
+from ftbench.bench.environment import capture_environment
+from ftbench.errors import InvalidInputError
+from ftbench.files import read_json, write_json_atomic
+from ftbench.reports.results import read_results, write_results
+
+
+def test_atomic_write_then_read(tmp_path):
+    path = write_json_atomic(tmp_path / "sub" / "a.json", {"x": [1, 2.5, "y"]})
+    assert read_json(path) == {"x": [1, 2.5, "y"]}
+    assert [p.name for p in path.parent.iterdir()] == ["a.json"]  # no temp file left behind
+
+
+def test_failed_write_keeps_the_old_file(tmp_path):
+    path = write_json_atomic(tmp_path / "a.json", {"old": True})
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"bad": object()})
+    assert read_json(path) == {"old": True}
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_truncated_json_names_the_file_and_position(tmp_path):
+    path = tmp_path / "cut.json"
+    path.write_text('{"records": [1, 2')
+    with pytest.raises(InvalidInputError, match=r"cut\.json is not valid JSON \(line 1"):
+        read_json(path)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(InvalidInputError, match="cannot read"):
+        read_json(tmp_path / "nope.json")
+
+
+def test_results_round_trip(tmp_path):
+    environment = capture_environment()
+    path = write_results(tmp_path / "r.json", "foundation", [{"median_ms": 1.0}], environment)
+    document = read_results(path)
+    assert document["kind"] == "foundation"
+    assert document["records"] == [{"median_ms": 1.0}]
+    assert document["environment"] == environment
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ([1, 2], "top level is not an object"),
+        ({"schema": 1, "kind": "x"}, "missing environment, records"),
+        ({"schema": 99, "kind": "x", "environment": {}, "records": []}, "schema 99"),
+    ],
+)
+def test_wrong_result_files_are_refused(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(InvalidInputError, match=message):
+        read_results(path)
