@@ -37,7 +37,7 @@ GEMM_HOT = (2048, 4096, 4096)
 GEMV_COLD = (1, 4096, 16384)
 COPY_BYTES = 4 * 2**30
 NCU_CALLS = 20
-POLICY = TimingPolicy(target_rel_ci=0.005, budget_s=10.0)
+POLICY = TimingPolicy(target_rel_ci=0.005, warmup_ms=200.0, min_time_s=0.5, budget_s=10.0)
 
 
 def random_fp16(cupy, shape, scale=1.0):

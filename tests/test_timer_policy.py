@@ -58,7 +58,7 @@ def _sampler(values):
 
 
 def test_stable_samples_converge_at_the_minimum_count():
-    policy = TimingPolicy(min_samples=20, target_rel_ci=0.01)
+    policy = TimingPolicy(min_samples=20, target_rel_ci=0.01, min_time_s=0.0)
     rng = np.random.default_rng(0)
     samples, converged, _ = sample_until_stable(_sampler(rng.normal(1.0, 0.001, 10_000)), policy)
     assert converged
@@ -66,7 +66,9 @@ def test_stable_samples_converge_at_the_minimum_count():
 
 
 def test_noisy_samples_need_more_samples_than_stable_ones():
-    policy = TimingPolicy(min_samples=20, target_rel_ci=0.01, max_samples=5000, budget_s=1e9)
+    policy = TimingPolicy(
+        min_samples=20, target_rel_ci=0.01, max_samples=5000, budget_s=1e9, min_time_s=0.0
+    )
     rng = np.random.default_rng(1)
     samples, converged, _ = sample_until_stable(_sampler(rng.normal(1.0, 0.05, 100_000)), policy)
     assert converged
@@ -95,9 +97,20 @@ def test_budget_stops_sampling():
     assert len(samples) < 10_000
 
 
+def test_sampling_lasts_at_least_min_time_even_when_stable():
+    ticks = itertools.count()
+    policy = TimingPolicy(min_samples=20, min_time_s=5.0, budget_s=100.0)
+    samples, converged, spent = sample_until_stable(
+        _sampler([1.0] * 10_000), policy, clock=lambda: float(next(ticks))
+    )
+    assert converged
+    assert spent >= 5.0
+    assert len(samples) > 20
+
+
 def test_after_chunk_runs_once_per_chunk():
     calls = []
-    policy = TimingPolicy(min_samples=20)
+    policy = TimingPolicy(min_samples=20, min_time_s=0.0)
     sample_until_stable(_sampler([1.0] * 1000), policy, after_chunk=lambda: calls.append(1))
     assert len(calls) == 1
 
@@ -105,7 +118,7 @@ def test_after_chunk_runs_once_per_chunk():
 @pytest.mark.parametrize(
     "fields",
     [{"min_samples": 2}, {"min_samples": 50, "max_samples": 10}, {"target_rel_ci": 0.0},
-     {"sample_ms": 0.0}, {"budget_s": -1.0}],
+     {"sample_ms": 0.0}, {"budget_s": -1.0}, {"min_time_s": 10.0, "budget_s": 5.0}],
 )  # fmt: skip
 def test_policy_rejects_nonsense(fields):
     with pytest.raises(InvalidInputError):

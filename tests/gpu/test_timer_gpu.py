@@ -40,7 +40,8 @@ def test_short_launches_are_batched_in_a_graph():
 def test_long_launches_are_timed_one_per_sample():
     import cupy
 
-    timing = time_launch(copier(cupy, 2**30), name="copy 1 GiB", policy=QUICK)
+    policy = TimingPolicy(budget_s=2.0, sample_ms=0.5)
+    timing = time_launch(copier(cupy, 2**30), name="copy 1 GiB", policy=policy)
     assert timing.launches_per_sample == 1
     assert timing.method == "stream"
     assert timing.converged
@@ -93,6 +94,19 @@ def test_uncapturable_launch_falls_back_to_the_stream_and_says_so():
     timing = time_launch(launch, name="sync", policy=TimingPolicy(budget_s=1.0, sample_ms=0.5))
     assert timing.method == "stream"
     assert "launch-gaps-included" in timing.flags
+    assert timing.capture_error
+
+
+def test_cublas_gemm_is_captured_in_a_graph():
+    import cupy
+
+    from ftbench.kernels.cublas import gemm_ex
+
+    x = cupy.random.random((16, 4096)).astype(cupy.float16)
+    w = cupy.random.random((4096, 4096)).astype(cupy.float16)
+    y = cupy.empty((16, 4096), cupy.float16)
+    timing = time_launch(lambda _: gemm_ex(x, w, y), name="gemm", policy=QUICK)
+    assert timing.method == "graph", timing.capture_error
 
 
 def test_timing_records_conditions_and_serialises():

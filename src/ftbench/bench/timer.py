@@ -14,7 +14,8 @@ Measurement policy, in named pieces with their defaults in `TimingPolicy`:
   large enough to evict each other from L2 (`cold_input_sets` says how many), and otherwise
   flushes L2 (a memset over twice its size) before every single timed launch;
 - stopping: sample until the bootstrap 95% confidence half-width of the median is under
-  `target_rel_ci` of it (with at least `min_samples`), or `budget_s` or `max_samples` runs out;
+  `target_rel_ci` of it, with at least `min_samples` samples over at least `min_time_s` (so
+  clocks and power settle), or until `budget_s` or `max_samples` runs out;
 - conditions: NVML clocks, throttle reasons, violation counters and other processes are read
   before, between chunks and after, and become flags on the result.
 """
@@ -39,8 +40,9 @@ Launch = Callable[[int], Any]
 class TimingPolicy:
     """How a measurement is taken. The defaults suit kernels from microseconds to seconds."""
 
-    warmup_ms: float = 25.0
+    warmup_ms: float = 50.0
     sample_ms: float = 1.0
+    min_time_s: float = 0.1
     max_launches_per_sample: int = 1000
     target_rel_ci: float = 0.01
     min_samples: int = 20
@@ -55,6 +57,8 @@ class TimingPolicy:
             raise InvalidInputError("target_rel_ci must lie between 0 and 1 (e.g. 0.01 for 1%)")
         if self.sample_ms <= 0 or self.budget_s <= 0 or self.warmup_ms < 0:
             raise InvalidInputError("sample_ms and budget_s must be positive, warmup_ms >= 0")
+        if not 0 <= self.min_time_s <= self.budget_s:
+            raise InvalidInputError("need 0 <= min_time_s <= budget_s")
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class Timing:
     sampling_s: float
     conditions: Conditions
     flags: tuple[str, ...]
+    capture_error: str = ""
     schema: int = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,7 +141,7 @@ def sample_until_stable(
         samples.extend(take_samples(want))
         after_chunk()
         spent = clock() - start
-        enough = len(samples) >= policy.min_samples
+        enough = len(samples) >= policy.min_samples and spent >= policy.min_time_s
         if enough and summarize(samples).rel_ci_half_width <= policy.target_rel_ci:
             return samples, True, spent
         if len(samples) >= policy.max_samples or spent >= policy.budget_s:
@@ -174,6 +179,7 @@ class _Sampler:
             self.flush_buffer = cupy.empty(2 * l2, dtype=cupy.uint8)
         self.launches = 1
         self.graph = None
+        self.capture_error = ""
         self.next_set = 0
 
     def run_launches(self, count: int) -> None:
@@ -213,7 +219,8 @@ class _Sampler:
             finally:
                 graph = self.stream.end_capture()
             graph.upload(self.stream)
-        except Exception:
+        except Exception as exc:
+            self.capture_error = f"{type(exc).__name__}: {exc}"
             self.stream.synchronize()
             return "stream"
         self.graph = graph
@@ -298,4 +305,5 @@ def time_launch(
         sampling_s=spent,
         conditions=conditions,
         flags=tuple(sorted(flags)),
+        capture_error=sampler.capture_error,
     )

@@ -7,6 +7,8 @@ C(n x m) = op(A) * op(B) with A = W transposed ("T") and B = X not transposed ("
 
 from __future__ import annotations
 
+import ctypes
+import functools
 from typing import Any
 
 import numpy as np
@@ -19,6 +21,7 @@ CUBLAS_COMPUTE_32F = 68
 CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
 CUBLAS_POINTER_MODE_HOST = 0
 CUBLAS_GEMM_DEFAULT = -1
+WORKSPACE_BYTES = 32 * 2**20
 
 _ONE = np.array(1.0, dtype=np.float32)
 _ZERO = np.array(0.0, dtype=np.float32)
@@ -51,6 +54,22 @@ def check_linear_operands(x: Any, w: Any, y: Any) -> tuple[int, int, int]:
     return m, n, k
 
 
+@functools.cache
+def _workspace(device_id: int) -> tuple[Any, Any]:
+    """(cublasSetWorkspace_v2, a 32 MiB buffer) for one device, made once.
+
+    cuBLAS falls back to its own workspace pool after every cublasSetStream; a workspace we own
+    keeps its kernels the same inside and outside CUDA-graph capture.
+    """
+    import cupy
+
+    major = cupy.cuda.runtime.runtimeGetVersion() // 1000
+    set_workspace = ctypes.CDLL(f"libcublas.so.{major}").cublasSetWorkspace_v2
+    set_workspace.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    set_workspace.restype = ctypes.c_int
+    return set_workspace, cupy.empty(WORKSPACE_BYTES, dtype=cupy.uint8)
+
+
 def gemm_ex(x: Any, w: Any, y: Any, algo: int = CUBLAS_GEMM_DEFAULT) -> None:
     """Y = X @ W^T through cublasGemmEx on CuPy's current stream, fp32 accumulation.
 
@@ -64,6 +83,10 @@ def gemm_ex(x: Any, w: Any, y: Any, algo: int = CUBLAS_GEMM_DEFAULT) -> None:
     data_type = CUDA_DATA_TYPES[_dtype_name(x)]
     handle = cupy.cuda.device.get_cublas_handle()
     cublas.setStream(handle, cupy.cuda.get_current_stream().ptr)
+    set_workspace, workspace = _workspace(cupy.cuda.Device().id)
+    status = set_workspace(handle, workspace.data.ptr, workspace.nbytes)
+    if status != 0:
+        raise RuntimeError(f"cublasSetWorkspace failed with status {status}")
     cublas.setPointerMode(handle, CUBLAS_POINTER_MODE_HOST)
     cublas.gemmEx(
         handle,
