@@ -15,3 +15,7 @@ class InvalidInputError(FtbenchError):
 
 class MeasurementError(FtbenchError):
     """A measurement could not be taken (capture failed, kernel error, bad timing setup)."""
+
+
+class GpuError(FtbenchError):
+    """A CUDA kernel or library call failed."""

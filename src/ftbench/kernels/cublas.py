@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ftbench.errors import InvalidInputError
+from ftbench.errors import GpuError, InvalidInputError
 
 # cudaDataType_t and cublasComputeType_t values from the CUDA headers.
 CUDA_DATA_TYPES = {"float16": 2, "bfloat16": 14, "float32": 0}
@@ -55,19 +55,48 @@ def check_linear_operands(x: Any, w: Any, y: Any) -> tuple[int, int, int]:
 
 
 @functools.cache
-def _workspace(device_id: int) -> tuple[Any, Any]:
-    """(cublasSetWorkspace_v2, a 32 MiB buffer) for one device, made once.
+def _cublas() -> ctypes.CDLL:
+    """libcublas through ctypes, with the signatures ftbench calls.
+
+    CuPy's own cuBLAS wrappers refuse to run while a stream is being captured, so the calls
+    that must work inside CUDA graphs go straight to the library CuPy already loaded.
+    """
+    import cupy
+
+    major = cupy.cuda.runtime.runtimeGetVersion() // 1000
+    library = ctypes.CDLL(f"libcublas.so.{major}")
+    handle, pointer, integer = ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int
+    signatures = {
+        "cublasSetStream_v2": [handle, pointer],
+        "cublasSetWorkspace_v2": [handle, pointer, ctypes.c_size_t],
+        "cublasSetPointerMode_v2": [handle, integer],
+        "cublasGemmEx": [handle, integer, integer, integer, integer, integer, pointer, pointer,
+                         integer, integer, pointer, integer, integer, pointer, pointer, integer,
+                         integer, integer, integer],
+    }  # fmt: skip
+    for name, argtypes in signatures.items():
+        function = getattr(library, name)
+        function.argtypes = argtypes
+        function.restype = ctypes.c_int
+    return library
+
+
+@functools.cache
+def _workspace(device_id: int) -> Any:
+    """A 32 MiB cuBLAS workspace per device, made once.
 
     cuBLAS falls back to its own workspace pool after every cublasSetStream; a workspace we own
     keeps its kernels the same inside and outside CUDA-graph capture.
     """
     import cupy
 
-    major = cupy.cuda.runtime.runtimeGetVersion() // 1000
-    set_workspace = ctypes.CDLL(f"libcublas.so.{major}").cublasSetWorkspace_v2
-    set_workspace.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
-    set_workspace.restype = ctypes.c_int
-    return set_workspace, cupy.empty(WORKSPACE_BYTES, dtype=cupy.uint8)
+    with cupy.cuda.Device(device_id):
+        return cupy.empty(WORKSPACE_BYTES, dtype=cupy.uint8)
+
+
+def _check(status: int, call: str) -> None:
+    if status != 0:
+        raise GpuError(f"{call} failed with cuBLAS status {status}")
 
 
 def gemm_ex(x: Any, w: Any, y: Any, algo: int = CUBLAS_GEMM_DEFAULT) -> None:
@@ -77,35 +106,20 @@ def gemm_ex(x: Any, w: Any, y: Any, algo: int = CUBLAS_GEMM_DEFAULT) -> None:
     Safe inside CUDA-graph capture: it allocates nothing and never synchronises.
     """
     import cupy
-    from cupy_backends.cuda.libs import cublas
 
     m, n, k = check_linear_operands(x, w, y)
     data_type = CUDA_DATA_TYPES[_dtype_name(x)]
+    library = _cublas()
     handle = cupy.cuda.device.get_cublas_handle()
-    cublas.setStream(handle, cupy.cuda.get_current_stream().ptr)
-    set_workspace, workspace = _workspace(cupy.cuda.Device().id)
-    status = set_workspace(handle, workspace.data.ptr, workspace.nbytes)
-    if status != 0:
-        raise RuntimeError(f"cublasSetWorkspace failed with status {status}")
-    cublas.setPointerMode(handle, CUBLAS_POINTER_MODE_HOST)
-    cublas.gemmEx(
-        handle,
-        CUBLAS_OP_T,
-        CUBLAS_OP_N,
-        n,
-        m,
-        k,
-        _ONE.ctypes.data,
-        w.data.ptr,
-        data_type,
-        k,
-        x.data.ptr,
-        data_type,
-        k,
-        _ZERO.ctypes.data,
-        y.data.ptr,
-        data_type,
-        n,
-        CUBLAS_COMPUTE_32F,
-        algo,
+    workspace = _workspace(cupy.cuda.Device().id)
+    _check(library.cublasSetStream_v2(handle, cupy.cuda.get_current_stream().ptr), "setStream")
+    _check(
+        library.cublasSetWorkspace_v2(handle, workspace.data.ptr, workspace.nbytes), "setWorkspace"
     )
+    _check(library.cublasSetPointerMode_v2(handle, CUBLAS_POINTER_MODE_HOST), "setPointerMode")
+    status = library.cublasGemmEx(
+        handle, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k,
+        _ONE.ctypes.data, w.data.ptr, data_type, k, x.data.ptr, data_type, k,
+        _ZERO.ctypes.data, y.data.ptr, data_type, n, CUBLAS_COMPUTE_32F, algo,
+    )  # fmt: skip
+    _check(status, f"cublasGemmEx(m={m}, n={n}, k={k}, algo={algo})")
