@@ -1,7 +1,7 @@
 """Sessions: `tests` (CPU, any machine), `lint` (ruff), `gpu` (on a GPU machine).
 
-    nox -s tests lint      # what CI runs
-    nox -s gpu             # on a GPU machine, in the environment that has CuPy
+nox -s tests lint      # what CI runs
+nox -s gpu             # on a GPU machine, in the environment that has CuPy
 """
 
 import nox
