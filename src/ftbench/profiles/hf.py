@@ -1,0 +1,312 @@
+"""`ModelSpec` from a local Hugging Face `config.json` (gpt2, gptj, llama, mistral, bert, t5).
+
+The fields that fix the shapes (widths, layer and head counts, vocabulary, positions) must be
+present; a missing one is an error naming the field and the file. Fields that Hugging Face
+itself defaults when absent (`num_key_value_heads`, `head_dim`, `rope_theta`, epsilons, ...)
+get the same defaults here, so a config the `transformers` library accepts is accepted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ftbench.errors import InvalidInputError
+from ftbench.files import read_json
+from ftbench.profiles.spec import ModelSpec
+
+# HF activation names -> ftbench's (gelu_pytorch_tanh and gelu_fast are the tanh approximation).
+_ACTIVATIONS = {
+    "gelu_new": "gelu_new",
+    "gelu_pytorch_tanh": "gelu_new",
+    "gelu_fast": "gelu_new",
+    "gelu": "gelu",
+    "silu": "silu",
+    "swish": "silu",
+    "relu": "relu",
+}
+
+_MISSING = object()
+
+
+class _Fields:
+    """Typed access to one config's fields, with errors that name the field and the file."""
+
+    def __init__(self, data: dict[str, Any], origin: str, model_type: str) -> None:
+        self.data = data
+        self.origin = origin
+        self.model_type = model_type
+
+    def _get(self, key: str, default: Any) -> Any:
+        value = self.data.get(key)
+        if value is not None:
+            return value
+        if default is _MISSING:
+            raise InvalidInputError(
+                f"{self.origin}: missing field {key!r} (needed for model_type {self.model_type!r})"
+            )
+        return default
+
+    def integer(self, key: str, default: Any = _MISSING) -> int:
+        value = self._get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidInputError(
+                f"{self.origin}: field {key!r} must be a positive integer, got {value!r}"
+            )
+        return value
+
+    def number(self, key: str, default: Any = _MISSING) -> float:
+        value = self._get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise InvalidInputError(
+                f"{self.origin}: field {key!r} must be a positive number, got {value!r}"
+            )
+        return float(value)
+
+    def flag(self, key: str, default: Any = _MISSING) -> bool:
+        value = self._get(key, default)
+        if not isinstance(value, bool):
+            raise InvalidInputError(f"{self.origin}: field {key!r} must be true or false")
+        return value
+
+    def activation(self, key: str, default: str) -> str:
+        value = self._get(key, default)
+        if value not in _ACTIVATIONS:
+            raise InvalidInputError(
+                f"{self.origin}: field {key!r} is {value!r}, which ftbench does not support; "
+                f"supported: {', '.join(_ACTIVATIONS)}"
+            )
+        return _ACTIVATIONS[value]
+
+    def head_dim(self, hidden_key: str, heads_key: str) -> int:
+        hidden, heads = self.integer(hidden_key), self.integer(heads_key)
+        if hidden % heads:
+            raise InvalidInputError(
+                f"{self.origin}: field {hidden_key!r} ({hidden}) is not divisible by "
+                f"{heads_key!r} ({heads})"
+            )
+        return hidden // heads
+
+
+def _gpt2(f: _Fields) -> dict[str, Any]:
+    hidden = f.integer("n_embd")
+    return {
+        "family": "gpt2",
+        "hidden_size": hidden,
+        "num_layers": f.integer("n_layer"),
+        "num_heads": f.integer("n_head"),
+        "num_kv_heads": f.integer("n_head"),
+        "head_dim": f.head_dim("n_embd", "n_head"),
+        "ffn_hidden_size": f.integer("n_inner", 4 * hidden),
+        "activation": f.activation("activation_function", "gelu_new"),
+        "gated_ffn": False,
+        "norm": "layernorm",
+        "norm_eps": f.number("layer_norm_epsilon", 1e-5),
+        "vocab_size": f.integer("vocab_size"),
+        "max_positions": f.integer("n_positions"),
+        "position_embedding": "learned",
+        "tie_word_embeddings": f.flag("tie_word_embeddings", True),
+        "parallel_attn_mlp": False,
+        "qkv_bias": True,
+        "attn_out_bias": True,
+        "ffn_bias": True,
+        "lm_head_bias": False,
+    }
+
+
+def _gptj(f: _Fields) -> dict[str, Any]:
+    hidden = f.integer("n_embd")
+    head_dim = f.head_dim("n_embd", "n_head")
+    if "rotary_dim" not in f.data:
+        rotary_dim = 64  # the HF default
+    elif f.data["rotary_dim"] is None:
+        rotary_dim = head_dim  # HF: an explicit null rotates the whole head
+    else:
+        rotary_dim = f.integer("rotary_dim")
+    return {
+        "family": "gptj",
+        "hidden_size": hidden,
+        "num_layers": f.integer("n_layer"),
+        "num_heads": f.integer("n_head"),
+        "num_kv_heads": f.integer("n_head"),
+        "head_dim": head_dim,
+        "ffn_hidden_size": f.integer("n_inner", 4 * hidden),
+        "activation": f.activation("activation_function", "gelu_new"),
+        "gated_ffn": False,
+        "norm": "layernorm",
+        "norm_eps": f.number("layer_norm_epsilon", 1e-5),
+        "vocab_size": f.integer("vocab_size"),
+        "max_positions": f.integer("n_positions"),
+        "position_embedding": "rotary",
+        "rotary_dim": rotary_dim,
+        "rope_theta": 10000.0,
+        "rotary_interleaved": True,
+        "tie_word_embeddings": f.flag("tie_word_embeddings", False),
+        "parallel_attn_mlp": True,
+        "qkv_bias": False,
+        "attn_out_bias": False,
+        "ffn_bias": True,
+        "lm_head_bias": True,
+    }
+
+
+def _llama(f: _Fields) -> dict[str, Any]:
+    heads = f.integer("num_attention_heads")
+    if f.data.get("head_dim") is not None:
+        head_dim = f.integer("head_dim")
+    else:
+        head_dim = f.head_dim("hidden_size", "num_attention_heads")
+    rope_parameters = f.data.get("rope_parameters")  # newer transformers nest rope_theta here
+    if f.data.get("rope_theta") is None and isinstance(rope_parameters, dict):
+        rope_theta = _Fields(rope_parameters, f"{f.origin} rope_parameters", f.model_type).number(
+            "rope_theta", 10000.0
+        )
+    else:
+        rope_theta = f.number("rope_theta", 10000.0)
+    attention_bias = f.flag("attention_bias", False)
+    return {
+        "family": "llama",
+        "hidden_size": f.integer("hidden_size"),
+        "num_layers": f.integer("num_hidden_layers"),
+        "num_heads": heads,
+        "num_kv_heads": f.integer("num_key_value_heads", heads),
+        "head_dim": head_dim,
+        "ffn_hidden_size": f.integer("intermediate_size"),
+        "activation": f.activation("hidden_act", "silu"),
+        "gated_ffn": True,
+        "norm": "rmsnorm",
+        "norm_eps": f.number("rms_norm_eps", 1e-6),
+        "vocab_size": f.integer("vocab_size"),
+        "max_positions": f.integer("max_position_embeddings"),
+        "position_embedding": "rotary",
+        "rotary_dim": head_dim,
+        "rope_theta": rope_theta,
+        "rotary_interleaved": False,
+        "tie_word_embeddings": f.flag("tie_word_embeddings", False),
+        "parallel_attn_mlp": False,
+        "qkv_bias": attention_bias,
+        "attn_out_bias": attention_bias,
+        "ffn_bias": f.flag("mlp_bias", False),
+        "lm_head_bias": False,
+    }
+
+
+def _bert(f: _Fields) -> dict[str, Any]:
+    position_type = f.data.get("position_embedding_type", "absolute")
+    if position_type != "absolute":
+        raise InvalidInputError(
+            f"{f.origin}: field 'position_embedding_type' is {position_type!r}; ftbench supports "
+            "only 'absolute' BERT position embeddings"
+        )
+    heads = f.integer("num_attention_heads")
+    return {
+        "family": "bert",
+        "hidden_size": f.integer("hidden_size"),
+        "num_layers": f.integer("num_hidden_layers"),
+        "num_heads": heads,
+        "num_kv_heads": heads,
+        "head_dim": f.head_dim("hidden_size", "num_attention_heads"),
+        "ffn_hidden_size": f.integer("intermediate_size"),
+        "activation": f.activation("hidden_act", "gelu"),
+        "gated_ffn": False,
+        "norm": "layernorm",
+        "norm_eps": f.number("layer_norm_eps", 1e-12),
+        "vocab_size": f.integer("vocab_size"),
+        "max_positions": f.integer("max_position_embeddings"),
+        "position_embedding": "learned",
+        "type_vocab_size": f.integer("type_vocab_size", 2),
+        "pooler": True,
+        "tie_word_embeddings": f.flag("tie_word_embeddings", True),
+        "parallel_attn_mlp": False,
+        "qkv_bias": True,
+        "attn_out_bias": True,
+        "ffn_bias": True,
+        "lm_head_bias": False,
+    }
+
+
+def _t5(f: _Fields) -> dict[str, Any]:
+    projection = f.data.get("feed_forward_proj") or "relu"
+    gated = isinstance(projection, str) and projection.startswith("gated-")
+    act_name = projection[len("gated-") :] if gated else projection
+    # HF turns "gated-gelu" into the tanh-approximated gelu_new.
+    if act_name == "gelu" and gated:
+        act_name = "gelu_new"
+    if act_name not in _ACTIVATIONS:
+        raise InvalidInputError(
+            f"{f.origin}: field 'feed_forward_proj' is {projection!r}; expected 'relu', 'gelu', "
+            "'gated-gelu' or 'gated-silu'"
+        )
+    heads = f.integer("num_heads")
+    layers = f.integer("num_layers")
+    return {
+        "family": "t5",
+        "hidden_size": f.integer("d_model"),
+        "num_layers": layers,
+        "decoder_layers": f.integer("num_decoder_layers", layers),
+        "num_heads": heads,
+        "num_kv_heads": heads,
+        "head_dim": f.integer("d_kv"),
+        "ffn_hidden_size": f.integer("d_ff"),
+        "activation": _ACTIVATIONS[act_name],
+        "gated_ffn": gated,
+        "norm": "rmsnorm",
+        "norm_eps": f.number("layer_norm_epsilon", 1e-6),
+        "vocab_size": f.integer("vocab_size"),
+        "max_positions": f.integer("n_positions", 512),
+        "position_embedding": "relative",
+        "relative_attention_num_buckets": f.integer("relative_attention_num_buckets", 32),
+        "relative_attention_max_distance": f.integer("relative_attention_max_distance", 128),
+        "tie_word_embeddings": f.flag("tie_word_embeddings", True),
+        "parallel_attn_mlp": False,
+        "qkv_bias": False,
+        "attn_out_bias": False,
+        "ffn_bias": False,
+        "lm_head_bias": False,
+    }
+
+
+_BUILDERS: dict[str, Callable[[_Fields], dict[str, Any]]] = {
+    "gpt2": _gpt2,
+    "gptj": _gptj,
+    "llama": _llama,
+    "mistral": _llama,
+    "bert": _bert,
+    "t5": _t5,
+}
+
+SUPPORTED_MODEL_TYPES = tuple(_BUILDERS)
+
+
+def spec_from_hf_config(config: str | Path | dict[str, Any], name: str | None = None) -> ModelSpec:
+    """Build a `ModelSpec` from an HF `config.json` path (or the already-parsed dict).
+
+    The spec is named `name`, else after the config's folder (`.../Llama-2-7b-hf/config.json`
+    gives "Llama-2-7b-hf"), else `hf-<model_type>` for a dict.
+    """
+    if isinstance(config, dict):
+        data, origin, source = config, "HF config", ""
+    else:
+        path = Path(config)
+        data, origin, source = read_json(path), str(path), str(path)
+        if name is None:
+            name = (
+                path.parent.name if path.name == "config.json" and path.parent.name else path.stem
+            )
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{origin}: an HF config must be a JSON object")
+    model_type = data.get("model_type")
+    if model_type is None:
+        raise InvalidInputError(
+            f"{origin}: missing field 'model_type'; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    if model_type not in _BUILDERS:
+        raise InvalidInputError(
+            f"{origin}: model_type {model_type!r} is not supported; supported: "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    values = _BUILDERS[model_type](_Fields(data, origin, model_type))
+    values["name"] = name or f"hf-{model_type}"
+    values["source"] = source
+    return ModelSpec.from_dict(values, origin)

@@ -1,0 +1,335 @@
+"""`ModelSpec` (the architecture numbers of a model) and `Workload` (what it is asked to run).
+
+The tuner derives its GEMM list from these two values and the runtime builds its model from the
+same `ModelSpec`, so the shapes tuned are the shapes run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, asdict, dataclass, fields
+from typing import Any
+
+from ftbench.errors import InvalidInputError
+
+SPEC_SCHEMA = 1
+WORKLOAD_SCHEMA = 1
+
+FAMILIES = ("gpt2", "megatron-gpt", "gptj", "llama", "bert", "t5")
+ACTIVATIONS = ("gelu_new", "gelu", "silu", "relu")
+NORMS = ("layernorm", "rmsnorm")
+POSITION_EMBEDDINGS = ("learned", "rotary", "relative")
+DTYPES = ("fp16", "bf16")
+
+# Families whose reference implementation derives the head size as hidden_size / num_heads.
+_HEAD_DIM_FROM_HIDDEN = ("gpt2", "megatron-gpt", "gptj", "bert")
+
+
+def _check_int(owner: str, name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise InvalidInputError(f"{owner}: {name} must be {kind}, got {value!r}")
+
+
+def _check_bool(owner: str, name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise InvalidInputError(f"{owner}: {name} must be true or false, got {value!r}")
+
+
+def _check_choice(owner: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise InvalidInputError(
+            f"{owner}: {name} must be one of {', '.join(choices)}, got {value!r}"
+        )
+
+
+def _check_positive_number(owner: str, name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise InvalidInputError(f"{owner}: {name} must be a positive number, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The architecture numbers of one transformer model.
+
+    `num_layers` counts the encoder layers of T5 (its decoder has `decoder_layers`) and the only
+    stack of the other families. Widths may differ from `hidden_size`: queries are
+    `num_heads * head_dim` wide and keys/values `num_kv_heads * head_dim`.
+    Some structure follows from `family` rather than from a field: BERT is post-norm with an
+    embedding norm and no LM head (encoder only); T5 is an encoder-decoder whose decoder layers
+    add cross-attention; the others are pre-norm decoders with a final norm.
+    """
+
+    name: str
+    family: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    ffn_hidden_size: int
+    activation: str
+    gated_ffn: bool
+    norm: str
+    norm_eps: float
+    vocab_size: int
+    max_positions: int
+    position_embedding: str
+    tie_word_embeddings: bool
+    parallel_attn_mlp: bool
+    qkv_bias: bool
+    attn_out_bias: bool
+    ffn_bias: bool
+    lm_head_bias: bool
+    rotary_dim: int = 0
+    rope_theta: float = 10000.0
+    rotary_interleaved: bool = False
+    decoder_layers: int = 0
+    relative_attention_num_buckets: int = 0
+    relative_attention_max_distance: int = 0
+    type_vocab_size: int = 0
+    pooler: bool = False
+    source: str = ""
+    schema: int = SPEC_SCHEMA
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise InvalidInputError(
+                f"model spec: name must be a non-empty string, got {self.name!r}"
+            )
+        owner = f"model {self.name!r}"
+        if self.schema != SPEC_SCHEMA:
+            raise InvalidInputError(
+                f"{owner}: schema {self.schema!r} is not supported "
+                f"(this ftbench reads {SPEC_SCHEMA})"
+            )
+        _check_choice(owner, "family", self.family, FAMILIES)
+        for name in (
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "ffn_hidden_size",
+            "vocab_size",
+            "max_positions",
+        ):
+            _check_int(owner, name, getattr(self, name), 1)
+        for name in (
+            "rotary_dim",
+            "decoder_layers",
+            "relative_attention_num_buckets",
+            "relative_attention_max_distance",
+            "type_vocab_size",
+        ):
+            _check_int(owner, name, getattr(self, name), 0)
+        for name in (
+            "gated_ffn",
+            "tie_word_embeddings",
+            "parallel_attn_mlp",
+            "qkv_bias",
+            "attn_out_bias",
+            "ffn_bias",
+            "lm_head_bias",
+            "rotary_interleaved",
+            "pooler",
+        ):
+            _check_bool(owner, name, getattr(self, name))
+        _check_choice(owner, "activation", self.activation, ACTIVATIONS)
+        _check_choice(owner, "norm", self.norm, NORMS)
+        _check_choice(owner, "position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
+        _check_positive_number(owner, "norm_eps", self.norm_eps)
+        _check_positive_number(owner, "rope_theta", self.rope_theta)
+        if not isinstance(self.source, str):
+            raise InvalidInputError(f"{owner}: source must be a string, got {self.source!r}")
+        self._check_consistency(owner)
+
+    def _check_consistency(self, owner: str) -> None:
+        if self.num_heads % self.num_kv_heads:
+            raise InvalidInputError(
+                f"{owner}: num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
+                f"({self.num_kv_heads})"
+            )
+        if self.family in _HEAD_DIM_FROM_HIDDEN and self.q_width != self.hidden_size:
+            raise InvalidInputError(
+                f"{owner}: {self.family} needs num_heads * head_dim == hidden_size, got "
+                f"{self.num_heads} * {self.head_dim} != {self.hidden_size}"
+            )
+        if self.position_embedding == "rotary":
+            if self.rotary_dim == 0 or self.rotary_dim % 2 or self.rotary_dim > self.head_dim:
+                raise InvalidInputError(
+                    f"{owner}: rotary_dim must be even and in 2..head_dim ({self.head_dim}) for "
+                    f"rotary position embeddings, got {self.rotary_dim}"
+                )
+        elif self.rotary_dim:
+            raise InvalidInputError(
+                f"{owner}: rotary_dim is {self.rotary_dim} but position_embedding is "
+                f"{self.position_embedding!r}; set rotary_dim = 0 or use 'rotary'"
+            )
+        relative = self.relative_attention_num_buckets, self.relative_attention_max_distance
+        if self.position_embedding == "relative" and 0 in relative:
+            raise InvalidInputError(
+                f"{owner}: relative position embeddings need relative_attention_num_buckets and "
+                "relative_attention_max_distance > 0"
+            )
+        if self.position_embedding != "relative" and any(relative):
+            raise InvalidInputError(
+                f"{owner}: relative_attention_* fields are set but position_embedding is "
+                f"{self.position_embedding!r}"
+            )
+        if (self.family == "t5") != (self.decoder_layers > 0):
+            raise InvalidInputError(
+                f"{owner}: decoder_layers must be > 0 for family t5 and 0 for the others, got "
+                f"{self.decoder_layers} for family {self.family}"
+            )
+
+    @property
+    def architecture(self) -> str:
+        """ "decoder" (GPT-style), "encoder" (BERT) or "encoder-decoder" (T5)."""
+        if self.family == "bert":
+            return "encoder"
+        if self.family == "t5":
+            return "encoder-decoder"
+        return "decoder"
+
+    @property
+    def q_width(self) -> int:
+        """Width of the query projection output: num_heads * head_dim."""
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_width(self) -> int:
+        """Width of each of the key and value projection outputs: num_kv_heads * head_dim."""
+        return self.num_kv_heads * self.head_dim
+
+    def parameter_count(self) -> int:
+        """Exact number of parameters: embeddings, every weight, bias and norm, the LM head.
+
+        A tied LM head shares the token embedding and adds nothing. BERT counts as `BertModel`
+        (with its pooler, without an LM head); T5 counts its shared embedding once and one
+        relative-position bias table per stack.
+        """
+        hidden = self.hidden_size
+        norm = 2 * hidden if self.norm == "layernorm" else hidden
+        total = self.vocab_size * hidden
+        if self.position_embedding == "learned":
+            total += self.max_positions * hidden
+        total += self.type_vocab_size * hidden
+        if self.architecture == "encoder":
+            total += norm  # BERT is post-norm: one norm on the embeddings, none at the end
+            total += self.num_layers * self._layer_parameters(cross_attention=False)
+            if self.pooler:
+                total += hidden * hidden + hidden
+            return total
+        relative_bias_table = self.relative_attention_num_buckets * self.num_heads
+        total += self.num_layers * self._layer_parameters(cross_attention=False)
+        total += relative_bias_table + norm
+        if self.architecture == "encoder-decoder":
+            total += self.decoder_layers * self._layer_parameters(cross_attention=True)
+            total += relative_bias_table + norm
+        if not self.tie_word_embeddings:
+            total += self.vocab_size * hidden + (self.vocab_size if self.lm_head_bias else 0)
+        return total
+
+    def _attention_parameters(self) -> int:
+        hidden = self.hidden_size
+        weights = hidden * (self.q_width + 2 * self.kv_width) + self.q_width * hidden
+        biases = (self.q_width + 2 * self.kv_width) * self.qkv_bias + hidden * self.attn_out_bias
+        return weights + biases
+
+    def _layer_parameters(self, *, cross_attention: bool) -> int:
+        hidden, ffn = self.hidden_size, self.ffn_hidden_size
+        up_projections = 2 if self.gated_ffn else 1
+        mlp = up_projections * hidden * ffn + ffn * hidden
+        if self.ffn_bias:
+            mlp += up_projections * ffn + hidden
+        norms = 1 if self.parallel_attn_mlp else 2
+        attention = self._attention_parameters()
+        if cross_attention:
+            attention += self._attention_parameters()
+            norms += 1
+        norm = 2 * hidden if self.norm == "layernorm" else hidden
+        return attention + mlp + norms * norm
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/TOML-ready record (schema first)."""
+        data = asdict(self)
+        return {"schema": data.pop("schema"), **data}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], origin: str = "model spec") -> ModelSpec:
+        """Build from a mapping (a profile file); missing or unknown fields are named in errors.
+
+        `origin` (a file name) prefixes every error message.
+        """
+        if not isinstance(data, dict):
+            raise InvalidInputError(f"{origin}: expected a table of model fields")
+        known = {field.name: field for field in fields(cls)}
+        unknown = sorted(data.keys() - known.keys())
+        if unknown:
+            raise InvalidInputError(
+                f"{origin}: unknown field(s) {', '.join(unknown)}; known fields are "
+                f"{', '.join(known)}"
+            )
+        required = [
+            name for name, field in known.items() if field.default is MISSING and name not in data
+        ]
+        if required:
+            raise InvalidInputError(f"{origin}: missing field(s) {', '.join(required)}")
+        values = dict(data)
+        if isinstance(values.get("norm_eps"), int) and not isinstance(values["norm_eps"], bool):
+            values["norm_eps"] = float(values["norm_eps"])
+        if isinstance(values.get("rope_theta"), int) and not isinstance(values["rope_theta"], bool):
+            values["rope_theta"] = float(values["rope_theta"])
+        try:
+            return cls(**values)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"{origin}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The grid a model is asked to run: every batch size with every input length.
+
+    `output_lens` only decides whether a generation phase exists (shapes do not depend on it);
+    `tp` and `pp` are the tensor- and pipeline-parallel sizes; `beam_width` multiplies the rows
+    of every generation-phase GEMM.
+    """
+
+    batch_sizes: tuple[int, ...] = (1,)
+    input_lens: tuple[int, ...] = (128,)
+    output_lens: tuple[int, ...] = (128,)
+    dtype: str = "fp16"
+    tp: int = 1
+    pp: int = 1
+    beam_width: int = 1
+    schema: int = WORKLOAD_SCHEMA
+
+    def __post_init__(self) -> None:
+        owner = "workload"
+        if self.schema != WORKLOAD_SCHEMA:
+            raise InvalidInputError(
+                f"{owner}: schema {self.schema!r} is not supported (this ftbench reads "
+                f"{WORKLOAD_SCHEMA})"
+            )
+        for name in ("batch_sizes", "input_lens", "output_lens"):
+            values = getattr(self, name)
+            if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+                raise InvalidInputError(f"{owner}: {name} must be a list of positive integers")
+            values = tuple(values)
+            if not values:
+                raise InvalidInputError(f"{owner}: {name} must not be empty")
+            for value in values:
+                _check_int(owner, name, value, 1)
+            object.__setattr__(self, name, values)
+        _check_choice(owner, "dtype", self.dtype, DTYPES)
+        for name in ("tp", "pp", "beam_width"):
+            _check_int(owner, name, getattr(self, name), 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready record (schema first)."""
+        data = asdict(self)
+        schema = data.pop("schema")
+        lists = {
+            name: list(value) if isinstance(value, tuple) else value for name, value in data.items()
+        }
+        return {"schema": schema, **lists}

@@ -1,0 +1,111 @@
+"""`ftbench profiles list` and `ftbench profiles show`, without a GPU."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ftbench.cli import app
+from ftbench.errors import InvalidInputError
+
+runner = CliRunner()
+CONFIGS = Path(__file__).parent / "data" / "hf_configs"
+
+
+def test_list_json_has_every_profile_with_its_size():
+    result = runner.invoke(app, ["profiles", "list", "--json"])
+    assert result.exit_code == 0
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert len(rows) == 18
+    assert rows["llama2-70b"]["parameters"] == 68_976_648_192
+    assert (rows["llama2-70b"]["num_heads"], rows["llama2-70b"]["num_kv_heads"]) == (64, 8)
+    assert rows["t5-base"]["layers"] == "12+12"
+
+
+def test_list_table_shows_names_and_sizes_unabridged():
+    result = runner.invoke(app, ["profiles", "list"])
+    assert result.exit_code == 0
+    assert "megatron-gpt-345m" in result.stdout
+    assert "174.616" in result.stdout and "128256" in result.stdout
+
+
+def test_show_json_for_gptj_tp2():
+    result = runner.invoke(
+        app,
+        [
+            "profiles",
+            "show",
+            "gptj-6b",
+            "--tp",
+            "2",
+            "--batch",
+            "1,8",
+            "--input-len",
+            "128",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0
+    summary = json.loads(result.stdout)
+    assert summary["profile"] == "gptj-6b"
+    assert summary["workload"]["batch_sizes"] == [1, 8]
+    assert summary["rank"]["lm_head_rows"] == 25200
+    rows = {row["key"]: row for row in summary["problems"]}
+    qkv = rows["gemm:f16f16f16:f32:NT:m=1:n=6144:k=4096:b=1"]
+    assert (qkv["count"], qkv["roles"], qkv["bound"]) == (28, ["generation:qkv"], "memory")
+    assert qkv["flops"] == 2 * 6144 * 4096
+    assert rows["gemm:f16f16f16:f32:NT:m=1024:n=8192:k=4096:b=1"]["bound"] == "compute"
+    assert len(summary["problems"]) == 22
+
+
+def test_show_table_lists_roles_and_shapes():
+    result = runner.invoke(app, ["profiles", "show", "llama2-70b", "--tp", "8", "--unfused"])
+    assert result.exit_code == 0
+    for text in ("ffn_gate, ffn_up", "k, v", "attn_scores*", "4000", "3584"):
+        assert text in result.stdout
+
+
+def test_show_reads_a_local_hf_config():
+    result = runner.invoke(
+        app,
+        ["profiles", "show", str(CONFIGS / "bert-base-uncased.json"), "--json", "--gpu", "a100"],
+    )
+    assert result.exit_code == 0
+    summary = json.loads(result.stdout)
+    assert summary["profile"] == "bert-base-uncased"
+    assert summary["gpu"]["source"] == "datasheet"
+    assert all(phases == ["context"] for phases in (row["phases"] for row in summary["problems"]))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nope"], "no built-in profile 'nope'"),
+        (["gptj-6b", "--batch", "1,x"], "--batch takes comma-separated positive integers"),
+        (["gptj-6b", "--input-len", "0"], "--input-len takes comma-separated positive integers"),
+        (["gptj-6b", "--tp", "3"], "cannot be split evenly over tp=3"),
+        (["gptj-6b", "--dtype", "fp8"], "dtype must be one of fp16, bf16"),
+        (["gptj-6b", "--gpu", "v100"], "no datasheet peaks for GPU 'v100'"),
+    ],
+)
+def test_bad_arguments_raise_ftbench_errors(args, message):
+    result = runner.invoke(app, ["profiles", "show", *args])
+    assert result.exit_code != 0
+    assert isinstance(result.exception, InvalidInputError)
+    assert message in str(result.exception)
+
+
+def test_bad_name_is_one_line_on_stderr_and_exit_code_2():
+    result = subprocess.run(
+        [sys.executable, "-m", "ftbench", "profiles", "show", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: no built-in profile 'nope'; available: bert-base")
