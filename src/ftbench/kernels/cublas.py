@@ -1,24 +1,27 @@
-"""cuBLAS `cublasGemmEx` for the runtime's linear layers: Y[m, n] = X[m, k] @ W[n, k]^T.
+"""cuBLAS GEMMs (`cublasGemmEx`, `cublasGemmStridedBatchedEx`) for any `GemmProblem`.
 
-Activations are row-major [tokens, features] and weights are stored [out_features,
-in_features], as in torch's `F.linear`. In cuBLAS's column-major terms that is
-C(n x m) = op(A) * op(B) with A = W transposed ("T") and B = X not transposed ("N").
+The runtime's linear layers are Y[m, n] = X[m, k] @ W[n, k]^T: activations row-major
+[tokens, features], weights [out_features, in_features], as in torch's `F.linear`.
+`GemmProblem.cublas_call` turns a row-major problem into cuBLAS's column-major arguments.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import math
 from typing import Any
 
 import numpy as np
 
+from ftbench.autotune.operands import operand_shapes
+from ftbench.autotune.problem import GemmProblem
 from ftbench.errors import GpuError, InvalidInputError
 
 # cudaDataType_t and cublasComputeType_t values from the CUDA headers.
-CUDA_DATA_TYPES = {"float16": 2, "bfloat16": 14, "float32": 0}
+CUDA_DATA_TYPES = {"fp16": 2, "bf16": 14, "fp32": 0}
 CUBLAS_COMPUTE_32F = 68
-CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
+CUBLAS_OP = {"N": 0, "T": 1}
 CUBLAS_POINTER_MODE_HOST = 0
 CUBLAS_GEMM_DEFAULT = -1
 WORKSPACE_BYTES = 32 * 2**20
@@ -66,6 +69,7 @@ def _cublas() -> ctypes.CDLL:
     major = cupy.cuda.runtime.runtimeGetVersion() // 1000
     library = ctypes.CDLL(f"libcublas.so.{major}")
     handle, pointer, integer = ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int
+    longlong = ctypes.c_longlong
     signatures = {
         "cublasSetStream_v2": [handle, pointer],
         "cublasSetWorkspace_v2": [handle, pointer, ctypes.c_size_t],
@@ -73,6 +77,10 @@ def _cublas() -> ctypes.CDLL:
         "cublasGemmEx": [handle, integer, integer, integer, integer, integer, pointer, pointer,
                          integer, integer, pointer, integer, integer, pointer, pointer, integer,
                          integer, integer, integer],
+        "cublasGemmStridedBatchedEx": [handle, integer, integer, integer, integer, integer,
+                                       pointer, pointer, integer, integer, longlong, pointer,
+                                       integer, integer, longlong, pointer, pointer, integer,
+                                       integer, longlong, integer, integer, integer],
     }  # fmt: skip
     for name, argtypes in signatures.items():
         function = getattr(library, name)
@@ -99,16 +107,29 @@ def _check(status: int, call: str) -> None:
         raise GpuError(f"{call} failed with cuBLAS status {status}")
 
 
-def gemm_ex(x: Any, w: Any, y: Any, algo: int = CUBLAS_GEMM_DEFAULT) -> None:
-    """Y = X @ W^T through cublasGemmEx on CuPy's current stream, fp32 accumulation.
+@functools.lru_cache(maxsize=4096)
+def _call_arguments(problem: GemmProblem) -> tuple:
+    """The constant part of the cublasGemm(StridedBatched)Ex call for `problem`."""
+    call = problem.cublas_call()
+    data_type = CUDA_DATA_TYPES[problem.a_dtype]
+    strides = tuple(math.prod(shape[-2:]) for shape in operand_shapes(problem))
+    return (
+        CUBLAS_OP[call["transa"]], CUBLAS_OP[call["transb"]], call["m"], call["n"], call["k"],
+        data_type, call["lda"], call["ldb"], call["ldc"], strides,
+    )  # fmt: skip
 
-    `algo` is a cublasGemmAlgo_t value (-1 default, 0..23, 99 tensor-op default, 100..115).
-    Safe inside CUDA-graph capture: it allocates nothing and never synchronises.
+
+def gemm(problem: GemmProblem, a: Any, b: Any, c: Any, algo: int = CUBLAS_GEMM_DEFAULT) -> None:
+    """C = op(A) @ op(B) for `problem` (row-major terms) through cuBLAS, fp32 accumulation.
+
+    Runs on CuPy's current stream; batched problems use cublasGemmStridedBatchedEx. `algo` is a
+    cublasGemmAlgo_t value (-1 default, 0..23, 99 tensor-op default, 100..115). Safe inside
+    CUDA-graph capture: it allocates nothing and never synchronises. Operand shapes are the
+    caller's contract (see `autotune.operands.operand_shapes`); `linear` checks them.
     """
     import cupy
 
-    m, n, k = check_linear_operands(x, w, y)
-    data_type = CUDA_DATA_TYPES[_dtype_name(x)]
+    transa, transb, m, n, k, data_type, lda, ldb, ldc, strides = _call_arguments(problem)
     library = _cublas()
     handle = cupy.cuda.device.get_cublas_handle()
     workspace = _workspace(cupy.cuda.Device().id)
@@ -117,9 +138,31 @@ def gemm_ex(x: Any, w: Any, y: Any, algo: int = CUBLAS_GEMM_DEFAULT) -> None:
         library.cublasSetWorkspace_v2(handle, workspace.data.ptr, workspace.nbytes), "setWorkspace"
     )
     _check(library.cublasSetPointerMode_v2(handle, CUBLAS_POINTER_MODE_HOST), "setPointerMode")
-    status = library.cublasGemmEx(
-        handle, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k,
-        _ONE.ctypes.data, w.data.ptr, data_type, k, x.data.ptr, data_type, k,
-        _ZERO.ctypes.data, y.data.ptr, data_type, n, CUBLAS_COMPUTE_32F, algo,
-    )  # fmt: skip
-    _check(status, f"cublasGemmEx(m={m}, n={n}, k={k}, algo={algo})")
+    # cuBLAS's first operand is our B and its second our A (see GemmProblem.cublas_call).
+    if problem.batch_count == 1:
+        status = library.cublasGemmEx(
+            handle, transa, transb, m, n, k, _ONE.ctypes.data, b.data.ptr, data_type, lda,
+            a.data.ptr, data_type, ldb, _ZERO.ctypes.data, c.data.ptr, data_type, ldc,
+            CUBLAS_COMPUTE_32F, algo,
+        )  # fmt: skip
+    else:
+        a_stride, b_stride, c_stride = strides
+        status = library.cublasGemmStridedBatchedEx(
+            handle, transa, transb, m, n, k, _ONE.ctypes.data, b.data.ptr, data_type, lda,
+            b_stride, a.data.ptr, data_type, ldb, a_stride, _ZERO.ctypes.data, c.data.ptr,
+            data_type, ldc, c_stride, problem.batch_count, CUBLAS_COMPUTE_32F, algo,
+        )  # fmt: skip
+    _check(status, f"cuBLAS GEMM {problem.key()} algo={algo}")
+
+
+@functools.lru_cache(maxsize=4096)
+def linear_problem(m: int, n: int, k: int, dtype: str) -> GemmProblem:
+    """The problem of a linear layer Y[m, n] = X[m, k] @ W[n, k]^T."""
+    return GemmProblem(m=m, n=n, k=k, a_dtype=dtype, b_dtype=dtype, c_dtype=dtype)
+
+
+def gemm_ex(x: Any, w: Any, y: Any, algo: int = CUBLAS_GEMM_DEFAULT) -> None:
+    """Y = X @ W^T (a linear layer) through `gemm`, after checking the operands."""
+    m, n, k = check_linear_operands(x, w, y)
+    dtype = "fp16" if _dtype_name(x) == "float16" else "bf16"
+    gemm(linear_problem(m, n, k, dtype), x, w, y, algo)

@@ -1,0 +1,250 @@
+"""The tuned-config cache: the contract between `ftbench tune` and the runtime.
+
+One JSON file per GPU kind and library set:
+
+    {"schema": 1, "kind": "ftbench-tuned-cache",
+     "header": {gpu_name, compute_capability, driver, cuda_runtime, cublas, cublaslt, cutlass,
+                ftbench, created_utc},
+     "entries": {problem key: {problem, winner, winner_time, default, default_time,
+                               runner_up, runner_up_time, candidates_timed, candidates_failed,
+                               measured_utc}}}
+
+Loading checks the header against the running GPU and libraries; a mismatch warns and gives an
+empty cache (the way PyTorch TunableOp's validators work), so stale tuning is never applied.
+A file that is not a tuned cache, or is corrupt, is an InvalidInputError naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ftbench.autotune.candidate import Candidate
+from ftbench.autotune.problem import GemmProblem
+from ftbench.bench.environment import EnvironmentRecord
+from ftbench.errors import InvalidInputError
+from ftbench.files import read_json, write_json_atomic
+
+SCHEMA = 1
+KIND = "ftbench-tuned-cache"
+# Header fields whose change can change which kernel is fastest (or what a config means).
+CHECKED_FIELDS = (
+    "gpu_name", "compute_capability", "cuda_runtime", "cublas", "cublaslt", "cutlass", "ftbench",
+)  # fmt: skip
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class CacheHeader:
+    """The GPU and libraries a cache was tuned with."""
+
+    gpu_name: str
+    compute_capability: str
+    driver: str
+    cuda_runtime: str
+    cublas: str
+    cublaslt: str
+    cutlass: str
+    ftbench: str
+    created_utc: str = field(default_factory=utc_now, compare=False)
+
+    @classmethod
+    def from_environment(cls, environment: EnvironmentRecord, gpu_index: int = 0) -> CacheHeader:
+        if not environment.gpus:
+            raise InvalidInputError(f"a tuned cache needs a GPU: {environment.no_gpu_reason}")
+        gpu = environment.gpus[gpu_index]
+        software = environment.software
+        return cls(
+            gpu_name=gpu.name,
+            compute_capability=gpu.compute_capability or "unknown",
+            driver=environment.driver_version or "unknown",
+            cuda_runtime=software["cuda_runtime"],
+            cublas=software["cublas"],
+            cublaslt=software["cublaslt"],
+            cutlass=software["cutlass"],
+            ftbench=environment.ftbench_version,
+        )
+
+    def mismatches(self, running: CacheHeader) -> list[str]:
+        """Checked fields that differ, as 'field: file X, running Y'."""
+        return [
+            f"{name}: file {getattr(self, name)}, running {getattr(running, name)}"
+            for name in CHECKED_FIELDS
+            if getattr(self, name) != getattr(running, name)
+        ]
+
+
+@dataclass(frozen=True)
+class TimeSummary:
+    """A candidate's measured time per launch (ms) and its spread."""
+
+    median_ms: float
+    ci_low_ms: float
+    ci_high_ms: float
+    rel_noise: float
+
+    @classmethod
+    def of(cls, timing: Any) -> TimeSummary:
+        """From a `bench.timer.Timing`."""
+        return cls(timing.median_ms, timing.ci_low_ms, timing.ci_high_ms, timing.rel_noise)
+
+    def faster_beyond_noise(self, other: TimeSummary) -> bool:
+        """True when the 95% intervals do not overlap and this one is lower."""
+        return self.ci_high_ms < other.ci_low_ms
+
+
+@dataclass(frozen=True)
+class TunedEntry:
+    """The tuning outcome for one problem."""
+
+    problem: GemmProblem
+    winner: Candidate
+    winner_time: TimeSummary
+    default: Candidate
+    default_time: TimeSummary
+    runner_up: Candidate | None
+    runner_up_time: TimeSummary | None
+    candidates_timed: int
+    candidates_failed: int
+    measured_utc: str = field(default_factory=utc_now)
+
+    @property
+    def speedup(self) -> float:
+        """Default time over winner time (1.0 when the default won)."""
+        return self.default_time.median_ms / self.winner_time.median_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["problem"] = self.problem.to_dict()
+        for name in ("winner", "default", "runner_up"):
+            data[name] = None if data[name] is None else data[name].to_dict()
+        for name in ("winner_time", "default_time", "runner_up_time"):
+            data[name] = None if data[name] is None else asdict(data[name])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TunedEntry:
+        def candidate(value):
+            return None if value is None else Candidate.from_dict(value)
+
+        def summary(value):
+            return None if value is None else TimeSummary(**value)
+
+        return cls(
+            problem=GemmProblem.from_dict(data["problem"]),
+            winner=candidate(data["winner"]),
+            winner_time=summary(data["winner_time"]),
+            default=candidate(data["default"]),
+            default_time=summary(data["default_time"]),
+            runner_up=candidate(data["runner_up"]),
+            runner_up_time=summary(data["runner_up_time"]),
+            candidates_timed=int(data["candidates_timed"]),
+            candidates_failed=int(data["candidates_failed"]),
+            measured_utc=data["measured_utc"],
+        )
+
+
+@dataclass
+class TunedCache:
+    """Entries by problem key, with the header they are valid for; counts hits and misses."""
+
+    header: CacheHeader
+    entries: dict[str, TunedEntry] = field(default_factory=dict)
+    ignored_reason: str | None = None
+    hits: int = 0
+    misses: int = 0
+
+    def lookup(self, problem: GemmProblem) -> TunedEntry | None:
+        """The entry for `problem`, or None (a miss, counted)."""
+        entry = self.entries.get(problem.key())
+        if entry is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return entry
+
+    def add(self, entry: TunedEntry) -> None:
+        self.entries[entry.problem.key()] = entry
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "kind": KIND,
+            "header": asdict(self.header),
+            "entries": {key: entry.to_dict() for key, entry in sorted(self.entries.items())},
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write atomically: an interrupted save leaves the previous file whole."""
+        return write_json_atomic(path, self.to_dict())
+
+
+def parse_cache(document: Any, source: str) -> TunedCache:
+    """A TunedCache from a parsed JSON document; anything malformed names `source`."""
+    if not isinstance(document, dict) or document.get("kind") != KIND:
+        raise InvalidInputError(f"{source} is not an ftbench tuned-config cache")
+    if document.get("schema") != SCHEMA:
+        raise InvalidInputError(
+            f"{source}: cache schema {document.get('schema')!r} is not supported "
+            f"(this ftbench reads schema {SCHEMA})"
+        )
+    try:
+        header = CacheHeader(**document["header"])
+        entries = {}
+        for key, value in document["entries"].items():
+            entry = TunedEntry.from_dict(value)
+            if entry.problem.key() != key:
+                raise ValueError(f"entry {key!r} holds problem {entry.problem.key()!r}")
+            entries[key] = entry
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{source}: corrupt cache entry: {exc}") from exc
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InvalidInputError(f"{source}: corrupt tuned-config cache ({exc!r})") from exc
+    return TunedCache(header=header, entries=entries)
+
+
+def load_cache(path: str | os.PathLike[str], running: CacheHeader | None = None) -> TunedCache:
+    """Load a cache file. With `running`, a header mismatch warns and returns an empty cache.
+
+    Without `running` (inspection on any machine) the file is returned as it is.
+    """
+    cache = parse_cache(read_json(path), str(path))
+    if running is None:
+        return cache
+    problems = cache.header.mismatches(running)
+    if not problems:
+        return cache
+    reason = f"{path} was tuned elsewhere and is ignored ({'; '.join(problems)})"
+    warnings.warn(reason, stacklevel=2)
+    return TunedCache(header=running, ignored_reason=reason)
+
+
+def merge_caches(caches: Iterable[TunedCache]) -> TunedCache:
+    """One cache from several of the same GPU and libraries; per problem the faster winner."""
+    caches = list(caches)
+    if not caches:
+        raise InvalidInputError("nothing to merge")
+    merged = TunedCache(header=caches[0].header)
+    for cache in caches:
+        problems = cache.header.mismatches(merged.header)
+        if problems:
+            raise InvalidInputError(f"cannot merge caches tuned apart: {'; '.join(problems)}")
+        for key, entry in cache.entries.items():
+            current = merged.entries.get(key)
+            if current is None or entry.winner_time.median_ms < current.winner_time.median_ms:
+                merged.entries[key] = entry
+    return merged
+
+
+def prune_cache(cache: TunedCache, drop: Callable[[TunedEntry], bool]) -> tuple[TunedCache, int]:
+    """A copy of `cache` without the entries `drop` selects, and how many were dropped."""
+    kept = {key: entry for key, entry in cache.entries.items() if not drop(entry)}
+    return TunedCache(header=cache.header, entries=kept), len(cache.entries) - len(kept)

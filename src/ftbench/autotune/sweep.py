@@ -1,0 +1,305 @@
+"""The sweep: for every problem, verify and time every candidate of every backend; keep the best.
+
+Rules, stated once:
+- the reference for "default" is cuBLAS's default algorithm (`cublas` backend, algo -1), timed
+  first for every problem, whichever backends are swept;
+- every candidate is first run once on fresh random inputs with its output poisoned (NaN) and
+  compared with an fp32-accumulated reference; a wrong or failing candidate is excluded and
+  listed with its reason;
+- timing goes through `bench.timer.time_launch`, cold L2 by default (rotating input copies);
+- a candidate replaces the default only when it is faster beyond the noise (its 95% interval
+  lies entirely below the default's); otherwise the default is kept;
+- the cache and the results file are rewritten atomically after every problem, so an
+  interrupted sweep loses at most the problem in progress and resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ftbench.autotune.backends import get_backend
+from ftbench.autotune.backends.base import Backend, CandidateUnsupported
+from ftbench.autotune.cache import CacheHeader, TimeSummary, TunedCache, TunedEntry, load_cache
+from ftbench.autotune.candidate import Candidate
+from ftbench.autotune.operands import TOLERANCE, make_operands, relative_error
+from ftbench.autotune.problem import GemmProblem
+from ftbench.bench.timer import TimingPolicy, cold_input_sets, device_facts, time_launch
+from ftbench.errors import FtbenchError, InvalidInputError
+
+# Tuning times many candidates: shorter warm-up and sampling than the timer's defaults.
+TUNING_POLICY = TimingPolicy(
+    warmup_ms=5.0, sample_ms=0.5, min_samples=10, max_samples=300, target_rel_ci=0.01,
+    budget_s=0.5, min_time_s=0.02,
+)  # fmt: skip
+MAX_OPERAND_BYTES = 4 * 2**30
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """What to sweep and how to time it."""
+
+    backends: tuple[str, ...] = ("cublas", "cublaslt", "cutlass", "ftbench")
+    cache: str = "cold"
+    policy: TimingPolicy = TUNING_POLICY
+    budget_s: float | None = None
+    max_operand_bytes: int = MAX_OPERAND_BYTES
+
+
+@dataclass
+class ProblemOutcome:
+    """One problem's entry and the record of every candidate tried."""
+
+    entry: TunedEntry
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _record(problem: GemmProblem, candidate: Candidate, status: str, **details: Any) -> dict:
+    return {
+        "problem_key": problem.key(),
+        "problem": problem.to_dict(),
+        "candidate": candidate.to_dict(),
+        "status": status,
+        **details,
+    }
+
+
+def _timing_record(timing: Any, keep_samples: bool) -> dict[str, Any]:
+    data = timing.to_dict()
+    if not keep_samples:
+        data.pop("samples_ms")
+    return data
+
+
+class ProblemTuner:
+    """Verifies and times candidates of one problem on shared operands."""
+
+    def __init__(self, problem: GemmProblem, options: SweepOptions):
+        import cupy
+
+        self.problem, self.options = problem, options
+        l2_bytes, _ = device_facts(cupy)
+        set_bytes = problem.bytes()
+        sets = 1
+        if options.cache == "cold":
+            sets = cold_input_sets(set_bytes, l2_bytes)
+            if sets * set_bytes > options.max_operand_bytes:
+                sets = 1  # the timer flushes L2 before each launch instead
+        self.set_bytes = set_bytes
+        self.operands = make_operands(problem, sets)
+        self.tolerance = TOLERANCE[problem.c_dtype]
+
+    def verify(self, runner: Callable) -> float:
+        """Relative error of one run on set 0 (output poisoned first)."""
+        import cupy
+
+        a, b, c = self.operands[0]
+        c.fill(cupy.nan)
+        cupy.cuda.get_current_stream().synchronize()
+        runner(a, b, c)
+        return relative_error(self.problem, a, b, c)
+
+    def time(self, runner: Callable, name: str) -> Any:
+        operands = self.operands
+        return time_launch(
+            lambda i: runner(*operands[i]),
+            name=name,
+            cache=self.options.cache,
+            input_sets=len(operands),
+            set_bytes=self.set_bytes,
+            policy=self.options.policy,
+        )
+
+    def try_candidate(self, backend: Backend, candidate: Candidate) -> tuple[dict, Any | None]:
+        """(record, timing or None): prepare, verify, then time one candidate."""
+        problem = self.problem
+        try:
+            runner = backend.prepare(candidate, problem)
+            error = self.verify(runner)
+        except CandidateUnsupported as exc:
+            return _record(problem, candidate, "unsupported", reason=str(exc)), None
+        except Exception as exc:  # a failing kernel or library call must not end the sweep
+            return _record(
+                problem, candidate, "failed", reason=f"{type(exc).__name__}: {exc}"
+            ), None
+        if not error <= self.tolerance:
+            reason = f"wrong result: relative error {error:.3g} > {self.tolerance:g}"
+            return _record(problem, candidate, "wrong", reason=reason, rel_err=error), None
+        timing = self.time(runner, f"{problem.key()} {candidate.name}")
+        return _record(problem, candidate, "ok", rel_err=error), timing
+
+
+def tune_problem(
+    problem: GemmProblem,
+    backends: Sequence[Backend],
+    options: SweepOptions,
+    deadline: float = math.inf,
+    on_candidate: Callable[[int, int], None] = lambda done, total: None,
+) -> ProblemOutcome:
+    """Tune one problem; candidates left when `deadline` (time.monotonic) passes are skipped."""
+    tuner = ProblemTuner(problem, options)
+    default_backend = get_backend("cublas")
+    default = default_backend.default(problem)
+    record, default_timing = tuner.try_candidate(default_backend, default)
+    if default_timing is None:
+        raise FtbenchError(f"{problem.key()}: the cuBLAS default failed ({record['reason']})")
+    record["timing"] = _timing_record(default_timing, keep_samples=True)
+    records = {default.key(): record}
+    timed: list[tuple[Candidate, Any]] = [(default, default_timing)]
+
+    work = [(b, c) for b in backends for c in b.candidates(problem) if c.key() != default.key()]
+    for index, (backend, candidate) in enumerate(work):
+        if time.monotonic() > deadline:
+            record, timing = (
+                _record(problem, candidate, "skipped", reason="time budget spent"),
+                None,
+            )
+        else:
+            record, timing = tuner.try_candidate(backend, candidate)
+        if timing is not None:
+            record["timing"] = _timing_record(timing, keep_samples=False)
+            timed.append((candidate, timing))
+        records[candidate.key()] = record
+        on_candidate(index + 1, len(work))
+
+    ranked = sorted(timed, key=lambda pair: pair[1].median_ms)
+    default_time = TimeSummary.of(default_timing)
+    best, best_timing = ranked[0]
+    if best is not default and not TimeSummary.of(best_timing).faster_beyond_noise(default_time):
+        best, best_timing = default, default_timing
+    runner_up = next(((c, t) for c, t in ranked if c is not best), (None, None))
+    records[best.key()]["timing"] = _timing_record(best_timing, keep_samples=True)
+    entry = TunedEntry(
+        problem=problem,
+        winner=best,
+        winner_time=TimeSummary.of(best_timing),
+        default=default,
+        default_time=default_time,
+        runner_up=runner_up[0],
+        runner_up_time=None if runner_up[1] is None else TimeSummary.of(runner_up[1]),
+        candidates_timed=len(timed),
+        candidates_failed=sum(r["status"] in ("failed", "wrong") for r in records.values()),
+    )
+    return ProblemOutcome(entry, list(records.values()))
+
+
+def open_cache_for_sweep(path: Path, running: CacheHeader, force: bool) -> TunedCache:
+    """The cache to resume, or a new one; a foreign or mismatched file is never overwritten."""
+    if not path.exists():
+        return TunedCache(header=running)
+    cache = load_cache(path)  # corrupt or foreign: InvalidInputError names the file
+    problems = cache.header.mismatches(running)
+    if problems and not force:
+        raise InvalidInputError(
+            f"{path} was tuned with another GPU or library set ({'; '.join(problems)}); "
+            "choose another --out, or pass --force to start it again"
+        )
+    return TunedCache(header=running) if problems else cache
+
+
+def available_backends(names: Sequence[str]) -> tuple[list[Backend], dict[str, str]]:
+    """The backends that can run here, and why each other one cannot."""
+    usable, skipped = [], {}
+    for name in names:
+        backend = get_backend(name)
+        reason = backend.unavailable_reason()
+        if reason is None:
+            usable.append(backend)
+        else:
+            skipped[name] = reason
+    return usable, skipped
+
+
+@dataclass
+class SweepReport:
+    """What a sweep did: the cache, how many problems were resumed or tuned, what was skipped."""
+
+    cache: TunedCache
+    results_path: Path
+    tuned: int
+    resumed: int
+    unavailable_backends: dict[str, str] = field(default_factory=dict)
+
+
+TuneOne = Callable[[GemmProblem, float, Callable[[int, int], None]], ProblemOutcome]
+
+
+def sweep_problems(
+    problems: Sequence[GemmProblem],
+    out: Path,
+    tune_one: TuneOne,
+    environment: Any,
+    *,
+    results_path: Path | None = None,
+    budget_s: float | None = None,
+    force: bool = False,
+    progress: Any | None = None,
+) -> SweepReport:
+    """Tune each problem not yet in the cache at `out` with `tune_one(problem, deadline,
+    on_candidate)`, saving the cache and the results file after each one.
+
+    The results file defaults to OUT with the suffix .results.json; `progress` is a rich
+    Progress. The time budget is shared out so problem i of n ends by start + budget * i / n.
+    """
+    from ftbench.reports.results import read_results, write_results
+
+    running = CacheHeader.from_environment(environment)
+    cache = open_cache_for_sweep(out, running, force)
+    results_path = results_path or out.with_suffix(".results.json")
+    records: list[dict[str, Any]] = []
+    if cache.entries and results_path.exists():
+        records = read_results(results_path)["records"]
+    todo = [problem for problem in problems if problem.key() not in cache.entries]
+    problems_task = candidates_task = None
+    if progress is not None:
+        problems_task = progress.add_task("problems", total=len(todo))
+        candidates_task = progress.add_task("candidates", total=None)
+
+    def on_candidate(done: int, total: int) -> None:
+        if progress is not None:
+            progress.update(candidates_task, completed=done, total=total)
+
+    start = time.monotonic()
+    for index, problem in enumerate(todo):
+        deadline = math.inf
+        if budget_s is not None:
+            deadline = start + budget_s * (index + 1) / len(todo)
+        if progress is not None:
+            progress.update(candidates_task, description=problem.key(), completed=0, total=None)
+        outcome = tune_one(problem, deadline, on_candidate)
+        cache.add(outcome.entry)
+        cache.save(out)
+        records.extend(outcome.records)
+        write_results(results_path, "tune", records, environment)
+        if progress is not None:
+            progress.advance(problems_task)
+    return SweepReport(cache, results_path, tuned=len(todo), resumed=len(problems) - len(todo))
+
+
+def run_sweep(
+    problems: Sequence[GemmProblem],
+    out: Path,
+    options: SweepOptions,
+    *,
+    results_path: Path | None = None,
+    force: bool = False,
+    progress: Any | None = None,
+) -> SweepReport:
+    """Tune `problems` on this GPU with the backends of `options` (see `sweep_problems`)."""
+    from ftbench.bench.environment import capture_environment
+
+    backends, unavailable = available_backends(options.backends)
+
+    def tune_one(problem, deadline, on_candidate):
+        return tune_problem(problem, backends, options, deadline, on_candidate)
+
+    report = sweep_problems(
+        problems, out, tune_one, capture_environment(), results_path=results_path,
+        budget_s=options.budget_s, force=force, progress=progress,
+    )  # fmt: skip
+    report.unavailable_backends = unavailable
+    return report

@@ -1,0 +1,171 @@
+"""The tuned-config cache format and the sweep's bookkeeping (no GPU needed)."""
+
+import json
+import warnings
+
+import pytest
+
+from ftbench.autotune.cache import (
+    CacheHeader,
+    TunedCache,
+    load_cache,
+    merge_caches,
+    prune_cache,
+)
+from ftbench.autotune.problem import GemmProblem
+from ftbench.autotune.sweep import sweep_problems
+from ftbench.errors import InvalidInputError
+from ftbench.reports.results import read_results
+from tune_fakes import entry, fake_environment, outcome
+
+PROBLEMS = [GemmProblem(m=m, n=4096, k=4096) for m in (1, 8, 64, 256)]
+HEADER = CacheHeader.from_environment(fake_environment())
+
+
+def cache_with(*entries, header=HEADER):
+    cache = TunedCache(header=header)
+    for item in entries:
+        cache.add(item)
+    return cache
+
+
+def test_round_trip(tmp_path):
+    cache = cache_with(*(entry(p) for p in PROBLEMS))
+    path = cache.save(tmp_path / "tuned.json")
+    again = load_cache(path, running=HEADER)
+    assert again.entries == cache.entries
+    assert again.header == cache.header
+    assert again.ignored_reason is None
+
+
+def test_lookup_hits_and_counts_misses():
+    cache = cache_with(entry(PROBLEMS[0], winner_ms=0.8, default_ms=1.0))
+    found = cache.lookup(PROBLEMS[0])
+    assert found.winner.config == {"algo": 5}
+    assert found.speedup == pytest.approx(1.25)
+    assert cache.lookup(PROBLEMS[1]) is None
+    assert (cache.hits, cache.misses) == (1, 1)
+
+
+def test_other_gpu_or_library_is_ignored_with_a_warning(tmp_path):
+    path = cache_with(entry(PROBLEMS[0])).save(tmp_path / "tuned.json")
+    running = CacheHeader.from_environment(fake_environment(cublas="13.2.0"))
+    with pytest.warns(UserWarning, match="cublas: file 13.1.0, running 13.2.0"):
+        cache = load_cache(path, running=running)
+    assert cache.entries == {}
+    assert "tuned elsewhere" in cache.ignored_reason
+    assert cache.lookup(PROBLEMS[0]) is None
+
+
+def test_inspection_without_a_gpu_loads_as_is(tmp_path):
+    path = cache_with(entry(PROBLEMS[0])).save(tmp_path / "tuned.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(load_cache(path).entries) == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        (json.dumps({"schema": 1, "kind": "something-else"}), "not an ftbench tuned-config cache"),
+        (json.dumps({"schema": 7, "kind": "ftbench-tuned-cache"}), "schema 7"),
+        (json.dumps({"schema": 1, "kind": "ftbench-tuned-cache", "header": {}}), "corrupt"),
+    ],
+)
+def test_corrupt_or_foreign_files_are_clear_errors(tmp_path, content, message):
+    path = tmp_path / "tuned.json"
+    path.write_text(content)
+    with pytest.raises(InvalidInputError, match=message):
+        load_cache(path)
+
+
+def test_entry_filed_under_the_wrong_key_is_corrupt(tmp_path):
+    data = cache_with(entry(PROBLEMS[0])).to_dict()
+    data["entries"]["gemm:f16f16f16:f32:NT:m=9:n=9:k=9:b=1"] = data["entries"].popitem()[1]
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(InvalidInputError, match="holds problem"):
+        load_cache(path)
+
+
+def test_merge_keeps_the_faster_winner_per_problem():
+    first = cache_with(entry(PROBLEMS[0], winner_ms=0.9), entry(PROBLEMS[1], winner_ms=0.5))
+    second = cache_with(entry(PROBLEMS[0], winner_ms=0.7, algo=7), entry(PROBLEMS[2]))
+    merged = merge_caches([first, second])
+    assert len(merged.entries) == 3
+    assert merged.entries[PROBLEMS[0].key()].winner.config == {"algo": 7}
+    assert merged.entries[PROBLEMS[1].key()].winner_time.median_ms == 0.5
+
+
+def test_merge_refuses_caches_from_different_gpus():
+    other = CacheHeader.from_environment(fake_environment(gpu_name="NVIDIA H100 80GB HBM3"))
+    with pytest.raises(InvalidInputError, match="gpu_name"):
+        merge_caches([cache_with(entry(PROBLEMS[0])), cache_with(header=other)])
+
+
+def test_prune_drops_selected_entries():
+    cache = cache_with(entry(PROBLEMS[0], winner_ms=1.0), entry(PROBLEMS[1], winner_ms=0.5))
+    pruned, dropped = prune_cache(cache, lambda e: e.speedup < 1.05)
+    assert dropped == 1
+    assert list(pruned.entries) == [PROBLEMS[1].key()]
+
+
+def test_interrupted_sweep_resumes_where_it_stopped(tmp_path):
+    out = tmp_path / "tuned.json"
+    tuned = []
+
+    def crash_on_third(problem, deadline, on_candidate):
+        if len(tuned) == 2:
+            raise KeyboardInterrupt
+        tuned.append(problem)
+        return outcome(problem)
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep_problems(PROBLEMS, out, crash_on_third, fake_environment())
+    assert set(load_cache(out).entries) == {p.key() for p in PROBLEMS[:2]}
+
+    tuned_again = []
+
+    def record(problem, deadline, on_candidate):
+        tuned_again.append(problem)
+        return outcome(problem)
+
+    report = sweep_problems(PROBLEMS, out, record, fake_environment())
+    assert tuned_again == PROBLEMS[2:]
+    assert (report.tuned, report.resumed) == (2, 2)
+    assert set(load_cache(out).entries) == {p.key() for p in PROBLEMS}
+    records = read_results(report.results_path)["records"]
+    assert sorted({r["problem_key"] for r in records}) == sorted(p.key() for p in PROBLEMS)
+    assert len(records) == 2 * len(PROBLEMS)
+
+
+def test_sweep_never_overwrites_a_foreign_file(tmp_path):
+    out = tmp_path / "tuned.json"
+    out.write_text('{"my": "notes"}')
+    with pytest.raises(InvalidInputError, match="not an ftbench tuned-config cache"):
+        sweep_problems(PROBLEMS, out, lambda *a: outcome(a[0]), fake_environment())
+    assert out.read_text() == '{"my": "notes"}'
+
+
+def test_sweep_refuses_to_extend_a_cache_from_another_gpu_unless_forced(tmp_path):
+    out = tmp_path / "tuned.json"
+    other = CacheHeader.from_environment(fake_environment(gpu_name="NVIDIA A100-SXM4-80GB"))
+    cache_with(entry(PROBLEMS[0]), header=other).save(out)
+    with pytest.raises(InvalidInputError, match="--force"):
+        sweep_problems(PROBLEMS, out, lambda *a: outcome(a[0]), fake_environment())
+    report = sweep_problems(PROBLEMS, out, lambda *a: outcome(a[0]), fake_environment(), force=True)
+    assert report.tuned == len(PROBLEMS)
+    assert load_cache(out).header.gpu_name == "NVIDIA H200"
+
+
+def test_budget_is_shared_out_over_the_problems(tmp_path):
+    deadlines = []
+
+    def note(problem, deadline, on_candidate):
+        deadlines.append(deadline)
+        return outcome(problem)
+
+    sweep_problems(PROBLEMS, tmp_path / "t.json", note, fake_environment(), budget_s=40.0)
+    steps = [b - a for a, b in zip(deadlines, deadlines[1:], strict=False)]
+    assert steps == pytest.approx([10.0, 10.0, 10.0], abs=0.5)
