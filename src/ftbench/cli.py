@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.console import Console
+from rich.table import Table
 
 from ftbench.errors import FtbenchError
 
@@ -18,8 +20,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
 )
-console = Console()
+console = Console(soft_wrap=True)
 error_console = Console(stderr=True)
 
 
@@ -91,6 +94,21 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
             f"{option} takes comma-separated positive integers (e.g. 1,8,32), got {text!r}"
         )
     return tuple(int(part) for part in parts)
+
+
+def _workload(batch: str, input_len: str, output_len: str, dtype: str, tp: int, pp: int, beam: int):
+    """A `Workload` from the comma-list options shared by `profiles show`, `tune` and `run`."""
+    from ftbench.profiles.spec import Workload
+
+    return Workload(
+        batch_sizes=_int_list(batch, "--batch"),
+        input_lens=_int_list(input_len, "--input-len"),
+        output_lens=_int_list(output_len, "--output-len"),
+        dtype=dtype,
+        tp=tp,
+        pp=pp,
+        beam_width=beam,
+    )
 
 
 def _print_table(table: object) -> None:
@@ -193,18 +211,9 @@ def profiles_show_command(
 
     from ftbench.autotune.problem import datasheet_peaks
     from ftbench.profiles.catalog import load_profile
-    from ftbench.profiles.spec import Workload
     from ftbench.profiles.summary import problem_summary
 
-    workload = Workload(
-        batch_sizes=_int_list(batch, "--batch"),
-        input_lens=_int_list(input_len, "--input-len"),
-        output_lens=_int_list(output_len, "--output-len"),
-        dtype=dtype,
-        tp=tp,
-        pp=pp,
-        beam_width=beam,
-    )
+    workload = _workload(batch, input_len, output_len, dtype, tp, pp, beam)
     peaks = datasheet_peaks(gpu)
     spec = load_profile(profile)
     summary = problem_summary(spec, workload, peaks, fused=not unfused)
@@ -245,6 +254,264 @@ def profiles_show_command(
             row["bound"],
         )
     _print_table(table)
+
+
+BACKENDS_HELP = "Backends to sweep, comma-separated: cublas, cublaslt, cutlass, ftbench."
+
+
+@app.command("tune")
+def tune_command(
+    profile: Annotated[
+        str | None,
+        typer.Option("--profile", help="Built-in profile name (see `ftbench profiles list`)."),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="A local HF config.json instead of --profile.")
+    ] = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="fp16 (bf16 is not tunable yet).")] = "fp16",
+    tp: Annotated[
+        int, typer.Option("--tp", help="Tensor-parallel size: tune per-rank shapes.")
+    ] = 1,
+    pp: Annotated[int, typer.Option("--pp", help="Pipeline-parallel size.")] = 1,
+    batch: Annotated[str, typer.Option("--batch", help="Batch sizes, comma-separated.")] = "1",
+    input_len: Annotated[
+        str, typer.Option("--input-len", help="Input lengths, comma-separated (context GEMMs).")
+    ] = "128",
+    output_len: Annotated[
+        str, typer.Option("--output-len", help="Output lengths; 1 means no generation GEMMs.")
+    ] = "128",
+    beam: Annotated[int, typer.Option("--beam", help="Beam width of generation steps.")] = 1,
+    backends: Annotated[str, typer.Option("--backends", help=BACKENDS_HELP)] = (
+        "cublas,cublaslt,cutlass,ftbench"
+    ),
+    budget: Annotated[
+        str | None,
+        typer.Option("--budget", help="Time budget for the whole sweep, e.g. 900s, 15m, 1h."),
+    ] = None,
+    l2: Annotated[
+        str, typer.Option("--l2", help="L2 cache during timing: cold (default) or hot.")
+    ] = "cold",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Tuned cache to write or resume (default: "
+            "$FTBENCH_CACHE_DIR/tuned/<gpu>.json, the file the runtime reads).",
+        ),
+    ] = None,
+    results: Annotated[
+        Path | None,
+        typer.Option("--results", help="Every candidate's timing (default: OUT.results.json)."),
+    ] = None,
+    attention: Annotated[
+        bool, typer.Option("--attention-gemms", help="Also tune the batched attention GEMMs.")
+    ] = False,
+    unfused: Annotated[
+        bool, typer.Option("--unfused", help="Tune separate Q/K/V and gate/up GEMMs.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Start over a cache tuned on another GPU/library set.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List problems and candidate counts; no GPU needed.")
+    ] = False,
+) -> None:
+    """Sweep every GEMM of a model over cuBLAS, cuBLASLt, CUTLASS and ftbench's own kernels.
+
+    Each candidate is verified against an fp32 reference, then timed (cold L2 by default); a
+    candidate replaces the cuBLAS default only when faster beyond the noise. The cache is saved
+    after every problem: an interrupted sweep resumes where it stopped when run again.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from ftbench.autotune.plan import (
+        candidate_counts,
+        default_cache_path,
+        parse_duration,
+        tuning_problems,
+    )
+    from ftbench.autotune.sweep import SweepOptions, run_sweep
+    from ftbench.errors import InvalidInputError
+    from ftbench.profiles.catalog import load_profile
+
+    if (profile is None) == (config is None):
+        raise InvalidInputError("give exactly one of --profile NAME or --config PATH")
+    if dtype != "fp16":
+        raise InvalidInputError("only fp16 GEMMs can be tuned so far (bf16 needs CuPy bf16 arrays)")
+    spec = load_profile(profile if profile is not None else config)
+    workload = _workload(batch, input_len, output_len, dtype, tp, pp, beam)
+    counted = tuning_problems(spec, workload, fused=not unfused, attention=attention)
+    names = [name.strip() for name in backends.split(",") if name.strip()]
+    if dry_run:
+        table = Table(title=f"{spec.name}: {len(counted)} problems to tune", box=box.SIMPLE_HEAD)
+        for header in ("problem", "calls/step", "roles", *names):
+            table.add_column(header)
+        for item in counted:
+            counts = candidate_counts(item.problem, names)
+            roles = ", ".join(dict.fromkeys(role.split(":")[1] for role in item.roles))
+            table.add_row(item.problem.key(), str(item.count), roles, *map(str, counts.values()))
+        _print_table(table)
+        return
+    options = SweepOptions(
+        backends=tuple(names),
+        cache=l2,
+        budget_s=None if budget is None else parse_duration(budget),
+    )
+    from ftbench.bench.environment import capture_environment
+
+    environment = capture_environment()
+    if not environment.gpus:
+        raise InvalidInputError(f"tuning needs a GPU: {environment.no_gpu_reason}")
+    out = out or default_cache_path(environment.gpus[0].name)
+    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, console=console) as progress:
+        report = run_sweep(
+            [item.problem for item in counted], out, options, results_path=results,
+            force=force, progress=progress,
+        )  # fmt: skip
+    for name, reason in report.unavailable_backends.items():
+        console.print(f"[yellow]backend {name} skipped:[/] {reason}")
+    _print_tuned(report.cache, [item.problem for item in counted], environment.gpus[0].name)
+    console.print(
+        f"tuned {report.tuned} problems, resumed {report.resumed}; cache: {out}; "
+        f"every candidate: {report.results_path}"
+    )
+
+
+def _print_tuned(cache, problems, gpu_name: str) -> None:
+    """Per problem: default, winner, speed-up and the fraction of its datasheet roofline."""
+    from ftbench.autotune.plan import peaks_for_gpu
+
+    peaks = peaks_for_gpu(gpu_name)
+    table = Table(
+        title="Tuned GEMMs"
+        + ("" if peaks is None else f" (roofline: {peaks.name}, {peaks.source})"),
+        box=box.SIMPLE_HEAD,
+    )
+    for header in ("problem", "default us", "winner", "winner us", "speed-up", "roofline"):
+        table.add_column(header, justify="left" if header in ("problem", "winner") else "right")
+    for problem in problems:
+        entry = cache.entries.get(problem.key())
+        if entry is None:
+            continue
+        seconds = entry.winner_time.median_ms / 1e3
+        roofline = "n/a"
+        if peaks is not None:
+            floor = max(problem.flops() / peaks.dense_fp16_flops_per_s,
+                        problem.bytes() / peaks.hbm_bytes_per_s)  # fmt: skip
+            roofline = f"{floor / seconds:.0%} {peaks.bound(problem)}"
+        table.add_row(
+            problem.key(),
+            f"{entry.default_time.median_ms * 1e3:.1f}",
+            f"{entry.winner.backend}: {entry.winner.name}",
+            f"{entry.winner_time.median_ms * 1e3:.1f}",
+            f"{entry.speedup:.2f}x",
+            roofline,
+        )
+    _print_table(table)
+
+
+cache_app = typer.Typer(name="cache", help="Inspect and maintain tuned-config caches.",
+                        no_args_is_help=True)  # fmt: skip
+app.add_typer(cache_app)
+
+
+@cache_app.command("show")
+def cache_show_command(
+    path: Annotated[Path, typer.Argument(help="A tuned cache file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the file's content as JSON.")] = (
+        False
+    ),
+) -> None:
+    """Show a cache's header and every tuned problem."""
+    from ftbench.autotune.cache import load_cache
+
+    cache = load_cache(path)
+    if as_json:
+        console.print_json(json.dumps(cache.to_dict()))
+        return
+    header = cache.header
+    console.print(
+        f"{path}: {len(cache.entries)} problems, tuned on {header.gpu_name} (sm "
+        f"{header.compute_capability}), driver {header.driver}, CUDA {header.cuda_runtime}, "
+        f"cuBLAS {header.cublas}, cuBLASLt {header.cublaslt}, CUTLASS {header.cutlass}, "
+        f"ftbench {header.ftbench}, created {header.created_utc}"
+    )
+    _print_tuned(cache, [entry.problem for entry in cache.entries.values()], header.gpu_name)
+
+
+@cache_app.command("validate")
+def cache_validate_command(
+    path: Annotated[Path, typer.Argument(help="A tuned cache file.")],
+) -> None:
+    """Check a cache file; on a GPU machine also check it matches this GPU and its libraries.
+
+    Exit code 0: valid (and matching); 1: valid but tuned elsewhere; 2: not a valid cache.
+    """
+    from ftbench.autotune.cache import CacheHeader, load_cache
+    from ftbench.bench.environment import capture_environment
+
+    cache = load_cache(path)
+    environment = capture_environment()
+    if not environment.gpus:
+        console.print(f"{path}: valid, {len(cache.entries)} problems (no GPU here to match)")
+        return
+    problems = cache.header.mismatches(CacheHeader.from_environment(environment))
+    if problems:
+        console.print(f"{path}: valid but tuned elsewhere: {'; '.join(problems)}")
+        raise typer.Exit(1)
+    console.print(f"{path}: valid, {len(cache.entries)} problems, matches this GPU")
+
+
+@cache_app.command("merge")
+def cache_merge_command(
+    out: Annotated[Path, typer.Argument(help="The merged cache to write.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Caches of the same GPU and libraries.")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
+) -> None:
+    """Merge caches tuned on the same GPU and libraries; per problem the faster winner wins."""
+    from ftbench.autotune.cache import load_cache, merge_caches
+    from ftbench.errors import InvalidInputError
+
+    if out.exists() and not force and out.resolve() not in {p.resolve() for p in inputs}:
+        raise InvalidInputError(f"{out} exists; pass --force to overwrite it, or name it as input")
+    merged = merge_caches(load_cache(path) for path in inputs)
+    merged.save(out)
+    console.print(f"{out}: {len(merged.entries)} problems from {len(inputs)} caches")
+
+
+@cache_app.command("prune")
+def cache_prune_command(
+    path: Annotated[Path, typer.Argument(help="A tuned cache file (rewritten in place).")],
+    min_speedup: Annotated[
+        float, typer.Option("--min-speedup", help="Drop entries that gain less than this.")
+    ] = 0.0,
+    older_than_days: Annotated[
+        float | None, typer.Option("--older-than-days", help="Drop entries measured earlier.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the result here instead of in place.")
+    ] = None,
+) -> None:
+    """Drop entries that no longer pay (speed-up below a threshold) or are too old."""
+    from datetime import datetime, timedelta, timezone
+
+    from ftbench.autotune.cache import load_cache, prune_cache
+
+    cache = load_cache(path)
+    cutoff = None
+    if older_than_days is not None:
+        cutoff = datetime.now(timezone.utc) - timedelta(days=older_than_days)
+
+    def drop(entry) -> bool:
+        too_old = cutoff is not None and datetime.fromisoformat(entry.measured_utc) < cutoff
+        return entry.speedup < min_speedup or too_old
+
+    pruned, dropped = prune_cache(cache, drop)
+    target = out or path
+    pruned.save(target)
+    console.print(f"{target}: dropped {dropped}, kept {len(pruned.entries)}")
 
 
 def main() -> None:

@@ -1,0 +1,68 @@
+"""What a sweep will tune: the problems of a profile and workload, and candidate counts."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from ftbench.autotune.backends import get_backend
+from ftbench.autotune.problem import DATASHEET_PEAKS, GpuPeaks
+from ftbench.errors import FtbenchError, InvalidInputError
+from ftbench.profiles.problems import CountedProblem, Fused, deduplicate, gemm_problems
+from ftbench.profiles.spec import ModelSpec, Workload
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """'900', '900s', '15m', '1.5h' -> seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise InvalidInputError(f"a duration is a number with s, m or h (e.g. 15m), got {text!r}")
+    value, unit = float(match.group(1)), match.group(2) or "s"
+    return value * {"s": 1, "m": 60, "h": 3600}[unit]
+
+
+def tuning_problems(
+    spec: ModelSpec, workload: Workload, *, fused: Fused = True, attention: bool = False
+) -> list[CountedProblem]:
+    """The distinct GEMMs of `workload`, without those run inside fused attention unless asked."""
+    counted = deduplicate(gemm_problems(spec, workload, fused))
+    return [item for item in counted if attention or not item.fused_into_attention]
+
+
+def candidate_counts(problem: Any, backend_names: list[str]) -> dict[str, int | str]:
+    """Per backend, how many candidates it offers for `problem`, or why it cannot say here."""
+    counts: dict[str, int | str] = {}
+    for name in backend_names:
+        backend = get_backend(name)
+        try:
+            counts[name] = len(backend.candidates(problem))
+        except (FtbenchError, ImportError, RuntimeError, OSError) as exc:
+            counts[name] = f"needs a GPU ({type(exc).__name__})"
+    return counts
+
+
+def default_cache_dir() -> Path:
+    """$FTBENCH_CACHE_DIR, else $XDG_CACHE_HOME/ftbench, else ~/.cache/ftbench."""
+    if os.environ.get("FTBENCH_CACHE_DIR"):
+        return Path(os.environ["FTBENCH_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ftbench"
+
+
+def default_cache_path(gpu_name: str) -> Path:
+    """Where `ftbench tune` writes, and the runtime looks, for a GPU's tuned cache."""
+    slug = re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-")
+    return default_cache_dir() / "tuned" / f"{slug}.json"
+
+
+def peaks_for_gpu(gpu_name: str) -> GpuPeaks | None:
+    """Datasheet roofline numbers for a GPU by its name, if ftbench knows it."""
+    lowered = gpu_name.lower()
+    for key, peaks in DATASHEET_PEAKS.items():
+        if key in lowered:
+            return peaks
+    return None

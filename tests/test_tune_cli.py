@@ -1,0 +1,117 @@
+"""`ftbench tune --dry-run` and `ftbench cache ...` without a GPU."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from ftbench.autotune.cache import CacheHeader, TunedCache, load_cache
+from ftbench.autotune.plan import parse_duration
+from ftbench.autotune.problem import GemmProblem
+from ftbench.cli import app
+from ftbench.errors import InvalidInputError
+from tune_fakes import entry, fake_environment
+
+runner = CliRunner()
+HEADER = CacheHeader.from_environment(fake_environment())
+
+
+def saved_cache(path, *ms):
+    cache = TunedCache(header=HEADER)
+    for m in ms:
+        cache.add(entry(GemmProblem(m=m, n=4096, k=4096), winner_ms=0.5 if m > 1 else 1.0))
+    return cache.save(path)
+
+
+def test_dry_run_lists_every_problem_with_candidate_counts():
+    result = runner.invoke(
+        app, ["tune", "--profile", "gptj-6b", "--batch", "1,8", "--input-len", "128",
+              "--backends", "cublas", "--dry-run"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "18 problems to tune" in result.output
+    assert "gemm:f16f16f16:f32:NT:m=1:n=12288:k=4096:b=1" in result.output
+    assert "42" in result.output
+
+
+def test_dry_run_from_an_hf_config(tmp_path):
+    config = {"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12,
+              "n_positions": 1024, "vocab_size": 50257}  # fmt: skip
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    result = runner.invoke(
+        app, ["tune", "--config", str(path), "--backends", "cublas", "--dry-run"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "m=1:n=2304:k=768" in result.output  # fused QKV of GPT-2 small
+
+
+def test_profile_and_config_are_exclusive():
+    result = runner.invoke(app, ["tune", "--dry-run"])
+    assert isinstance(result.exception, InvalidInputError)
+    assert "exactly one of --profile" in str(result.exception)
+
+
+def test_unknown_backend_is_named():
+    result = runner.invoke(
+        app, ["tune", "--profile", "gpt2-124m", "--backends", "magic", "--dry-run"]
+    )
+    assert isinstance(result.exception, InvalidInputError)
+    assert "magic" in str(result.exception)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("900", 900), ("90s", 90), ("15m", 900), ("1.5h", 5400)]
+)
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+def test_bad_duration_is_an_error():
+    with pytest.raises(InvalidInputError, match="15m"):
+        parse_duration("fifteen minutes")
+
+
+def test_cache_show(tmp_path):
+    path = saved_cache(tmp_path / "c.json", 1, 8)
+    result = runner.invoke(app, ["cache", "show", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "2 problems, tuned on NVIDIA H200" in result.output
+    assert "m=8:n=4096:k=4096" in result.output
+    shown = json.loads(runner.invoke(app, ["cache", "show", str(path), "--json"]).output)
+    assert len(shown["entries"]) == 2
+
+
+def test_cache_validate_without_a_gpu(tmp_path, monkeypatch):
+    from ftbench.bench import environment
+
+    monkeypatch.setattr(
+        environment.gpu_state, "nvml", lambda: (_ for _ in ()).throw(RuntimeError("x"))
+    )
+    path = saved_cache(tmp_path / "c.json", 1)
+    result = runner.invoke(app, ["cache", "validate", str(path)])
+    assert result.exit_code == 0
+    assert "valid, 1 problems (no GPU here to match)" in result.output
+
+
+def test_cache_validate_refuses_a_corrupt_file(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('{"schema": 1, "kind": "ftbench-tuned-cache", "header": {"gpu_name": 1}}')
+    result = runner.invoke(app, ["cache", "validate", str(path)])
+    assert isinstance(result.exception, InvalidInputError)
+
+
+def test_cache_merge_and_prune(tmp_path):
+    first = saved_cache(tmp_path / "a.json", 1)
+    second = saved_cache(tmp_path / "b.json", 8, 64)
+    merged = tmp_path / "m.json"
+    result = runner.invoke(app, ["cache", "merge", str(merged), str(first), str(second)])
+    assert result.exit_code == 0, result.output
+    assert len(load_cache(merged).entries) == 3
+    again = runner.invoke(app, ["cache", "merge", str(merged), str(first)])
+    assert isinstance(again.exception, InvalidInputError)  # never overwrites without --force
+
+    result = runner.invoke(app, ["cache", "prune", str(merged), "--min-speedup", "1.5"])
+    assert result.exit_code == 0, result.output
+    assert "dropped 1, kept 2" in result.output
+    assert len(load_cache(merged).entries) == 2
