@@ -9,6 +9,8 @@ Rules, stated once:
 - timing goes through `bench.timer.time_launch`, cold L2 by default (rotating input copies);
 - a candidate replaces the default only when it is faster beyond the noise (its 95% interval
   lies entirely below the default's); otherwise the default is kept;
+- a candidate whose warm-up shows it `abandon_factor` (3x) slower than the default is recorded
+  as "slow" and not timed further;
 - the cache and the results file are rewritten atomically after every problem, so an
   interrupted sweep loses at most the problem in progress and resumes where it stopped.
 """
@@ -28,7 +30,13 @@ from ftbench.autotune.cache import CacheHeader, TimeSummary, TunedCache, TunedEn
 from ftbench.autotune.candidate import Candidate
 from ftbench.autotune.operands import TOLERANCE, make_operands, relative_error
 from ftbench.autotune.problem import GemmProblem
-from ftbench.bench.timer import TimingPolicy, cold_input_sets, device_facts, time_launch
+from ftbench.bench.timer import (
+    TimingPolicy,
+    TooSlow,
+    cold_input_sets,
+    device_facts,
+    time_launch,
+)
 from ftbench.errors import FtbenchError, InvalidInputError
 
 # Tuning times many candidates: shorter warm-up and sampling than the timer's defaults.
@@ -48,6 +56,7 @@ class SweepOptions:
     policy: TimingPolicy = TUNING_POLICY
     budget_s: float | None = None
     max_operand_bytes: int = MAX_OPERAND_BYTES
+    abandon_factor: float = 3.0
 
 
 @dataclass
@@ -103,7 +112,7 @@ class ProblemTuner:
         runner(a, b, c)
         return relative_error(self.problem, a, b, c)
 
-    def time(self, runner: Callable, name: str) -> Any:
+    def time(self, runner: Callable, name: str, abandon_above_ms: float | None) -> Any:
         operands = self.operands
         return time_launch(
             lambda i: runner(*operands[i]),
@@ -112,9 +121,12 @@ class ProblemTuner:
             input_sets=len(operands),
             set_bytes=self.set_bytes,
             policy=self.options.policy,
+            abandon_above_ms=abandon_above_ms,
         )
 
-    def try_candidate(self, backend: Backend, candidate: Candidate) -> tuple[dict, Any | None]:
+    def try_candidate(
+        self, backend: Backend, candidate: Candidate, abandon_above_ms: float | None = None
+    ) -> tuple[dict, Any | None]:
         """(record, timing or None): prepare, verify, then time one candidate."""
         problem = self.problem
         try:
@@ -129,7 +141,10 @@ class ProblemTuner:
         if not error <= self.tolerance:
             reason = f"wrong result: relative error {error:.3g} > {self.tolerance:g}"
             return _record(problem, candidate, "wrong", reason=reason, rel_err=error), None
-        timing = self.time(runner, f"{problem.key()} {candidate.name}")
+        try:
+            timing = self.time(runner, f"{problem.key()} {candidate.name}", abandon_above_ms)
+        except TooSlow as exc:
+            return _record(problem, candidate, "slow", reason=str(exc), rel_err=error), None
         return _record(problem, candidate, "ok", rel_err=error), timing
 
 
@@ -151,6 +166,7 @@ def tune_problem(
     records = {default.key(): record}
     timed: list[tuple[Candidate, Any]] = [(default, default_timing)]
 
+    abandon_above_ms = options.abandon_factor * default_timing.median_ms
     work = [(b, c) for b in backends for c in b.candidates(problem) if c.key() != default.key()]
     for index, (backend, candidate) in enumerate(work):
         if time.monotonic() > deadline:
@@ -159,7 +175,7 @@ def tune_problem(
                 None,
             )
         else:
-            record, timing = tuner.try_candidate(backend, candidate)
+            record, timing = tuner.try_candidate(backend, candidate, abandon_above_ms)
         if timing is not None:
             record["timing"] = _timing_record(timing, keep_samples=False)
             timed.append((candidate, timing))

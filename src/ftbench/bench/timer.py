@@ -90,6 +90,14 @@ class Timing:
         return data
 
 
+class TooSlow(MeasurementError):
+    """The warm-up estimate exceeded the caller's `abandon_above_ms`; nothing more was timed."""
+
+    def __init__(self, name: str, launch_ms: float, limit_ms: float):
+        super().__init__(f"{name}: {launch_ms:.4g} ms per launch in warm-up, above {limit_ms:.4g}")
+        self.launch_ms = launch_ms
+
+
 def cold_input_sets(set_bytes: int, l2_bytes: int) -> int:
     """How many copies of a launch's inputs make a rotation that always misses L2.
 
@@ -255,11 +263,14 @@ def time_launch(
     input_sets: int = 1,
     set_bytes: int = 0,
     policy: TimingPolicy | None = None,
+    abandon_above_ms: float | None = None,
 ) -> Timing:
     """Time one launch of `launch` on the current CUDA device (see the module docstring).
 
     For cache="cold", pass `input_sets` copies of the inputs of `set_bytes` bytes each (see
-    `cold_input_sets`); with too few, L2 is flushed before every launch instead.
+    `cold_input_sets`); with too few, L2 is flushed before every launch instead. With
+    `abandon_above_ms`, a launch slower than that in warm-up raises `TooSlow` (tuners use it to
+    skip hopeless candidates).
     """
     policy = policy or TimingPolicy()
     cupy = _cupy()
@@ -273,6 +284,8 @@ def time_launch(
         with stream:
             sampler = _Sampler(cupy, stream, launch, input_sets, cache_mode, l2_bytes)
             launch_ms = sampler.warm_up(policy)
+            if abandon_above_ms is not None and launch_ms > abandon_above_ms:
+                raise TooSlow(name, launch_ms, abandon_above_ms)
             count = 1
             if cache_mode != "cold-flush":
                 count = launches_per_sample(launch_ms, policy, sampler.input_sets)

@@ -1,0 +1,714 @@
+"""The `cublaslt` backend: cuBLASLt matmul algorithms, from its heuristic and by enumeration.
+
+Candidates, in this order:
+- the heuristic's top results (`cublasLtMatmulAlgoGetHeuristic`, 32 MiB workspace; cuBLASLt 13.1
+  returns at most 8), named "heuristic #i: ..."; the first is `default`;
+- then, up to `max_candidates` in all, configurations that `cublasLtMatmulAlgoCheck` accepts with
+  at most 32 MiB of workspace, half of the room from each of two pools:
+  - near: one-change variants (`variants`) of the heuristic's results: other stages, split-K
+    1/2/3/4/8/16 with each allowed reduction scheme (while the grid is smaller than the GPU),
+    CTA swizzling toggled, custom options, cluster shapes on Hopper;
+  - far: every algorithm id the library lists for the problem's types, each with every
+    (tile, stages) pair its capabilities list (most promising tiles first, at most
+    `MAX_BASES_PER_ALGO`, given up after `MAX_REFUSED_BEFORE_ACCEPTED` refusals in a row at
+    the start; each with the first cluster shape accepted, AUTO first), plus the one-change
+    variants of its `VARIANT_TILES_PER_ALGO` most promising tiles;
+  `select_diverse` picks from each pool so that algorithm ids, split-K counts, tiles and stages
+  are all covered before any is repeated; duplicates of the heuristic's results are dropped.
+
+A candidate's config is an `AlgoConfig`: the algorithm id and every configuration attribute of
+`cublasLtMatmulAlgo_t` (the lowercased `CUBLASLT_ALGO_CONFIG_*` names, library enum values).
+`cublasLtMatmulAlgoInit` plus those attributes rebuild the algorithm byte for byte, in another
+process, without the heuristic. Results are valid for the cuBLASLt version that made them; the
+tuned cache's header records it.
+
+The runner calls `cublasLtMatmul` through nvmath-python's binding (a thin Cython call that works
+during CUDA-graph capture) on CuPy's current stream, with descriptors made once per problem, a
+32 MiB workspace per device and host fp32 alpha/beta. A runner belongs to the device that was
+current when it was prepared; operands must be aligned as CuPy allocates them (256 bytes).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+
+from ftbench.autotune.backends.base import CandidateUnsupported
+from ftbench.autotune.candidate import Candidate
+from ftbench.autotune.operands import operand_shapes
+from ftbench.autotune.problem import GemmProblem
+from ftbench.errors import InvalidInputError, NoGpuError
+from ftbench.kernels.cublas import CUBLAS_COMPUTE_32F, CUBLAS_OP, CUDA_DATA_TYPES, WORKSPACE_BYTES
+
+BACKEND_NAME = "cublaslt"
+HEURISTIC_COUNT = 16
+MAX_CANDIDATES = 48
+MAX_ALGO_IDS = 512
+# (tile, stages) pairs checked per algorithm id, most promising tiles first.
+MAX_BASES_PER_ALGO = 1024
+# An algorithm id none of whose first this many (tile, stages) pairs is accepted is given up
+# (on an H200, id 67 refuses all of its 3135 pairs for fp16 NT problems).
+MAX_REFUSED_BEFORE_ACCEPTED = 64
+# Tiles per algorithm id whose one-change variants are checked.
+VARIANT_TILES_PER_ALGO = 4
+SPLIT_K_VALUES = (2, 3, 4, 8, 16)
+MAX_CUSTOM_OPTION = 8
+# cublasLtReductionScheme_t bits: INPLACE, COMPUTE_TYPE, OUTPUT_TYPE.
+REDUCTION_SCHEMES = (1, 2, 4)
+# Explicit cluster shapes tried on compute capability 9.0 and later, besides AUTO (no capability
+# lists them; AlgoCheck decides). The heuristic's own picks on an H200 include 2x1x1, 4x1x1,
+# 1x2x1 and 2x4x1.
+CLUSTER_SHAPE_NAMES = (
+    "SHAPE_1x1x1", "SHAPE_2x1x1", "SHAPE_1x2x1", "SHAPE_4x1x1", "SHAPE_1x4x1", "SHAPE_2x2x1",
+    "SHAPE_4x2x1", "SHAPE_2x4x1",
+)  # fmt: skip
+# Those tried, in this order after AUTO, to find a cluster shape a (tile, stages) pair accepts.
+BASE_CLUSTER_SHAPE_COUNT = 3
+CUDA_R_32F = 0
+COMPUTE_DTYPES = {"fp32": CUBLAS_COMPUTE_32F}
+
+_ONE = np.array(1.0, dtype=np.float32)
+_ZERO = np.array(0.0, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class AlgoConfig:
+    """One cuBLASLt algorithm: its id and every `CUBLASLT_ALGO_CONFIG_*` attribute (enum values)."""
+
+    id: int
+    tile_id: int = 0
+    stages_id: int = 0
+    splitk_num: int = 1
+    reduction_scheme: int = 0
+    cta_swizzling: int = 0
+    custom_option: int = 0
+    inner_shape_id: int = 0
+    cluster_shape_id: int = 0
+
+    def to_config(self) -> dict[str, int]:
+        """The JSON-ready candidate config."""
+        return asdict(self)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> AlgoConfig:
+        """Inverse of `to_config`; a missing, unknown or non-integer field is an error."""
+        names = [f.name for f in fields(cls)]
+        missing = sorted(set(names) - config.keys())
+        unknown = sorted(config.keys() - set(names))
+        if missing or unknown:
+            raise InvalidInputError(
+                f"cublaslt config {config!r}: missing {missing or 'nothing'}, "
+                f"unknown {unknown or 'nothing'}"
+            )
+        bad = [n for n in names if isinstance(config[n], bool) or not isinstance(config[n], int)]
+        if bad:
+            raise InvalidInputError(
+                f"cublaslt config {config!r}: {', '.join(bad)} must be integers"
+            )
+        return cls(**{name: config[name] for name in names})
+
+    def describe(self) -> str:
+        """A short display name, e.g. "algo 66 tile 64x8 stages 64x6 split-k 4 (INPLACE)"."""
+        parts = [
+            f"algo {self.id}",
+            f"tile {_label('MatmulTile', self.tile_id)}",
+            f"stages {_label('MatmulStages', self.stages_id)}",
+        ]
+        if self.splitk_num != 1:
+            scheme = _label("ReductionScheme", self.reduction_scheme)
+            parts.append(f"split-k {self.splitk_num} ({scheme})")
+        if self.cta_swizzling:
+            parts.append(f"swizzle {self.cta_swizzling}")
+        if self.custom_option:
+            parts.append(f"custom {self.custom_option}")
+        if self.inner_shape_id:
+            parts.append(f"inner {_label('MatmulInnerShape', self.inner_shape_id)}")
+        if self.cluster_shape_id:
+            parts.append(f"cluster {_label('ClusterShape', self.cluster_shape_id)}")
+        return " ".join(parts)
+
+
+CONFIG_FIELDS = tuple(f.name for f in fields(AlgoConfig))
+# Attributes that `select_diverse` spreads after the algorithm id and the split-K count.
+SECONDARY_FIELDS = tuple(name for name in CONFIG_FIELDS if name not in ("id", "splitk_num"))
+
+
+@dataclass(frozen=True)
+class AlgoCaps:
+    """What `cublasLtMatmulAlgoCapGetAttribute` says an algorithm id can be configured with."""
+
+    tile_ids: tuple[int, ...]
+    stages_ids: tuple[int, ...]
+    splitk_support: bool
+    reduction_scheme_mask: int
+    cta_swizzling_support: bool
+    custom_option_max: int
+    strided_batch_support: bool
+
+
+@dataclass(frozen=True)
+class MatrixSpec:
+    """One cuBLASLt matrix layout: column-major rows x cols, leading dimension, batch stride."""
+
+    rows: int
+    cols: int
+    ld: int
+    batch_stride: int
+
+
+def layout_specs(problem: GemmProblem) -> tuple[MatrixSpec, MatrixSpec, MatrixSpec]:
+    """cuBLASLt's A, B and C (= D) layouts for `problem`.
+
+    As in `GemmProblem.cublas_call`: cuBLASLt's A is our B, its B is our A, and m and n swap.
+    A layout describes the matrix as stored, before its transpose operation.
+    """
+    call = problem.cublas_call()
+    m, n, k = call["m"], call["n"], call["k"]
+    a_stride, b_stride, c_stride = (math.prod(shape[-2:]) for shape in operand_shapes(problem))
+    lt_a = (m, k) if call["transa"] == "N" else (k, m)
+    lt_b = (k, n) if call["transb"] == "N" else (n, k)
+    return (
+        MatrixSpec(*lt_a, call["lda"], b_stride),
+        MatrixSpec(*lt_b, call["ldb"], a_stride),
+        MatrixSpec(m, n, call["ldc"], c_stride),
+    )
+
+
+def candidate_for(config: AlgoConfig, heuristic_rank: int | None = None) -> Candidate:
+    """The `Candidate` of `config`; heuristic results are named "heuristic #rank: ..."."""
+    name = config.describe()
+    if heuristic_rank is not None:
+        name = f"heuristic #{heuristic_rank}: {name}"
+    return Candidate(BACKEND_NAME, name, config.to_config())
+
+
+def tile_dims(tile_id: int) -> tuple[int, int] | None:
+    """(rows, cols) of a `cublasLtMatmulTile_t` tile of C, or None when unknown or undefined."""
+    rows, _, cols = _label("MatmulTile", tile_id).partition("x")
+    if rows.isdigit() and cols.isdigit():
+        return int(rows), int(cols)
+    return None
+
+
+def promise(
+    tile: tuple[int, int] | None, splitk_num: int, spec: MatrixSpec, batch: int, sm_count: int
+) -> float:
+    """How well a tile fits C: the fraction of the tiled area that is C, times the fraction of
+    the last wave of CTAs that is busy. 0 for an unknown tile. Used only to order candidates."""
+    if tile is None:
+        return 0.0
+    tiles_rows, tiles_cols = math.ceil(spec.rows / tile[0]), math.ceil(spec.cols / tile[1])
+    padding = spec.rows * spec.cols / (tiles_rows * tile[0] * tiles_cols * tile[1])
+    ctas = tiles_rows * tiles_cols * batch * splitk_num
+    waves = ctas / (math.ceil(ctas / sm_count) * sm_count)
+    return padding * waves
+
+
+def grid_ctas(tile: tuple[int, int] | None, spec: MatrixSpec, batch: int) -> int | None:
+    """CTAs launched without split-K, or None for an unknown tile."""
+    if tile is None:
+        return None
+    return math.ceil(spec.rows / tile[0]) * math.ceil(spec.cols / tile[1]) * batch
+
+
+def variants(
+    base: AlgoConfig, caps: AlgoCaps, split_k: bool, cluster_shape_ids: Sequence[int]
+) -> list[AlgoConfig]:
+    """Configs that change one thing of `base`: its stages, its split-K count (only when
+    `split_k`; a count above 1 with each reduction scheme the algorithm allows), CTA swizzling,
+    its custom option, its cluster shape (AUTO or one of `cluster_shape_ids`, when given)."""
+    out = [replace(base, stages_id=stages) for stages in caps.stages_ids]
+    if split_k and caps.splitk_support:
+        schemes = [s for s in REDUCTION_SCHEMES if caps.reduction_scheme_mask & s] or [0]
+        out.append(replace(base, splitk_num=1, reduction_scheme=0))
+        out += [
+            replace(base, splitk_num=count, reduction_scheme=scheme)
+            for count in SPLIT_K_VALUES
+            for scheme in schemes
+        ]
+    if caps.cta_swizzling_support:
+        out.append(replace(base, cta_swizzling=0 if base.cta_swizzling else 1))
+    custom_options = range(min(caps.custom_option_max, MAX_CUSTOM_OPTION) + 1)
+    out += [replace(base, custom_option=option) for option in custom_options]
+    if cluster_shape_ids:
+        out += [replace(base, cluster_shape_id=shape) for shape in (0, *cluster_shape_ids)]
+    return [config for config in dict.fromkeys(out) if config != base]
+
+
+def select_diverse(
+    pool: Iterable[AlgoConfig],
+    budget: int,
+    taken: Sequence[AlgoConfig] = (),
+    score: Callable[[AlgoConfig], float] = lambda config: 0.0,
+) -> list[AlgoConfig]:
+    """Up to `budget` configs of `pool` (not in `taken`), picked greedily for coverage.
+
+    Each pick is the config with, in this order of importance: an algorithm id not yet seen,
+    a split-K count not yet seen, the most other attribute values not yet seen (tile, stages,
+    reduction, swizzle, custom option, inner and cluster shape), the highest `score`, the
+    earliest place in `pool`. So every algorithm id comes first, then every split-K count, then
+    a spread of tiles and stages, instead of the first N configs of one algorithm.
+    """
+    seen = {name: {getattr(config, name) for config in taken} for name in CONFIG_FIELDS}
+    excluded = set(taken)
+    remaining = [config for config in dict.fromkeys(pool) if config not in excluded]
+    scores = {config: score(config) for config in remaining}
+
+    def priority(index: int) -> tuple:
+        config = remaining[index]
+        return (
+            config.id not in seen["id"],
+            config.splitk_num not in seen["splitk_num"],
+            sum(getattr(config, name) not in seen[name] for name in SECONDARY_FIELDS),
+            scores[config],
+            -index,
+        )
+
+    chosen: list[AlgoConfig] = []
+    while remaining and len(chosen) < budget:
+        config = remaining.pop(max(range(len(remaining)), key=priority))
+        chosen.append(config)
+        for name in CONFIG_FIELDS:
+            seen[name].add(getattr(config, name))
+    return chosen
+
+
+def merge_candidates(
+    heuristic: Sequence[AlgoConfig], enumerated: Sequence[AlgoConfig], max_candidates: int
+) -> list[Candidate]:
+    """Heuristic results first (ranked), then enumerated configs, each algorithm once."""
+    ranked = list(dict.fromkeys(heuristic))[:max_candidates]
+    known = set(ranked)
+    rest = [config for config in dict.fromkeys(enumerated) if config not in known]
+    candidates = [candidate_for(config, rank) for rank, config in enumerate(ranked)]
+    candidates += [candidate_for(config) for config in rest[: max_candidates - len(ranked)]]
+    return candidates
+
+
+# --- names of the library's enum values (nvmath's enums; "#value" without nvmath) ---
+
+
+@functools.cache
+def _enum_labels(enum_name: str) -> dict[int, str]:
+    try:
+        from nvmath.bindings import cublasLt
+    except Exception:
+        return {}
+    prefixes = ("TILE_", "STAGES_", "SHAPE_")
+    labels = {}
+    for member in getattr(cublasLt, enum_name):
+        label = member.name
+        for prefix in prefixes:
+            label = label.removeprefix(prefix)
+        labels[int(member)] = label
+    return labels
+
+
+def _label(enum_name: str, value: int) -> str:
+    return _enum_labels(enum_name).get(value, f"#{value}")
+
+
+# --- the library (GPU side) ---
+
+
+def _library():
+    """nvmath's cuBLASLt binding, or NoGpuError saying what is missing."""
+    try:
+        from nvmath.bindings import cublasLt
+    except Exception as exc:
+        raise NoGpuError(
+            f"the cublaslt backend needs nvmath-python (pip install nvmath-python): {exc}"
+        ) from exc
+    return cublasLt
+
+
+@functools.cache
+def _handle(device_id: int) -> int:
+    """One cuBLASLt handle per device, made once."""
+    import cupy
+
+    with cupy.cuda.Device(device_id):
+        return _library().create()
+
+
+@functools.cache
+def _workspace(device_id: int) -> Any:
+    """A 32 MiB workspace per device for cuBLASLt alone (cuBLAS has its own: calls of the two
+    libraries on different streams must not share scratch memory)."""
+    import cupy
+
+    with cupy.cuda.Device(device_id):
+        return cupy.empty(WORKSPACE_BYTES, dtype=cupy.uint8)
+
+
+def _set(setter: Callable, dtype_of: Callable, target: int, attribute: Any, value: int) -> None:
+    buffer = np.array(value, dtype=dtype_of(attribute))
+    setter(target, attribute, buffer.ctypes.data, buffer.nbytes)
+
+
+def _get(getter: Callable, dtype_of: Callable, target: int, attribute: Any) -> int:
+    buffer = np.zeros(1, dtype=dtype_of(attribute))
+    written = np.zeros(1, dtype=np.uint64)
+    getter(target, attribute, buffer.ctypes.data, buffer.nbytes, written.ctypes.data)
+    return int(buffer[0])
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The matmul descriptor and matrix layouts of one problem (host objects, made once)."""
+
+    desc: int
+    a_layout: int
+    b_layout: int
+    c_layout: int
+    types: tuple[int, int, int, int, int, int]  # compute, scale, A, B, C, D as cuBLASLt sees them
+
+
+@functools.cache
+def _plan(problem: GemmProblem) -> _Plan:
+    lt = _library()
+    call = problem.cublas_call()
+    compute = COMPUTE_DTYPES[problem.compute_dtype]
+    desc = lt.matmul_desc_create(compute, CUDA_R_32F)
+    set_desc = functools.partial(
+        _set, lt.matmul_desc_set_attribute, lt.get_matmul_desc_attribute_dtype, desc
+    )
+    set_desc(lt.MatmulDescAttribute.TRANSA, CUBLAS_OP[call["transa"]])
+    set_desc(lt.MatmulDescAttribute.TRANSB, CUBLAS_OP[call["transb"]])
+    # cuBLASLt's A is our B and its B our A (see GemmProblem.cublas_call).
+    dtypes = [CUDA_DATA_TYPES[d] for d in (problem.b_dtype, problem.a_dtype, problem.c_dtype)]
+    layouts = []
+    for spec, dtype in zip(layout_specs(problem), dtypes, strict=True):
+        layout = lt.matrix_layout_create(dtype, spec.rows, spec.cols, spec.ld)
+        if problem.batch_count > 1:
+            set_layout = functools.partial(
+                _set, lt.matrix_layout_set_attribute, lt.get_matrix_layout_attribute_dtype, layout
+            )
+            set_layout(lt.MatrixLayoutAttribute.BATCH_COUNT, problem.batch_count)
+            set_layout(lt.MatrixLayoutAttribute.STRIDED_BATCH_OFFSET, spec.batch_stride)
+        layouts.append(layout)
+    return _Plan(desc, *layouts, types=(compute, CUDA_R_32F, *dtypes, dtypes[2]))
+
+
+def _algo_buffer() -> np.ndarray:
+    return np.zeros(_library().matmul_algo_dtype.itemsize // 8, dtype=np.uint64)
+
+
+def _init_algo(handle: int, plan: _Plan, algo_id: int) -> np.ndarray:
+    algo = _algo_buffer()
+    _library().matmul_algo_init(handle, *plan.types, algo_id, algo.ctypes.data)
+    return algo
+
+
+def build_algo(handle: int, plan: _Plan, config: AlgoConfig) -> np.ndarray:
+    """The `cublasLtMatmulAlgo_t` of `config`: AlgoInit, then every configuration attribute."""
+    lt = _library()
+    algo = _init_algo(handle, plan, config.id)
+    for name in CONFIG_FIELDS[1:]:
+        attribute = lt.MatmulAlgoConfigAttribute[name.upper()]
+        _set(
+            lt.matmul_algo_config_set_attribute,
+            lt.get_matmul_algo_config_attribute_dtype,
+            algo.ctypes.data,
+            attribute,
+            getattr(config, name),
+        )
+    return algo
+
+
+def decode_algo(algo: np.ndarray) -> AlgoConfig:
+    """The `AlgoConfig` of a `cublasLtMatmulAlgo_t` (read back with ConfigGetAttribute)."""
+    lt = _library()
+    values = {
+        name: _get(
+            lt.matmul_algo_config_get_attribute,
+            lt.get_matmul_algo_config_attribute_dtype,
+            algo.ctypes.data,
+            lt.MatmulAlgoConfigAttribute[name.upper()],
+        )
+        for name in CONFIG_FIELDS
+    }
+    return AlgoConfig(**values)
+
+
+def check_algo(handle: int, plan: _Plan, algo: np.ndarray) -> int | None:
+    """Workspace bytes `algo` needs for the problem, or None if AlgoCheck refuses it or it needs
+    more than the 32 MiB workspace."""
+    lt = _library()
+    result = np.zeros(1, dtype=lt.matmul_heuristic_result_dtype)
+    try:
+        lt.matmul_algo_check(
+            handle, plan.desc, plan.a_layout, plan.b_layout, plan.c_layout, plan.c_layout,
+            algo.ctypes.data, result.ctypes.data,
+        )  # fmt: skip
+    except lt.cuBLASLtError:
+        return None
+    workspace = int(result["workspace_size"][0])
+    return workspace if workspace <= WORKSPACE_BYTES else None
+
+
+def heuristic(problem: GemmProblem, count: int = HEURISTIC_COUNT) -> list[tuple[AlgoConfig, bytes]]:
+    """The heuristic's ranked results: (decoded config, the raw `cublasLtMatmulAlgo_t` bytes)."""
+    import cupy
+
+    lt = _library()
+    handle, plan = _handle(cupy.cuda.Device().id), _plan(problem)
+    preference = lt.matmul_preference_create()
+    results = np.zeros(count, dtype=lt.matmul_heuristic_result_dtype)
+    returned = np.zeros(1, dtype=np.int32)
+    try:
+        _set(
+            lt.matmul_preference_set_attribute,
+            lt.get_matmul_preference_attribute_dtype,
+            preference,
+            lt.MatmulPreferenceAttribute.MAX_WORKSPACE_BYTES,
+            WORKSPACE_BYTES,
+        )
+        lt.matmul_algo_get_heuristic(
+            handle, plan.desc, plan.a_layout, plan.b_layout, plan.c_layout, plan.c_layout,
+            preference, count, results.ctypes.data, returned.ctypes.data,
+        )  # fmt: skip
+    except lt.cuBLASLtError:
+        return []
+    finally:
+        lt.matmul_preference_destroy(preference)
+    out = []
+    for result in results[: int(returned[0])]:
+        if int(result["state"]) != 0:
+            continue
+        raw = result["algo"].tobytes()
+        out.append((decode_algo(np.frombuffer(raw, dtype=np.uint64).copy()), raw))
+    return out
+
+
+def _cap(algo: np.ndarray, attribute: Any) -> int:
+    lt = _library()
+    return _get(
+        lt.matmul_algo_cap_get_attribute,
+        lt.get_matmul_algo_cap_attribute_dtype,
+        algo.ctypes.data,
+        attribute,
+    )
+
+
+def _cap_ids(algo: np.ndarray, attribute: Any) -> tuple[int, ...]:
+    """A variable-length capability (tile or stages ids): ask its size, then read it."""
+    lt = _library()
+    dtype = np.dtype(lt.get_matmul_algo_cap_attribute_dtype(attribute))
+    size = np.zeros(1, dtype=np.uint64)
+    lt.matmul_algo_cap_get_attribute(algo.ctypes.data, attribute, 0, 0, size.ctypes.data)
+    ids = np.zeros(int(size[0]) // dtype.itemsize, dtype=dtype)
+    if ids.size:
+        lt.matmul_algo_cap_get_attribute(
+            algo.ctypes.data, attribute, ids.ctypes.data, ids.nbytes, size.ctypes.data
+        )
+    return tuple(int(value) for value in ids)
+
+
+def algo_caps(algo: np.ndarray) -> AlgoCaps:
+    """The capabilities of an initialised algorithm."""
+    cap = _library().MatmulAlgoCapAttribute
+    return AlgoCaps(
+        tile_ids=_cap_ids(algo, cap.TILE_IDS) or (0,),
+        stages_ids=_cap_ids(algo, cap.STAGES_IDS) or (0,),
+        splitk_support=bool(_cap(algo, cap.SPLITK_SUPPORT)),
+        reduction_scheme_mask=_cap(algo, cap.REDUCTION_SCHEME_MASK),
+        cta_swizzling_support=bool(_cap(algo, cap.CTA_SWIZZLING_SUPPORT)),
+        custom_option_max=_cap(algo, cap.CUSTOM_OPTION_MAX),
+        strided_batch_support=bool(_cap(algo, cap.STRIDED_BATCH_SUPPORT)),
+    )
+
+
+@dataclass
+class EnumerationStats:
+    """What one enumeration did (for the docs and for tuning its limits)."""
+
+    algo_ids: int = 0
+    checked: int = 0
+    near: int = 0
+    far: int = 0
+    far_by_algo: dict[int, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def enumerate_configs(
+    problem: GemmProblem, around: Sequence[AlgoConfig] = (), stats: EnumerationStats | None = None
+) -> tuple[list[AlgoConfig], list[AlgoConfig], Callable[[AlgoConfig], float]]:
+    """(near, far, score): the configs AlgoCheck accepts that change one thing of a config in
+    `around` (the heuristic's results); those of the enumeration by algorithm id (see the module
+    docstring); and their `promise`, for ordering."""
+    import cupy
+
+    lt = _library()
+    stats = stats if stats is not None else EnumerationStats()
+    start = time.perf_counter()
+    device = cupy.cuda.Device()
+    handle, plan = _handle(device.id), _plan(problem)
+    sm_count = device.attributes["MultiProcessorCount"]
+    cluster_shapes = ()
+    if int(device.compute_capability) >= 90:
+        cluster_shapes = tuple(int(lt.ClusterShape[name]) for name in CLUSTER_SHAPE_NAMES)
+    c_spec, batch = layout_specs(problem)[2], problem.batch_count
+    checked: dict[AlgoConfig, bool] = {}
+
+    def score(config: AlgoConfig) -> float:
+        return promise(tile_dims(config.tile_id), config.splitk_num, c_spec, batch, sm_count)
+
+    def accepted(config: AlgoConfig) -> bool:
+        if config not in checked:
+            try:
+                algo = build_algo(handle, plan, config)
+                checked[config] = check_algo(handle, plan, algo) is not None
+            except lt.cuBLASLtError:
+                checked[config] = False
+        return checked[config]
+
+    @functools.cache
+    def caps_of(algo_id: int) -> AlgoCaps:
+        return algo_caps(_init_algo(handle, plan, algo_id))
+
+    def neighbors(base: AlgoConfig) -> list[AlgoConfig]:
+        ctas = grid_ctas(tile_dims(base.tile_id), c_spec, batch)
+        split_k = ctas is None or ctas < sm_count
+        found = variants(base, caps_of(base.id), split_k, cluster_shapes)
+        return [config for config in found if accepted(config)]
+
+    def with_cluster(config: AlgoConfig) -> AlgoConfig | None:
+        """`config` with the first cluster shape AlgoCheck accepts (AUTO first): Hopper
+        algorithms such as id 66 refuse AUTO."""
+        for shape in (0, *cluster_shapes[:BASE_CLUSTER_SHAPE_COUNT]):
+            if accepted(replace(config, cluster_shape_id=shape)):
+                return replace(config, cluster_shape_id=shape)
+        return None
+
+    near = [config for base in around for config in neighbors(base)]
+    far: list[AlgoConfig] = []
+    ids = lt.matmul_algo_get_ids(handle, *plan.types, MAX_ALGO_IDS)
+    for algo_id in ids:
+        caps = caps_of(algo_id)
+        if batch > 1 and not caps.strided_batch_support:
+            continue
+        tiles = sorted(caps.tile_ids, key=lambda tile: -score(AlgoConfig(algo_id, tile)))
+        pairs = [AlgoConfig(algo_id, tile, stages) for tile in tiles for stages in caps.stages_ids]
+        bases = []
+        for index, pair in enumerate(pairs[:MAX_BASES_PER_ALGO]):
+            if not bases and index == MAX_REFUSED_BEFORE_ACCEPTED:
+                break
+            base = with_cluster(pair)
+            if base is not None:
+                bases.append(base)
+        first_per_tile: dict[int, AlgoConfig] = {}
+        for base in bases:
+            first_per_tile.setdefault(base.tile_id, base)
+        varied = list(first_per_tile.values())[:VARIANT_TILES_PER_ALGO]
+        found = list(dict.fromkeys(bases + [c for base in varied for c in neighbors(base)]))
+        stats.far_by_algo[algo_id] = len(found)
+        far += found
+    stats.algo_ids, stats.checked = len(ids), len(checked)
+    stats.near, stats.far = len(near), len(far)
+    stats.seconds = time.perf_counter() - start
+    return near, far, score
+
+
+class CublasLtRunner:
+    """`runner(a, b, c)`: C = op(A) @ op(B) through cublasLtMatmul with one fixed algorithm."""
+
+    __slots__ = ("config", "algo", "workspace_bytes", "_arguments", "_matmul", "_stream")
+
+    def __init__(self, problem: GemmProblem, config: AlgoConfig):
+        import cupy
+
+        lt = _library()
+        device_id = cupy.cuda.Device().id
+        handle, plan, workspace = _handle(device_id), _plan(problem), _workspace(device_id)
+        try:
+            algo = build_algo(handle, plan, config)
+        except lt.cuBLASLtError as exc:
+            raise CandidateUnsupported(f"cuBLASLt refused {config.describe()}: {exc}") from exc
+        workspace_bytes = check_algo(handle, plan, algo)
+        if workspace_bytes is None:
+            raise CandidateUnsupported(
+                f"cublasLtMatmulAlgoCheck refuses {config.describe()} for {problem.key()} "
+                f"(or it needs more than {WORKSPACE_BYTES} bytes of workspace)"
+            )
+        self.config, self.algo, self.workspace_bytes = config, algo, workspace_bytes
+        self._matmul = lt.matmul
+        self._stream = cupy.cuda.get_current_stream
+        self._arguments = (
+            handle, plan.desc, _ONE.ctypes.data, plan.a_layout, plan.b_layout, _ZERO.ctypes.data,
+            plan.c_layout, algo.ctypes.data, workspace.data.ptr, workspace.nbytes,
+        )  # fmt: skip
+
+    def __call__(self, a: Any, b: Any, c: Any) -> None:
+        handle, desc, alpha, a_layout, b_layout, beta, c_layout, algo, ws, ws_bytes = (
+            self._arguments
+        )
+        # cuBLASLt's A is our B and its B our A (see GemmProblem.cublas_call); D is C.
+        out = c.data.ptr
+        self._matmul(
+            handle, desc, alpha, b.data.ptr, a_layout, a.data.ptr, b_layout, beta, out, c_layout,
+            out, c_layout, algo, ws, ws_bytes, self._stream().ptr,
+        )  # fmt: skip
+
+
+class CublasLtBackend:
+    """cuBLASLt algorithms: the heuristic's, then enumerated ones (see the module docstring)."""
+
+    name = BACKEND_NAME
+
+    def __init__(
+        self, max_candidates: int = MAX_CANDIDATES, heuristic_count: int = HEURISTIC_COUNT
+    ):
+        if max_candidates < 1 or heuristic_count < 1:
+            raise InvalidInputError("max_candidates and heuristic_count must be at least 1")
+        self.max_candidates = max_candidates
+        self.heuristic_count = heuristic_count
+
+    def unavailable_reason(self) -> str | None:
+        try:
+            from nvmath.bindings import cublasLt
+        except Exception as exc:
+            return f"nvmath-python is not installed or does not load ({exc})"
+        try:
+            import cupy
+        except ImportError:
+            return "CuPy is not installed"
+        try:
+            if cupy.cuda.runtime.getDeviceCount() == 0:
+                return "no CUDA device"
+            cublasLt.get_version()
+        except Exception as exc:
+            return f"cuBLASLt is not usable here: {exc}"
+        return None
+
+    def candidates(self, problem: GemmProblem) -> list[Candidate]:
+        if problem.compute_dtype not in COMPUTE_DTYPES:
+            return []
+        ranked = [config for config, _ in heuristic(problem, self.heuristic_count)]
+        ranked = list(dict.fromkeys(ranked))[: self.max_candidates]
+        near, far, score = enumerate_configs(problem, ranked)
+        # Half the room goes to the heuristic's neighbourhood, the rest to the wider enumeration.
+        room = self.max_candidates - len(ranked)
+        chosen = select_diverse(near, (room + 1) // 2, ranked, score)
+        chosen += select_diverse(far, room - len(chosen), ranked + chosen, score)
+        return merge_candidates(ranked, chosen, self.max_candidates)
+
+    def default(self, problem: GemmProblem) -> Candidate | None:
+        if problem.compute_dtype not in COMPUTE_DTYPES:
+            return None
+        results = heuristic(problem, self.heuristic_count)
+        return candidate_for(results[0][0], 0) if results else None
+
+    def prepare(self, candidate: Candidate, problem: GemmProblem) -> CublasLtRunner:
+        if problem.compute_dtype not in COMPUTE_DTYPES:
+            raise CandidateUnsupported(f"cuBLASLt backend computes in fp32 only, not {problem}")
+        return CublasLtRunner(problem, AlgoConfig.from_config(candidate.config))
+
+
+BACKEND = CublasLtBackend()
