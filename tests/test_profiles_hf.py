@@ -51,6 +51,15 @@ def test_mistral_is_read_as_a_llama_style_gqa_model():
         10000.0,
     )
     assert spec.parameter_count() == 7_241_732_096  # HF MistralForCausalLM
+    assert spec.sliding_window == 4096
+
+
+def test_rope_scaling_is_carried_so_the_runtime_can_refuse_it():
+    config = json.loads((CONFIGS / "meta-llama-3-8b.json").read_text())
+    assert spec_from_hf_config(config).rope_scaling == ""
+    config["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0}
+    spec = spec_from_hf_config(config)
+    assert json.loads(spec.rope_scaling) == {"rope_type": "llama3", "factor": 8.0}
 
 
 def test_explicit_head_dim_sets_query_width_independently_of_hidden_size():

@@ -8,6 +8,7 @@ get the same defaults here, so a config the `transformers` library accepts is ac
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,13 @@ def _gptj(f: _Fields) -> dict[str, Any]:
     }
 
 
+def _rope_scaling(value: Any) -> str:
+    """HF's rope_scaling as canonical JSON ("" when absent or the default rotary)."""
+    if not value or (isinstance(value, dict) and value.get("rope_type", "default") == "default"):
+        return ""
+    return json.dumps(value, sort_keys=True)
+
+
 def _llama(f: _Fields) -> dict[str, Any]:
     heads = f.integer("num_attention_heads")
     if f.data.get("head_dim") is not None:
@@ -183,6 +191,8 @@ def _llama(f: _Fields) -> dict[str, Any]:
         "rotary_dim": head_dim,
         "rope_theta": rope_theta,
         "rotary_interleaved": False,
+        "rope_scaling": _rope_scaling(f.data.get("rope_scaling")),
+        "sliding_window": f.data.get("sliding_window") or 0,
         "tie_word_embeddings": f.flag("tie_word_embeddings", False),
         "parallel_attn_mlp": False,
         "qkv_bias": attention_bias,

@@ -83,6 +83,8 @@ class ModelSpec:
     rotary_dim: int = 0
     rope_theta: float = 10000.0
     rotary_interleaved: bool = False
+    rope_scaling: str = ""
+    sliding_window: int = 0
     decoder_layers: int = 0
     relative_attention_num_buckets: int = 0
     relative_attention_max_distance: int = 0
@@ -116,12 +118,15 @@ class ModelSpec:
             _check_int(owner, name, getattr(self, name), 1)
         for name in (
             "rotary_dim",
+            "sliding_window",
             "decoder_layers",
             "relative_attention_num_buckets",
             "relative_attention_max_distance",
             "type_vocab_size",
         ):
             _check_int(owner, name, getattr(self, name), 0)
+        if not isinstance(self.rope_scaling, str):
+            raise InvalidInputError(f"{owner}: rope_scaling must be a JSON string or empty")
         for name in (
             "gated_ffn",
             "tie_word_embeddings",

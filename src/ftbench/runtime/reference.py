@@ -1,0 +1,299 @@
+"""A NumPy reference of the decoder forward pass, driven only by `ModelSpec` and `ModelWeights`.
+
+This is the ground truth the CUDA runtime is tested against, so it favours reading as the math
+over speed. It covers the decoder families (gpt2, megatron-gpt, gptj, llama/mistral): learned or
+rotary positions, LayerNorm or RMSNorm, grouped-query attention, gated or plain FFN, sequential
+or parallel (GPT-J) blocks.
+
+Given the per-rank shards of `weights.shard()` instead of full weights, it runs every rank's part
+of each layer and sums the partial outputs where the tensor-parallel runtime all-reduces (after
+attention-out and after FFN-down, each followed by that layer's bias) and concatenates the LM
+head's vocabulary slices where it all-gathers. That is how the sharding is checked.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ftbench.errors import InvalidInputError
+from ftbench.profiles.problems import rank_shapes
+from ftbench.profiles.spec import ModelSpec
+from ftbench.runtime.weights import Linear, ModelWeights, Norm, check_shapes
+
+COMPUTE_DTYPES = ("float32", "float64")
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def linear(x: np.ndarray, layer: Linear) -> np.ndarray:
+    """x @ weight.T + bias (weights are [out_features, in_features])."""
+    y = x @ layer.weight.T
+    return y if layer.bias is None else y + layer.bias
+
+
+def norm(x: np.ndarray, weights: Norm, kind: str, eps: float) -> np.ndarray:
+    """LayerNorm or RMSNorm over the last axis."""
+    if kind == "rmsnorm":
+        return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weights.weight
+    centered = x - np.mean(x, axis=-1, keepdims=True)
+    variance = np.mean(centered * centered, axis=-1, keepdims=True)
+    return centered / np.sqrt(variance + eps) * weights.weight + weights.bias
+
+
+def activation(x: np.ndarray, name: str) -> np.ndarray:
+    """gelu_new (tanh approximation), gelu (exact, erf), silu or relu."""
+    if name == "gelu_new":
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    if name == "gelu":
+        return (0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))).astype(x.dtype)
+    if name == "silu":
+        return x / (1.0 + np.exp(-x))
+    return np.maximum(x, 0)
+
+
+def rotary(x: np.ndarray, positions: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """Rotate the first `rotary_dim` dims of every head of x [batch, tokens, heads, head_dim].
+
+    Pair i (of rotary_dim / 2) turns by angle position * rope_theta ** (-2i / rotary_dim).
+    Interleaved (GPT-J) pairs are dims (2i, 2i + 1); otherwise (LLaMA, GPT-NeoX) the pairs are
+    (i, i + rotary_dim / 2), the "rotate half" layout. Dims past rotary_dim pass through.
+    """
+    rotary_dim = spec.rotary_dim
+    inverse_frequencies = spec.rope_theta ** (-np.arange(0, rotary_dim, 2) / rotary_dim)
+    angles = positions[:, :, None, None] * inverse_frequencies  # [batch, tokens, 1, pairs]
+    cos, sin = np.cos(angles).astype(x.dtype), np.sin(angles).astype(x.dtype)
+    rotated, passed = x[..., :rotary_dim], x[..., rotary_dim:]
+    if spec.rotary_interleaved:
+        even, odd = rotated[..., 0::2], rotated[..., 1::2]
+        pairs = np.stack([even * cos - odd * sin, odd * cos + even * sin], axis=-1)
+        rotated = pairs.reshape(rotated.shape)
+    else:
+        first, second = np.split(rotated, 2, axis=-1)
+        rotated = np.concatenate([first * cos - second * sin, second * cos + first * sin], -1)
+    return np.concatenate([rotated, passed], axis=-1)
+
+
+def causal_attention(
+    q: np.ndarray, keys: np.ndarray, values: np.ndarray, positions: np.ndarray
+) -> np.ndarray:
+    """Softmax(q k^T / sqrt(head_dim)) v, each query seeing the keys at positions <= its own.
+
+    q [batch, tokens, q_heads, head_dim] at `positions` [batch, tokens]; keys and values
+    [batch, cached, kv_heads, head_dim] for positions 0..cached-1. Query head h reads KV head
+    h // (q_heads / kv_heads) (grouped-query attention).
+    """
+    group = q.shape[2] // keys.shape[2]
+    keys = np.repeat(keys, group, axis=2).transpose(0, 2, 3, 1)  # [batch, heads, dim, cached]
+    values = np.repeat(values, group, axis=2).transpose(0, 2, 1, 3)  # [batch, heads, cached, dim]
+    scores = (
+        q.transpose(0, 2, 1, 3) @ keys / math.sqrt(q.shape[-1])
+    )  # [batch, heads, tokens, cached]
+    visible = np.arange(keys.shape[-1]) <= positions[:, None, :, None]
+    scores = np.where(visible, scores, -np.inf)
+    probabilities = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    probabilities /= probabilities.sum(axis=-1, keepdims=True)
+    return (probabilities @ values).transpose(0, 2, 1, 3)
+
+
+def all_reduce(partials: Iterable[np.ndarray]) -> np.ndarray:
+    """What the tensor-parallel runtime's all-reduce does: sum the ranks' partial outputs."""
+    return sum(partials)
+
+
+def _add_bias(x: np.ndarray, layer: Linear) -> np.ndarray:
+    return x if layer.bias is None else x + layer.bias
+
+
+class _KVCache:
+    """One layer's keys and values on one rank: [batch, capacity, kv_heads, head_dim] each.
+
+    Sequence b's token at position p lives at [b, p]; the capacity grows as needed.
+    """
+
+    def __init__(self, batch: int, kv_heads: int, head_dim: int, dtype: np.dtype) -> None:
+        self.keys = np.zeros((batch, 0, kv_heads, head_dim), dtype)
+        self.values = np.zeros_like(self.keys)
+
+    def update(
+        self, positions: np.ndarray, keys: np.ndarray, values: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Store the new tokens' keys and values; return every position up to the last one."""
+        needed = int(positions.max()) + 1
+        capacity = self.keys.shape[1]
+        if needed > capacity:
+            grow = ((0, 0), (0, max(needed, 2 * capacity) - capacity), (0, 0), (0, 0))
+            self.keys, self.values = np.pad(self.keys, grow), np.pad(self.values, grow)
+        rows = np.arange(len(positions))[:, None]
+        self.keys[rows, positions] = keys
+        self.values[rows, positions] = values
+        return self.keys[:, :needed], self.values[:, :needed]
+
+
+class ReferenceModel:
+    """A decoder with a KV cache: `prefill` a batch of prompts, then `decode` token by token.
+
+    `weights` is a `ModelWeights` or the list of per-rank shards from `shard()` (tp = its
+    length). `dtype` (float64 or float32) is the compute dtype; weights are converted to it.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        weights: ModelWeights | Sequence[ModelWeights],
+        dtype: Any = np.float64,
+    ) -> None:
+        ranks = [weights] if isinstance(weights, ModelWeights) else list(weights)
+        if not ranks:
+            raise InvalidInputError("ReferenceModel needs weights (or at least one shard)")
+        self.dtype = np.dtype(dtype)
+        if self.dtype.name not in COMPUTE_DTYPES:
+            raise InvalidInputError(
+                f"reference compute dtype must be float32 or float64, got {self.dtype}"
+            )
+        if spec.rope_scaling:
+            raise InvalidInputError(
+                f"{spec.name}: rope_scaling {spec.rope_scaling} is not implemented; only plain "
+                "rotary embeddings are"
+            )
+        self.spec = spec
+        self.tp = len(ranks)
+        self.rank_shapes = rank_shapes(spec, self.tp)
+        for rank_weights in ranks:
+            check_shapes(rank_weights, spec, self.tp)
+        self.ranks = [rank_weights.astype(self.dtype) for rank_weights in ranks]
+        self.lengths: np.ndarray | None = None
+        self._caches: list[list[_KVCache]] = []
+
+    def prefill(self, token_ids: Any, lengths: Any = None) -> np.ndarray:
+        """Run prompts token_ids [batch, seq] into a new KV cache; logits [batch, seq, vocab].
+
+        `lengths` [batch] gives each prompt's length for right-padded batches (default: all
+        `seq`); logits at padded positions are NaN.
+        """
+        tokens = self._check_tokens(token_ids, ndim=2)
+        batch, seq = tokens.shape
+        lengths = np.full(batch, seq) if lengths is None else np.asarray(lengths)
+        if lengths.shape != (batch,) or lengths.min() < 1 or lengths.max() > seq:
+            raise InvalidInputError(
+                f"lengths must be {batch} values in 1..{seq}, got {lengths.tolist()}"
+            )
+        positions = np.broadcast_to(np.arange(seq), (batch, seq))
+        shapes, head_dim = self.rank_shapes, self.spec.head_dim
+        self._caches = [
+            [
+                _KVCache(batch, shapes.kv_heads, head_dim, self.dtype)
+                for _ in range(self.spec.num_layers)
+            ]
+            for _ in self.ranks
+        ]
+        logits = self._forward(tokens, positions)
+        logits[positions >= lengths[:, None]] = np.nan
+        self.lengths = lengths.astype(np.int64)
+        return logits
+
+    def decode(self, next_tokens: Any) -> np.ndarray:
+        """Append one token per sequence (next_tokens [batch]); logits [batch, vocab]."""
+        if self.lengths is None:
+            raise InvalidInputError("decode() needs a prefill() first")
+        tokens = self._check_tokens(next_tokens, ndim=1)
+        if tokens.shape != self.lengths.shape:
+            raise InvalidInputError(
+                f"decode() takes one token per sequence ({len(self.lengths)}), got {tokens.shape}"
+            )
+        logits = self._forward(tokens[:, None], self.lengths[:, None])[:, 0]
+        self.lengths = self.lengths + 1
+        return logits
+
+    def generate_greedy(self, prompt_ids: Any, steps: int, lengths: Any = None) -> np.ndarray:
+        """Greedy decoding: the `steps` most likely next tokens per prompt, [batch, steps]."""
+        logits = self.prefill(prompt_ids, lengths)
+        last = logits[np.arange(len(logits)), self.lengths - 1]
+        generated = [last.argmax(axis=-1)]
+        for _ in range(steps - 1):
+            generated.append(self.decode(generated[-1]).argmax(axis=-1))
+        return np.stack(generated, axis=1)
+
+    def _check_tokens(self, token_ids: Any, ndim: int) -> np.ndarray:
+        tokens = np.asarray(token_ids)
+        if tokens.ndim != ndim or not np.issubdtype(tokens.dtype, np.integer):
+            raise InvalidInputError(f"token ids must be a {ndim}-D integer array")
+        if tokens.min() < 0 or tokens.max() >= self.spec.vocab_size:
+            raise InvalidInputError(
+                f"token ids must be in 0..{self.spec.vocab_size - 1}, got {tokens.min()} to "
+                f"{tokens.max()}"
+            )
+        return tokens
+
+    def _forward(self, tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Logits [batch, tokens, vocab] of tokens at positions [batch, tokens]."""
+        spec, weights = self.spec, self.ranks[0]
+        if spec.sliding_window and positions.max() >= spec.sliding_window:
+            raise InvalidInputError(
+                f"{spec.name} attends over a sliding window of {spec.sliding_window} tokens, "
+                f"which is not implemented; position {positions.max()} is past it"
+            )
+        hidden = weights.embed[tokens]
+        if weights.positions is not None:
+            if positions.max() >= spec.max_positions:
+                raise InvalidInputError(
+                    f"{spec.name} has {spec.max_positions} learned positions; position "
+                    f"{positions.max()} is past the end"
+                )
+            hidden = hidden + weights.positions[positions]
+        for index in range(spec.num_layers):
+            hidden = self._layer(index, hidden, positions)
+        hidden = norm(hidden, weights.final_norm, spec.norm, spec.norm_eps)
+        # All-gather of the LM head's vocabulary slices, then drop the padding rows.
+        logits = np.concatenate([linear(hidden, rank.lm_head) for rank in self.ranks], axis=-1)
+        return logits[..., : spec.vocab_size]
+
+    def _layer(self, index: int, hidden: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """One pre-norm block: x + attn(ln1(x)), then x + mlp(ln2(x)); or, parallel (GPT-J),
+        x + attn(ln1(x)) + mlp(ln1(x))."""
+        spec, layer = self.spec, self.ranks[0].layers[index]
+        normed = norm(hidden, layer.ln1, spec.norm, spec.norm_eps)
+        attention = all_reduce(
+            self._attention(rank, index, normed, positions) for rank in range(self.tp)
+        )
+        attention = _add_bias(attention, layer.attn_out)
+        if spec.parallel_attn_mlp:
+            mlp = all_reduce(self._mlp(rank, index, normed) for rank in range(self.tp))
+            return hidden + attention + _add_bias(mlp, layer.ffn_down)
+        hidden = hidden + attention
+        normed = norm(hidden, layer.ln2, spec.norm, spec.norm_eps)
+        mlp = all_reduce(self._mlp(rank, index, normed) for rank in range(self.tp))
+        return hidden + _add_bias(mlp, layer.ffn_down)
+
+    def _attention(
+        self, rank: int, index: int, normed: np.ndarray, positions: np.ndarray
+    ) -> np.ndarray:
+        """One rank's attention output before the all-reduce (and without attn_out's bias)."""
+        spec, layer = self.spec, self.ranks[rank].layers[index]
+        batch, tokens, _ = normed.shape
+        shapes, head_dim = self.rank_shapes, spec.head_dim
+        q_heads, kv_heads = shapes.q_heads, shapes.kv_heads
+        qkv = linear(normed, layer.qkv)
+        q, k, v = np.split(qkv, [q_heads * head_dim, (q_heads + kv_heads) * head_dim], axis=-1)
+        q = q.reshape(batch, tokens, q_heads, head_dim)
+        k = k.reshape(batch, tokens, kv_heads, head_dim)
+        v = v.reshape(batch, tokens, kv_heads, head_dim)
+        if spec.position_embedding == "rotary":
+            q, k = rotary(q, positions, spec), rotary(k, positions, spec)
+        keys, values = self._caches[rank][index].update(positions, k, v)
+        context = causal_attention(q, keys, values, positions)
+        return context.reshape(batch, tokens, q_heads * head_dim) @ layer.attn_out.weight.T
+
+    def _mlp(self, rank: int, index: int, normed: np.ndarray) -> np.ndarray:
+        """One rank's MLP output before the all-reduce (and without ffn_down's bias)."""
+        spec, layer = self.spec, self.ranks[rank].layers[index]
+        up = linear(normed, layer.ffn_up)
+        if spec.gated_ffn:
+            gate, up = np.split(up, 2, axis=-1)
+            inner = activation(gate, spec.activation) * up
+        else:
+            inner = activation(up, spec.activation)
+        return inner @ layer.ffn_down.weight.T
