@@ -366,6 +366,8 @@ def tune_command(
     columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())  # fmt: skip
     with Progress(*columns, console=console) as progress:
+        if "cutlass" in names:
+            _prebuild_cutlass(progress)
         report = run_sweep(
             [item.problem for item in counted], out, options, results_path=results,
             force=force, progress=progress,
@@ -377,6 +379,22 @@ def tune_command(
         f"tuned {report.tuned} problems, resumed {report.resumed}; cache: {out}; "
         f"every candidate: {report.results_path}"
     )
+
+
+def _prebuild_cutlass(progress) -> None:
+    """Compile (or find cached) the CUTLASS kernels for this GPU before any timing starts."""
+    from ftbench.autotune.backends.cutlass import prebuild
+
+    try:
+        built = prebuild(progress=progress)
+    except FtbenchError as exc:
+        console.print(f"[yellow]CUTLASS kernels not built:[/] {exc}")
+        return
+    failed = [name for name, result in built.items() if result.error is not None]
+    if failed:
+        console.print(
+            f"[yellow]{len(failed)} CUTLASS kernels failed to compile[/] (logs beside them)"
+        )
 
 
 def _print_tuned(cache, problems, gpu_name: str) -> None:

@@ -11,6 +11,14 @@ from typing import Any
 from ftbench.errors import InvalidInputError
 
 
+def default_cache_dir() -> Path:
+    """$FTBENCH_CACHE_DIR, else $XDG_CACHE_HOME/ftbench, else ~/.cache/ftbench."""
+    if os.environ.get("FTBENCH_CACHE_DIR"):
+        return Path(os.environ["FTBENCH_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ftbench"
+
+
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
     """Write `data` as indented JSON to `path` through a temp file and a rename.
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from ftbench.autotune.backends import get_backend
 from ftbench.autotune.problem import DATASHEET_PEAKS, GpuPeaks
 from ftbench.errors import FtbenchError, InvalidInputError
+from ftbench.files import default_cache_dir
 from ftbench.profiles.problems import CountedProblem, Fused, deduplicate, gemm_problems
 from ftbench.profiles.spec import ModelSpec, Workload
 
@@ -43,14 +43,6 @@ def candidate_counts(problem: Any, backend_names: list[str]) -> dict[str, int | 
         except (FtbenchError, ImportError, RuntimeError, OSError) as exc:
             counts[name] = f"needs a GPU ({type(exc).__name__})"
     return counts
-
-
-def default_cache_dir() -> Path:
-    """$FTBENCH_CACHE_DIR, else $XDG_CACHE_HOME/ftbench, else ~/.cache/ftbench."""
-    if os.environ.get("FTBENCH_CACHE_DIR"):
-        return Path(os.environ["FTBENCH_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ftbench"
 
 
 def default_cache_path(gpu_name: str) -> Path:
