@@ -346,11 +346,15 @@ def tune_command(
         table = Table(title=f"{spec.name}: {len(counted)} problems to tune", box=box.SIMPLE_HEAD)
         for header in ("problem", "calls/step", "roles", *names):
             table.add_column(header)
+        reasons: dict[str, str] = {}
         for item in counted:
-            counts = candidate_counts(item.problem, names)
+            counts = candidate_counts(item.problem, names, reasons)
             roles = ", ".join(dict.fromkeys(role.split(":")[1] for role in item.roles))
-            table.add_row(item.problem.key(), str(item.count), roles, *map(str, counts.values()))
+            cells = ["n/a" if count is None else str(count) for count in counts.values()]
+            table.add_row(item.problem.key(), str(item.count), roles, *cells)
         _print_table(table)
+        for name, reason in reasons.items():
+            console.print(f"{name}: n/a here: {reason}")
         return
     options = SweepOptions(
         backends=tuple(names),

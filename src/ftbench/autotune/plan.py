@@ -33,15 +33,19 @@ def tuning_problems(
     return [item for item in counted if attention or not item.fused_into_attention]
 
 
-def candidate_counts(problem: Any, backend_names: list[str]) -> dict[str, int | str]:
-    """Per backend, how many candidates it offers for `problem`, or why it cannot say here."""
-    counts: dict[str, int | str] = {}
+def candidate_counts(
+    problem: Any, backend_names: list[str], reasons: dict[str, str]
+) -> dict[str, int | None]:
+    """Per backend, how many candidates it offers for `problem`; None where it cannot say
+    here (a GPU or package is missing), with the reason put in `reasons`."""
+    counts: dict[str, int | None] = {}
     for name in backend_names:
         backend = get_backend(name)
         try:
             counts[name] = len(backend.candidates(problem))
         except (FtbenchError, ImportError, RuntimeError, OSError) as exc:
-            counts[name] = f"needs a GPU ({type(exc).__name__})"
+            counts[name] = None
+            reasons[name] = backend.unavailable_reason() or str(exc)
     return counts
 
 

@@ -28,7 +28,7 @@ from ftbench.autotune.backends import get_backend
 from ftbench.autotune.backends.base import Backend, CandidateUnsupported
 from ftbench.autotune.cache import CacheHeader, TimeSummary, TunedCache, TunedEntry, load_cache
 from ftbench.autotune.candidate import Candidate
-from ftbench.autotune.operands import TOLERANCE, make_operands, relative_error
+from ftbench.autotune.operands import TOLERANCE, make_operands, reference, relative_error
 from ftbench.autotune.problem import GemmProblem
 from ftbench.bench.timer import (
     TimingPolicy,
@@ -100,6 +100,7 @@ class ProblemTuner:
                 sets = 1  # the timer flushes L2 before each launch instead
         self.set_bytes = set_bytes
         self.operands = make_operands(problem, sets)
+        self.expected = reference(problem, *self.operands[0][:2])
         self.tolerance = TOLERANCE[problem.c_dtype]
 
     def verify(self, runner: Callable) -> float:
@@ -110,7 +111,7 @@ class ProblemTuner:
         c.fill(cupy.nan)
         cupy.cuda.get_current_stream().synchronize()
         runner(a, b, c)
-        return relative_error(self.problem, a, b, c)
+        return relative_error(self.problem, a, b, c, self.expected)
 
     def time(self, runner: Callable, name: str, abandon_above_ms: float | None) -> Any:
         operands = self.operands

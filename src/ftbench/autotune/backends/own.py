@@ -1,0 +1,62 @@
+"""The `ftbench` backend: the project's own decode GEMM kernels (kernels/gemv.py) for small m."""
+
+from __future__ import annotations
+
+from ftbench.autotune.backends.base import CandidateUnsupported, Runner
+from ftbench.autotune.candidate import Candidate
+from ftbench.autotune.problem import GemmProblem
+from ftbench.errors import InvalidInputError
+
+DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
+
+
+def _shape_error(problem: GemmProblem) -> str | None:
+    """Why these kernels cannot run `problem`, or None."""
+    from ftbench.kernels.gemv import supports
+
+    if problem.layout != "NT" or problem.batch_count != 1:
+        return "only single linear-layer GEMMs (layout NT, batch 1)"
+    if not problem.a_dtype == problem.b_dtype == problem.c_dtype or problem.a_dtype not in DTYPES:
+        return "only fp16 or bf16 in and out"
+    return supports(problem.m, problem.n, problem.k, DTYPES[problem.a_dtype])
+
+
+class OwnBackend:
+    name = "ftbench"
+
+    def unavailable_reason(self) -> str | None:
+        try:
+            import cupy  # noqa: F401
+        except ImportError:
+            return "CuPy is not installed"
+        return None
+
+    def candidates(self, problem: GemmProblem) -> list[Candidate]:
+        from ftbench.kernels.gemv import gemv_configs
+
+        if _shape_error(problem) is not None:
+            return []
+        return [
+            Candidate(self.name, config.name, config.to_dict())
+            for config in gemv_configs(problem.m, problem.n, problem.k)
+        ]
+
+    def default(self, problem: GemmProblem) -> None:
+        return None
+
+    def prepare(self, candidate: Candidate, problem: GemmProblem) -> Runner:
+        from ftbench.kernels.gemv import GemvConfig, config_error, gemv, prepare
+
+        reason = _shape_error(problem)
+        config = GemvConfig.from_dict(candidate.config)
+        reason = reason or config_error(config, problem.m, problem.n, problem.k)
+        if reason:
+            raise CandidateUnsupported(reason)
+        try:
+            prepare([config], problem.m, DTYPES[problem.a_dtype])
+        except InvalidInputError as exc:
+            raise CandidateUnsupported(str(exc)) from exc
+        return lambda a, b, c: gemv(a, b, c, config)
+
+
+BACKEND = OwnBackend()

@@ -1,0 +1,64 @@
+"""The two ceilings every roofline fraction is measured against, measured here and now.
+
+- HBM read bandwidth: `kernels.gemv.read_probe` reads a 4 GiB buffer once with the loads the
+  GEMV kernels use; the best of 2, 4 and 8 blocks per SM.
+- Device-to-device copy bandwidth (bytes read plus bytes written), for comparison.
+Both cold (the buffer is 70 times the L2), both through `bench.timer`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ftbench.bench.timer import TimingPolicy, time_launch
+
+PROBE_BYTES = 4 * 2**30
+POLICY = TimingPolicy(warmup_ms=20.0, min_time_s=0.05, budget_s=1.0, target_rel_ci=0.01)
+BLOCKS_PER_SM = (2, 4, 8)
+
+
+def _source(cupy, nbytes: int) -> Any:
+    return cupy.random.randint(0, 2**31 - 1, nbytes // 4, dtype=cupy.int32)
+
+
+def read_bandwidth(nbytes: int = PROBE_BYTES, policy: TimingPolicy = POLICY) -> dict[str, Any]:
+    """Bytes per second of one read of `nbytes` (best grid), with each grid's timing."""
+    import cupy
+
+    from ftbench.kernels.gemv import read_probe
+
+    sm_count = cupy.cuda.Device().attributes["MultiProcessorCount"]
+    source = _source(cupy, nbytes)
+    sink = cupy.empty(256 * max(BLOCKS_PER_SM) * sm_count, dtype=cupy.uint32)
+    timings = {
+        per_sm: time_launch(
+            lambda _, blocks=per_sm * sm_count: read_probe(source, sink, blocks),
+            name=f"read {nbytes / 2**30:g} GiB, {per_sm} blocks/SM",
+            cache="cold",
+            policy=policy,
+        )  # fmt: skip
+        for per_sm in BLOCKS_PER_SM
+    }
+    best = min(timings.values(), key=lambda timing: timing.median_ms)
+    return {
+        "bytes_per_s": nbytes / (best.median_ms / 1e3),
+        "by_blocks_per_sm": {b: nbytes / (t.median_ms / 1e3) for b, t in timings.items()},
+        "timing": best.to_dict(),
+    }
+
+
+def copy_bandwidth(nbytes: int = PROBE_BYTES, policy: TimingPolicy = POLICY) -> dict[str, Any]:
+    """Bytes read plus written per second by a device-to-device copy of `nbytes`."""
+    import cupy
+
+    source = _source(cupy, nbytes)
+    target = cupy.empty_like(source)
+
+    def copy(_):
+        target.data.copy_from_device_async(source.data, nbytes)
+
+    copy(0)
+    if not bool((target == source).all()):
+        raise RuntimeError("device-to-device copy produced wrong bytes")
+    timing = time_launch(copy, name=f"copy {nbytes / 2**30:g} GiB", cache="cold", policy=policy)
+    return {"bytes_per_s": 2 * nbytes / (timing.median_ms / 1e3), "timing": timing.to_dict()}

@@ -1,0 +1,456 @@
+"""The project's decode GEMMs: Y[m, n] = X[m, k] @ W[n, k]^T for m = 1..16 (kernels/cuda/gemv.cu).
+
+Memory-bound: W (n x k, fp16 or bf16) is read once from HBM and everything else is small, so a
+kernel is as fast as it keeps HBM busy. A `GemvConfig` is one point of the tuning space (which
+kernel, rows per block, warps, loads in flight, split-K); `gemv_configs(m, n, k)` lists the
+candidates worth timing for a shape, `supports` says whether a problem can run at all, and
+`gemv(x, w, y, config)` launches on CuPy's current stream.
+
+Kernels are compiled at run time by NVRTC for the running GPU, one template instance per
+(kernel, dtype, m, rows, warps, row_bytes, unroll); split-K is a launch parameter. `prepare`
+compiles the instances a list of configs needs in one NVRTC run and makes the per-device split-K
+workspace: call it before timing or CUDA-graph capture (compiling and allocating cannot be
+captured).
+
+Split-K uses a workspace shared by all launches on a device (like cuBLAS's): launches that split
+K must not run concurrently on two streams of one device.
+
+Launches go through the driver's cuLaunchKernelEx, so that `gemv(..., pdl=True)` can ask for
+programmatic dependent launch (Hopper and newer): the kernel then starts while the previous
+kernel on the stream drains, prefetches its first piece of W into L2 and waits for that kernel
+before it reads x or writes anything.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ftbench.errors import GpuError, InvalidInputError
+from ftbench.kernels.cublas import check_linear_operands
+
+SOURCE_PATH = Path(__file__).parent / "cuda" / "gemv.cu"
+NVRTC_OPTIONS = ("--std=c++17",)
+KERNELS = ("mma", "fma")
+MAX_M = 16
+MAX_FMA_M = 4
+MMA_ROWS = (16, 32, 64)
+FMA_ROWS = (1, 2, 4, 8)
+MMA_ROW_BYTES = (64, 128, 256, 512)
+FMA_ROW_BYTES = 512
+WARPS = (1, 2, 4, 8, 16)
+UNROLLS = (1, 2, 4, 8)
+MAX_W_LOADS = 16  # 16-byte loads of W per thread in flight: they live in registers
+SHARED_BYTES = 48 * 1024  # static shared memory of one block
+K_ALIGN = 64  # each split's K range starts on a 128-byte boundary (fp16/bf16)
+PARTIAL_FLOATS = 8 * 2**20  # split-K partial sums: split_k * m * n fp32 values at most
+COUNTERS = 2**16  # split-K arrival counters: one per block of rows
+PLANNING_SM_COUNT = 132  # H100 / H200
+TARGET_WARPS_PER_SM = 16  # split K until a launch has this many warps per SM (the data said so)
+SPLITS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+C_TYPES = {"float16": "__half", "bfloat16": "__nv_bfloat16"}
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    """One kernel configuration.
+
+    kernel:    "mma" (tensor cores, any m) or "fma" (CUDA cores, m <= 4).
+    rows:      rows of W (outputs) per block: 16, 32 or 64 for mma, 1..8 for fma.
+    warps:     warps per block; they split the block's K range and add up in shared memory.
+    unroll:    steps of K each warp loads at once (all its loads of a step are in flight
+               together); a step is row_bytes / 2 elements of K for every row of the block.
+    row_bytes: contiguous bytes of one W row that one warp load instruction reads: 64, 128, 256
+               or 512 for mma (wider pieces stream better but need a register transpose), 512
+               for fma.
+    split_k:   blocks along K; the last block of a row range to finish adds their partial sums.
+    """
+
+    kernel: str
+    rows: int
+    warps: int
+    unroll: int
+    row_bytes: int
+    split_k: int = 1
+
+    @property
+    def name(self) -> str:
+        return (
+            f"{self.kernel}_r{self.rows}_w{self.warps}_u{self.unroll}_b{self.row_bytes}"
+            f"_s{self.split_k}"
+        )
+
+    @property
+    def threads(self) -> int:
+        return 32 * self.warps
+
+    @property
+    def chunk_k(self) -> int:
+        """Elements of K one warp covers per loop iteration."""
+        return self.row_bytes // 2 * self.unroll
+
+    @property
+    def w_loads(self) -> int:
+        """16-byte loads of W each thread has in flight per loop iteration."""
+        if self.kernel == "mma":
+            return self.rows // 16 * self.row_bytes // 32 * self.unroll
+        return self.rows * self.unroll
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GemvConfig:
+        """The inverse of `to_dict`; malformed data is an InvalidInputError."""
+        fields = ("kernel", "rows", "warps", "unroll", "row_bytes", "split_k")
+        if not isinstance(data, dict) or set(data) != set(fields):
+            raise InvalidInputError(f"a GEMV config needs exactly the keys {fields}, got {data!r}")
+        if not isinstance(data["kernel"], str) or not all(
+            isinstance(data[f], int) and not isinstance(data[f], bool) for f in fields[1:]
+        ):
+            raise InvalidInputError(f"GEMV config {data!r}: kernel is a string, the rest integers")
+        config = cls(**data)
+        error = structure_error(config)
+        if error:
+            raise InvalidInputError(f"GEMV config {data!r}: {error}")
+        return config
+
+
+def structure_error(config: GemvConfig) -> str | None:
+    """Why `config` is not a point of the tuning space, or None if it is."""
+    if config.kernel not in KERNELS:
+        return f"kernel must be one of {KERNELS}, not {config.kernel!r}"
+    mma = config.kernel == "mma"
+    allowed_rows = MMA_ROWS if mma else FMA_ROWS
+    if config.rows not in allowed_rows:
+        return f"rows for the {config.kernel} kernel must be one of {allowed_rows}"
+    allowed_bytes = MMA_ROW_BYTES if mma else (FMA_ROW_BYTES,)
+    if config.row_bytes not in allowed_bytes:
+        return f"row_bytes for the {config.kernel} kernel must be one of {allowed_bytes}"
+    if config.warps not in WARPS:
+        return f"warps must be one of {WARPS}"
+    if config.unroll not in UNROLLS:
+        return f"unroll must be one of {UNROLLS}"
+    if config.w_loads > MAX_W_LOADS:
+        return f"{config.w_loads} W loads per thread per iteration; at most {MAX_W_LOADS}"
+    if config.split_k < 1:
+        return "split_k must be at least 1"
+    return None
+
+
+def supports(m: int, n: int, k: int, dtype: str) -> str | None:
+    """None if these kernels can compute Y[m, n] = X[m, k] @ W[n, k]^T in `dtype`, else why not."""
+    if dtype not in C_TYPES:
+        return f"dtype must be one of {sorted(C_TYPES)}, not {dtype!r}"
+    if not 1 <= m <= MAX_M:
+        return f"m = {m}: these kernels take 1 to {MAX_M} rows of X (use the cuBLAS GEMM)"
+    if n < 1 or k < 1:
+        return f"n = {n} and k = {k} must be positive"
+    if k % 8:
+        return f"k = {k} must be a multiple of 8 (each thread loads 8 elements, 16 bytes, at once)"
+    if n * k >= 2**31:
+        return f"n * k = {n * k} must be below 2**31 (32-bit offsets inside a row range)"
+    return None
+
+
+def k_per_split(config: GemvConfig, k: int) -> int:
+    """Elements of K each split-K block covers (the last may cover fewer, or none)."""
+    return K_ALIGN * math.ceil(k / config.split_k / K_ALIGN)
+
+
+def config_error(config: GemvConfig, m: int, n: int, k: int) -> str | None:
+    """Why `config` cannot run Y[m, n] = X[m, k] @ W[n, k]^T, or None if it can."""
+    error = structure_error(config)
+    if error:
+        return error
+    if config.kernel == "fma" and m > MAX_FMA_M:
+        return f"the fma kernel takes m <= {MAX_FMA_M}, got m = {m}"
+    shared = 4 * config.warps * m * config.rows
+    if shared > SHARED_BYTES:
+        return f"needs {shared} bytes of shared memory for m = {m}; at most {SHARED_BYTES}"
+    if config.split_k == 1:
+        return None
+    if config.split_k > math.ceil(k / K_ALIGN):
+        return f"split_k = {config.split_k} is more than the {K_ALIGN}-element pieces of k = {k}"
+    if config.split_k * m * n > PARTIAL_FLOATS:
+        return (
+            f"split_k * m * n = {config.split_k * m * n} partial sums exceed the workspace "
+            f"({PARTIAL_FLOATS})"
+        )
+    if math.ceil(n / config.rows) > COUNTERS:
+        return f"{math.ceil(n / config.rows)} row blocks exceed the {COUNTERS} split-K counters"
+    return None
+
+
+def _shapes(m: int) -> list[tuple[str, int, int, int, int]]:
+    """(kernel, rows, warps, unroll, row_bytes) tuples worth timing for m tokens.
+
+    Chosen from a wider sweep on an H200 (docs/kernels/gemv.md): each was the best or within a
+    few per cent of it for some GPT-J decode shape and m.
+    """
+    mma = [
+        ("mma", rows, warps, unroll, row_bytes)
+        for rows, warps, unroll, row_bytes in (
+            (16, 16, 1, 128),
+            (16, 8, 1, 128),
+            (16, 8, 4, 128),
+            (16, 8, 2, 128),
+            (16, 4, 2, 128),
+            (32, 4, 2, 128),
+            (16, 8, 1, 256),
+            (16, 4, 1, 256),
+            (16, 8, 2, 256),
+            (32, 4, 1, 256),
+            (16, 4, 2, 64),
+        )
+    ]
+    if m > MAX_FMA_M:
+        return mma
+    fma = [
+        ("fma", rows, warps, unroll, FMA_ROW_BYTES)
+        for rows, warps, unroll in ((1, 4, 4), (2, 8, 2), (2, 4, 4))
+    ]
+    return mma + fma
+
+
+def _split_choices(base: GemvConfig, m: int, n: int, k: int, sm_count: int) -> list[int]:
+    """Split-K factors around the smallest that puts TARGET_WARPS_PER_SM warps on every SM.
+
+    A split must give every warp of a block at least one full chunk of K.
+    """
+    block_k = base.warps * base.chunk_k
+    valid = [1] + [
+        split
+        for split in SPLITS[1:]
+        if k_per_split(replace(base, split_k=split), k) >= block_k
+        and config_error(replace(base, split_k=split), m, n, k) is None
+    ]
+    warps_per_split = math.ceil(n / base.rows) * base.warps
+    target = TARGET_WARPS_PER_SM * sm_count
+    filling = [i for i, split in enumerate(valid) if split * warps_per_split >= target]
+    best = filling[0] if filling else len(valid) - 1
+    return valid[max(0, best - 1) : best + 2]
+
+
+def gemv_configs(m: int, n: int, k: int, sm_count: int = PLANNING_SM_COUNT) -> list[GemvConfig]:
+    """The configs worth timing for Y[m, n] = X[m, k] @ W[n, k]^T, all valid for the shape.
+
+    `sm_count` (multiprocessors of the target GPU) sets how far K is split to fill the GPU.
+    """
+    if m < 1 or n < 1 or k < 1:
+        raise InvalidInputError(f"m, n, k must be positive, got {m}, {n}, {k}")
+    configs = []
+    for kernel, rows, warps, unroll, row_bytes in _shapes(m):
+        base = GemvConfig(kernel, rows, warps, unroll, row_bytes)
+        if config_error(base, m, n, k) is None:
+            splits = _split_choices(base, m, n, k, sm_count)
+            configs.extend(replace(base, split_k=split) for split in splits)
+    return configs
+
+
+def kernel_name(config: GemvConfig, m: int, dtype: str) -> str:
+    """The C++ name of the template instance that runs `config` (an NVRTC name expression)."""
+    if config.kernel == "mma":
+        group = config.row_bytes // 64
+        return (
+            f"ftb_gemv_mma<{C_TYPES[dtype]}, {m}, {config.rows}, {config.warps}, {group}, "
+            f"{config.unroll}>"
+        )
+    return f"ftb_gemv_fma<{C_TYPES[dtype]}, {m}, {config.rows}, {config.warps}, {config.unroll}>"
+
+
+# Loaded kernels (cupy.cuda.function.Function) per (device id, name expression); their modules
+# stay referenced.
+_kernels: dict[tuple[int, str], Any] = {}
+_modules: list[Any] = []
+
+
+def _compile(names: list[str]) -> float:
+    """Compile and load `names` on the current device in one NVRTC run; return the seconds."""
+    import cupy
+
+    device = cupy.cuda.Device().id
+    missing = sorted({name for name in names if (device, name) not in _kernels})
+    if not missing:
+        return 0.0
+    if cupy.cuda.get_current_stream().is_capturing():
+        raise GpuError(
+            "gemv kernels must be compiled before CUDA-graph capture: call "
+            "ftbench.kernels.gemv.prepare(...) (or one gemv) first"
+        )
+    start = time.perf_counter()
+    templates = [name for name in missing if "<" in name]
+    module = cupy.RawModule(
+        code=SOURCE_PATH.read_text(), options=NVRTC_OPTIONS, name_expressions=templates or None
+    )
+    try:
+        functions = {name: module.get_function(name).kernel for name in missing}
+    except cupy.cuda.compiler.CompileException as exc:
+        raise GpuError(f"NVRTC could not compile {SOURCE_PATH.name}: {exc}") from exc
+    _modules.append(module)
+    for name, function in functions.items():
+        _kernels[(device, name)] = function
+    return time.perf_counter() - start
+
+
+@functools.cache
+def _workspace(device_id: int) -> tuple[Any, Any]:
+    """(fp32 partial sums, zeroed uint32 counters) for split-K on one device, made once."""
+    import cupy
+
+    with cupy.cuda.Device(device_id):
+        partial = cupy.empty(PARTIAL_FLOATS, dtype=cupy.float32)
+        counters = cupy.zeros(COUNTERS, dtype=cupy.uint32)
+        cupy.cuda.Device(device_id).synchronize()
+    return partial, counters
+
+
+def prepare(configs: list[GemvConfig], m: int, dtype: str) -> float:
+    """Compile what `configs` need for m rows of `dtype` on the current device, in one NVRTC
+    run, and make the device's split-K workspace. Returns the compile seconds (0 if cached)."""
+    import cupy
+
+    if dtype not in C_TYPES:
+        raise InvalidInputError(f"dtype must be one of {sorted(C_TYPES)}, not {dtype!r}")
+    _workspace(cupy.cuda.Device().id)
+    return _compile([kernel_name(config, m, dtype) for config in configs])
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(config: GemvConfig, m: int, n: int, k: int, dtype: str) -> tuple[str, tuple, tuple, int]:
+    """(kernel name, grid, block, k per split) of one launch; refuses what cannot run."""
+    reason = supports(m, n, k, dtype) or config_error(config, m, n, k)
+    if reason:
+        raise InvalidInputError(f"gemv {config.name} for m={m}, n={n}, k={k} ({dtype}): {reason}")
+    grid = (math.ceil(n / config.rows), config.split_k, 1)
+    return kernel_name(config, m, dtype), grid, (config.threads, 1, 1), k_per_split(config, k)
+
+
+def gemv(x: Any, w: Any, y: Any, config: GemvConfig, *, pdl: bool = False) -> None:
+    """Y = X @ W^T (x: [m, k], w: [n, k], y: [m, n], CuPy, fp16 or bf16) on the current stream.
+
+    Needs k % 8 == 0 and x, w 16-byte aligned. Allocates nothing and never synchronises once
+    `prepare` (or an earlier call) has compiled the kernel, so it can be captured in a CUDA graph.
+    pdl=True launches with programmatic dependent launch (compute capability 9.0 or newer): the
+    kernel overlaps its start with the end of the previous kernel on the stream, whatever that
+    kernel is, and is correct with any of them.
+    """
+    m, n, k = check_linear_operands(x, w, y)
+    dtype = "float16" if str(x.dtype) == "float16" else "bfloat16"
+    name, grid, block, split_k_elements = _plan(config, m, n, k, dtype)
+    import cupy
+
+    if x.data.ptr % 16 or w.data.ptr % 16:
+        raise InvalidInputError("gemv: x and w must start on 16-byte boundaries")
+    device = cupy.cuda.Device().id
+    kernel = _kernels.get((device, name))
+    if kernel is None:
+        _compile([name])
+        kernel = _kernels[(device, name)]
+    if pdl and _compute_capability(device) < 90:
+        raise InvalidInputError("gemv: pdl=True needs compute capability 9.0 or newer")
+    partial, counters = _workspace(device)
+    pointers = (x.data.ptr, w.data.ptr, y.data.ptr, partial.data.ptr, counters.data.ptr)
+    arguments = [ctypes.c_void_p(p) for p in pointers] + [
+        ctypes.c_int(n),
+        ctypes.c_int(k),
+        ctypes.c_int(split_k_elements),
+    ]
+    _launch(kernel, grid, block, arguments, pdl)
+
+
+class _LaunchAttribute(ctypes.Structure):
+    """CUlaunchAttribute: an id, padding to 8 bytes, a 64-byte value union."""
+
+    _fields_ = [("id", ctypes.c_uint), ("pad", ctypes.c_char * 4), ("value", ctypes.c_int * 16)]
+
+
+class _LaunchConfig(ctypes.Structure):
+    """CUlaunchConfig of the CUDA driver API."""
+
+    _fields_ = [
+        ("grid", ctypes.c_uint * 3),
+        ("block", ctypes.c_uint * 3),
+        ("shared_bytes", ctypes.c_uint),
+        ("stream", ctypes.c_void_p),
+        ("attributes", ctypes.POINTER(_LaunchAttribute)),
+        ("attribute_count", ctypes.c_uint),
+    ]
+
+
+CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6
+
+
+@functools.cache
+def _driver() -> ctypes.CDLL:
+    """libcuda with cuLaunchKernelEx; CuPy's own launcher cannot pass launch attributes."""
+    library = ctypes.CDLL("libcuda.so.1")
+    library.cuLaunchKernelEx.argtypes = [
+        ctypes.POINTER(_LaunchConfig), ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p),
+        ctypes.c_void_p,
+    ]  # fmt: skip
+    library.cuLaunchKernelEx.restype = ctypes.c_int
+    return library
+
+
+@functools.cache
+def _programmatic_attribute() -> _LaunchAttribute:
+    attribute = _LaunchAttribute(id=CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION)
+    attribute.value[0] = 1
+    return attribute
+
+
+@functools.cache
+def _compute_capability(device_id: int) -> int:
+    import cupy
+
+    return int(cupy.cuda.Device(device_id).compute_capability)
+
+
+def _launch(kernel: Any, grid: tuple, block: tuple, arguments: list, pdl: bool) -> None:
+    """Launch a compiled kernel on CuPy's current stream through cuLaunchKernelEx."""
+    import cupy
+
+    config = _LaunchConfig()
+    config.grid[:] = grid
+    config.block[:] = block
+    config.stream = cupy.cuda.get_current_stream().ptr
+    if pdl:
+        config.attributes = ctypes.pointer(_programmatic_attribute())
+        config.attribute_count = 1
+    parameters = (ctypes.c_void_p * len(arguments))(
+        *[ctypes.cast(ctypes.pointer(argument), ctypes.c_void_p) for argument in arguments]
+    )
+    status = _driver().cuLaunchKernelEx(ctypes.byref(config), kernel.ptr, parameters, None)
+    if status != 0:
+        raise GpuError(f"cuLaunchKernelEx failed with CUresult {status} ({grid=}, {block=})")
+
+
+def read_probe(source: Any, sink: Any, blocks: int) -> None:
+    """Read every byte of `source` once with the loads the GEMV kernels use for W.
+
+    The read-bandwidth ceiling for these kernels. `source` is a CuPy array whose size is a
+    multiple of 16 bytes; `sink` a uint32 array of at least blocks * 256 elements.
+    """
+    import cupy
+
+    if source.nbytes % 16 or source.data.ptr % 16:
+        raise InvalidInputError(
+            "read_probe: source must be 16-byte aligned, a multiple of 16 bytes"
+        )
+    if sink.dtype != cupy.uint32 or sink.size < 256 * blocks:
+        raise InvalidInputError(f"read_probe: sink must be uint32 with >= {256 * blocks} elements")
+    name = "ftb_read_probe"
+    device = cupy.cuda.Device().id
+    if (device, name) not in _kernels:
+        _compile([name])
+    arguments = [
+        ctypes.c_void_p(source.data.ptr), ctypes.c_longlong(source.nbytes // 16),
+        ctypes.c_void_p(sink.data.ptr),
+    ]  # fmt: skip
+    _launch(_kernels[(device, name)], (blocks, 1, 1), (256, 1, 1), arguments, pdl=False)

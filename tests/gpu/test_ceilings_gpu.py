@@ -1,0 +1,26 @@
+"""The read probe reads every word exactly once; the ceilings are plausible."""
+
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize("nbytes", [16, 16 * 1000 + 16 * 7, 2**28 + 16 * 3])
+def test_read_probe_reads_every_word_once(nbytes):
+    import cupy
+
+    from ftbench.kernels.gemv import read_probe
+
+    data = cupy.random.randint(0, 2**31 - 1, nbytes // 4, dtype=cupy.int32).view(cupy.uint32)
+    blocks = 264
+    sink = cupy.zeros(256 * blocks, dtype=cupy.uint32)
+    read_probe(data, sink, blocks)
+    assert int(cupy.bitwise_xor.reduce(sink)) == int(cupy.bitwise_xor.reduce(data))
+
+
+def test_read_bandwidth_is_at_least_the_copy_bandwidth():
+    from ftbench.bench.ceilings import copy_bandwidth, read_bandwidth
+
+    read = read_bandwidth(2**31)["bytes_per_s"]
+    copy = copy_bandwidth(2**31)["bytes_per_s"]
+    assert read > 0.95 * copy
