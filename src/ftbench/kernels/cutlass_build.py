@@ -412,12 +412,14 @@ def built_library(spec: KernelSpec, root: Path | None = None) -> Path | None:
 
 
 def _current_record(record_path: Path) -> dict[str, Any] | None:
-    """A kernel's build record if it was made with the installed nvidia-cutlass, else None."""
+    """A kernel's build record if it was made with the installed nvidia-cutlass (or, where
+    nvidia-cutlass is not installed and nothing could be rebuilt, with any version), else None."""
     try:
         record = json.loads(record_path.read_text())
     except (OSError, ValueError):
         return None
-    return record if record.get("cutlass") == cutlass_version() else None
+    installed = cutlass_version()
+    return record if installed is None or record.get("cutlass") == installed else None
 
 
 def _first_error(output: str) -> str:
@@ -497,9 +499,10 @@ def build_kernels(
     nvcc = find_nvcc()
     if nvcc is None:
         raise InvalidInputError("nvcc was not found (put the CUDA toolkit's bin on PATH)")
-    cutlass_include_dirs()
     directory = (root or cache_root()) / f"sm{arch}-{toolchain_key(arch, nvcc)}"
     directory.mkdir(parents=True, exist_ok=True)
+    if any(not (directory / f"{spec.name}.so").is_file() for spec in specs):
+        cutlass_include_dirs()  # something must be compiled: the headers must be there
     task = None
     if progress is not None:
         task = progress.add_task(f"CUTLASS sm{arch} kernels", total=len(specs))
