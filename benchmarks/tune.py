@@ -6,7 +6,8 @@ In one run, with one method (`bench.timer.time_launch`, cold L2, graph-batched):
 - the sweep (`ftbench.autotune.sweep.run_sweep`) over the problems of GPT-J 6B, TP 1: decode
   batches 1..256 and context 1x128, 1x2048, 8x512, timed warm (CUTLASS kernels already built;
   the cold time adds their build);
-- peers on the same operands: the cuBLAS default (from the sweep), `torch` linear
+- peers on the same operands, re-measured after the sweep: the cuBLAS default and ftbench's
+  choice (in the order default, choice, choice, default, so clock drift cancels), `torch` linear
   (`torch.matmul(x, w.t(), out=y)`, the kernel `F.linear` runs), torch after TunableOp tuning,
   and the best of the cuBLASLt heuristic's top 8 (from the sweep's records).
 
@@ -106,9 +107,19 @@ def peers(problem: GemmProblem, entry) -> dict:
         return {"median_ms": timing.median_ms, "ci_ms": [timing.ci_low_ms, timing.ci_high_ms],
                 "method": timing.method, "flags": list(timing.flags)}  # fmt: skip
 
+    def default(i):
+        gemm(problem, *operands[i])
+
+    def choice(i):
+        chosen(*operands[i])
+
+    # default, chosen, chosen, default: drift of the clocks between passes cancels out.
+    passes = [timed(default, "cublas default"), timed(choice, "chosen")]
+    passes += [timed(choice, "chosen again"), timed(default, "cublas default again")]
     results = {
-        "default": timed(lambda i: gemm(problem, *operands[i]), "cublas default"),
-        "chosen": timed(lambda i: chosen(*operands[i]), "chosen"),
+        "default": min(passes[0], passes[3], key=lambda t: t["median_ms"]),
+        "chosen": min(passes[1], passes[2], key=lambda t: t["median_ms"]),
+        "passes": passes,
         "torch": timed(torch_linear, "torch"),
     }
     tunable = torch.cuda.tunable
@@ -121,6 +132,18 @@ def peers(problem: GemmProblem, entry) -> dict:
     results["tunableop"]["solutions"] = [list(map(str, r)) for r in tunable.get_results()]
     tunable.enable(False)
     return results
+
+
+PEERS = ("default", "chosen", "torch", "tunableop")
+
+
+def slower_than_default(entry, passes: list[dict]) -> bool:
+    """Both passes of the choice lie above both passes of the default, intervals apart (never
+    for the default itself)."""
+    if entry.winner == entry.default:
+        return False
+    default_high = max(passes[0]["ci_ms"][1], passes[3]["ci_ms"][1])
+    return min(passes[1]["ci_ms"][0], passes[2]["ci_ms"][0]) > default_high
 
 
 def lt_heuristic_top8(records: list[dict], key: str) -> float | None:
@@ -199,10 +222,9 @@ def main() -> None:
                 "chosen": entry.winner.to_dict(),
                 "sweep_chosen_ms": entry.winner_time.median_ms,
                 "sweep_default_ms": entry.default_time.median_ms,
-                **{f"{name}_ms": result["median_ms"] for name, result in measured.items()},
+                **{f"{name}_ms": measured[name]["median_ms"] for name in PEERS},
                 "measured": measured,
-                "slower_than_default": measured["chosen"]["ci_ms"][0]
-                > measured["default"]["ci_ms"][1],
+                "slower_than_default": slower_than_default(entry, measured["passes"]),
                 "lt_top8_ms": lt_heuristic_top8(records, problem.key()),
                 "hbm_fraction": memory_s / (chosen_ms / 1e3),
                 "roofline_fraction": floor_s / (chosen_ms / 1e3),

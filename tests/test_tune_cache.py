@@ -169,3 +169,16 @@ def test_budget_is_shared_out_over_the_problems(tmp_path):
     sweep_problems(PROBLEMS, tmp_path / "t.json", note, fake_environment(), budget_s=40.0)
     steps = [b - a for a, b in zip(deadlines, deadlines[1:], strict=False)]
     assert steps == pytest.approx([10.0, 10.0, 10.0], abs=0.5)
+
+
+def test_a_winner_must_clear_the_intervals_and_the_minimum_gain():
+    from ftbench.autotune.cache import TimeSummary
+
+    default = TimeSummary(1.000, 0.998, 1.002, 0.002)
+    tight_but_tiny = TimeSummary(0.995, 0.994, 0.996, 0.001)
+    clear = TimeSummary(0.950, 0.949, 0.951, 0.001)
+    overlapping = TimeSummary(0.950, 0.900, 1.000, 0.05)
+    assert tight_but_tiny.faster_beyond_noise(default)
+    assert not tight_but_tiny.faster_beyond_noise(default, min_gain=0.01)
+    assert clear.faster_beyond_noise(default, min_gain=0.01)
+    assert not overlapping.faster_beyond_noise(default)

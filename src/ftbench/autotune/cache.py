@@ -96,9 +96,11 @@ class TimeSummary:
         """From a `bench.timer.Timing`."""
         return cls(timing.median_ms, timing.ci_low_ms, timing.ci_high_ms, timing.rel_noise)
 
-    def faster_beyond_noise(self, other: TimeSummary) -> bool:
-        """True when the 95% intervals do not overlap and this one is lower."""
-        return self.ci_high_ms < other.ci_low_ms
+    def faster_beyond_noise(self, other: TimeSummary, min_gain: float = 0.0) -> bool:
+        """True when the 95% intervals do not overlap, this one is lower, and it gains at least
+        `min_gain` (a fraction of the other's median; drift between runs is not in the CIs)."""
+        gained = other.median_ms - self.median_ms >= min_gain * other.median_ms
+        return self.ci_high_ms < other.ci_low_ms and gained
 
 
 @dataclass(frozen=True)
