@@ -118,3 +118,19 @@ def test_timing_records_conditions_and_serialises():
     data = json.loads(json.dumps(timing.to_dict()))
     assert data["conditions"]["sm_clock_mhz_max"] is not None or data["conditions"]["note"]
     assert len(data["samples_ms"]) >= QUICK.min_samples
+
+
+def test_batch_size_follows_device_time_not_host_overhead():
+    import time
+
+    import cupy
+
+    copy = copier(cupy, 2**20)
+
+    def slow_host_launch(i):
+        time.sleep(0.0002)  # a launch path far slower on the host than its kernel on the device
+        copy(i)
+
+    timing = time_launch(slow_host_launch, name="slow host", policy=QUICK)
+    assert timing.method == "graph"
+    assert timing.launches_per_sample * timing.median_ms > 0.5 * QUICK.sample_ms

@@ -35,3 +35,12 @@ class Backend(Protocol):
 
     def prepare(self, candidate: Candidate, problem: GemmProblem) -> Runner:
         """Compile or load what `candidate` needs; raise CandidateUnsupported if it can't run."""
+
+
+def cupy_missing() -> str | None:
+    """Why CuPy cannot be used here, or None (backends that need only CuPy return this)."""
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        return "CuPy is not installed"
+    return None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ftbench.autotune.backends.base import Runner
+from ftbench.autotune.backends.base import Runner, cupy_missing
 from ftbench.autotune.candidate import Candidate
 from ftbench.autotune.problem import GemmProblem
 
@@ -26,11 +26,7 @@ class CublasBackend:
     name = "cublas"
 
     def unavailable_reason(self) -> str | None:
-        try:
-            import cupy  # noqa: F401
-        except ImportError:
-            return "CuPy is not installed"
-        return None
+        return cupy_missing()
 
     def candidates(self, problem: GemmProblem) -> list[Candidate]:
         return [Candidate(self.name, algo_name(algo), {"algo": algo}) for algo in ALGOS]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ftbench.autotune.backends.base import CandidateUnsupported, Runner
+from ftbench.autotune.backends.base import CandidateUnsupported, Runner, cupy_missing
 from ftbench.autotune.candidate import Candidate
 from ftbench.autotune.problem import GemmProblem
 from ftbench.errors import InvalidInputError
@@ -25,11 +25,7 @@ class OwnBackend:
     name = "ftbench"
 
     def unavailable_reason(self) -> str | None:
-        try:
-            import cupy  # noqa: F401
-        except ImportError:
-            return "CuPy is not installed"
-        return None
+        return cupy_missing()
 
     def candidates(self, problem: GemmProblem) -> list[Candidate]:
         from ftbench.kernels.gemv import gemv_configs
