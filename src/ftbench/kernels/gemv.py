@@ -26,16 +26,15 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ftbench.errors import GpuError, InvalidInputError
+from ftbench.kernels import nvrtc
 from ftbench.kernels.cublas import check_linear_operands
 
 SOURCE_PATH = Path(__file__).parent / "cuda" / "gemv.cu"
-NVRTC_OPTIONS = ("--std=c++17",)
 KERNELS = ("mma", "fma")
 MAX_M = 16
 MAX_FMA_M = 4
@@ -264,38 +263,14 @@ def kernel_name(config: GemvConfig, m: int, dtype: str) -> str:
     return f"ftb_gemv_fma<{C_TYPES[dtype]}, {m}, {config.rows}, {config.warps}, {config.unroll}>"
 
 
-# Loaded kernels (cupy.cuda.function.Function) per (device id, name expression); their modules
-# stay referenced.
-_kernels: dict[tuple[int, str], Any] = {}
-_modules: list[Any] = []
-
-
 def _compile(names: list[str]) -> float:
     """Compile and load `names` on the current device in one NVRTC run; return the seconds."""
-    import cupy
+    return nvrtc.compile_seconds(SOURCE_PATH, names)
 
-    device = cupy.cuda.Device().id
-    missing = sorted({name for name in names if (device, name) not in _kernels})
-    if not missing:
-        return 0.0
-    if cupy.cuda.get_current_stream().is_capturing():
-        raise GpuError(
-            "gemv kernels must be compiled before CUDA-graph capture: call "
-            "ftbench.kernels.gemv.prepare(...) (or one gemv) first"
-        )
-    start = time.perf_counter()
-    templates = [name for name in missing if "<" in name]
-    module = cupy.RawModule(
-        code=SOURCE_PATH.read_text(), options=NVRTC_OPTIONS, name_expressions=templates or None
-    )
-    try:
-        functions = {name: module.get_function(name).kernel for name in missing}
-    except cupy.cuda.compiler.CompileException as exc:
-        raise GpuError(f"NVRTC could not compile {SOURCE_PATH.name}: {exc}") from exc
-    _modules.append(module)
-    for name, function in functions.items():
-        _kernels[(device, name)] = function
-    return time.perf_counter() - start
+
+def _kernel(name: str) -> Any:
+    """The raw CUfunction of kernel `name` on the current device (compiled on first use)."""
+    return nvrtc.load(SOURCE_PATH, [name])[name].kernel
 
 
 @functools.cache
@@ -348,10 +323,7 @@ def gemv(x: Any, w: Any, y: Any, config: GemvConfig, *, pdl: bool = False) -> No
     if x.data.ptr % 16 or w.data.ptr % 16:
         raise InvalidInputError("gemv: x and w must start on 16-byte boundaries")
     device = cupy.cuda.Device().id
-    kernel = _kernels.get((device, name))
-    if kernel is None:
-        _compile([name])
-        kernel = _kernels[(device, name)]
+    kernel = _kernel(name)
     if pdl and _compute_capability(device) < 90:
         raise InvalidInputError("gemv: pdl=True needs compute capability 9.0 or newer")
     partial, counters = _workspace(device)
@@ -445,12 +417,8 @@ def read_probe(source: Any, sink: Any, blocks: int) -> None:
         )
     if sink.dtype != cupy.uint32 or sink.size < 256 * blocks:
         raise InvalidInputError(f"read_probe: sink must be uint32 with >= {256 * blocks} elements")
-    name = "ftb_read_probe"
-    device = cupy.cuda.Device().id
-    if (device, name) not in _kernels:
-        _compile([name])
     arguments = [
         ctypes.c_void_p(source.data.ptr), ctypes.c_longlong(source.nbytes // 16),
         ctypes.c_void_p(sink.data.ptr),
     ]  # fmt: skip
-    _launch(_kernels[(device, name)], (blocks, 1, 1), (256, 1, 1), arguments, pdl=False)
+    _launch(_kernel("ftb_read_probe"), (blocks, 1, 1), (256, 1, 1), arguments, pdl=False)
