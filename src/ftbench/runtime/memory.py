@@ -1,0 +1,144 @@
+"""How much GPU memory a decoder needs, computed before anything is allocated.
+
+The runtime allocates three things once (FasterTransformer's memory plan): the weights, the KV
+cache for `batch` sequences of up to `max_seq_len` tokens, and one set of activation buffers
+sized for the largest step (`max_tokens` tokens at once, a whole prefill) and reused by every
+layer. `Footprint` adds them up; `check_fits` refuses a request that cannot fit and names the
+largest batch and the longest length that would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ftbench.errors import InvalidInputError
+from ftbench.profiles.problems import rank_shapes
+from ftbench.profiles.spec import ModelSpec
+from ftbench.runtime.weights import weight_shapes
+
+DTYPE_BYTES = {"fp16": 2, "bf16": 2}
+GIB = 1024**3
+# cuBLAS/cuBLASLt/split-K workspaces, CUDA graphs and the allocator's rounding: kept free.
+RESERVE_BYTES = 512 * 1024**2
+# Flash-decoding splits a sequence into chunks of this many positions at most (see
+# kernels/attention.py); the partial results of every chunk live in fp32.
+DECODE_CHUNK = 256
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Bytes one rank allocates: weights, KV cache, activation buffers."""
+
+    weights: int
+    kv_cache: int
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.activations + RESERVE_BYTES
+
+    def to_dict(self) -> dict[str, int]:
+        return {**asdict(self), "reserve": RESERVE_BYTES, "total": self.total}
+
+    def describe(self) -> str:
+        return (
+            f"{self.total / GIB:.2f} GiB (weights {self.weights / GIB:.2f}, KV cache "
+            f"{self.kv_cache / GIB:.2f}, activations {self.activations / GIB:.2f}, reserve "
+            f"{RESERVE_BYTES / GIB:.2f})"
+        )
+
+
+def footprint(
+    spec: ModelSpec,
+    batch: int,
+    max_seq_len: int,
+    dtype: str,
+    tp: int = 1,
+    max_tokens: int | None = None,
+) -> Footprint:
+    """The bytes one rank of `spec` needs for `batch` sequences of up to `max_seq_len` tokens,
+    with steps of up to `max_tokens` tokens (default batch * max_seq_len)."""
+    if dtype not in DTYPE_BYTES:
+        raise InvalidInputError(f"the runtime runs fp16 or bf16, not {dtype!r}")
+    if batch < 1 or max_seq_len < 1:
+        raise InvalidInputError(f"batch and length must be positive, got {batch} x {max_seq_len}")
+    element = DTYPE_BYTES[dtype]
+    tokens = batch * max_seq_len if max_tokens is None else max_tokens
+    rank = rank_shapes(spec, tp)
+    shapes = weight_shapes(spec, tp)
+    if spec.tie_word_embeddings:
+        shapes.pop("lm_head.weight")
+    weights = sum(_count(shape) for shape in shapes.values()) * element
+    q_width, kv_width = rank.q_heads * spec.head_dim, rank.kv_heads * spec.head_dim
+    kv_cache = spec.num_layers * 2 * batch * max_seq_len * kv_width * element
+    ffn = rank.ffn_hidden_size
+    up_width = 2 * ffn if spec.gated_ffn else ffn
+    per_token = (
+        4 * spec.hidden_size  # fp32 residual stream
+        + element
+        * (
+            3 * spec.hidden_size  # normed input, attention output, MLP output
+            + q_width + 2 * kv_width  # QKV projection
+            + 2 * q_width  # rotated queries, attention context
+            + up_width + (ffn if spec.gated_ffn else 0)  # FFN up (+ gated product)
+        )
+        + 3 * 4  # token ids, positions, sequence ids
+    )  # fmt: skip
+    splits = -(-max_seq_len // DECODE_CHUNK)
+    per_sequence = (
+        element * (spec.hidden_size + rank.lm_head_rows)  # last hidden state, logits
+        + 4 * rank.q_heads * splits * (spec.head_dim + 2)  # flash-decoding partials
+        + 8 * 4  # lengths, offsets, tokens, flags
+    )
+    return Footprint(weights, kv_cache, tokens * per_token + batch * per_sequence)
+
+
+def check_fits(
+    spec: ModelSpec,
+    batch: int,
+    max_seq_len: int,
+    dtype: str,
+    free_bytes: int,
+    tp: int = 1,
+    max_tokens: int | None = None,
+) -> Footprint:
+    """The footprint, or an error naming the largest batch and length that fit in `free_bytes`."""
+    need = footprint(spec, batch, max_seq_len, dtype, tp, max_tokens)
+    if need.total <= free_bytes:
+        return need
+
+    def fits(b: int, length: int) -> bool:
+        tokens = None if max_tokens is None else min(max_tokens, b * length)
+        return footprint(spec, b, length, dtype, tp, tokens).total <= free_bytes
+
+    best_batch = _largest(lambda b: fits(b, max_seq_len), batch)
+    best_length = _largest(lambda length: fits(batch, length), max_seq_len)
+    options = []
+    if best_batch:
+        options.append(f"the largest batch that fits at {max_seq_len} tokens is {best_batch}")
+    if best_length:
+        options.append(f"the longest length that fits at batch {batch} is {best_length} tokens")
+    advice = "; ".join(options) or "the weights alone do not fit: use more GPUs (--tp)"
+    raise InvalidInputError(
+        f"{spec.name} {dtype} tp={tp}, batch {batch} x {max_seq_len} tokens needs "
+        f"{need.describe()}, but {free_bytes / GIB:.2f} GiB are free: {advice}"
+    )
+
+
+def _count(shape: tuple[int, ...]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def _largest(fits, upper: int) -> int:
+    """The largest n in 1..upper-1 with fits(n) (fits is monotone), or 0 if none."""
+    low, high = 0, upper - 1
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low if low and fits(low) else 0

@@ -1,0 +1,134 @@
+"""The runtime's host-side logic without a GPU: memory plan, GEMM dispatch, prompt handling."""
+
+import numpy as np
+import pytest
+
+from ftbench.autotune.cache import CacheHeader, TunedCache
+from ftbench.autotune.problem import GemmProblem
+from ftbench.errors import InvalidInputError
+from ftbench.kernels import gemm as gemm_module
+from ftbench.kernels.gemm import GemmDispatch
+from ftbench.profiles.catalog import load_builtin
+from ftbench.runtime.generate import Sampling, _generated_lengths, unpad
+from ftbench.runtime.memory import GIB, RESERVE_BYTES, check_fits, footprint
+from tune_fakes import entry, fake_environment
+
+GPTJ = load_builtin("gptj-6b")
+
+
+def test_gptj_footprint_counts_weights_and_kv_cache_exactly():
+    plan = footprint(GPTJ, batch=64, max_seq_len=256, dtype="fp16")
+    assert plan.weights == 6_050_882_784 * 2
+    # 28 layers x (K, V) x 64 sequences x 256 positions x 4096 (16 heads x 256) x 2 bytes
+    assert plan.kv_cache == 28 * 2 * 64 * 256 * 4096 * 2
+    assert plan.total == plan.weights + plan.kv_cache + plan.activations + RESERVE_BYTES
+
+
+def test_tensor_parallel_rank_holds_its_share():
+    whole = footprint(GPTJ, batch=8, max_seq_len=256, dtype="fp16")
+    rank = footprint(GPTJ, batch=8, max_seq_len=256, dtype="fp16", tp=2)
+    assert rank.kv_cache * 2 == whole.kv_cache
+    assert whole.weights / 2 < rank.weights < whole.weights / 2 * 1.05  # embeddings replicate
+
+
+def test_request_that_does_not_fit_names_what_would():
+    free = 40 * GIB
+    with pytest.raises(InvalidInputError) as error:
+        check_fits(GPTJ, batch=512, max_seq_len=2048, dtype="fp16", free_bytes=free)
+    message = str(error.value)
+    batch = int(message.split("largest batch that fits at 2048 tokens is ")[1].split(";")[0])
+    length = int(message.split("longest length that fits at batch 512 is ")[1].split(" ")[0])
+    assert footprint(GPTJ, batch, 2048, "fp16").total <= free
+    assert footprint(GPTJ, batch + 1, 2048, "fp16").total > free
+    assert footprint(GPTJ, 512, length, "fp16").total <= free
+    assert footprint(GPTJ, 512, length + 1, "fp16").total > free
+
+
+def test_weights_that_cannot_fit_say_so():
+    with pytest.raises(InvalidInputError, match="weights alone do not fit"):
+        check_fits(GPTJ, batch=1, max_seq_len=128, dtype="fp16", free_bytes=8 * GIB)
+
+
+def test_runtime_dtypes_are_fp16_and_bf16():
+    with pytest.raises(InvalidInputError, match="fp16 or bf16"):
+        footprint(GPTJ, 1, 128, "fp32")
+
+
+class _NumpyBackend:
+    """Computes the GEMM with NumPy and remembers which configurations were prepared."""
+
+    def __init__(self, name):
+        self.name = name
+        self.prepared = []
+
+    def default(self, problem):
+        from ftbench.autotune.candidate import Candidate
+
+        return Candidate(self.name, "default", {"algo": -1})
+
+    def prepare(self, candidate, problem):
+        self.prepared.append((candidate.config["algo"], problem.key()))
+
+        def run(a, b, c):
+            c[...] = (a.astype(np.float32) @ b.astype(np.float32).T).astype(c.dtype)
+
+        return run
+
+
+def test_dispatch_uses_tuned_entries_and_counts_misses(monkeypatch):
+    backend = _NumpyBackend("cublas")
+    monkeypatch.setattr(gemm_module, "get_backend", lambda name: backend)
+    tuned = GemmProblem(4, 24, 16)
+    cache = TunedCache(CacheHeader.from_environment(fake_environment()))
+    cache.add(entry(tuned, algo=7))
+    dispatch = GemmDispatch(cache)
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((4, 16)).astype(np.float16), rng.standard_normal((24, 16))
+    out = np.empty((4, 24), np.float16)
+    for _ in range(3):
+        dispatch.linear(x, w.astype(np.float16), out)
+    dispatch.linear(x[:2], w.astype(np.float16)[:8], np.empty((2, 8), np.float16))
+    np.testing.assert_allclose(out, x.astype(np.float32) @ w.astype(np.float16).T, rtol=1e-2)
+    assert backend.prepared == [(7, tuned.key()), (-1, GemmProblem(2, 8, 16).key())]
+    assert dispatch.stats.to_dict() == {
+        "hits": 1, "misses": 1, "missed_problems": [GemmProblem(2, 8, 16).key()],
+        "backends": {"cublas": 2},
+    }  # fmt: skip
+
+
+def test_dispatch_without_cache_runs_defaults(monkeypatch):
+    backend = _NumpyBackend("cublas")
+    monkeypatch.setattr(gemm_module, "get_backend", lambda name: backend)
+    dispatch = GemmDispatch()
+    x = np.ones((3, 8), np.float16)
+    dispatch.linear(x, np.ones((5, 8), np.float16), np.empty((3, 5), np.float16))
+    assert dispatch.stats.misses == [GemmProblem(3, 5, 8).key()]
+    with pytest.raises(InvalidInputError, match="expected x"):
+        dispatch.linear(x, np.ones((5, 9), np.float16), np.empty((3, 5), np.float16))
+
+
+def test_unpad_takes_left_or_right_padding():
+    ids = np.array([[0, 0, 5, 6], [7, 8, 9, 0]])
+    mask = np.array([[0, 0, 1, 1], [1, 1, 1, 0]])
+    rows = unpad(ids, mask)
+    assert [row.tolist() for row in rows] == [[5, 6], [7, 8, 9]]
+    assert [row.tolist() for row in unpad(ids)] == ids.tolist()
+
+
+@pytest.mark.parametrize("mask", [[[1, 0, 1]], [[0, 0, 0]]])
+def test_unpad_refuses_holes_and_empty_rows(mask):
+    with pytest.raises(InvalidInputError, match="contiguous run"):
+        unpad(np.ones((1, 3), np.int64), mask)
+
+
+def test_sampling_settings_are_checked():
+    with pytest.raises(InvalidInputError, match="method"):
+        Sampling(method="beam")
+    with pytest.raises(InvalidInputError, match="top_p"):
+        Sampling(method="sample", top_p=0.0)
+
+
+def test_generated_length_ends_at_the_first_stop_token():
+    tokens = np.array([[4, 2, 9, 2], [5, 6, 7, 8], [2, 0, 0, 0]])
+    assert _generated_lengths(tokens, (2,)).tolist() == [2, 4, 1]
+    assert _generated_lengths(tokens, ()).tolist() == [4, 4, 4]
