@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ftbench.bench.stats import bootstrap_median_ci, summarize
+from ftbench.bench.stats import bootstrap_median_ci, bootstrap_ratio_ci, summarize
 
 
 def test_summary_of_known_samples():
@@ -54,3 +54,20 @@ def test_bootstrap_is_deterministic():
 def test_empty_samples_are_refused():
     with pytest.raises(ValueError):
         summarize([])
+
+
+def test_ratio_ci_covers_the_true_ratio_about_95_percent_of_the_time():
+    rng = np.random.default_rng(6)
+    trials, covered = 200, 0
+    for _ in range(trials):
+        baseline = rng.lognormal(0.0, 0.3, size=80)  # true median 1
+        current = 1.05 * rng.lognormal(0.0, 0.3, size=60)  # true median 1.05
+        low, high = bootstrap_ratio_ci(baseline, current)
+        covered += low <= 1.05 <= high
+    assert 0.90 <= covered / trials <= 0.99
+
+
+def test_ratio_ci_of_scaled_constant_samples_is_the_scale():
+    assert bootstrap_ratio_ci([2.0] * 10, [2.1] * 7) == pytest.approx((1.05, 1.05))
+    with pytest.raises(ValueError):
+        bootstrap_ratio_ci([], [1.0])

@@ -536,6 +536,44 @@ def cache_prune_command(
     console.print(f"{target}: dropped {dropped}, kept {len(pruned.entries)}")
 
 
+# --- reports: compare, report, history, dashboard (logic in ftbench.reports) ---
+
+
+@app.command("compare")
+def compare_command(
+    baseline: Annotated[Path, typer.Argument(help="Result file of the baseline (e.g. main).")],
+    current: Annotated[Path, typer.Argument(help="Result file to judge, of the same kind.")],
+    threshold: Annotated[
+        str,
+        typer.Option(
+            "--threshold",
+            help="Smallest change that counts, as 3% or 0.03. A metric is slower when its 95% "
+            "interval lies above zero and its change exceeds this.",
+        ),
+    ] = "3%",
+    fmt: Annotated[
+        str, typer.Option("--format", help="Output: text, md (Markdown, for PRs) or json.")
+    ] = "text",
+    allow_env_mismatch: Annotated[
+        bool,
+        typer.Option(
+            "--allow-env-mismatch",
+            help="Compare even if the GPU, driver or library versions differ (listed in output).",
+        ),
+    ] = False,
+) -> None:
+    """Compare two result files metric by metric, with bootstrap intervals and verdicts.
+
+    Verdicts: faster, slower, unchanged, too noisy to tell. Exit code 0: nothing slower beyond
+    the threshold; 1: a significant regression; 2: bad input (unreadable, wrong kind, other GPU).
+    """
+    from ftbench.reports.compare import compare_files, parse_threshold, render
+
+    comparison = compare_files(baseline, current, parse_threshold(threshold), allow_env_mismatch)
+    typer.echo(render(comparison, fmt))
+    raise typer.Exit(comparison.exit_code)
+
+
 def main() -> None:
     """Console-script entry point: FtbenchError becomes one line on stderr and exit code 2."""
     try:

@@ -47,6 +47,10 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         text = source.read_text(encoding="utf-8")
     except OSError as exc:
         raise InvalidInputError(f"cannot read {source}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(
+            f"{source} is not a text file ({exc.reason} at byte {exc.start})"
+        ) from exc
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

@@ -77,3 +77,26 @@ def summarize(samples: Sequence[float], confidence: float = CONFIDENCE) -> Sampl
         rel_ci_half_width=(ci_high - ci_low) / 2.0 / scale,
         rel_noise=MAD_TO_SIGMA * mad / scale,
     )
+
+
+def bootstrap_ratio_ci(
+    baseline: Sequence[float],
+    current: Sequence[float],
+    confidence: float = CONFIDENCE,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval of median(current) / median(baseline).
+
+    The two sides are independent measurements, so each is resampled on its own.
+    """
+    base = np.asarray(baseline, dtype=np.float64)
+    now = np.asarray(current, dtype=np.float64)
+    if base.size == 0 or now.size == 0:
+        raise ValueError("no samples")
+    rng = np.random.default_rng(seed)
+    base_medians = np.median(base[rng.integers(0, base.size, size=(resamples, base.size))], axis=1)
+    now_medians = np.median(now[rng.integers(0, now.size, size=(resamples, now.size))], axis=1)
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(now_medians / base_medians, [tail, 1.0 - tail])
+    return float(low), float(high)

@@ -31,7 +31,11 @@ def write_results(
 
 def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and check a result file; a wrong schema or shape names the file and the problem."""
-    document = read_json(path)
+    return parse_results(read_json(path), str(path))
+
+
+def parse_results(document: Any, path: str) -> dict[str, Any]:
+    """Check a parsed result file (see `read_results`); errors name `path`."""
     if not isinstance(document, dict):
         raise InvalidInputError(f"{path}: not an ftbench result file (top level is not an object)")
     missing = [key for key in ("schema", "kind", "environment", "records") if key not in document]
@@ -45,5 +49,8 @@ def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
         )
     if not isinstance(document["records"], list):
         raise InvalidInputError(f"{path}: 'records' must be a list")
-    document["environment"] = EnvironmentRecord.from_dict(document["environment"])
+    try:
+        document["environment"] = EnvironmentRecord.from_dict(document["environment"])
+    except (TypeError, AttributeError, ValueError) as exc:
+        raise InvalidInputError(f"{path}: malformed environment record ({exc})") from exc
     return document

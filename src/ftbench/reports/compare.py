@@ -1,0 +1,300 @@
+"""Statistical comparison of two result files: per metric a change, its interval and a verdict.
+
+Method, stated once (`docs/reports.md` explains it):
+- the change of a metric is median(current) / median(baseline) - 1 (times: positive is slower);
+- its 95% interval is a percentile bootstrap of that ratio, each side resampled on its own
+  (`bench.stats.bootstrap_ratio_ci`, fixed seed: the same files always give the same answer);
+- with threshold t (3% by default) the verdict is
+    slower             the interval lies above 0 and the change is above +t,
+    faster             the interval lies below 0 and the change is below -t,
+    unchanged          the whole interval lies within [-t, +t],
+    too noisy to tell  anything else, or fewer than MIN_SAMPLES samples on a side;
+- a run fails (exit code 1) when any metric is slower; results from another GPU or library set
+  are refused unless the caller allows it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ftbench.bench.environment import EnvironmentRecord
+from ftbench.bench.stats import bootstrap_ratio_ci
+from ftbench.errors import InvalidInputError
+from ftbench.reports.records import ResultSet, gpu_label, load_result_set, metrics
+
+DEFAULT_THRESHOLD = 0.03
+MIN_SAMPLES = 5
+SLOWER, FASTER, UNCHANGED, NOISY = "slower", "faster", "unchanged", "too noisy to tell"
+VERDICTS = (FASTER, SLOWER, UNCHANGED, NOISY)
+# Versions whose change can change performance; others (python, numpy, nvml...) cannot.
+PERFORMANCE_SOFTWARE = (
+    "cuda_runtime", "cuda_driver", "cublas", "cublaslt", "cutlass", "nccl", "cupy", "torch",
+    "transformers",
+)  # fmt: skip
+
+
+def parse_threshold(text: str) -> float:
+    """ "3%" or "0.03" -> 0.03; anything else is an InvalidInputError."""
+    value = text.strip()
+    try:
+        threshold = float(value[:-1]) / 100.0 if value.endswith("%") else float(value)
+    except ValueError:
+        threshold = float("nan")
+    if not 0.0 <= threshold < 1.0:
+        raise InvalidInputError(
+            f"threshold must be a percentage or a fraction below 1 (e.g. 3% or 0.03), got {text!r}"
+        )
+    return threshold
+
+
+@dataclass(frozen=True)
+class MetricChange:
+    """One metric in both files: medians (ms), the change and its 95% interval, the verdict."""
+
+    name: str
+    baseline_ms: float
+    current_ms: float
+    change: float
+    ci_low: float
+    ci_high: float
+    baseline_samples: int
+    current_samples: int
+    verdict: str
+
+
+def judge(
+    name: str, baseline_ms: Any, current_ms: Any, threshold: float = DEFAULT_THRESHOLD
+) -> MetricChange:
+    """Compare the samples of one metric (see the module's docstring for the rules)."""
+    base = np.asarray(baseline_ms, dtype=np.float64)
+    now = np.asarray(current_ms, dtype=np.float64)
+    base_median, now_median = float(np.median(base)), float(np.median(now))
+    ratio = now_median / base_median
+    low, high = bootstrap_ratio_ci(base, now)
+    change, ci_low, ci_high = ratio - 1.0, low - 1.0, high - 1.0
+    if min(base.size, now.size) < MIN_SAMPLES:
+        verdict = NOISY
+    elif ci_low > 0.0 and change > threshold:
+        verdict = SLOWER
+    elif ci_high < 0.0 and change < -threshold:
+        verdict = FASTER
+    elif -threshold <= ci_low and ci_high <= threshold:
+        verdict = UNCHANGED
+    else:
+        verdict = NOISY
+    return MetricChange(
+        name, base_median, now_median, change, ci_low, ci_high, int(base.size), int(now.size),
+        verdict,
+    )  # fmt: skip
+
+
+def environment_mismatches(baseline: EnvironmentRecord, current: EnvironmentRecord) -> list[str]:
+    """What differs between two environments that can change performance, as readable lines."""
+    found = []
+    if gpu_label(baseline) != gpu_label(current):
+        found.append(f"GPU: baseline {gpu_label(baseline)}, current {gpu_label(current)}")
+    if baseline.driver_version != current.driver_version:
+        found.append(
+            f"driver: baseline {baseline.driver_version}, current {current.driver_version}"
+        )
+    for name in PERFORMANCE_SOFTWARE:
+        was, now = baseline.software.get(name), current.software.get(name)
+        if was != now:
+            found.append(f"{name}: baseline {was}, current {now}")
+    return found
+
+
+@dataclass
+class Comparison:
+    """Two result files compared metric by metric."""
+
+    baseline: ResultSet
+    current: ResultSet
+    threshold: float
+    changes: list[MetricChange]
+    only_in_baseline: list[str] = field(default_factory=list)
+    only_in_current: list[str] = field(default_factory=list)
+    environment_mismatches: list[str] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> list[MetricChange]:
+        return [change for change in self.changes if change.verdict == SLOWER]
+
+    @property
+    def exit_code(self) -> int:
+        """0: nothing slower beyond the threshold; 1: a significant regression."""
+        return 1 if self.regressions else 0
+
+    def counts(self) -> dict[str, int]:
+        return {verdict: sum(c.verdict == verdict for c in self.changes) for verdict in VERDICTS}
+
+
+def compare_result_sets(
+    baseline: ResultSet,
+    current: ResultSet,
+    threshold: float = DEFAULT_THRESHOLD,
+    allow_env_mismatch: bool = False,
+) -> Comparison:
+    """Compare every metric the two sets share; refuse different kinds, environments (unless
+    allowed) and sets without samples or without a metric in common."""
+    if baseline.kind != current.kind:
+        raise InvalidInputError(
+            f"cannot compare a {baseline.kind} file ({baseline.path}) with a {current.kind} file "
+            f"({current.path})"
+        )
+    mismatches = []
+    if baseline.environment is not None and current.environment is not None:
+        mismatches = environment_mismatches(baseline.environment, current.environment)
+    if mismatches and not allow_env_mismatch:
+        raise InvalidInputError(
+            f"{current.path} was measured in another environment than {baseline.path} "
+            f"({'; '.join(mismatches)}); pass --allow-env-mismatch to compare anyway"
+        )
+    before, after = metrics(baseline), metrics(current)
+    for result_set, found in ((baseline, before), (current, after)):
+        if not found:
+            raise InvalidInputError(
+                f"{result_set.path}: a {result_set.kind} file keeps no timing samples to compare"
+            )
+    shared = [name for name in before if name in after]
+    if not shared:
+        raise InvalidInputError(f"{baseline.path} and {current.path} share no metric to compare")
+    return Comparison(
+        baseline=baseline,
+        current=current,
+        threshold=threshold,
+        changes=[judge(name, before[name], after[name], threshold) for name in shared],
+        only_in_baseline=[name for name in before if name not in after],
+        only_in_current=[name for name in after if name not in before],
+        environment_mismatches=mismatches,
+    )
+
+
+def compare_files(
+    baseline: str | os.PathLike[str],
+    current: str | os.PathLike[str],
+    threshold: float = DEFAULT_THRESHOLD,
+    allow_env_mismatch: bool = False,
+) -> Comparison:
+    """Load two result files and compare them (see `compare_result_sets`)."""
+    return compare_result_sets(
+        load_result_set(baseline), load_result_set(current), threshold, allow_env_mismatch
+    )
+
+
+def _origin(result_set: ResultSet) -> str:
+    environment = result_set.environment
+    if environment is None:
+        return f"{result_set.path} ({result_set.gpu})"
+    dirty = "+dirty" if environment.git_dirty else ""
+    return (
+        f"{result_set.path} (commit {environment.git_commit[:12]}{dirty}, "
+        f"{environment.utc_time}, {result_set.gpu})"
+    )
+
+
+def summary_line(comparison: Comparison) -> str:
+    """One line: the outcome and the verdict counts."""
+    counts = ", ".join(f"{n} {verdict}" for verdict, n in comparison.counts().items() if n)
+    threshold = f"{comparison.threshold:.1%}"
+    slower = len(comparison.regressions)
+    if slower:
+        return f"REGRESSION: {slower} metric(s) slower beyond {threshold} ({counts})"
+    return f"no significant regression beyond {threshold} ({counts})"
+
+
+def _row(change: MetricChange) -> list[str]:
+    return [
+        change.name,
+        f"{change.baseline_ms * 1e3:.2f}",
+        f"{change.current_ms * 1e3:.2f}",
+        f"{change.change:+.2%}",
+        f"[{change.ci_low:+.2%}, {change.ci_high:+.2%}]",
+        change.verdict,
+    ]
+
+
+HEADERS = ["metric", "baseline us", "current us", "change", "95% interval", "verdict"]
+
+
+def _notes(comparison: Comparison) -> list[str]:
+    notes = []
+    if comparison.environment_mismatches:
+        notes.append("environments differ: " + "; ".join(comparison.environment_mismatches))
+    if comparison.only_in_baseline:
+        notes.append(f"only in baseline: {', '.join(comparison.only_in_baseline)}")
+    if comparison.only_in_current:
+        notes.append(f"only in current: {', '.join(comparison.only_in_current)}")
+    return notes
+
+
+def render_text(comparison: Comparison) -> str:
+    rows = [HEADERS, *(_row(change) for change in comparison.changes)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADERS))]
+    table = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    lines = [
+        f"baseline: {_origin(comparison.baseline)}",
+        f"current:  {_origin(comparison.current)}",
+        "",
+        *(line.rstrip() for line in table),
+        "",
+        *_notes(comparison),
+        summary_line(comparison),
+    ]
+    return "\n".join(lines)
+
+
+def render_markdown(comparison: Comparison) -> str:
+    mark = {
+        SLOWER: "🔴 **slower**", FASTER: "🟢 faster", UNCHANGED: "unchanged", NOISY: "❔ too noisy",
+    }  # fmt: skip
+    lines = [
+        f"### ftbench compare: {summary_line(comparison)}",
+        "",
+        f"- baseline: `{_origin(comparison.baseline)}`",
+        f"- current: `{_origin(comparison.current)}`",
+        f"- change = current / baseline median - 1, 95% bootstrap interval; threshold "
+        f"{comparison.threshold:.1%}",
+        *(f"- {note}" for note in _notes(comparison)),
+        "",
+        "| " + " | ".join(HEADERS) + " |",
+        "|" + "|".join([" --- "] + [" ---: "] * 4 + [" --- "]) + "|",
+    ]
+    for change in comparison.changes:
+        cells = _row(change)
+        cells[0] = f"`{cells[0]}`"
+        cells[-1] = mark[change.verdict]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_json(comparison: Comparison) -> str:
+    document = {
+        "baseline": comparison.baseline.path,
+        "current": comparison.current.path,
+        "kind": comparison.baseline.kind,
+        "threshold": comparison.threshold,
+        "exit_code": comparison.exit_code,
+        "summary": summary_line(comparison),
+        "counts": comparison.counts(),
+        "changes": [asdict(change) for change in comparison.changes],
+        "only_in_baseline": comparison.only_in_baseline,
+        "only_in_current": comparison.only_in_current,
+        "environment_mismatches": comparison.environment_mismatches,
+    }
+    return json.dumps(document, indent=2)
+
+
+RENDERERS = {"text": render_text, "md": render_markdown, "json": render_json}
+
+
+def render(comparison: Comparison, fmt: str) -> str:
+    """The comparison as text, Markdown ("md") or JSON."""
+    if fmt not in RENDERERS:
+        raise InvalidInputError(f"--format must be one of {', '.join(RENDERERS)}, got {fmt!r}")
+    return RENDERERS[fmt](comparison)

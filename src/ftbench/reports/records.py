@@ -1,0 +1,296 @@
+"""Result files read by kind, and the timed metrics they hold.
+
+`load_result_set(path)` reads a result file (`reports.results`) or a tuned cache
+(`autotune.cache`), checks the records of its kind and returns them parsed; anything malformed is
+an InvalidInputError whose message starts with the path. `metrics(result_set)` gives every timed
+quantity with its samples, by a stable name, for comparisons and the history:
+
+- tune (every candidate of a sweep): per problem "<problem key> tuned" (the winner) and
+  "<problem key> default" (the cuBLAS default). A pass over one problem starts at the default's
+  record; the winner is the other record whose samples were kept (the sweep keeps samples of the
+  default and the winner only), or the default itself. A problem tuned twice in one file counts
+  once, by its last pass (the one the cache keeps).
+- foundation: per probe ("gemm_hot", "gemv_cold", "copy"), the samples of all runs pooled.
+- gemv: per shape "gemv m=.. n=.. k=.. best" (the fastest config), "... cublas" and
+  "... best+pdl".
+- run: per configuration (`runs.run_key`) and timing metric, "<key> decode_step_ms" etc.
+- tune-peers and tuned caches keep no samples: they can be reported, not compared.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ftbench.autotune.cache import KIND as CACHE_KIND
+from ftbench.autotune.cache import TunedCache, parse_cache
+from ftbench.autotune.problem import GemmProblem
+from ftbench.bench.environment import EnvironmentRecord
+from ftbench.errors import InvalidInputError
+from ftbench.files import read_json
+from ftbench.reports import runs
+from ftbench.reports.results import parse_results
+
+TUNED_CACHE = "tuned-cache"
+
+
+@dataclass(frozen=True)
+class TuneOutcome:
+    """One problem's tuning: the cuBLAS default against the winner (ms per launch)."""
+
+    problem: GemmProblem
+    winner_backend: str
+    winner_name: str
+    default_ms: float
+    winner_ms: float
+    default_samples_ms: tuple[float, ...] = ()
+    winner_samples_ms: tuple[float, ...] = ()
+
+    @property
+    def speedup(self) -> float:
+        return self.default_ms / self.winner_ms
+
+
+@dataclass(frozen=True)
+class Peers:
+    """The tune benchmark's re-measured peers and the ceilings measured in the same run."""
+
+    read_bytes_per_s: float
+    peak_flops_per_s: float
+    rows: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ProbeTiming:
+    """One foundation probe's timing in one run (a process)."""
+
+    run: int
+    probe: str
+    timing: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Foundation:
+    probes: list[ProbeTiming]
+    ncu_gemv_cold_ms: float | None
+
+
+@dataclass(frozen=True)
+class GemvShape:
+    """One decode GEMV shape: the fastest config, the cuBLAS default, and the best with PDL."""
+
+    m: int
+    n: int
+    k: int
+    bytes: int
+    read_tb_per_s: float
+    best_name: str
+    best: dict[str, Any]
+    cublas: dict[str, Any]
+    best_pdl: dict[str, Any] | None
+
+    @property
+    def label(self) -> str:
+        return f"gemv m={self.m} n={self.n} k={self.k}"
+
+
+@dataclass(frozen=True)
+class ResultSet:
+    """One input file, parsed: `data` is a list of TuneOutcome (tune, tuned cache), Peers,
+    Foundation, a list of GemvShape, or a list of run records, by `kind`."""
+
+    path: str
+    kind: str
+    environment: EnvironmentRecord | None
+    data: Any
+    cache: TunedCache | None = field(default=None, repr=False)
+
+    @property
+    def gpu(self) -> str:
+        """The GPU the results came from, e.g. "NVIDIA H200" or "2x NVIDIA H200"."""
+        if self.cache is not None:
+            return self.cache.header.gpu_name
+        return gpu_label(self.environment)
+
+
+def gpu_label(environment: EnvironmentRecord | None) -> str:
+    if environment is None or not environment.gpus:
+        return "no GPU"
+    names = sorted({gpu.name for gpu in environment.gpus})
+    count = len(environment.gpus)
+    return names[0] if count == 1 else f"{count}x {' + '.join(names)}"
+
+
+def _timing(value: Any) -> dict[str, Any]:
+    """A timer summary with its median (samples optional: not every record keeps them)."""
+    if not isinstance(value, dict) or not isinstance(value.get("median_ms"), (int, float)):
+        raise ValueError("timing has no median_ms")
+    return value
+
+
+def _samples(timing: dict[str, Any]) -> tuple[float, ...]:
+    return tuple(float(v) for v in timing.get("samples_ms", ()))
+
+
+def _is_default(record: dict[str, Any]) -> bool:
+    candidate = record["candidate"]
+    return candidate["backend"] == "cublas" and candidate["name"] == "default"
+
+
+def _tune(records: list[dict[str, Any]]) -> list[TuneOutcome]:
+    passes: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        if _is_default(record):
+            passes[record["problem_key"]] = [record]
+        elif record["problem_key"] in passes:
+            passes[record["problem_key"]].append(record)
+    outcomes = []
+    for key, (default, *others) in passes.items():
+        problem = GemmProblem.from_dict(default["problem"])
+        if problem.key() != key:
+            raise ValueError(f"problem_key {key!r} does not match its problem {problem.key()!r}")
+        sampled = [r for r in others if r["status"] == "ok" and "samples_ms" in r.get("timing", {})]
+        winner = sampled[-1] if sampled else default
+        default_timing, winner_timing = _timing(default["timing"]), _timing(winner["timing"])
+        outcomes.append(
+            TuneOutcome(
+                problem=problem,
+                winner_backend=winner["candidate"]["backend"],
+                winner_name=winner["candidate"]["name"],
+                default_ms=default_timing["median_ms"],
+                winner_ms=winner_timing["median_ms"],
+                default_samples_ms=_samples(default_timing),
+                winner_samples_ms=_samples(winner_timing),
+            )
+        )
+    if records and not outcomes:
+        raise ValueError("no record of the cuBLAS default: not the records of a tune sweep")
+    return outcomes
+
+
+def _peers(records: list[dict[str, Any]]) -> Peers:
+    ceilings = [r["ceilings"] for r in records if "ceilings" in r]
+    if len(ceilings) != 1:
+        raise ValueError(f"expected one ceilings record, found {len(ceilings)}")
+    rows = [r for r in records if "ceilings" not in r]
+    for row in rows:
+        for name in ("phase", "problem", "m", "n", "k", "default_ms", "chosen_ms", "chosen"):
+            if name not in row:
+                raise ValueError(f"peer row lacks {name!r}")
+    return Peers(
+        read_bytes_per_s=float(ceilings[0]["read"]["bytes_per_s"]),
+        peak_flops_per_s=float(ceilings[0]["peak"]["flops_per_s"]),
+        rows=rows,
+    )
+
+
+def _foundation(records: list[dict[str, Any]]) -> Foundation:
+    probes, ncu_ms = [], None
+    for record in records:
+        if "ncu" in record:
+            ncu_ms = record["ncu"].get("median_ms")
+            continue
+        for probe, timing in record["timings"].items():
+            probes.append(ProbeTiming(int(record["run"]), probe, _timing(timing)))
+    if not probes:
+        raise ValueError("no probe timings")
+    return Foundation(probes, ncu_ms)
+
+
+def _gemv(records: list[dict[str, Any]]) -> list[GemvShape]:
+    shapes = []
+    for record in records:
+        if "ceilings" in record:
+            continue
+        best = min(record["configs"], key=lambda c: _timing(c["timing"])["median_ms"])
+        pdl = record.get("best_pdl")
+        shapes.append(
+            GemvShape(
+                m=int(record["m"]), n=int(record["n"]), k=int(record["k"]),
+                bytes=int(record["bytes"]), read_tb_per_s=float(record["read_tb_per_s"]),
+                best_name=best["name"], best=best["timing"],
+                cublas=_timing(record["cublas"]["timing"]),
+                best_pdl=None if pdl is None else _timing(pdl["timing"]),
+            )
+        )  # fmt: skip
+    return shapes
+
+
+def _run(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen: set[str] = set()
+    for index, record in enumerate(records):
+        runs.check_run_record(record, f"record {index}")
+        key = runs.run_key(record)
+        if key in seen:
+            raise ValueError(f"record {index}: configuration {key!r} appears twice")
+        seen.add(key)
+    return records
+
+
+_PARSERS: dict[str, Callable[[list[dict[str, Any]]], Any]] = {
+    "tune": _tune,
+    "tune-peers": _peers,
+    "foundation": _foundation,
+    "gemv": _gemv,
+    runs.KIND: _run,
+}
+KINDS = (*_PARSERS, TUNED_CACHE)
+
+
+def load_result_set(path: str | os.PathLike[str]) -> ResultSet:
+    """Read a result file or a tuned cache; errors are one line starting with the path."""
+    source = str(path)
+    document = read_json(path)
+    if isinstance(document, dict) and document.get("kind") == CACHE_KIND:
+        cache = parse_cache(document, source)
+        outcomes = [
+            TuneOutcome(
+                problem=entry.problem,
+                winner_backend=entry.winner.backend,
+                winner_name=entry.winner.name,
+                default_ms=entry.default_time.median_ms,
+                winner_ms=entry.winner_time.median_ms,
+            )
+            for entry in cache.entries.values()
+        ]
+        return ResultSet(source, TUNED_CACHE, None, outcomes, cache)
+    parsed = parse_results(document, source)
+    kind = parsed["kind"]
+    if kind not in _PARSERS:
+        raise InvalidInputError(
+            f"{source}: result kind {kind!r} is not known (known: {', '.join(KINDS)})"
+        )
+    try:
+        data = _PARSERS[kind](parsed["records"])
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{source}: {exc}") from exc
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise InvalidInputError(f"{source}: malformed {kind} records ({detail})") from exc
+    return ResultSet(source, kind, parsed["environment"], data)
+
+
+def metrics(result_set: ResultSet) -> dict[str, tuple[float, ...]]:
+    """Every timed quantity of `result_set` with samples, by name (all in ms per launch)."""
+    found: dict[str, tuple[float, ...]] = {}
+    kind, data = result_set.kind, result_set.data
+    if kind == "tune":
+        for outcome in data:
+            found[f"{outcome.problem.key()} tuned"] = outcome.winner_samples_ms
+            found[f"{outcome.problem.key()} default"] = outcome.default_samples_ms
+    elif kind == "foundation":
+        for probe in data.probes:
+            found[probe.probe] = found.get(probe.probe, ()) + _samples(probe.timing)
+    elif kind == "gemv":
+        for shape in data:
+            found[f"{shape.label} best"] = _samples(shape.best)
+            found[f"{shape.label} cublas"] = _samples(shape.cublas)
+            if shape.best_pdl is not None:
+                found[f"{shape.label} best+pdl"] = _samples(shape.best_pdl)
+    elif kind == runs.KIND:
+        for record in filter(runs.measured_ok, data):
+            for name in runs.TIMING_METRICS:
+                found[f"{runs.run_key(record)} {name}"] = _samples(record[name])
+    return {name: samples for name, samples in found.items() if samples}

@@ -1,0 +1,126 @@
+"""Model-run records (result files of kind "run"): the schema `ftbench run` writes.
+
+One record per configuration (engine, model, dtype, tp, pp, batch, input_len, output_len):
+
+    {"engine": "ftbench", "model": "gptj-6b", "dtype": "fp16", "tp": 1, "pp": 1,
+     "batch": 8, "input_len": 128, "output_len": 128,
+     "ttft_ms": TIMING, "decode_step_ms": TIMING, "end_to_end_ms": TIMING,
+     "throughput_tok_s": 1234.5, "peak_memory_bytes": 12884901888,
+     "floor_decode_step_ms": 3.1, "roofline_fraction": 0.82,
+     "gemm_cache_misses": 0, "flags": ["power-capped"], "status": "ok"}
+
+TIMING is the timer's summary (`bench.timer.Timing.to_dict()`): at least median_ms, ci_low_ms,
+ci_high_ms and samples_ms. Derived numbers are computed here, once: throughput_tok_s is the
+tokens generated (batch x output_len) over the median end-to-end time; roofline_fraction is the
+floor of a decode step over its median time. Fields a peer cannot report are null. A
+configuration that could not run has the key fields, a status other than "ok" (e.g. "does not
+fit") and a "reason", and no timings. Writers may add fields of their own; readers ignore them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ftbench.errors import InvalidInputError
+
+KIND = "run"
+# Known engines, in the order plots and tables show them; others are accepted as they are.
+ENGINES = ("ftbench", "ftbench-untuned", "hf-eager", "torch-compile")
+KEY_FIELDS = ("engine", "model", "dtype", "tp", "pp", "batch", "input_len", "output_len")
+TIMING_METRICS = ("ttft_ms", "decode_step_ms", "end_to_end_ms")
+TIMING_FIELDS = ("median_ms", "ci_low_ms", "ci_high_ms", "samples_ms")
+_INT_FIELDS = ("tp", "pp", "batch", "input_len", "output_len")
+OK = "ok"
+
+
+def timing_summary(timing: Any) -> dict[str, Any]:
+    """The summary dict of a `bench.timer.Timing` (or of a dict of the same shape), checked."""
+    summary = dict(timing.to_dict() if hasattr(timing, "to_dict") else timing)
+    missing = [name for name in TIMING_FIELDS if name not in summary]
+    if missing:
+        raise InvalidInputError(f"timing summary lacks {', '.join(missing)}")
+    summary["samples_ms"] = [float(value) for value in summary["samples_ms"]]
+    if not summary["samples_ms"]:
+        raise InvalidInputError("timing summary has no samples")
+    return summary
+
+
+def run_record(
+    *,
+    engine: str,
+    model: str,
+    dtype: str,
+    tp: int,
+    pp: int,
+    batch: int,
+    input_len: int,
+    output_len: int,
+    ttft: Any,
+    decode_step: Any,
+    end_to_end: Any,
+    peak_memory_bytes: int | None,
+    floor_decode_step_ms: float | None,
+    gemm_cache_misses: int | None,
+    flags: Sequence[str] = (),
+) -> dict[str, Any]:
+    """One model-run record; `ttft`, `decode_step` and `end_to_end` are timer results
+    (`Timing`) or their summary dicts, in ms per prefill, per decode step and per request."""
+    record = {
+        "engine": engine, "model": model, "dtype": dtype, "tp": tp, "pp": pp, "batch": batch,
+        "input_len": input_len, "output_len": output_len,
+        "ttft_ms": timing_summary(ttft),
+        "decode_step_ms": timing_summary(decode_step),
+        "end_to_end_ms": timing_summary(end_to_end),
+    }  # fmt: skip
+    end_to_end_s = record["end_to_end_ms"]["median_ms"] / 1e3
+    decode_ms = record["decode_step_ms"]["median_ms"]
+    record["throughput_tok_s"] = batch * output_len / end_to_end_s
+    record["peak_memory_bytes"] = peak_memory_bytes
+    record["floor_decode_step_ms"] = floor_decode_step_ms
+    record["roofline_fraction"] = (
+        None if floor_decode_step_ms is None else floor_decode_step_ms / decode_ms
+    )
+    record["gemm_cache_misses"] = gemm_cache_misses
+    record["flags"] = sorted(set(flags))
+    record["status"] = OK
+    check_run_record(record, "run record")
+    return record
+
+
+def check_run_record(record: Any, where: str) -> None:
+    """Raise InvalidInputError naming `where` if `record` is not a valid run record."""
+    if not isinstance(record, Mapping):
+        raise InvalidInputError(f"{where}: a run record must be an object")
+    measured = measured_ok(record)
+    required = (*KEY_FIELDS, *TIMING_METRICS) if measured else (*KEY_FIELDS, "reason")
+    missing = [name for name in required if name not in record]
+    if missing:
+        raise InvalidInputError(f"{where}: run record lacks {', '.join(missing)}")
+    for name in ("engine", "model", "dtype"):
+        if not isinstance(record[name], str) or not record[name]:
+            raise InvalidInputError(f"{where}: {name} must be a non-empty string")
+    for name in _INT_FIELDS:
+        value = record[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InvalidInputError(f"{where}: {name} must be a positive integer, got {value!r}")
+    for name in TIMING_METRICS if measured else ():
+        try:
+            timing_summary(record[name])
+        except (InvalidInputError, TypeError, ValueError) as exc:
+            raise InvalidInputError(f"{where}: {name}: {exc}") from exc
+
+
+def measured_ok(record: Mapping[str, Any]) -> bool:
+    """True for a configuration that ran (status "ok", the default when absent)."""
+    return record.get("status", OK) == OK
+
+
+def run_key(record: Mapping[str, Any]) -> str:
+    """A readable unique name of a run configuration, e.g.
+    "ftbench gptj-6b fp16 tp=1 pp=1 batch=8 in=128 out=128"."""
+    return (
+        f"{record['engine']} {record['model']} {record['dtype']} tp={record['tp']} "
+        f"pp={record['pp']} batch={record['batch']} in={record['input_len']} "
+        f"out={record['output_len']}"
+    )

@@ -1,0 +1,232 @@
+"""`ftbench compare` on real device results (tests/data/results, cut from benchmarks/results).
+
+Planted changes scale the samples of one metric of a real file; everything else stays as
+measured on the H200.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ftbench.errors import InvalidInputError
+from ftbench.reports.compare import (
+    FASTER,
+    NOISY,
+    SLOWER,
+    UNCHANGED,
+    compare_files,
+    judge,
+    parse_threshold,
+    render,
+)
+
+RESULTS = Path(__file__).parent / "data" / "results"
+FOUNDATION = RESULTS / "foundation-20261124T165607Z.json"
+TUNE = RESULTS / "tune-candidates.json"
+TUNED_PROBLEM = "gemm:f16f16f16:f32:NT:m=1:n=4096:k=4096:b=1"
+
+
+def ftbench(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "ftbench", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def scale_timing(timing: dict, factors) -> None:
+    samples = np.asarray(timing["samples_ms"]) * factors
+    timing["samples_ms"] = samples.tolist()
+    timing["median_ms"] = float(np.median(samples))
+
+
+def variant(tmp_path: Path, source: Path, edit, name="current.json") -> Path:
+    document = json.loads(source.read_text())
+    edit(document)
+    path = tmp_path / name
+    path.write_text(json.dumps(document))
+    return path
+
+
+def foundation_probe(document: dict, probe: str) -> dict:
+    return next(r for r in document["records"] if "timings" in r)["timings"][probe]
+
+
+def tune_winner(document: dict, key: str) -> dict:
+    sampled = [
+        r
+        for r in document["records"]
+        if r["problem_key"] == key
+        and r["candidate"]["name"] != "default"
+        and "samples_ms" in r.get("timing", {})
+    ]
+    return sampled[-1]["timing"]
+
+
+def verdicts(comparison) -> dict[str, str]:
+    return {change.name: change.verdict for change in comparison.changes}
+
+
+def test_planted_5pct_slowdown_with_tight_samples_is_flagged(tmp_path):
+    current = variant(
+        tmp_path, FOUNDATION, lambda d: scale_timing(foundation_probe(d, "gemv_cold"), 1.05)
+    )
+    comparison = compare_files(FOUNDATION, current)
+    assert verdicts(comparison) == {"gemm_hot": UNCHANGED, "gemv_cold": SLOWER, "copy": UNCHANGED}
+    change = comparison.changes[1]
+    assert change.change == pytest.approx(0.05, abs=1e-9)
+    assert 0.04 < change.ci_low <= 0.05 <= change.ci_high < 0.06
+    assert comparison.exit_code == 1
+
+    result = ftbench("compare", FOUNDATION, current)
+    assert result.returncode == 1, result.stderr
+    assert "REGRESSION: 1 metric(s) slower beyond 3.0%" in result.stdout
+
+
+def test_planted_slowdown_of_a_tuned_gemm_is_flagged(tmp_path):
+    current = variant(tmp_path, TUNE, lambda d: scale_timing(tune_winner(d, TUNED_PROBLEM), 1.05))
+    comparison = compare_files(TUNE, current)
+    slower = [c.name for c in comparison.changes if c.verdict == SLOWER]
+    assert slower == [f"{TUNED_PROBLEM} tuned"]
+    assert all(c.verdict == UNCHANGED for c in comparison.changes if c.name not in slower)
+    assert ftbench("compare", TUNE, current, "--format", "json").returncode == 1
+
+
+def test_5pct_difference_inside_the_noise_is_not_flagged(tmp_path):
+    # 20 of the measured samples, each with 20% log-normal noise: the 5% shift is real but the
+    # interval of the change is wider than the shift, so nothing can be concluded.
+    rng = np.random.default_rng(11)
+
+    def noisy(shift):
+        def edit(document):
+            timing = foundation_probe(document, "gemm_hot")
+            timing["samples_ms"] = timing["samples_ms"][:20]
+            scale_timing(timing, shift * rng.lognormal(0.0, 0.2, size=20))
+
+        return edit
+
+    baseline = variant(tmp_path, FOUNDATION, noisy(1.0), "baseline.json")
+    current = variant(tmp_path, FOUNDATION, noisy(1.05), "current.json")
+    comparison = compare_files(baseline, current)
+    change = comparison.changes[0]
+    assert change.name == "gemm_hot" and change.verdict == NOISY
+    assert change.ci_low < 0.0 < 0.05 < change.ci_high
+    assert comparison.exit_code == 0
+    result = ftbench("compare", baseline, current)
+    assert result.returncode == 0, result.stderr
+    assert "too noisy to tell" in result.stdout
+
+
+def test_faster_and_unchanged_exit_zero(tmp_path):
+    current = variant(
+        tmp_path, FOUNDATION, lambda d: scale_timing(foundation_probe(d, "copy"), 0.95)
+    )
+    assert verdicts(compare_files(FOUNDATION, current))["copy"] == FASTER
+    assert ftbench("compare", FOUNDATION, current).returncode == 0
+    same = ftbench("compare", FOUNDATION, FOUNDATION, "--format", "md")
+    assert same.returncode == 0
+    assert "no significant regression beyond 3.0% (3 unchanged)" in same.stdout
+    assert "| `gemv_cold` |" in same.stdout
+
+
+def test_real_runs_of_different_commits_compare_without_verdict_of_slower():
+    # gemv_cold measured 2.1% slower at 6aeeecd than at 11ea820, a tight interval: below the
+    # 3% threshold it is unchanged; with a 1% threshold it is a regression.
+    earlier = RESULTS / "foundation-20261124T163514Z.json"
+    comparison = compare_files(earlier, FOUNDATION)
+    assert verdicts(comparison)["gemv_cold"] == UNCHANGED
+    assert verdicts(compare_files(earlier, FOUNDATION, threshold=0.01))["gemv_cold"] == SLOWER
+
+
+def test_json_output_is_complete():
+    result = ftbench("compare", TUNE, TUNE, "--format", "json", "--threshold", "0.05")
+    document = json.loads(result.stdout)
+    assert document["exit_code"] == 0 and document["threshold"] == 0.05
+    assert len(document["changes"]) == 12
+    assert {"name", "change", "ci_low", "ci_high", "verdict"} <= document["changes"][0].keys()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"schema": 1, "kind": "foundation", "environment": {', "is not valid JSON"),
+        ('{"schema": 7, "kind": "foundation", "environment": {}, "records": []}', "schema 7"),
+        ('{"kind": "foundation"}', "not an ftbench result file"),
+        ("[1, 2]", "not an ftbench result file"),
+    ],
+)
+def test_bad_files_exit_2_with_one_line_naming_the_file(tmp_path, content, message):
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    result = ftbench("compare", FOUNDATION, bad)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and str(bad) in result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unreadable_binary_and_missing_files_exit_2(tmp_path):
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    for path in (binary, tmp_path, tmp_path / "missing.json"):
+        result = ftbench("compare", path, FOUNDATION)
+        assert result.returncode == 2
+        assert result.stderr.count("\n") == 1 and str(path) in result.stderr
+
+
+def test_records_of_the_wrong_shape_name_the_file(tmp_path):
+    broken = variant(tmp_path, TUNE, lambda d: d["records"][0].pop("candidate"))
+    with pytest.raises(InvalidInputError, match=rf"^{broken}: malformed tune records"):
+        compare_files(TUNE, broken)
+    truncated = tmp_path / "truncated.json"
+    truncated.write_text(TUNE.read_text()[:5000])
+    result = ftbench("compare", TUNE, truncated)
+    assert result.returncode == 2 and str(truncated) in result.stderr
+
+
+def test_other_kinds_environments_and_sample_less_files_are_refused(tmp_path):
+    with pytest.raises(InvalidInputError, match="cannot compare a foundation file"):
+        compare_files(FOUNDATION, TUNE)
+    with pytest.raises(InvalidInputError, match="keeps no timing samples"):
+        compare_files(RESULTS / "tune-peers.json", RESULTS / "tune-peers.json")
+
+    def other_gpu(document):
+        document["environment"]["gpus"][0]["name"] = "NVIDIA A100-SXM4-80GB"
+        document["environment"]["software"]["cublas"] = "12.9.1"
+
+    elsewhere = variant(tmp_path, FOUNDATION, other_gpu)
+    result = ftbench("compare", FOUNDATION, elsewhere)
+    assert result.returncode == 2
+    assert "GPU: baseline NVIDIA H200, current NVIDIA A100-SXM4-80GB" in result.stderr
+    assert "cublas: baseline 13.1.0, current 12.9.1" in result.stderr
+    allowed = ftbench("compare", FOUNDATION, elsewhere, "--allow-env-mismatch")
+    assert allowed.returncode == 0
+    assert "environments differ: GPU: baseline NVIDIA H200" in allowed.stdout
+
+
+def test_judge_rules():
+    rng = np.random.default_rng(5)
+    tight = rng.normal(1.0, 0.002, size=200)
+    assert judge("m", tight, tight * 1.05).verdict == SLOWER
+    assert judge("m", tight, tight * 0.95).verdict == FASTER
+    assert judge("m", tight, tight * 1.01).verdict == UNCHANGED
+    # significant but only 2%: within the threshold, yet the interval reaches past it
+    wide = rng.normal(1.0, 0.05, size=200)
+    assert judge("m", wide, wide * 1.025).verdict == NOISY
+    assert judge("m", tight[:4], tight[:4] * 1.2).verdict == NOISY  # too few samples
+    assert judge("m", tight, tight * 1.05, threshold=0.10).verdict == UNCHANGED
+    assert judge("m", tight, tight * 1.05) == judge("m", tight, tight * 1.05)
+
+
+def test_threshold_parsing():
+    assert parse_threshold("3%") == pytest.approx(0.03)
+    assert parse_threshold("0.05") == 0.05
+    for text in ("3", "abc", "-1%", "150%"):
+        with pytest.raises(InvalidInputError, match="threshold"):
+            parse_threshold(text)
+    with pytest.raises(InvalidInputError, match="--format"):
+        render(compare_files(FOUNDATION, FOUNDATION), "html")

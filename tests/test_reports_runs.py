@@ -1,0 +1,66 @@
+"""The run-record schema (`reports.runs`) that `ftbench run` writes. Timings here are synthetic."""
+
+import pytest
+
+from ftbench.errors import InvalidInputError
+from ftbench.reports.runs import check_run_record, measured_ok, run_key, run_record
+
+
+def summary(median_ms: float) -> dict:
+    samples = [median_ms * f for f in (0.99, 1.0, 1.0, 1.01, 1.02)]
+    return {"median_ms": median_ms, "ci_low_ms": samples[0], "ci_high_ms": samples[3],
+            "samples_ms": samples}  # fmt: skip
+
+
+def record(**overrides):
+    fields = dict(
+        engine="ftbench", model="gptj-6b", dtype="fp16", tp=1, pp=1, batch=8, input_len=128,
+        output_len=64, ttft=summary(20.0), decode_step=summary(8.0), end_to_end=summary(532.0),
+        peak_memory_bytes=13 * 2**30, floor_decode_step_ms=6.0, gemm_cache_misses=0,
+        flags=("power-capped", "power-capped"),
+    )  # fmt: skip
+    fields.update(overrides)
+    return run_record(**fields)
+
+
+def test_run_record_derives_throughput_and_roofline_once():
+    built = record()
+    assert built["throughput_tok_s"] == pytest.approx(8 * 64 / 0.532)
+    assert built["roofline_fraction"] == pytest.approx(6.0 / 8.0)
+    assert built["decode_step_ms"]["samples_ms"] == summary(8.0)["samples_ms"]
+    assert built["flags"] == ["power-capped"] and built["status"] == "ok"
+    assert run_key(built) == "ftbench gptj-6b fp16 tp=1 pp=1 batch=8 in=128 out=64"
+    assert record(floor_decode_step_ms=None)["roofline_fraction"] is None
+
+
+def test_timer_results_are_accepted_as_they_are():
+    class Timing:  # what bench.timer.Timing offers: to_dict()
+        def to_dict(self):
+            return summary(8.0)
+
+    assert record(decode_step=Timing())["decode_step_ms"]["median_ms"] == 8.0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"batch": 0}, "batch must be a positive integer"),
+        ({"engine": ""}, "engine must be a non-empty string"),
+        ({"ttft": {"median_ms": 1.0}}, "timing summary lacks ci_low_ms, ci_high_ms, samples_ms"),
+        ({"end_to_end": {**summary(1.0), "samples_ms": []}}, "no samples"),
+    ],
+)
+def test_bad_records_are_refused(overrides, message):
+    with pytest.raises(InvalidInputError, match=message):
+        record(**overrides)
+
+
+def test_a_configuration_that_did_not_run_needs_a_reason_and_no_timings():
+    skipped = {"engine": "hf-eager", "model": "gptj-6b", "dtype": "fp16", "tp": 1, "pp": 1,
+               "batch": 256, "input_len": 2048, "output_len": 128, "status": "does not fit",
+               "reason": "needs 160 GiB"}  # fmt: skip
+    check_run_record(skipped, "record 3")
+    assert not measured_ok(skipped)
+    del skipped["reason"]
+    with pytest.raises(InvalidInputError, match="record 3: run record lacks reason"):
+        check_run_record(skipped, "record 3")
