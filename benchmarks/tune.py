@@ -32,8 +32,8 @@ import numpy as np
 from ftbench.autotune.operands import make_operands
 from ftbench.autotune.plan import tuning_problems
 from ftbench.autotune.problem import GemmProblem
-from ftbench.autotune.sweep import TUNING_POLICY, SweepOptions, run_sweep, tune_problem
-from ftbench.bench.ceilings import copy_bandwidth, read_bandwidth
+from ftbench.autotune.sweep import TUNING_POLICY, SweepOptions, run_sweep
+from ftbench.bench.ceilings import copy_bandwidth, gemm_peak, read_bandwidth
 from ftbench.bench.environment import capture_environment
 from ftbench.bench.timer import cold_input_sets, device_facts, time_launch
 from ftbench.files import write_json_atomic
@@ -43,7 +43,6 @@ from ftbench.reports.results import write_results
 
 DECODE_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 CONTEXTS = ((1, 128), (1, 2048), (8, 512))
-PEAK_PROBLEM = GemmProblem(m=8192, n=8192, k=8192)
 PEER_POLICY = TUNING_POLICY
 LT_HEURISTIC_PREFIXES = tuple(f"heuristic #{rank}:" for rank in range(8))
 
@@ -63,21 +62,6 @@ def gptj_problems(quick: bool) -> dict[str, list[GemmProblem]]:
             if item.problem.m == batch * length:
                 phases["context"][item.problem.key()] = item.problem
     return {phase: list(problems.values()) for phase, problems in phases.items()}
-
-
-def gemm_peak() -> dict:
-    """FLOP/s of the best cuBLAS/cuBLASLt candidate on 8192^3 (hot L2 is irrelevant there)."""
-    from ftbench.autotune.sweep import available_backends
-
-    backends, _ = available_backends(("cublas", "cublaslt"))
-    options = SweepOptions(backends=("cublas", "cublaslt"), cache="hot")
-    outcome = tune_problem(PEAK_PROBLEM, backends, options)
-    best = outcome.entry.winner_time.median_ms
-    return {
-        "flops_per_s": PEAK_PROBLEM.flops() / (best / 1e3),
-        "winner": outcome.entry.winner.to_dict(),
-        "median_ms": best,
-    }
 
 
 def peers(problem: GemmProblem, entry) -> dict:

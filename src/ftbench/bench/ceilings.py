@@ -4,6 +4,8 @@
   GEMV kernels use; the best of 2, 4 and 8 blocks per SM.
 - Device-to-device copy bandwidth (bytes read plus bytes written), for comparison.
 Both cold (the buffer is 70 times the L2), both through `bench.timer`.
+- Dense GEMM peak: the best cuBLAS / cuBLASLt candidate on 8192^3, tuned as `ftbench tune`
+  tunes (every candidate verified, then timed).
 """
 
 from __future__ import annotations
@@ -62,3 +64,20 @@ def copy_bandwidth(nbytes: int = PROBE_BYTES, policy: TimingPolicy = POLICY) -> 
         raise RuntimeError("device-to-device copy produced wrong bytes")
     timing = time_launch(copy, name=f"copy {nbytes / 2**30:g} GiB", cache="cold", policy=policy)
     return {"bytes_per_s": 2 * nbytes / (timing.median_ms / 1e3), "timing": timing.to_dict()}
+
+
+def gemm_peak(dtype: str = "fp16") -> dict[str, Any]:
+    """FLOP/s of the best cuBLAS/cuBLASLt candidate on an 8192^3 GEMM of `dtype`."""
+    from ftbench.autotune.problem import GemmProblem
+    from ftbench.autotune.sweep import SweepOptions, available_backends, tune_problem
+
+    problem = GemmProblem(8192, 8192, 8192, a_dtype=dtype, b_dtype=dtype, c_dtype=dtype)
+    backends, _ = available_backends(("cublas", "cublaslt"))
+    options = SweepOptions(backends=("cublas", "cublaslt"), cache="hot")
+    outcome = tune_problem(problem, backends, options)
+    best_ms = outcome.entry.winner_time.median_ms
+    return {
+        "flops_per_s": problem.flops() / (best_ms / 1e3),
+        "winner": outcome.entry.winner.to_dict(),
+        "median_ms": best_ms,
+    }

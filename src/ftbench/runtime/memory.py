@@ -9,6 +9,7 @@ largest batch and the longest length that would.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from ftbench.errors import InvalidInputError
@@ -111,8 +112,8 @@ def check_fits(
         tokens = None if max_tokens is None else min(max_tokens, b * length)
         return footprint(spec, b, length, dtype, tp, tokens).total <= free_bytes
 
-    best_batch = _largest(lambda b: fits(b, max_seq_len), batch)
-    best_length = _largest(lambda length: fits(batch, length), max_seq_len)
+    best_batch = largest_fitting(lambda b: fits(b, max_seq_len), batch)
+    best_length = largest_fitting(lambda length: fits(batch, length), max_seq_len)
     options = []
     if best_batch:
         options.append(f"the largest batch that fits at {max_seq_len} tokens is {best_batch}")
@@ -132,7 +133,7 @@ def _count(shape: tuple[int, ...]) -> int:
     return count
 
 
-def _largest(fits, upper: int) -> int:
+def largest_fitting(fits: Callable[[int], bool], upper: int) -> int:
     """The largest n in 1..upper-1 with fits(n) (fits is monotone), or 0 if none."""
     low, high = 0, upper - 1
     while low < high:

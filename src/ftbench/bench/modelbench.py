@@ -1,0 +1,382 @@
+"""Model-level benchmarks (`ftbench run`): generation latency and throughput over a grid.
+
+For each grid point (batch, input length, output length) and each engine, one warm-up request,
+then `repeats` timed requests of `batch` random prompts of `input_len` tokens generating exactly
+`output_len` tokens each (no stop token). The times come from CUDA events on the engine's stream
+(`runtime.generate.Generation`): time to first token (prefill and the first sampled token), every
+decode step after it, and the end-to-end request. Derived: per-output-token latency percentiles,
+output and total tokens per second, the decode step's floor (weights plus the average KV cache
+read once at the HBM read bandwidth) and the prefill's (FLOPs at the GEMM peak), peak memory,
+GEMM cache hits and misses, and the GPU's clocks and power while it ran.
+
+A point that does not fit in memory is recorded as such and the sweep goes on; results are
+written after every point, so Ctrl-C keeps the finished ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ftbench.bench.stats import summarize
+from ftbench.errors import InvalidInputError
+from ftbench.profiles.problems import rank_shapes
+from ftbench.profiles.spec import ModelSpec
+from ftbench.reports.runs import run_record
+from ftbench.runtime.memory import footprint
+
+ENGINES = ("ftbench", "ftbench-untuned", "hf-eager", "hf-compile")
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass(frozen=True)
+class RunPoint:
+    """One point of the grid: `batch` requests of `input_len` tokens generating `output_len`."""
+
+    batch: int
+    input_len: int
+    output_len: int
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.input_len + self.output_len
+
+
+def run_grid(
+    batches: Iterable[int], input_lens: Iterable[int], output_lens: Iterable[int]
+) -> list[RunPoint]:
+    """Every (batch, input, output) combination, input length outermost, batch innermost."""
+    points = [
+        RunPoint(batch, input_len, output_len)
+        for input_len, output_len, batch in itertools.product(input_lens, output_lens, batches)
+    ]
+    for point in points:
+        if min(point.batch, point.input_len, point.output_len) < 1:
+            raise InvalidInputError(f"batch and lengths must be positive, got {point}")
+    return points
+
+
+def decode_floor_ms(spec: ModelSpec, point: RunPoint, dtype: str, bandwidth: float, tp: int = 1):
+    """The decode step's floor: one rank's weights plus its KV cache at the average length of
+    the decode steps, read once at `bandwidth` bytes/s."""
+    plan = footprint(spec, point.batch, point.max_seq_len, dtype, tp, max_tokens=1)
+    average_length = point.input_len + point.output_len / 2
+    kv_bytes = plan.kv_cache * average_length / point.max_seq_len
+    return (plan.weights + kv_bytes) / bandwidth * 1e3
+
+
+def prefill_floor_ms(
+    spec: ModelSpec, point: RunPoint, dtype: str, peak_flops: float, bandwidth: float, tp: int = 1
+) -> float:
+    """The prefill's floor on one rank: its GEMM and attention FLOPs at `peak_flops`, or its
+    weights read once at `bandwidth`, whichever takes longer."""
+    rank = rank_shapes(spec, tp)
+    head_dim, hidden = spec.head_dim, spec.hidden_size
+    q_width, kv_width = rank.q_heads * head_dim, rank.kv_heads * head_dim
+    up = rank.ffn_hidden_size * (2 if spec.gated_ffn else 1)
+    per_token = hidden * (q_width + 2 * kv_width) + q_width * hidden + hidden * up
+    per_token += rank.ffn_hidden_size * hidden
+    tokens = point.batch * point.input_len
+    linear = 2 * tokens * per_token * spec.num_layers
+    # causal attention: QK^T and PV over half the square on average
+    attention = 2 * 2 * point.batch * point.input_len**2 / 2 * q_width * spec.num_layers
+    lm_head = 2 * point.batch * hidden * rank.lm_head_rows
+    weights = footprint(spec, 1, 1, dtype, tp, max_tokens=1).weights
+    return max((linear + attention + lm_head) / peak_flops, weights / bandwidth) * 1e3
+
+
+def percentile_summary(samples: Sequence[float]) -> dict[str, Any]:
+    """A timing summary of samples in ms (the shape `reports.runs` reads), with the mean and
+    the 50th, 90th and 99th percentiles."""
+    values = np.asarray(samples, dtype=np.float64)
+    stats = summarize(values)
+    summary = {
+        "median_ms": stats.median, "ci_low_ms": stats.ci_low, "ci_high_ms": stats.ci_high,
+        "min_ms": stats.minimum, "max_ms": stats.maximum, "mean_ms": stats.mean,
+        "rel_ci_half_width": stats.rel_ci_half_width, "samples_ms": values.tolist(),
+    }  # fmt: skip
+    for q in PERCENTILES:
+        summary[f"p{q}_ms"] = float(np.percentile(values, q))
+    return summary
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What one engine measured at one point: per request TTFT and end-to-end, every decode
+    step, peak memory, GEMM dispatch counts and the GPU's conditions."""
+
+    ttft_ms: list[float]
+    end_to_end_ms: list[float]
+    step_ms: list[float]
+    peak_memory_bytes: int | None
+    gemm: dict[str, Any] | None
+    conditions: dict[str, Any]
+    flags: tuple[str, ...] = ()
+
+
+def point_record(
+    engine: str,
+    model: str,
+    dtype: str,
+    tp: int,
+    point: RunPoint,
+    measured: Measured,
+    floor_decode_ms: float | None,
+    floor_prefill_ms: float | None,
+) -> dict[str, Any]:
+    """The run record (`reports.runs` schema) of one engine at one point, with the extras."""
+    record = run_record(
+        engine=engine, model=model, dtype=dtype, tp=tp, pp=1, batch=point.batch,
+        input_len=point.input_len, output_len=point.output_len,
+        ttft=percentile_summary(measured.ttft_ms),
+        decode_step=percentile_summary(measured.step_ms),
+        end_to_end=percentile_summary(measured.end_to_end_ms),
+        peak_memory_bytes=measured.peak_memory_bytes, floor_decode_step_ms=floor_decode_ms,
+        gemm_cache_misses=None if measured.gemm is None else measured.gemm["misses"],
+        flags=measured.flags,
+    )  # fmt: skip
+    end_to_end_s = record["end_to_end_ms"]["median_ms"] / 1e3
+    record["total_tok_s"] = point.batch * (point.input_len + point.output_len) / end_to_end_s
+    record["floor_prefill_ms"] = floor_prefill_ms
+    record["prefill_roofline_fraction"] = (
+        None if floor_prefill_ms is None else floor_prefill_ms / record["ttft_ms"]["median_ms"]
+    )
+    record["gemm_dispatch"] = measured.gemm
+    record["conditions"] = measured.conditions
+    record["status"] = "ok"
+    return record
+
+
+def not_fitting_record(engine: str, model: str, dtype: str, tp: int, point: RunPoint, why: str):
+    """The record of a point that could not run (too large for memory): no timings."""
+    return {
+        "engine": engine, "model": model, "dtype": dtype, "tp": tp, "pp": 1,
+        "batch": point.batch, "input_len": point.input_len, "output_len": point.output_len,
+        "status": "does not fit", "reason": why,
+    }  # fmt: skip
+
+
+def measure_requests(
+    generate: Callable[[], Any], repeats: int, monitor: Any
+) -> tuple[list[float], list[float], list[float]]:
+    """Run `generate` once to warm up, then `repeats` times; (TTFT, end-to-end, steps) in ms.
+    `generate` returns a `Generation` (or anything with ttft_ms and step_ms)."""
+    generate()
+    ttft, end_to_end, steps = [], [], []
+    for _ in range(repeats):
+        monitor.poll()
+        result = generate()
+        ttft.append(float(result.ttft_ms))
+        end_to_end.append(float(result.ttft_ms + np.sum(result.step_ms)))
+        steps.extend(float(value) for value in result.step_ms)
+    monitor.poll()
+    return ttft, end_to_end, steps
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What `ftbench run` measures: a model, a dtype, grid points and engines."""
+
+    spec: ModelSpec
+    dtype: str
+    points: tuple[RunPoint, ...]
+    engines: tuple[str, ...] = ("ftbench",)
+    tuned_cache: str | None = None
+    checkpoint: str | None = None
+    repeats: int = 3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = [engine for engine in self.engines if engine not in ENGINES]
+        if unknown:
+            raise InvalidInputError(f"unknown engines {unknown}; choose from {', '.join(ENGINES)}")
+        if self.dtype not in ("fp16", "bf16"):
+            raise InvalidInputError(f"ftbench run measures fp16 or bf16, not {self.dtype!r}")
+        if self.repeats < 1:
+            raise InvalidInputError("repeats must be at least 1")
+        short = [point for point in self.points if point.output_len < 2]
+        if short:
+            raise InvalidInputError(
+                "output lengths must be at least 2 (one prefill token and a decode step)"
+            )
+
+
+def max_batch(spec: ModelSpec, input_len: int, output_len: int, dtype: str, free: int) -> int:
+    """The largest batch whose KV cache and buffers fit in `free` bytes next to the weights."""
+    from ftbench.runtime.memory import largest_fitting
+
+    def fits(batch: int) -> bool:
+        need = footprint(spec, batch, input_len + output_len, dtype, max_tokens=batch * input_len)
+        return need.total <= free
+
+    return largest_fitting(fits, 1 << 16)
+
+
+def throughput_batches(largest: int) -> list[int]:
+    """Batches tried by --max-throughput: powers of two below the largest that fits, and it."""
+    return sorted({1 << i for i in range(largest.bit_length()) if 1 << i < largest} | {largest})
+
+
+def run_benchmark(
+    config: RunConfig,
+    on_record: Callable[[dict[str, Any]], None],
+    on_point: Callable[[str, RunPoint], None] = lambda engine, point: None,
+) -> None:
+    """Measure every engine at every point; hand each record to `on_record` as it is done.
+    The HBM read bandwidth and the GEMM peak are measured first, once, for the floors."""
+    import cupy
+
+    from ftbench.bench.ceilings import gemm_peak, read_bandwidth
+
+    ceilings = Ceilings(read_bandwidth()["bytes_per_s"], gemm_peak(config.dtype)["flops_per_s"])
+    ours = [engine for engine in config.engines if engine.startswith("ftbench")]
+    if ours:
+        weights = _ftbench_weights(config)
+        for engine in ours:
+            cache_path = config.tuned_cache if engine == "ftbench" else None
+            for point in config.points:
+                on_point(engine, point)
+                measured = _measure_ftbench(config, weights, cache_path, point)
+                on_record(_record(config, engine, point, measured, ceilings))
+        del weights
+        cupy.get_default_memory_pool().free_all_blocks()
+    for engine in (engine for engine in config.engines if engine.startswith("hf")):
+        peer = None
+        for point in config.points:
+            on_point(engine, point)
+            try:
+                peer = peer or _peer(config, engine)
+                measured = _measure_peer(peer, config, point)
+            except Exception as exc:  # a peer's failure is its result, not ours
+                on_record(failed_record(engine, config, point, exc))
+                continue
+            on_record(_record(config, engine, point, measured, ceilings))
+        del peer
+
+
+@dataclass(frozen=True)
+class Ceilings:
+    """The GPU's measured HBM read bandwidth (bytes/s) and dense GEMM peak (FLOP/s)."""
+
+    hbm_read_bytes_per_s: float
+    gemm_peak_flops: float
+
+
+def _record(config: RunConfig, engine: str, point: RunPoint, measured, ceilings: Ceilings):
+    if isinstance(measured, dict):
+        return measured
+    spec = config.spec
+    record = point_record(
+        engine, spec.name, config.dtype, 1, point, measured,
+        decode_floor_ms(spec, point, config.dtype, ceilings.hbm_read_bytes_per_s),
+        prefill_floor_ms(
+            spec, point, config.dtype, ceilings.gemm_peak_flops, ceilings.hbm_read_bytes_per_s
+        ),
+    )  # fmt: skip
+    record["hbm_read_bytes_per_s"] = ceilings.hbm_read_bytes_per_s
+    record["gemm_peak_flops"] = ceilings.gemm_peak_flops
+    return record
+
+
+def failed_record(engine: str, config: RunConfig, point: RunPoint, error: Exception):
+    """A point an engine could not run: out of memory ("does not fit") or another failure."""
+    text = f"{type(error).__name__}: {error}".splitlines()[0][:500]
+    out_of_memory = "OutOfMemory" in text or "does not fit" in text or "are free" in text
+    return {
+        "engine": engine, "model": config.spec.name, "dtype": config.dtype, "tp": 1, "pp": 1,
+        "batch": point.batch, "input_len": point.input_len, "output_len": point.output_len,
+        "status": "does not fit" if out_of_memory else "failed", "reason": text,
+    }  # fmt: skip
+
+
+def _ftbench_weights(config: RunConfig):
+    import cupy
+
+    from ftbench.runtime.weights import load_hf_weights, random_weights
+
+    if config.checkpoint:
+        return load_hf_weights(config.checkpoint, config.spec, config.dtype).map(cupy.asarray)
+    return random_weights(config.spec, config.dtype, seed=config.seed, xp=cupy)
+
+
+def _prompts(config: RunConfig, point: RunPoint) -> np.ndarray:
+    rng = np.random.default_rng(config.seed)
+    return rng.integers(0, config.spec.vocab_size, (point.batch, point.input_len))
+
+
+def _monitor():
+    import cupy
+
+    from ftbench.bench.gpu_state import ConditionMonitor
+    from ftbench.bench.timer import device_facts
+
+    return ConditionMonitor(device_facts(cupy)[1])
+
+
+def _measure_ftbench(config: RunConfig, weights, cache_path: str | None, point: RunPoint):
+    import cupy
+
+    from ftbench.autotune.cache import CacheHeader, load_cache
+    from ftbench.bench.environment import capture_environment
+    from ftbench.kernels.gemm import GemmDispatch
+    from ftbench.runtime.generate import Generator
+    from ftbench.runtime.model import Decoder
+
+    cache = None
+    if cache_path:
+        running = CacheHeader.from_environment(capture_environment())
+        cache = load_cache(cache_path, running=running)
+    gemm = GemmDispatch(cache)
+    pool = cupy.get_default_memory_pool()
+    pool.free_all_blocks()
+    try:
+        decoder = Decoder(
+            config.spec, weights, max_batch=point.batch, max_seq_len=point.max_seq_len,
+            max_tokens=point.batch * point.input_len, gemm=gemm,
+        )  # fmt: skip
+    except InvalidInputError as exc:
+        return failed_record("ftbench", config, point, exc)
+    generator = Generator(decoder)
+    prompts = list(_prompts(config, point))
+    monitor = _monitor()
+    ttft, end_to_end, steps = measure_requests(
+        lambda: generator.generate(prompts, point.output_len), config.repeats, monitor
+    )
+    conditions = monitor.conditions()
+    measured = Measured(
+        ttft, end_to_end, steps, int(pool.total_bytes()), gemm.stats.to_dict(),
+        _conditions_dict(conditions), tuple(conditions.flags),
+    )  # fmt: skip
+    return measured
+
+
+def _peer(config: RunConfig, engine: str):
+    from ftbench.bench.peers import HfPeer
+
+    return HfPeer(config.spec, config.dtype, mode=engine.removeprefix("hf-"), seed=config.seed)
+
+
+def _measure_peer(peer, config: RunConfig, point: RunPoint) -> Measured:
+    prompts = _prompts(config, point)
+    monitor = _monitor()
+    peer.torch.cuda.reset_peak_memory_stats()
+    ttft, end_to_end, steps = measure_requests(
+        lambda: peer.generate(prompts, point.output_len), config.repeats, monitor
+    )
+    conditions = monitor.conditions()
+    return Measured(
+        ttft, end_to_end, steps, peer.peak_memory_bytes(), None,
+        _conditions_dict(conditions), tuple(conditions.flags),
+    )  # fmt: skip
+
+
+def _conditions_dict(conditions) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    data = asdict(conditions)
+    data["other_processes"] = list(data["other_processes"])
+    return data

@@ -1,0 +1,122 @@
+"""`ftbench run`'s host-side logic: the grid, floors, records, refusals, without a GPU."""
+
+import numpy as np
+import pytest
+
+from ftbench.bench.modelbench import (
+    Measured,
+    RunConfig,
+    RunPoint,
+    decode_floor_ms,
+    failed_record,
+    max_batch,
+    percentile_summary,
+    point_record,
+    prefill_floor_ms,
+    run_grid,
+    throughput_batches,
+)
+from ftbench.bench.peers import hf_config
+from ftbench.errors import InvalidInputError
+from ftbench.profiles.catalog import load_builtin
+from ftbench.reports.runs import check_run_record
+from ftbench.runtime.memory import GIB, footprint
+
+GPTJ = load_builtin("gptj-6b")
+
+
+def test_grid_is_every_combination_batch_innermost():
+    points = run_grid([1, 8], [128, 2048], [128])
+    assert points == [
+        RunPoint(1, 128, 128), RunPoint(8, 128, 128), RunPoint(1, 2048, 128),
+        RunPoint(8, 2048, 128),
+    ]  # fmt: skip
+    with pytest.raises(InvalidInputError, match="positive"):
+        run_grid([0], [128], [128])
+
+
+def test_decode_floor_is_weights_plus_average_kv_cache_at_bandwidth():
+    point = RunPoint(64, 128, 128)
+    plan = footprint(GPTJ, 64, 256, "fp16", max_tokens=1)
+    expected = (plan.weights + plan.kv_cache * 192 / 256) / 4e12 * 1e3
+    assert decode_floor_ms(GPTJ, point, "fp16", 4e12) == pytest.approx(expected)
+    # batch 1: essentially the 12.1 GB of weights
+    assert decode_floor_ms(GPTJ, RunPoint(1, 128, 128), "fp16", 4e12) == pytest.approx(
+        12.1e9 / 4e12 * 1e3, rel=0.01
+    )
+
+
+def test_prefill_floor_is_the_slower_of_flops_and_weight_reads():
+    short, long = RunPoint(1, 128, 2), RunPoint(1, 2048, 2)
+    # 1 x 128 tokens: about 2 x 6e9 x 128 FLOP = 1.5 TFLOP, 2 ms at 750 TFLOP/s, but the
+    # 12.1 GB of weights take 3 ms at 4 TB/s: memory-bound.
+    assert prefill_floor_ms(GPTJ, short, "fp16", 750e12, 4e12) == pytest.approx(3.02, rel=0.01)
+    flops_ms = prefill_floor_ms(GPTJ, long, "fp16", 750e12, 1e18)
+    assert flops_ms == pytest.approx(2 * 6.05e9 * 2048 / 750e12 * 1e3, rel=0.06)
+
+
+def test_percentile_summary_has_the_run_schema_fields():
+    samples = np.linspace(1.0, 2.0, 101)
+    summary = percentile_summary(samples)
+    assert summary["median_ms"] == pytest.approx(1.5)
+    assert summary["p90_ms"] == pytest.approx(1.9)
+    assert summary["p99_ms"] == pytest.approx(1.99)
+    assert summary["mean_ms"] == pytest.approx(1.5)
+    assert summary["ci_low_ms"] <= 1.5 <= summary["ci_high_ms"]
+
+
+def test_point_record_derives_throughput_and_roofline():
+    measured = Measured(
+        ttft_ms=[10.0, 11.0, 12.0], end_to_end_ms=[500.0, 510.0, 520.0],
+        step_ms=[3.9, 4.0, 4.1] * 10, peak_memory_bytes=13 * GIB,
+        gemm={"hits": 3, "misses": 1, "missed_problems": ["x"], "backends": {}},
+        conditions={}, flags=("power-capped",),
+    )  # fmt: skip
+    record = point_record(
+        "ftbench", "gptj-6b", "fp16", 1, RunPoint(8, 128, 128), measured, 3.0, 5.5
+    )
+    check_run_record(record, "test")
+    assert record["throughput_tok_s"] == pytest.approx(8 * 128 / 0.510)
+    assert record["total_tok_s"] == pytest.approx(8 * 256 / 0.510)
+    assert record["roofline_fraction"] == pytest.approx(3.0 / 4.0)
+    assert record["prefill_roofline_fraction"] == pytest.approx(0.5)
+    assert record["gemm_cache_misses"] == 1 and record["flags"] == ["power-capped"]
+
+
+def test_points_that_cannot_run_are_recorded_with_why():
+    config = RunConfig(GPTJ, "fp16", (RunPoint(4096, 2048, 128),))
+    record = failed_record("ftbench", config, config.points[0], InvalidInputError("x are free: y"))
+    assert record["status"] == "does not fit" and "are free" in record["reason"]
+    other = failed_record("hf-compile", config, config.points[0], RuntimeError("graph break\nmore"))
+    assert other["status"] == "failed" and other["reason"] == "RuntimeError: graph break"
+
+
+def test_run_config_refuses_unknown_engines_and_one_token_outputs():
+    with pytest.raises(InvalidInputError, match="unknown engines"):
+        RunConfig(GPTJ, "fp16", (RunPoint(1, 128, 128),), engines=("vllm",))
+    with pytest.raises(InvalidInputError, match="at least 2"):
+        RunConfig(GPTJ, "fp16", (RunPoint(1, 128, 1),))
+    with pytest.raises(InvalidInputError, match="fp16 or bf16"):
+        RunConfig(GPTJ, "fp32", (RunPoint(1, 128, 128),))
+
+
+def test_max_batch_is_the_largest_that_fits():
+    free = 80 * GIB
+    batch = max_batch(GPTJ, 2048, 128, "fp16", free)
+    fits = footprint(GPTJ, batch, 2176, "fp16", max_tokens=batch * 2048).total
+    over = footprint(GPTJ, batch + 1, 2176, "fp16", max_tokens=(batch + 1) * 2048).total
+    assert fits <= free < over
+    assert throughput_batches(300) == [1, 2, 4, 8, 16, 32, 64, 128, 256, 300]
+    assert throughput_batches(1) == [1]
+
+
+@pytest.mark.parametrize("name", ["gptj-6b", "llama2-7b", "gpt2-124m"])
+def test_hf_peer_config_round_trips_through_the_importer(name):
+    from ftbench.profiles.hf import spec_from_hf_config
+
+    spec = load_builtin(name)
+    again = spec_from_hf_config(hf_config(spec), name=spec.name)
+    for field in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                  "ffn_hidden_size", "activation", "norm", "vocab_size", "rotary_dim",
+                  "rope_theta", "parallel_attn_mlp", "tie_word_embeddings"):  # fmt: skip
+        assert getattr(again, field) == getattr(spec, field), field
