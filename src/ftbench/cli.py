@@ -574,6 +574,70 @@ def compare_command(
     raise typer.Exit(comparison.exit_code)
 
 
+@app.command("report")
+def report_command(
+    results: Annotated[
+        list[Path],
+        typer.Argument(help="Result files (tune, tune-peers, foundation, gemv, run) or caches."),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for report.html and report.md (created).")
+    ],
+) -> None:
+    """Write a self-contained HTML page (plots embedded, no network needed) and a Markdown
+    summary of result files, with the environment each was measured in."""
+    from ftbench.reports.report import write_report
+
+    page, summary = write_report(results, out)
+    console.print(f"wrote {page} and {summary}")
+
+
+history_app = typer.Typer(
+    name="history", help="The SQLite history of results that feeds the dashboard.",
+    no_args_is_help=True,
+)  # fmt: skip
+app.add_typer(history_app)
+DB_HELP = "History database (default: $FTBENCH_CACHE_DIR/history.sqlite3, else under XDG cache)."
+
+
+@history_app.command("add")
+def history_add_command(
+    results: Annotated[list[Path], typer.Argument(help="Result files with timing samples.")],
+    db: Annotated[Path | None, typer.Option("--db", help=DB_HELP)] = None,
+    benchmark: Annotated[
+        str | None,
+        typer.Option("--benchmark", help="Name of the series (default: the file's kind)."),
+    ] = None,
+) -> None:
+    """Store result files as runs keyed by benchmark, commit, time and GPU (again: no-op)."""
+    from ftbench.reports.history import add_files, default_history_path
+
+    target = db or default_history_path()
+    for path, added in add_files(target, results, benchmark):
+        state = "added" if added.new else "already stored"
+        console.print(
+            f"{path}: {state} as run {added.run_id} ({added.metrics} metrics) in {target}"
+        )
+
+
+@app.command("dashboard")
+def dashboard_command(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the site's index.html.")],
+    db: Annotated[Path | None, typer.Option("--db", help=DB_HELP)] = None,
+    threshold: Annotated[
+        str, typer.Option("--threshold", help="Change that marks a regression, as 3% or 0.03.")
+    ] = "3%",
+) -> None:
+    """Write a static site from the history: a time series per benchmark and GPU, regressions
+    marked, a GPU filter."""
+    from ftbench.reports.compare import parse_threshold
+    from ftbench.reports.dashboard import write_dashboard
+    from ftbench.reports.history import default_history_path
+
+    page = write_dashboard(db or default_history_path(), out, parse_threshold(threshold))
+    console.print(f"wrote {page}")
+
+
 def main() -> None:
     """Console-script entry point: FtbenchError becomes one line on stderr and exit code 2."""
     try:

@@ -10,6 +10,8 @@ from typing import Any
 
 from ftbench.errors import InvalidInputError
 
+FILE_MODE = 0o644
+
 
 def default_cache_dir() -> Path:
     """$FTBENCH_CACHE_DIR, else $XDG_CACHE_HOME/ftbench, else ~/.cache/ftbench."""
@@ -19,8 +21,8 @@ def default_cache_dir() -> Path:
     return Path(base) / "ftbench"
 
 
-def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
-    """Write `data` as indented JSON to `path` through a temp file and a rename.
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write `text` (UTF-8) to `path` through a temp file and a rename.
 
     A reader never sees a half-written file, and an interrupted write leaves the old file intact.
     """
@@ -28,9 +30,9 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.chmod(tmp_name, FILE_MODE)  # mkstemp makes 0600; results and pages are for sharing
         with os.fdopen(fd, "w", encoding="utf-8") as tmp:
-            json.dump(data, tmp, indent=2, sort_keys=False)
-            tmp.write("\n")
+            tmp.write(text)
             tmp.flush()
             os.fsync(tmp.fileno())
         os.replace(tmp_name, target)
@@ -38,6 +40,11 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return target
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write `data` as indented JSON to `path` atomically (see `write_text_atomic`)."""
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

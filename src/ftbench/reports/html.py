@@ -1,0 +1,71 @@
+"""Self-contained HTML and Markdown pieces: figures as base64 PNG, tables from pandas.
+
+Nothing here needs the network: styles are inline and every image is embedded in the page.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Iterable
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; }
+table { border-collapse: collapse; margin: 1em 0; font-size: .85em; }
+th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: right; }
+th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
+img.plot { max-width: 100%; display: block; margin: 1em 0; }
+.wide { overflow-x: auto; } .note { color: #555; font-size: .9em; }
+.slower { color: #b00; font-weight: bold; } .faster { color: #070; }
+"""
+
+
+def png_base64(figure: Figure, dpi: int = 100) -> str:
+    """The figure as a base64-encoded PNG."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def figure_html(figure: Figure, alt: str) -> str:
+    """An <img> holding the figure as an embedded PNG."""
+    return (
+        f'<img class="plot" alt="{html.escape(alt)}" '
+        f'src="data:image/png;base64,{png_base64(figure)}">'
+    )
+
+
+def table_html(table: pd.DataFrame) -> str:
+    """The table as HTML, scrolling sideways when wider than the page."""
+    inner = table.to_html(index=False, border=0, na_rep="n/a", escape=True)
+    return f'<div class="wide">{inner}</div>'
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """A GitHub Markdown table (pipes escaped; missing values as n/a)."""
+
+    def cell(value: object) -> str:
+        return "n/a" if pd.isna(value) else str(value).replace("|", "\\|")
+
+    lines = [
+        "| " + " | ".join(cell(c) for c in table.columns) + " |",
+        "|" + "|".join(" --- " for _ in table.columns) + "|",
+    ]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(False)]
+    return "\n".join(lines)
+
+
+def page(title: str, sections: Iterable[str], head: str = "") -> str:
+    """A complete HTML document."""
+    body = "\n".join(sections)
+    return (
+        "<!DOCTYPE html>\n"
+        f'<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style>{head}</head>\n<body>\n<h1>{html.escape(title)}</h1>\n"
+        f"{body}\n</body></html>\n"
+    )
