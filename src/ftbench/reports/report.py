@@ -224,7 +224,9 @@ def _scenario(record: dict, *, without: str) -> str:
 
 
 def run_section(result_set: ResultSet) -> Section:
-    records = [r for r in result_set.data if runs.measured_ok(r)]
+    order = {engine: rank for rank, engine in enumerate(runs.ENGINES)}
+    ranked = sorted(result_set.data, key=lambda r: order.get(r["engine"], len(order)))
+    records = [r for r in ranked if runs.measured_ok(r)]
     skipped = [r for r in result_set.data if not runs.measured_ok(r)]
     points = []
     for r in records:
