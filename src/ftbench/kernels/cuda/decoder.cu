@@ -1,0 +1,749 @@
+// The decoder's element-wise kernels: embedding, residual add + norm, QKV bias + rotary + KV-cache
+// write, bias + activation (plain or gated), and token selection (greedy or sampled). Launchers,
+// checks and the full contract: ftbench/kernels/decoder.py; design notes: docs/kernels/decoder.md.
+//
+// T is the model dtype (__half or __nv_bfloat16; sampling also takes float logits); every kernel
+// computes in fp32. VEC elements per thread are loaded and stored at once: VEC = 16 / sizeof(T)
+// when the row length and the pointers allow 16-byte accesses, else a smaller width (the launcher
+// picks it), so odd sizes work at a lower speed. No kernel allocates or synchronises with the
+// host: all of them can be captured in a CUDA graph.
+//
+// Builds with NVRTC (CuPy RawModule) and with nvcc for sm_80 and newer; no standard headers.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+namespace ftb {
+
+constexpr unsigned FULL_MASK = 0xffffffffu;
+
+template <typename T>
+struct Elem;
+
+// Keys order values as unsigned integers (larger value, larger key): sign-magnitude bits with the
+// sign flipped, negatives inverted. 16-bit types get 16-bit keys, so a radix select over them
+// takes two 8-bit digits instead of four. NaN gets key 0 (below everything).
+__device__ __forceinline__ unsigned orderable32(unsigned bits) {
+  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+}
+
+template <>
+struct Elem<__half> {
+  static constexpr int KEY_BITS = 16;
+  static __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+  static __device__ __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
+  static __device__ __forceinline__ unsigned key(float v) {
+    // v came from a half, so converting back is exact; + 0.0f turns -0 into +0.
+    const unsigned bits = __half_as_ushort(__float2half_rn(v + 0.0f));
+    return (bits & 0x8000u) ? (~bits & 0xffffu) : (bits | 0x8000u);
+  }
+};
+
+template <>
+struct Elem<__nv_bfloat16> {
+  static constexpr int KEY_BITS = 16;
+  static __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ __nv_bfloat16 from_float(float v) {
+    return __float2bfloat16_rn(v);
+  }
+  // A bf16 is the top half of an fp32, so the top half of the fp32 key is the bf16 key.
+  static __device__ __forceinline__ unsigned key(float v) {
+    return orderable32(__float_as_uint(v + 0.0f)) >> 16;
+  }
+};
+
+template <>
+struct Elem<float> {
+  static constexpr int KEY_BITS = 32;
+  static __device__ __forceinline__ float to_float(float v) { return v; }
+  static __device__ __forceinline__ float from_float(float v) { return v; }
+  static __device__ __forceinline__ unsigned key(float v) {
+    return orderable32(__float_as_uint(v + 0.0f));
+  }
+};
+
+// N elements accessed as one load or store (16 bytes at most per instruction).
+template <typename T, int N>
+struct alignas(sizeof(T) * N > 16 ? 16 : sizeof(T) * N) Pack {
+  T v[N];
+};
+
+template <typename T, int N>
+__device__ __forceinline__ void load(const T* pointer, float (&out)[N]) {
+  const Pack<T, N> pack = *reinterpret_cast<const Pack<T, N>*>(pointer);
+#pragma unroll
+  for (int j = 0; j < N; ++j) out[j] = Elem<T>::to_float(pack.v[j]);
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void store(T* pointer, const float (&in)[N]) {
+  Pack<T, N> pack;
+#pragma unroll
+  for (int j = 0; j < N; ++j) pack.v[j] = Elem<T>::from_float(in[j]);
+  *reinterpret_cast<Pack<T, N>*>(pointer) = pack;
+}
+
+// x += a[0..N) if a is not null (biases and deltas are optional).
+template <typename T, int N>
+__device__ __forceinline__ void add_if(float (&x)[N], const T* a) {
+  if (a == nullptr) return;
+  float v[N];
+  load(a, v);
+#pragma unroll
+  for (int j = 0; j < N; ++j) x[j] += v[j];
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(FULL_MASK, v, offset);
+  return v;
+}
+
+// The sum of v over the block (blockDim.x a multiple of 32), returned to every thread. Every warp
+// adds the per-warp sums in the same order, so all threads get the same bits. The leading barrier
+// lets consecutive calls share `scratch` (32 floats).
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  v = warp_sum(v);
+  const int lane = threadIdx.x & 31;
+  __syncthreads();
+  if (lane == 0) scratch[threadIdx.x >> 5] = v;
+  __syncthreads();
+  return warp_sum(lane < static_cast<int>(blockDim.x >> 5) ? scratch[lane] : 0.0f);
+}
+
+}  // namespace ftb
+
+using namespace ftb;
+
+// residual[t, :] = table[tokens[t], :] (+ pos_table[positions[t], :]) in fp32.
+// Grid (T), block: a multiple of 32 threads looping over the row. hidden % VEC == 0.
+// Token ids must be < V and positions < P: nothing is clamped.
+template <typename T, int VEC, bool POSITIONS>
+__global__ void __launch_bounds__(256)
+    ftb_embed(const int* __restrict__ tokens, const int* __restrict__ positions,
+              const T* __restrict__ table, const T* __restrict__ pos_table,
+              float* __restrict__ residual, int hidden) {
+  const int t = blockIdx.x;
+  const T* row = table + static_cast<size_t>(tokens[t]) * hidden;
+  const T* pos_row = POSITIONS ? pos_table + static_cast<size_t>(positions[t]) * hidden : nullptr;
+  float* out = residual + static_cast<size_t>(t) * hidden;
+  for (int i = threadIdx.x * VEC; i < hidden; i += blockDim.x * VEC) {
+    float x[VEC];
+    load(row + i, x);
+    if (POSITIONS) add_if(x, pos_row + i);
+    store(out + i, x);
+  }
+}
+
+// One block per output row i (row r = rows ? rows[i] : i of the residual):
+//   residual[r] += delta0[r] + delta1[r] + delta_bias0 + delta_bias1   (each optional, DT)
+//   out[i] = LayerNorm(residual[r]) * weight + bias, or RMSNorm(residual[r]) * weight
+// The row lives in registers (ITEMS vectors of VEC per thread) from the load to the store:
+// residual is read once and written once (only if something was added), statistics are fp32
+// two-pass (mean, then the mean of squared deviations) with warp-shuffle block reductions.
+// Needs hidden <= blockDim.x * ITEMS * VEC and hidden % VEC == 0.
+template <typename T, int VEC, int ITEMS>
+__global__ void __launch_bounds__(512)
+    ftb_residual_norm(float* __restrict__ residual, T* __restrict__ out,
+                      const T* __restrict__ weight, const T* __restrict__ bias,
+                      const T* __restrict__ delta0, const T* __restrict__ delta1,
+                      const T* __restrict__ delta_bias0, const T* __restrict__ delta_bias1,
+                      const int* __restrict__ rows, int hidden, float eps, int rmsnorm) {
+  __shared__ float scratch[32];
+  const size_t r = rows ? rows[blockIdx.x] : blockIdx.x;
+  float* res = residual + r * hidden;
+  const size_t offset = r * hidden;
+  const bool update = delta0 || delta1 || delta_bias0 || delta_bias1;
+  float x[ITEMS][VEC];
+  float sum = 0.0f;
+#pragma unroll
+  for (int item = 0; item < ITEMS; ++item) {
+    const int i = (threadIdx.x + item * blockDim.x) * VEC;
+    if (i >= hidden) continue;
+    load(res + i, x[item]);
+    if (update) {
+      add_if(x[item], delta0 ? delta0 + offset + i : nullptr);
+      add_if(x[item], delta1 ? delta1 + offset + i : nullptr);
+      add_if(x[item], delta_bias0 ? delta_bias0 + i : nullptr);
+      add_if(x[item], delta_bias1 ? delta_bias1 + i : nullptr);
+      store(res + i, x[item]);
+    }
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) sum += x[item][j];
+  }
+  const float mean = rmsnorm ? 0.0f : block_sum(sum, scratch) / hidden;
+  float squares = 0.0f;
+#pragma unroll
+  for (int item = 0; item < ITEMS; ++item) {
+    if ((threadIdx.x + item * blockDim.x) * VEC >= hidden) continue;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      const float d = x[item][j] - mean;
+      squares += d * d;
+    }
+  }
+  const float inv_std = rsqrtf(block_sum(squares, scratch) / hidden + eps);
+  T* y = out + static_cast<size_t>(blockIdx.x) * hidden;
+#pragma unroll
+  for (int item = 0; item < ITEMS; ++item) {
+    const int i = (threadIdx.x + item * blockDim.x) * VEC;
+    if (i >= hidden) continue;
+    float w[VEC], b[VEC] = {};
+    load(weight + i, w);
+    if (bias) load(bias + i, b);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) x[item][j] = (x[item][j] - mean) * inv_std * w[j] + b[j];
+    store(y + i, x[item]);
+  }
+}
+
+// One block per token t. qkv[t] holds q_heads + 2 kv_heads heads of head_dim (q | k | v); a
+// thread owns one VEC-wide chunk c of the head and walks the heads, so its rotary angles are
+// computed once per token:
+//   interleaved (GPT-J):  chunk dims d0..d0+VEC-1 < rotary_dim hold VEC/2 pairs (2i, 2i+1);
+//   halves (NeoX/LLaMA):  chunk d0 < rotary_dim/2 pairs dim d0+j with d0+j+rotary_dim/2 and
+//                         writes both; chunks in [rotary_dim/2, rotary_dim) have nothing to do.
+// Pair i turns by position * base^(-2i/rotary_dim) (fp32, as HF computes it). q goes to
+// q_out[t], k and v to the caches at [seq_ids[t], h, positions[t], :].
+// blockDim.x = (head_dim / VEC) * slots; VEC divides head_dim and rotary_dim (interleaved) or
+// rotary_dim / 2 (halves).
+template <typename T, int VEC, bool INTERLEAVED>
+__global__ void __launch_bounds__(256)
+    ftb_qkv_rotary(const T* __restrict__ qkv, const T* __restrict__ bias, T* __restrict__ q_out,
+                   T* __restrict__ k_cache, T* __restrict__ v_cache,
+                   const int* __restrict__ seq_ids, const int* __restrict__ positions,
+                   int q_heads, int kv_heads, int head_dim, int rotary_dim, float rotary_base,
+                   int max_length) {
+  constexpr int PAIRS = INTERLEAVED ? VEC / 2 : VEC;
+  const int t = blockIdx.x;
+  const int chunks = head_dim / VEC;
+  const int d0 = (threadIdx.x % chunks) * VEC;
+  const int slot = threadIdx.x / chunks, slots = blockDim.x / chunks;
+  const int heads = q_heads + 2 * kv_heads;
+  const int half = rotary_dim / 2;
+  const bool rotates = INTERLEAVED ? d0 < rotary_dim : d0 < half;
+  const bool partner_chunk = !INTERLEAVED && d0 >= half && d0 < rotary_dim;
+  const size_t seq = seq_ids[t];
+  const int position = positions[t];
+  float cosine[PAIRS], sine[PAIRS];
+  if (rotates) {
+#pragma unroll
+    for (int j = 0; j < PAIRS; ++j) {
+      const int pair = INTERLEAVED ? d0 / 2 + j : d0 + j;
+      const float inv_freq =
+          1.0f / powf(rotary_base, static_cast<float>(2 * pair) / static_cast<float>(rotary_dim));
+      sincosf(static_cast<float>(position) * inv_freq, &sine[j], &cosine[j]);
+    }
+  }
+  const T* row = qkv + static_cast<size_t>(t) * heads * head_dim;
+  for (int h = slot; h < heads; h += slots) {
+    const bool is_v = h >= q_heads + kv_heads;
+    if (!is_v && partner_chunk) continue;
+    T* dst;
+    if (h < q_heads) {
+      dst = q_out + (static_cast<size_t>(t) * q_heads + h) * head_dim;
+    } else {
+      const int kv = is_v ? h - q_heads - kv_heads : h - q_heads;
+      T* cache = is_v ? v_cache : k_cache;
+      dst = cache + ((seq * kv_heads + kv) * max_length + position) * head_dim;
+    }
+    const int src = h * head_dim + d0;
+    float x[VEC];
+    load(row + src, x);
+    add_if(x, bias ? bias + src : nullptr);
+    if (!is_v && rotates) {
+      if (INTERLEAVED) {
+#pragma unroll
+        for (int j = 0; j < PAIRS; ++j) {
+          const float even = x[2 * j], odd = x[2 * j + 1];
+          x[2 * j] = even * cosine[j] - odd * sine[j];
+          x[2 * j + 1] = odd * cosine[j] + even * sine[j];
+        }
+      } else {
+        float y[VEC];
+        load(row + src + half, y);
+        add_if(y, bias ? bias + src + half : nullptr);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) {
+          const float first = x[j], second = y[j];
+          x[j] = first * cosine[j] - second * sine[j];
+          y[j] = second * cosine[j] + first * sine[j];
+        }
+        store(dst + d0 + half, y);
+      }
+    }
+    store(dst + d0, x);
+  }
+}
+
+enum Activation { GELU_NEW = 0, GELU = 1, SILU = 2, RELU = 3 };
+
+template <int ACT>
+__device__ __forceinline__ float activate(float x) {
+  if (ACT == GELU_NEW) {
+    return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+  }
+  if (ACT == GELU) return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
+  if (ACT == SILU) return x / (1.0f + expf(-x));
+  return fmaxf(x, 0.0f);
+}
+
+// out[t, i] = act(x[t, i] + bias[i])                                         (not gated)
+// out[t, i] = act(x[t, i] + bias[i]) * (x[t, F + i] + bias[F + i])            (gated: gate | up)
+// Grid (T, ceil(F / VEC / blockDim.x)). out may be x itself when not gated (each thread reads
+// its elements before writing them), hence no __restrict__ on x and out.
+template <typename T, int VEC, int ACT, bool GATED>
+__global__ void __launch_bounds__(256)
+    ftb_bias_act(const T* x, const T* __restrict__ bias, T* out, int ffn) {
+  const int i = (blockIdx.y * blockDim.x + threadIdx.x) * VEC;
+  if (i >= ffn) return;
+  const T* row = x + static_cast<size_t>(blockIdx.x) * (GATED ? 2 : 1) * ffn;
+  float a[VEC];
+  load(row + i, a);
+  add_if(a, bias ? bias + i : nullptr);
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) a[j] = activate<ACT>(a[j]);
+  if (GATED) {
+    float up[VEC];
+    load(row + ffn + i, up);
+    add_if(up, bias ? bias + ffn + i : nullptr);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) a[j] *= up[j];
+  }
+  store(out + static_cast<size_t>(blockIdx.x) * ffn + i, a);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token selection: one block per row b of logits [B, stride]; columns >= vocab are padding.
+
+namespace ftb {
+
+constexpr int SELECT_UNROLL = 4;  // vector loads per thread in flight in a pass over a row
+constexpr int SAMPLE_THREADS = 512;
+constexpr int SAMPLE_WARPS = SAMPLE_THREADS / 32;
+constexpr unsigned long long WEIGHT_ONE = 1ull << 32;
+
+// Calls f(i, value, valid) for every column i < n of row, VEC columns per load, SELECT_UNROLL
+// loads in flight. Every thread runs the same number of calls (invalid ones have valid = false),
+// so f may use warp-collective operations. Thread t meets its columns in a fixed order; the
+// draw relies on that order. Full VEC-wide loads stay inside the row because stride % VEC == 0.
+template <typename T, int VEC, typename F>
+__device__ __forceinline__ void for_each_column(const T* __restrict__ row, int n, F&& f) {
+  const int step = blockDim.x * VEC;
+  for (int base = 0; base < n; base += step * SELECT_UNROLL) {
+    float v[SELECT_UNROLL][VEC];
+#pragma unroll
+    for (int u = 0; u < SELECT_UNROLL; ++u) {
+      const int i = base + u * step + threadIdx.x * VEC;
+      if (i < n) load(row + i, v[u]);
+    }
+#pragma unroll
+    for (int u = 0; u < SELECT_UNROLL; ++u) {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        const int i = base + u * step + threadIdx.x * VEC + j;
+        f(i, i < n ? v[u][j] : 0.0f, i < n);
+      }
+    }
+  }
+}
+
+// The better of two (value, index) candidates: larger value, then lower index; NaN never wins.
+__device__ __forceinline__ bool better(float v, int i, float best, int best_index) {
+  return v > best || (v == best && i < best_index);
+}
+
+// Block argmax; every thread gets the result. Index INT_MAX means no candidate (all NaN).
+__device__ __forceinline__ void block_argmax(float& value, int& index, float* scratch_values,
+                                             int* scratch_indices) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const float v = __shfl_xor_sync(FULL_MASK, value, offset);
+    const int i = __shfl_xor_sync(FULL_MASK, index, offset);
+    if (better(v, i, value, index)) value = v, index = i;
+  }
+  const int lane = threadIdx.x & 31;
+  __syncthreads();
+  if (lane == 0) {
+    scratch_values[threadIdx.x >> 5] = value;
+    scratch_indices[threadIdx.x >> 5] = index;
+  }
+  __syncthreads();
+  const int warps = blockDim.x >> 5;
+  value = -__int_as_float(0x7f800000);
+  index = 0x7fffffff;
+  for (int w = 0; w < warps; ++w) {
+    if (better(scratch_values[w], scratch_indices[w], value, index)) {
+      value = scratch_values[w], index = scratch_indices[w];
+    }
+  }
+}
+
+// Rows already finished emit pad_token. Returns true (for the whole block) if row b is one.
+__device__ __forceinline__ bool skip_finished(int b, const unsigned char* finished, int* tokens,
+                                              int pad_token) {
+  if (finished == nullptr || finished[b] == 0) return false;
+  if (threadIdx.x == 0) tokens[b] = pad_token;
+  return true;
+}
+
+// Thread 0: write the token; a stop token finishes the row (the stop token itself is emitted).
+__device__ __forceinline__ void emit(int b, int token, int* tokens, unsigned char* finished,
+                                     const int* stop_tokens, int num_stop) {
+  if (threadIdx.x != 0) return;
+  tokens[b] = token;
+  for (int s = 0; s < num_stop; ++s) {
+    if (stop_tokens[s] == token) finished[b] = 1;
+  }
+}
+
+// Histograms over 8-bit digits in shared memory. Logits crowd into a few bins at the top digits,
+// so the lanes of a warp that hit the same bin are combined first (32 lanes adding to one shared
+// address one by one would serialise). bin < 0: the lane adds nothing.
+//
+// Counts: one histogram per block, native 32-bit shared atomics.
+__device__ __forceinline__ void add_count(unsigned* hist, int bin) {
+  if (!__any_sync(FULL_MASK, bin >= 0)) return;
+  const unsigned peers = __match_any_sync(FULL_MASK, bin);
+  if (bin >= 0 && (threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&hist[bin], __popc(peers));
+}
+
+// Sum of x over the lanes in `peers` (the lanes that share this lane's bin), left in the lowest
+// such lane: a tree over each group's members at once (Westphal, "Voting and shuffling to
+// optimize atomic operations", NVIDIA 2015). All 32 lanes must call it.
+__device__ __forceinline__ unsigned long long reduce_peers(unsigned peers, unsigned long long x) {
+  const int lane = threadIdx.x & 31;
+  int rank = __popc(peers & ((1u << lane) - 1u));
+  peers &= 0xfffffffeu << lane;
+  while (__any_sync(FULL_MASK, peers)) {
+    const int next = __ffs(peers);
+    const unsigned long long other = __shfl_sync(FULL_MASK, x, (next - 1) & 31);
+    if (next) x += other;
+    peers &= ~__ballot_sync(FULL_MASK, rank & 1);
+    rank >>= 1;
+  }
+  return x;
+}
+
+// Weights: one histogram per warp, so no atomics at all. 64-bit shared atomics are compare-and-swap
+// loops, and 16 warps spinning on the same few bins made a pass ten times slower than its loads
+// (measured on an H200). Within a warp, the leaders of one call hold distinct bins.
+__device__ __forceinline__ void add_weight(unsigned long long* warp_hist, int bin,
+                                           unsigned long long weight) {
+  if (!__any_sync(FULL_MASK, bin >= 0)) return;
+  // Lanes adding nothing form groups of one, so they cost reduce_peers no rounds.
+  const int lane = threadIdx.x & 31;
+  const unsigned peers = __match_any_sync(FULL_MASK, bin >= 0 ? bin : -1 - lane);
+  const unsigned long long sum = reduce_peers(peers, weight);
+  __syncwarp();  // this warp's earlier updates, by any lane, are visible
+  if (bin >= 0 && lane == __ffs(peers) - 1) warp_hist[bin] += sum;
+}
+
+// Run by all of warp 0. Walking the 256 bins from the top, with `above` already counted, find
+// the first bin d where above + hist[255] + ... + hist[d] >= target (the caller guarantees one
+// exists). Writes d to *bin and above + hist[255] + ... + hist[d + 1] to *new_above.
+template <typename C>
+__device__ __forceinline__ void select_bin(const C* hist, C above, C target, int* bin,
+                                           C* new_above) {
+  const int lane = threadIdx.x & 31;
+  C counts[8], lane_total = 0;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) lane_total += counts[j] = hist[255 - 8 * lane - j];
+  C inclusive = lane_total;
+#pragma unroll
+  for (int offset = 1; offset < 32; offset <<= 1) {
+    const C other = __shfl_up_sync(FULL_MASK, inclusive, offset);
+    if (lane >= offset) inclusive += other;
+  }
+  const unsigned hits = __ballot_sync(FULL_MASK, above + inclusive >= target);
+  const int owner = hits ? __ffs(hits) - 1 : 31;
+  if (lane != owner) return;
+  C running = above + inclusive - lane_total;
+  int chosen = 255 - 8 * lane - 7;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    if (running + counts[j] >= target) {
+      chosen = 255 - 8 * lane - j;
+      break;
+    }
+    running += counts[j];
+  }
+  *bin = chosen;
+  *new_above = running;
+}
+
+// Block-wide exclusive prefix sum of one u64 per thread, in thread order; also the total.
+__device__ __forceinline__ unsigned long long block_exclusive_scan(unsigned long long x,
+                                                                   unsigned long long* scratch,
+                                                                   unsigned long long* total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  unsigned long long inclusive = x;
+#pragma unroll
+  for (int offset = 1; offset < 32; offset <<= 1) {
+    const unsigned long long other = __shfl_up_sync(FULL_MASK, inclusive, offset);
+    if (lane >= offset) inclusive += other;
+  }
+  __syncthreads();
+  if (lane == 31) scratch[warp] = inclusive;
+  __syncthreads();
+  unsigned long long before = 0, sum = 0;
+  const int warps = blockDim.x >> 5;
+  for (int w = 0; w < warps; ++w) {
+    if (w == warp) before = sum;
+    sum += scratch[w];
+  }
+  *total = sum;
+  return before + inclusive - x;
+}
+
+// Run by all of warp 0: find the column where the running kept weight first exceeds `draw`,
+// among the columns thread `owner` met in for_each_column (in the same order), whose weights
+// start at `before`. The warp takes 32 of the owner's VEC-wide chunks at a time, scans their
+// weights and lets the lane holding the crossing walk its chunk; the result goes to *token.
+template <typename T, int VEC, typename Kept, typename Weight>
+__device__ __forceinline__ void walk_owner(const T* __restrict__ row, int n, int owner,
+                                           unsigned long long before, unsigned long long draw,
+                                           Kept&& kept, Weight&& weight_of, int* token) {
+  const int lane = threadIdx.x & 31;
+  const int step = blockDim.x * VEC;
+  const int chunks = (n + step * SELECT_UNROLL - 1) / (step * SELECT_UNROLL) * SELECT_UNROLL;
+  unsigned long long running = before;
+  for (int first = 0; first < chunks; first += 32) {
+    const int chunk = first + lane;
+    const int start = chunk / SELECT_UNROLL * step * SELECT_UNROLL +
+                      chunk % SELECT_UNROLL * step + owner * VEC;
+    float v[VEC];
+    unsigned long long weight = 0;
+    if (chunk < chunks && start < n) {
+      load(row + start, v);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        if (start + j < n && kept(v[j])) weight += weight_of(v[j]);
+      }
+    }
+    unsigned long long inclusive = weight;
+#pragma unroll
+    for (int offset = 1; offset < 32; offset <<= 1) {
+      const unsigned long long other = __shfl_up_sync(FULL_MASK, inclusive, offset);
+      if (lane >= offset) inclusive += other;
+    }
+    const unsigned crossed = __ballot_sync(FULL_MASK, running + inclusive > draw);
+    if (crossed) {
+      if (lane == __ffs(crossed) - 1) {
+        unsigned long long at = running + inclusive - weight;
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) {
+          if (start + j < n && kept(v[j])) {
+            at += weight_of(v[j]);
+            if (at > draw) {
+              *token = start + j;
+              break;
+            }
+          }
+        }
+      }
+      return;
+    }
+    running += __shfl_sync(FULL_MASK, inclusive, 31);
+  }
+}
+
+// Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011).
+__device__ __forceinline__ uint4 philox(uint4 counter, uint2 key) {
+#pragma unroll
+  for (int round = 0; round < 10; ++round) {
+    const unsigned hi0 = __umulhi(0xD2511F53u, counter.x), lo0 = 0xD2511F53u * counter.x;
+    const unsigned hi1 = __umulhi(0xCD9E8D57u, counter.z), lo1 = 0xCD9E8D57u * counter.z;
+    counter = make_uint4(hi1 ^ counter.y ^ key.x, lo1, hi0 ^ counter.w ^ key.y, lo0);
+    key.x += 0x9E3779B9u;
+    key.y += 0xBB67AE85u;
+  }
+  return counter;
+}
+
+}  // namespace ftb
+
+// Greedy: tokens[b] = the lowest index of the largest logit in columns [0, vocab) of row b.
+// NaN logits are never chosen (a row of NaN only gives token 0).
+template <typename T, int VEC>
+__global__ void __launch_bounds__(1024)
+    ftb_greedy(const T* __restrict__ logits, int stride, int vocab, int* __restrict__ tokens,
+               unsigned char* __restrict__ finished, const int* __restrict__ stop_tokens,
+               int num_stop, int pad_token) {
+  __shared__ float scratch_values[32];
+  __shared__ int scratch_indices[32];
+  const int b = blockIdx.x;
+  if (skip_finished(b, finished, tokens, pad_token)) return;
+  float best = -__int_as_float(0x7f800000);
+  int best_index = 0x7fffffff;
+  for_each_column<T, VEC>(logits + static_cast<size_t>(b) * stride, vocab,
+                          [&](int i, float v, bool valid) {
+                            if (valid && better(v, i, best, best_index)) best = v, best_index = i;
+                          });
+  block_argmax(best, best_index, scratch_values, scratch_indices);
+  emit(b, best_index == 0x7fffffff ? 0 : best_index, tokens, finished, stop_tokens, num_stop);
+}
+
+// Sampling, HF order: logits / temperature, keep the top_k largest (top_k > 0; ties at the k-th
+// value are all kept), then the smallest top set whose probability reaches top_p (top_p < 1;
+// ties at the threshold all kept), then draw from the renormalised probabilities.
+//
+// No sort. Weights are fixed point, w = round(exp((l - max) / temperature) * 2^32) as u64, so
+// every sum below is exact and independent of summation order. Thresholds are found by radix
+// select over the logits' order-preserving keys, 8 bits per pass, most significant digit first:
+//   top-k: the k-th largest key, from count histograms;
+//   top-p: the largest key x whose kept weight at or above x reaches top_p * Z (Z = the kept
+//          weight), from weight histograms; its first pass also gives Z.
+// The draw takes r = (64 random bits) * W / 2^64 in [0, W) (W = weight of the final set) and
+// picks the token where the running weight passes r, walking tokens thread by thread in a fixed
+// order: a block scan of per-thread weights finds the thread, and warp 0 walks its columns.
+// The random bits are Philox4x32-10 keyed by seed at counter (b, step): deterministic.
+// Passes over the row for fp16/bf16 logits: 1 (max and top-k's first digit) + 1 (top-k's second
+// digit) + 2 (top-p) + 1 (draw); fp32 logits have 32-bit keys, so two more per threshold.
+template <typename T, int VEC>
+__global__ void __launch_bounds__(SAMPLE_THREADS, 1)
+    ftb_sample(const T* __restrict__ logits, int stride, int vocab, int* __restrict__ tokens,
+               unsigned char* __restrict__ finished, const int* __restrict__ stop_tokens,
+               int num_stop, int pad_token, float inv_temperature, int top_k, double top_p,
+               unsigned long long seed, unsigned long long step,
+               const long long* __restrict__ step_pointer) {
+  constexpr int KEY_BITS = Elem<T>::KEY_BITS;
+  __shared__ unsigned count_hist[256];
+  __shared__ unsigned long long weight_hist[SAMPLE_WARPS][256];  // per warp; row 0 gets the sum
+  __shared__ float scratch_values[32];
+  __shared__ int scratch_indices[32];
+  __shared__ unsigned long long scratch_scan[32];
+  __shared__ int chosen_bin, chosen_token, owner;
+  __shared__ unsigned long long owner_before;
+  __shared__ unsigned count_above;
+  __shared__ unsigned long long weight_above;
+
+  const int b = blockIdx.x;
+  if (skip_finished(b, finished, tokens, pad_token)) return;
+  const T* row = logits + static_cast<size_t>(b) * stride;
+  const bool use_top_k = top_k > 0 && top_k < vocab;
+  const bool use_top_p = top_p < 1.0;
+
+  // Pass 1: the largest logit (and where it is), and top-k's first digit.
+  for (int i = threadIdx.x; i < 256; i += blockDim.x) count_hist[i] = 0;
+  __syncthreads();
+  float max_value = -__int_as_float(0x7f800000);
+  int max_index = 0x7fffffff;
+  for_each_column<T, VEC>(row, vocab, [&](int i, float v, bool valid) {
+    if (valid && better(v, i, max_value, max_index)) max_value = v, max_index = i;
+    if (use_top_k) {
+      add_count(count_hist,
+                valid && v == v ? static_cast<int>(Elem<T>::key(v) >> (KEY_BITS - 8)) : -1);
+    }
+  });
+  block_argmax(max_value, max_index, scratch_values, scratch_indices);
+  const int fallback = max_index == 0x7fffffff ? 0 : max_index;
+
+  auto weight_of = [&](float v) -> unsigned long long {
+    if (v == max_value) return WEIGHT_ONE;
+    if (!(v == v)) return 0ull;
+    return __float2ull_rn(expf((v - max_value) * inv_temperature) * 4294967296.0f);
+  };
+
+  // Top-k threshold: kept tokens have key >= threshold_k.
+  unsigned threshold_k = 0;
+  if (use_top_k) {
+    unsigned prefix = 0, above = 0;
+    for (int shift = KEY_BITS - 8; shift >= 0; shift -= 8) {
+      if (shift != KEY_BITS - 8) {
+        for (int i = threadIdx.x; i < 256; i += blockDim.x) count_hist[i] = 0;
+        __syncthreads();
+        for_each_column<T, VEC>(row, vocab, [&](int, float v, bool valid) {
+          const unsigned key = Elem<T>::key(v);
+          const bool match = valid && v == v && (key >> (shift + 8)) == prefix;
+          add_count(count_hist, match ? static_cast<int>((key >> shift) & 255u) : -1);
+        });
+      }
+      __syncthreads();
+      if (threadIdx.x < 32) {
+        select_bin<unsigned>(count_hist, above, static_cast<unsigned>(top_k), &chosen_bin,
+                             &count_above);
+      }
+      __syncthreads();
+      prefix = (prefix << 8) | static_cast<unsigned>(chosen_bin);
+      above = count_above;
+    }
+    threshold_k = prefix;
+  }
+  auto kept_k = [&](float v) { return !use_top_k || (v == v && Elem<T>::key(v) >= threshold_k); };
+
+  // Top-p threshold: the final set is keys >= threshold.
+  unsigned threshold = threshold_k;
+  if (use_top_p) {
+    unsigned prefix = 0;
+    unsigned long long above = 0, target = 0;
+    for (int shift = KEY_BITS - 8; shift >= 0; shift -= 8) {
+      for (int i = threadIdx.x; i < SAMPLE_WARPS * 256; i += blockDim.x) weight_hist[0][i] = 0;
+      __syncthreads();
+      for_each_column<T, VEC>(row, vocab, [&](int, float v, bool valid) {
+        const unsigned key = Elem<T>::key(v);
+        const bool match =
+            valid && kept_k(v) && (shift == KEY_BITS - 8 || (key >> (shift + 8)) == prefix);
+        add_weight(weight_hist[threadIdx.x >> 5],
+                   match ? static_cast<int>((key >> shift) & 255u) : -1,
+                   match ? weight_of(v) : 0ull);
+      });
+      __syncthreads();
+      for (int i = threadIdx.x; i < 256; i += blockDim.x) {
+        for (int w = 1; w < SAMPLE_WARPS; ++w) weight_hist[0][i] += weight_hist[w][i];
+      }
+      __syncthreads();
+      if (shift == KEY_BITS - 8) {
+        unsigned long long total = 0;
+        for (int i = 0; i < 256; ++i) total += weight_hist[0][i];
+        if (total == 0) {
+          emit(b, fallback, tokens, finished, stop_tokens, num_stop);
+          return;
+        }
+        // Every kept weight sum is an integer, so ">= top_p * total" is ">= ceil(...)".
+        target = static_cast<unsigned long long>(ceil(top_p * static_cast<double>(total)));
+        target = target < 1 ? 1 : (target > total ? total : target);
+      }
+      if (threadIdx.x < 32) {
+        select_bin<unsigned long long>(weight_hist[0], above, target, &chosen_bin,
+                                       &weight_above);
+      }
+      __syncthreads();
+      prefix = (prefix << 8) | static_cast<unsigned>(chosen_bin);
+      above = weight_above;
+    }
+    threshold = prefix;
+  }
+  auto kept = [&](float v) {
+    return (!use_top_k && !use_top_p) || (v == v && Elem<T>::key(v) >= threshold);
+  };
+
+  // Draw: each thread's kept weight, in its own column order; a block scan places the threads.
+  unsigned long long mine = 0;
+  for_each_column<T, VEC>(row, vocab, [&](int, float v, bool valid) {
+    if (valid && kept(v)) mine += weight_of(v);
+  });
+  unsigned long long final_weight = 0;
+  const unsigned long long before = block_exclusive_scan(mine, scratch_scan, &final_weight);
+  if (threadIdx.x == 0) chosen_token = fallback;
+  if (final_weight == 0) {
+    emit(b, fallback, tokens, finished, stop_tokens, num_stop);
+    return;
+  }
+  const unsigned long long current_step = step_pointer ? *step_pointer : step;
+  const uint4 bits = philox(
+      make_uint4(static_cast<unsigned>(b), static_cast<unsigned>(current_step),
+                 static_cast<unsigned>(current_step >> 32), 0x5A3D1E57u),
+      make_uint2(static_cast<unsigned>(seed), static_cast<unsigned>(seed >> 32)));
+  const unsigned long long random = (static_cast<unsigned long long>(bits.x) << 32) | bits.y;
+  const unsigned long long draw = __umul64hi(random, final_weight);  // uniform in [0, W)
+  __syncthreads();  // thread 0's default token is in place before the walk may replace it
+  // Exactly one thread's range holds the draw, since draw < W.
+  if (before <= draw && draw < before + mine) owner = threadIdx.x, owner_before = before;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    walk_owner<T, VEC>(row, vocab, owner, owner_before, draw, kept, weight_of, &chosen_token);
+  }
+  __syncthreads();
+  emit(b, chosen_token, tokens, finished, stop_tokens, num_stop);
+}

@@ -1,0 +1,371 @@
+"""The decoder kernels' source and launchers, without a GPU.
+
+decoder.cu must build with nvcc for Ampere and Hopper, every template instance the launchers can
+ask for, without spilling; the launchers must refuse what the kernels cannot do before touching
+the GPU, and plan the launches they can (kernel instance, grid, block) from shapes and alignment.
+Arrays here are NumPy arrays, or fakes that add the device pointer a CuPy array has.
+"""
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from ftbench.errors import InvalidInputError
+from ftbench.kernels import decoder
+from ftbench.kernels.decoder import (
+    SOURCE_PATH,
+    bias_act,
+    embed,
+    kernel_names,
+    qkv_rotary,
+    residual_norm,
+    sample,
+)
+
+NVCC = shutil.which("nvcc")
+DTYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
+
+
+class Fake:
+    """A host array with the device pointer of a CuPy array (`data.ptr`), for launch planning."""
+
+    def __init__(self, shape, dtype, ptr=1 << 20):
+        self.array = np.zeros(shape, dtype=DTYPES.get(dtype, dtype))
+        self.shape, self.ndim, self.dtype = self.array.shape, self.array.ndim, self.array.dtype
+        self.flags, self.itemsize, self.nbytes = (
+            self.array.flags,
+            self.array.itemsize,
+            self.array.nbytes,
+        )
+        self.data = SimpleNamespace(ptr=ptr)
+
+
+@dataclass
+class Launch:
+    name: str
+    grid: tuple
+    block: tuple
+    args: tuple
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Record launches instead of compiling and running them."""
+    recorded = []
+    monkeypatch.setattr(decoder, "_launch", lambda *call: recorded.append(Launch(*call)))
+    return recorded
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH (install the CUDA toolkit)")
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_every_instance_compiles_without_spills(tmp_path, arch):
+    names = sorted(set(kernel_names("float16") + kernel_names("bfloat16")))
+    source = tmp_path / "instances.cu"
+    # Taking a kernel's address instantiates it, without spelling out its signature.
+    source.write_text(
+        f'#include "{SOURCE_PATH}"\nvoid* instances[] = {{\n'
+        + "".join(f"    (void*)&{name},\n" for name in names)
+        + "};\n"
+    )
+    done = subprocess.run(
+        [NVCC, "-c", f"-arch={arch}", "-std=c++17", "-Xptxas", "-v", "-Werror", "all-warnings",
+         str(source), "-o", str(tmp_path / "instances.o")],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    reports = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", done.stderr)
+    assert len(reports) == len(names)
+    assert all(stores == "0" and loads == "0" for stores, loads in reports), done.stderr
+
+
+def test_instance_list_covers_both_dtypes_and_float32_logits():
+    names = kernel_names("bfloat16")
+    assert len(names) == len(set(names)) == 43
+    assert "ftb_residual_norm<__nv_bfloat16, 8, 1>" in names
+    assert "ftb_sample<float, 4>" in names and "ftb_greedy<__nv_bfloat16, 1>" in names
+    with pytest.raises(InvalidInputError, match="dtype"):
+        kernel_names("float32")
+
+
+# Launch plans --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize(
+    ("hidden", "ptr", "vector", "threads"),
+    [(4096, 1 << 20, 8, 256), (136, 1 << 20, 8, 32), (75, 1 << 20, 1, 96), (4096, 8, 1, 256)],
+)
+def test_embed_plan(launches, dtype, hidden, ptr, vector, threads):
+    tokens, positions = Fake((37,), "int32"), Fake((37,), "int32")
+    table, pos_table = Fake((1000, hidden), dtype, ptr), Fake((64, hidden), dtype)
+    embed(tokens, positions, table, pos_table, Fake((37, hidden), "float32"))
+    (launch,) = launches
+    assert launch.name == decoder.embed_kernel(dtype, vector, True)
+    assert launch.name in kernel_names(dtype)
+    assert (launch.grid, launch.block) == ((37,), (threads,))
+
+
+@pytest.mark.parametrize(
+    ("hidden", "vector", "items", "threads"),
+    [(4096, 8, 1, 512), (8192, 8, 2, 512), (16384, 8, 4, 512), (136, 8, 1, 32), (200, 8, 1, 32),
+     (75, 1, 1, 96), (1001, 1, 2, 512)],
+)  # fmt: skip
+def test_residual_norm_keeps_the_row_in_registers(launches, hidden, vector, items, threads):
+    residual_norm(
+        Fake((5, hidden), "float32"), Fake((2, hidden), "bfloat16"), Fake((hidden,), "bfloat16"),
+        None, 1e-6, "rmsnorm", deltas=[Fake((5, hidden), "bfloat16")] * 2,
+        delta_biases=[None, Fake((hidden,), "bfloat16")], rows=Fake((2,), "int32"),
+    )  # fmt: skip
+    (launch,) = launches
+    assert launch.name == decoder.norm_kernel("bfloat16", vector, items)
+    assert (launch.grid, launch.block) == ((2,), (threads,))
+    assert vector * items * threads >= hidden
+    assert launch.args[4] != 0 and launch.args[5] != 0  # both deltas
+    assert launch.args[6] != 0 and launch.args[7] == 0  # the one bias given comes first
+
+
+def test_residual_norm_refuses_rows_too_long_for_registers():
+    with pytest.raises(InvalidInputError, match="too large"):
+        residual_norm(
+            Fake((1, 65536), "float32"), Fake((1, 65536), "float16"), Fake((65536,), "float16"),
+            None, 1e-6, "rmsnorm",
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("heads", "dim", "rotary", "interleaved", "vector"),
+    [((16, 16), 256, 64, True, 8), ((32, 8), 128, 128, False, 8), ((2, 1), 96, 24, False, 4),
+     ((4, 4), 64, 0, True, 8), ((3, 3), 80, 20, False, 2), ((2, 2), 12, 2, False, 1),
+     ((2, 2), 12, 6, True, 2)],
+)  # fmt: skip
+def test_qkv_rotary_picks_the_widest_vector_the_layout_allows(
+    launches, heads, dim, rotary, interleaved, vector
+):
+    q_heads, kv_heads = heads
+    width = (q_heads + 2 * kv_heads) * dim
+    qkv_rotary(
+        Fake((3, width), "float16"), Fake((width,), "float16"), Fake((3, q_heads, dim), "float16"),
+        Fake((2, kv_heads, 16, dim), "float16"), Fake((2, kv_heads, 16, dim), "float16"),
+        Fake((3,), "int32"), Fake((3,), "int32"), num_q_heads=q_heads, num_kv_heads=kv_heads,
+        head_dim=dim, rotary_dim=rotary, rotary_base=10000.0, interleaved=interleaved,
+    )  # fmt: skip
+    (launch,) = launches
+    assert launch.name == decoder.rotary_kernel("float16", vector, interleaved and rotary > 0)
+    assert launch.name in kernel_names("float16")
+    (threads,) = launch.block
+    assert threads % (dim // vector) == 0 and threads <= 256 and launch.grid == (3,)
+
+
+@pytest.mark.parametrize(("gated", "ffn", "vector"), [(False, 16384, 8), (True, 11008, 8),
+                                                      (True, 75, 1), (False, 136, 8)])  # fmt: skip
+def test_bias_act_plan(launches, gated, ffn, vector):
+    x = Fake((37, 2 * ffn if gated else ffn), "float16")
+    out = x if not gated else Fake((37, ffn), "float16", ptr=1 << 30)
+    bias_act(x, None, out, "silu", gated)
+    (launch,) = launches
+    assert launch.name == decoder.activation_kernel("float16", vector, "silu", gated)
+    threads = launch.block[0]
+    assert launch.grid[0] == 37 and launch.grid[1] * threads * vector >= ffn
+
+
+@pytest.mark.parametrize(
+    ("dtype", "padded", "vector"),
+    [("float16", 50304, 8), ("bfloat16", 50257, 1), ("float32", 128256, 4), ("float32", 50257, 1)],
+)
+@pytest.mark.parametrize("method", ["greedy", "sample"])
+def test_sample_plan(launches, dtype, padded, vector, method):
+    sample(Fake((4, padded), dtype), Fake((4,), "int32"), vocab_size=50257, method=method)
+    (launch,) = launches
+    assert launch.name == decoder.sample_kernel(dtype, vector, method)
+    assert launch.grid == (4,)
+    model_dtype = "float16" if dtype == "float32" else dtype
+    assert launch.name in kernel_names(model_dtype)
+
+
+def test_sample_passes_the_sampling_settings(launches):
+    step = Fake((1,), "int64", ptr=4096)
+    sample(Fake((2, 64), "float32"), Fake((2,), "int32"), vocab_size=60, method="sample",
+           temperature=0.5, top_k=7, top_p=0.9, seed=2**64 - 1, step=step,
+           finished=Fake((2,), "bool"), stop_tokens=Fake((3,), "int32"), pad_token=-1)  # fmt: skip
+    args = launches[0].args
+    assert args[1:3] == (64, 60) and args[6:8] == (3, -1)
+    assert args[8:] == (2.0, 7, 0.9, 2**64 - 1, 0, 4096)
+    assert launches[0].block == (decoder.SAMPLE_THREADS,)
+
+
+def test_empty_batches_launch_nothing(launches):
+    embed(Fake((0,), "int32"), None, Fake((10, 8), "float16"), None, Fake((0, 8), "float32"))
+    bias_act(Fake((0, 8), "float16"), None, Fake((0, 4), "float16"), "relu", True)
+    sample(Fake((0, 8), "float16"), Fake((0,), "int32"), vocab_size=8, method="greedy")
+    assert launches == []
+
+
+# Refusals ------------------------------------------------------------------------------------
+
+
+def half(*shape):
+    return np.zeros(shape, np.float16)
+
+
+def int32(*shape):
+    return np.zeros(shape, np.int32)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: embed(int32(3), None, half(10, 8), None, np.zeros((3, 9), np.float32)),
+         r"residual must be float32 \[3, 8\], got shape \(3, 9\)"),
+        (lambda: embed(np.zeros(3, np.int64), None, half(10, 8), None,
+                       np.zeros((3, 8), np.float32)), "tokens must be int32"),
+        (lambda: embed(int32(3), None, np.zeros((10, 8), np.float32), None,
+                       np.zeros((3, 8), np.float32)), "float16 or bfloat16"),
+        (lambda: embed(int32(3), None, half(10, 8), half(4, 8), np.zeros((3, 8), np.float32)),
+         "positions is required"),
+        (lambda: embed(int32(3), None, half(8, 10).T, None, np.zeros((3, 8), np.float32)),
+         "C-contiguous"),
+    ],
+)  # fmt: skip
+def test_embed_refuses(call, message):
+    with pytest.raises(InvalidInputError, match=message):
+        call()
+
+
+def norm_call(**overrides):
+    arguments = dict(
+        residual=np.zeros((4, 8), np.float32), out=half(4, 8), weight=half(8), bias=half(8),
+        eps=1e-5, kind="layernorm",
+    )  # fmt: skip
+    arguments.update(overrides)
+    return lambda: residual_norm(**arguments)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (norm_call(kind="batchnorm"), "kind must be one of"),
+        (norm_call(bias=None), "bias is required"),
+        (norm_call(kind="rmsnorm"), "rmsnorm takes no bias"),
+        (norm_call(residual=half(4, 8)), "residual must be float32"),
+        (norm_call(deltas=[half(4, 8)] * 3), "at most 2 deltas"),
+        (norm_call(deltas=[half(3, 8)]), r"deltas\[0\] must be float16 \[4, 8\]"),
+        (norm_call(deltas=[np.zeros((4, 8), ml_dtypes.bfloat16)]), r"deltas\[0\].*dtype bfloat16"),
+        (norm_call(delta_biases=[None, half(9)]), r"delta_biases\[1\]"),
+        (norm_call(rows=int32(2)), r"out must be float16 \[2, 8\]"),
+        (norm_call(rows=np.zeros(4, np.int64)), "rows must be int32"),
+        (norm_call(out=np.zeros((8, 4), np.float16).T), "C-contiguous"),
+        (norm_call(eps=-1.0), "eps"),
+    ],
+)
+def test_residual_norm_refuses(call, message):
+    with pytest.raises(InvalidInputError, match=message):
+        call()
+
+
+def rotary_call(**overrides):
+    arguments = dict(
+        qkv=half(3, 6 * 16), bias=None, q_out=half(3, 2, 16), k_cache=half(2, 2, 8, 16),
+        v_cache=half(2, 2, 8, 16), seq_ids=int32(3), positions=int32(3), num_q_heads=2,
+        num_kv_heads=2, head_dim=16, rotary_dim=16, rotary_base=10000.0, interleaved=False,
+    )  # fmt: skip
+    arguments.update(overrides)
+    return lambda: qkv_rotary(**arguments)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (rotary_call(qkv=half(3, 5 * 16)), r"qkv must be float16 \[3, 96\]"),
+        (rotary_call(num_kv_heads=1), r"qkv must be float16 \[3, 64\]"),
+        (rotary_call(rotary_dim=18), "rotary_dim must be in 0..16"),
+        (rotary_call(rotary_dim=7), "rotary_dim must be even"),
+        (rotary_call(rotary_base=0.0), "rotary_base"),
+        (rotary_call(head_dim=16.0), "head_dim must be an integer"),
+        (rotary_call(bias=half(95)), r"bias must be float16 \[96\]"),
+        (rotary_call(q_out=half(3, 32)), r"q_out must be float16 \[3, 2, 16\]"),
+        (rotary_call(v_cache=half(2, 2, 9, 16)), r"v_cache must be float16 \[2, 2, 8, 16\]"),
+        (rotary_call(k_cache=half(2, 8, 16)), "k_cache must be a 4-D array"),
+        (rotary_call(positions=np.zeros(3, np.int64)), "positions must be int32"),
+        (rotary_call(seq_ids=int32(4)), r"seq_ids must be int32 \[3\]"),
+    ],
+)
+def test_qkv_rotary_refuses(call, message):
+    with pytest.raises(InvalidInputError, match=message):
+        call()
+
+
+def test_interleaved_rotary_refuses_arrays_it_cannot_read_in_pairs():
+    q_heads = kv_heads = 2
+    with pytest.raises(InvalidInputError, match="vector width"):
+        qkv_rotary(
+            Fake((3, 96), "float16", ptr=2), None, Fake((3, 2, 16), "float16"),
+            Fake((2, 2, 8, 16), "float16"), Fake((2, 2, 8, 16), "float16"), Fake((3,), "int32"),
+            Fake((3,), "int32"), num_q_heads=q_heads, num_kv_heads=kv_heads, head_dim=16,
+            rotary_dim=16, rotary_base=1e4, interleaved=True,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: bias_act(half(2, 8), None, half(2, 8), "swish", False), "activation must be"),
+        (lambda: bias_act(half(2, 7), None, half(2, 3), "silu", True), "even width"),
+        (lambda: bias_act(half(2, 8), None, half(2, 8), "silu", True),
+         r"out must be float16 \[2, 4\]"),
+        (lambda: bias_act(half(2, 8), half(4), half(2, 4), "silu", True),
+         r"bias must be float16 \[8\]"),
+        (lambda: bias_act(half(2, 8), None, np.zeros((2, 8), np.float32), "relu", False),
+         "dtype float32"),
+    ],
+)  # fmt: skip
+def test_bias_act_refuses(call, message):
+    with pytest.raises(InvalidInputError, match=message):
+        call()
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_bias_act_refuses_an_output_overlapping_its_input(gated):
+    x = Fake((4, 16), "float16", ptr=4096)
+    out = Fake((4, 8 if gated else 16), "float16", ptr=4096 + (0 if gated else 32))
+    with pytest.raises(InvalidInputError, match="overlap"):
+        bias_act(x, None, out, "gelu", gated)
+
+
+def sample_call(**overrides):
+    arguments = dict(logits=half(4, 16), tokens=int32(4), vocab_size=10, method="sample")
+    arguments.update(overrides)
+    return lambda: sample(**arguments)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (sample_call(method="beam"), "method must be one of"),
+        (sample_call(logits=np.zeros((4, 16), np.float64)), "dtype float64"),
+        (sample_call(vocab_size=17), "vocab_size must be in 1..16"),
+        (sample_call(vocab_size=0), "vocab_size must be in 1..16"),
+        (sample_call(tokens=np.zeros(4, np.int64)), "tokens must be int32"),
+        (sample_call(tokens=int32(5)), r"tokens must be int32 \[4\]"),
+        (sample_call(temperature=0.0), "use method='greedy'"),
+        (sample_call(temperature=float("nan")), "temperature"),
+        (sample_call(top_k=-1), "top_k must be in"),
+        (sample_call(top_p=0.0), "top_p"),
+        (sample_call(top_p=1.5), "top_p"),
+        (sample_call(seed=-1), "seed must be in"),
+        (sample_call(step=np.zeros(2, np.int64)), "step must be an int"),
+        (sample_call(step=1.0), "step must be an int"),
+        (sample_call(finished=np.zeros(4, np.int32)), "finished must be uint8 or bool"),
+        (sample_call(stop_tokens=int32(2)), "need a finished array"),
+        (sample_call(finished=np.zeros(4, bool), stop_tokens=int32(0)), "number of stop"),
+        (sample_call(pad_token=2**31), "pad_token"),
+    ],
+)
+def test_sample_refuses(call, message):
+    with pytest.raises(InvalidInputError, match=message):
+        call()
