@@ -364,6 +364,10 @@ def sample_call(**overrides):
         (sample_call(stop_tokens=int32(2)), "need a finished array"),
         (sample_call(finished=np.zeros(4, bool), stop_tokens=int32(0)), "number of stop"),
         (sample_call(pad_token=2**31), "pad_token"),
+        (
+            sample_call(logits=half(1, 2**20 + 8), tokens=int32(1), vocab_size=2**20 + 1),
+            "vocab_size <= 1048576",
+        ),
     ],
 )
 def test_sample_refuses(call, message):

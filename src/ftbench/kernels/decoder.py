@@ -39,6 +39,7 @@ ROTARY_VECTORS = (8, 4, 2, 1)
 GREEDY_THREADS = 1024
 SAMPLE_THREADS = 512
 MAX_DELTAS = 2
+MAX_SAMPLE_VOCAB = 2**20  # the weight histograms' 32-bit halves cannot overflow below this
 INT32_MAX = 2**31 - 1
 _NULL = np.uint64(0)
 
@@ -462,6 +463,11 @@ def sample(
     pad = _integer(op, "pad_token", pad_token, -(2**31), INT32_MAX)
     settings = ()
     if method == "sample":
+        if vocab > MAX_SAMPLE_VOCAB:
+            raise InvalidInputError(
+                f"{op}: sampling takes vocab_size <= {MAX_SAMPLE_VOCAB}, got {vocab} (greedy "
+                "takes any)"
+            )
         settings = _sampling_args(op, temperature, top_k, top_p, seed, step)
     if batch == 0:
         return

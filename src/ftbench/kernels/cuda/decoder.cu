@@ -397,46 +397,45 @@ __device__ __forceinline__ void emit(int b, int token, int* tokens, unsigned cha
   }
 }
 
-// Histograms over 8-bit digits in shared memory. Logits crowd into a few bins at the top digits,
-// so the lanes of a warp that hit the same bin are combined first (32 lanes adding to one shared
-// address one by one would serialise). bin < 0: the lane adds nothing.
-//
-// Counts: one histogram per block, native 32-bit shared atomics.
+// Histograms over 8-bit digits in shared memory, updated with native 32-bit shared atomics.
+// Logits crowd into a few bins of the top digits; when every adding lane of a warp hits one bin
+// (common at the lower digits), the warp adds up first and one lane does the atomic. bin < 0:
+// the lane adds nothing. (A first version grouped lanes by bin with __match_any_sync and a
+// shuffle tree, and kept 64-bit sums: its passes were compute bound at 50 us per 50k logits.)
 __device__ __forceinline__ void add_count(unsigned* hist, int bin) {
-  if (!__any_sync(FULL_MASK, bin >= 0)) return;
-  const unsigned peers = __match_any_sync(FULL_MASK, bin);
-  if (bin >= 0 && (threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&hist[bin], __popc(peers));
-}
-
-// Sum of x over the lanes in `peers` (the lanes that share this lane's bin), left in the lowest
-// such lane: a tree over each group's members at once (Westphal, "Voting and shuffling to
-// optimize atomic operations", NVIDIA 2015). All 32 lanes must call it.
-__device__ __forceinline__ unsigned long long reduce_peers(unsigned peers, unsigned long long x) {
-  const int lane = threadIdx.x & 31;
-  int rank = __popc(peers & ((1u << lane) - 1u));
-  peers &= 0xfffffffeu << lane;
-  while (__any_sync(FULL_MASK, peers)) {
-    const int next = __ffs(peers);
-    const unsigned long long other = __shfl_sync(FULL_MASK, x, (next - 1) & 31);
-    if (next) x += other;
-    peers &= ~__ballot_sync(FULL_MASK, rank & 1);
-    rank >>= 1;
+  const unsigned adding = __ballot_sync(FULL_MASK, bin >= 0);
+  if (adding == 0) return;
+  const int leader = __ffs(adding) - 1;
+  const int leader_bin = __shfl_sync(FULL_MASK, bin, leader);
+  if (__all_sync(FULL_MASK, bin < 0 || bin == leader_bin)) {
+    if ((threadIdx.x & 31) == leader) atomicAdd(&hist[leader_bin], __popc(adding));
+  } else if (bin >= 0) {
+    atomicAdd(&hist[bin], 1u);
   }
-  return x;
 }
 
-// Weights: one histogram per warp, so no atomics at all. 64-bit shared atomics are compare-and-swap
-// loops, and 16 warps spinning on the same few bins made a pass ten times slower than its loads
-// (measured on an H200). Within a warp, the leaders of one call hold distinct bins.
-__device__ __forceinline__ void add_weight(unsigned long long* warp_hist, int bin,
+// Weights (<= 2^32) are added as two 16-bit halves into 32-bit histograms, low and high, one
+// pair per warp (fewer warps contend for a bin); a bin's weight is high * 2^16 + low. A warp
+// adds at most V / 16 values below 2^16 + 1 to a bin, so V <= 2^20 cannot overflow.
+__device__ __forceinline__ void add_weight(unsigned* warp_low, unsigned* warp_high, int bin,
                                            unsigned long long weight) {
-  if (!__any_sync(FULL_MASK, bin >= 0)) return;
-  // Lanes adding nothing form groups of one, so they cost reduce_peers no rounds.
-  const int lane = threadIdx.x & 31;
-  const unsigned peers = __match_any_sync(FULL_MASK, bin >= 0 ? bin : -1 - lane);
-  const unsigned long long sum = reduce_peers(peers, weight);
-  __syncwarp();  // this warp's earlier updates, by any lane, are visible
-  if (bin >= 0 && lane == __ffs(peers) - 1) warp_hist[bin] += sum;
+  const unsigned adding = __ballot_sync(FULL_MASK, bin >= 0);
+  if (adding == 0) return;
+  const unsigned low = bin >= 0 ? static_cast<unsigned>(weight & 0xffffu) : 0u;
+  const unsigned high = bin >= 0 ? static_cast<unsigned>(weight >> 16) : 0u;
+  const int leader = __ffs(adding) - 1;
+  const int leader_bin = __shfl_sync(FULL_MASK, bin, leader);
+  if (__all_sync(FULL_MASK, bin < 0 || bin == leader_bin)) {
+    const unsigned low_sum = __reduce_add_sync(FULL_MASK, low);
+    const unsigned high_sum = __reduce_add_sync(FULL_MASK, high);
+    if ((threadIdx.x & 31) == leader) {
+      atomicAdd(&warp_low[leader_bin], low_sum);
+      atomicAdd(&warp_high[leader_bin], high_sum);
+    }
+  } else if (bin >= 0) {
+    atomicAdd(&warp_low[bin], low);
+    atomicAdd(&warp_high[bin], high);
+  }
 }
 
 // Run by all of warp 0. Walking the 256 bins from the top, with `above` already counted, find
@@ -609,7 +608,8 @@ __global__ void __launch_bounds__(SAMPLE_THREADS, 1)
                const long long* __restrict__ step_pointer) {
   constexpr int KEY_BITS = Elem<T>::KEY_BITS;
   __shared__ unsigned count_hist[256];
-  __shared__ unsigned long long weight_hist[SAMPLE_WARPS][256];  // per warp; row 0 gets the sum
+  __shared__ unsigned weight_low[SAMPLE_WARPS][256], weight_high[SAMPLE_WARPS][256];
+  __shared__ unsigned long long weight_hist[256];
   __shared__ float scratch_values[32];
   __shared__ int scratch_indices[32];
   __shared__ unsigned long long scratch_scan[32];
@@ -678,24 +678,30 @@ __global__ void __launch_bounds__(SAMPLE_THREADS, 1)
     unsigned prefix = 0;
     unsigned long long above = 0, target = 0;
     for (int shift = KEY_BITS - 8; shift >= 0; shift -= 8) {
-      for (int i = threadIdx.x; i < SAMPLE_WARPS * 256; i += blockDim.x) weight_hist[0][i] = 0;
+      for (int i = threadIdx.x; i < SAMPLE_WARPS * 256; i += blockDim.x) {
+        weight_low[0][i] = weight_high[0][i] = 0;
+      }
       __syncthreads();
       for_each_column<T, VEC>(row, vocab, [&](int, float v, bool valid) {
         const unsigned key = Elem<T>::key(v);
         const bool match =
             valid && kept_k(v) && (shift == KEY_BITS - 8 || (key >> (shift + 8)) == prefix);
-        add_weight(weight_hist[threadIdx.x >> 5],
+        add_weight(weight_low[threadIdx.x >> 5], weight_high[threadIdx.x >> 5],
                    match ? static_cast<int>((key >> shift) & 255u) : -1,
                    match ? weight_of(v) : 0ull);
       });
       __syncthreads();
       for (int i = threadIdx.x; i < 256; i += blockDim.x) {
-        for (int w = 1; w < SAMPLE_WARPS; ++w) weight_hist[0][i] += weight_hist[w][i];
+        unsigned long long sum = 0;
+        for (int w = 0; w < SAMPLE_WARPS; ++w) {
+          sum += (static_cast<unsigned long long>(weight_high[w][i]) << 16) + weight_low[w][i];
+        }
+        weight_hist[i] = sum;
       }
       __syncthreads();
       if (shift == KEY_BITS - 8) {
         unsigned long long total = 0;
-        for (int i = 0; i < 256; ++i) total += weight_hist[0][i];
+        for (int i = 0; i < 256; ++i) total += weight_hist[i];
         if (total == 0) {
           emit(b, fallback, tokens, finished, stop_tokens, num_stop);
           return;
@@ -705,8 +711,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS, 1)
         target = target < 1 ? 1 : (target > total ? total : target);
       }
       if (threadIdx.x < 32) {
-        select_bin<unsigned long long>(weight_hist[0], above, target, &chosen_bin,
-                                       &weight_above);
+        select_bin<unsigned long long>(weight_hist, above, target, &chosen_bin, &weight_above);
       }
       __syncthreads();
       prefix = (prefix << 8) | static_cast<unsigned>(chosen_bin);
