@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from ftbench.errors import InvalidInputError
+from ftbench.kernels.attention import decode_workspace_floats
 from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import ModelSpec
 from ftbench.runtime.weights import weight_shapes
@@ -21,9 +22,6 @@ DTYPE_BYTES = {"fp16": 2, "bf16": 2}
 GIB = 1024**3
 # cuBLAS/cuBLASLt/split-K workspaces, CUDA graphs and the allocator's rounding: kept free.
 RESERVE_BYTES = 512 * 1024**2
-# Flash-decoding splits a sequence into chunks of this many positions at most (see
-# kernels/attention.py); the partial results of every chunk live in fp32.
-DECODE_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -85,13 +83,14 @@ def footprint(
         )
         + 3 * 4  # token ids, positions, sequence ids
     )  # fmt: skip
-    splits = -(-max_seq_len // DECODE_CHUNK)
     per_sequence = (
         element * (spec.hidden_size + rank.lm_head_rows)  # last hidden state, logits
-        + 4 * rank.q_heads * splits * (spec.head_dim + 2)  # flash-decoding partials
         + 8 * 4  # lengths, offsets, tokens, flags
     )
-    return Footprint(weights, kv_cache, tokens * per_token + batch * per_sequence)
+    decode_partials = 4 * decode_workspace_floats(
+        batch, rank.q_heads, spec.head_dim, max_seq_len, num_kv_heads=rank.kv_heads
+    )
+    return Footprint(weights, kv_cache, tokens * per_token + batch * per_sequence + decode_partials)
 
 
 def check_fits(

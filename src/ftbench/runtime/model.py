@@ -1,0 +1,227 @@
+"""The decoder on the GPU: one implementation for every decoder family, driven by `ModelSpec`.
+
+A step runs T tokens of up to B sequences at once, packed without padding (sequence b's tokens
+are rows cu_seqlens[b]..cu_seqlens[b+1]-1 of every activation), and returns the logits of the
+rows named in `last_rows`:
+
+    residual = embed(tokens) (+ learned positions)               fp32 [T, H]
+    per layer:  h = norm1(residual (+ the previous layer's outputs and their biases))
+                q, k, v = rotary(h @ Wqkv^T + b)   k, v written into the KV cache in place
+                a = attention(q, cache) @ Wo^T
+                sequential (GPT-2, LLaMA): h = norm2(residual += a + bo); m = mlp(h)
+                parallel (GPT-J):          m = mlp(h)   (both a and m go into the next norm)
+    logits = final_norm(residual at last_rows) @ Wlm^T (+ b)
+
+Residual additions are fused into the next norm (`residual_norm`), biases of QKV into the
+rotary kernel and of FFN-up into the activation. Every GEMM goes through one `GemmDispatch`.
+Buffers (KV cache, activations) are allocated once, sized by `runtime.memory`, and reused by
+every layer and step; a step allocates nothing and never synchronises, so a decode step can be
+captured in a CUDA graph (see `runtime.generate`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ftbench.errors import InvalidInputError
+from ftbench.kernels.gemm import GemmDispatch
+from ftbench.profiles.problems import rank_shapes
+from ftbench.profiles.spec import ModelSpec
+from ftbench.runtime.memory import Footprint, check_fits
+from ftbench.runtime.weights import ModelWeights, check_shapes
+
+DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """One step's token layout, as int32 device arrays (see the module docstring).
+
+    tokens, seq_ids, positions: [T]; cu_seqlens: [B+1]; past_lens: [B] (tokens each sequence
+    had in the cache before this step); lengths: [B] (tokens in the cache after it);
+    last_rows: [R], the rows whose logits are wanted. `decode` steps have exactly one token
+    per sequence (T = B, token b is sequence b's); `max_q_len` bounds any sequence's tokens.
+    """
+
+    tokens: Any
+    seq_ids: Any
+    positions: Any
+    cu_seqlens: Any
+    past_lens: Any
+    lengths: Any
+    last_rows: Any
+    decode: bool
+    max_q_len: int
+
+
+class Decoder:
+    """One rank's decoder: weights, KV cache and activation buffers on the current GPU."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        weights: ModelWeights,
+        *,
+        max_batch: int,
+        max_seq_len: int,
+        max_tokens: int | None = None,
+        gemm: GemmDispatch | None = None,
+        tp: int = 1,
+    ) -> None:
+        import cupy
+
+        if spec.architecture != "decoder":
+            raise InvalidInputError(f"{spec.name}: the runtime runs decoder models only")
+        if spec.rope_scaling:
+            raise InvalidInputError(
+                f"{spec.name}: rope_scaling {spec.rope_scaling} is not implemented"
+            )
+        dtype = {v: k for k, v in DTYPES.items()}.get(str(weights.dtype))
+        if dtype is None:
+            raise InvalidInputError(f"the runtime runs fp16 or bf16 weights, not {weights.dtype}")
+        check_shapes(weights, spec, tp)
+        if spec.position_embedding == "learned" and max_seq_len > spec.max_positions:
+            raise InvalidInputError(
+                f"{spec.name} has {spec.max_positions} learned positions; max_seq_len "
+                f"{max_seq_len} is longer"
+            )
+        if spec.sliding_window and max_seq_len > spec.sliding_window:
+            raise InvalidInputError(
+                f"{spec.name} attends over a sliding window of {spec.sliding_window} tokens, "
+                f"which is not implemented; use max_seq_len <= {spec.sliding_window}"
+            )
+        self.spec, self.dtype, self.tp = spec, dtype, tp
+        self.max_batch, self.max_seq_len = max_batch, max_seq_len
+        self.max_tokens = max_batch * max_seq_len if max_tokens is None else max_tokens
+        self.rank = rank_shapes(spec, tp)
+        self.gemm = gemm or GemmDispatch()
+        free_bytes, _ = cupy.cuda.runtime.memGetInfo()
+        on_device = isinstance(weights.embed, cupy.ndarray)
+        resident = 0 if not on_device else _weights_bytes(weights)
+        self.footprint: Footprint = check_fits(
+            spec, max_batch, max_seq_len, dtype, free_bytes + resident, tp, self.max_tokens
+        )
+        self.weights = weights if on_device else weights.map(cupy.asarray)
+        self._allocate(cupy)
+
+    def _allocate(self, cupy: Any) -> None:
+        from ftbench.kernels.attention import decode_workspace
+
+        spec, rank, dt = self.spec, self.rank, DTYPES[self.dtype]
+        tokens, batch = self.max_tokens, self.max_batch
+        hidden, head_dim = spec.hidden_size, spec.head_dim
+        q_width, kv_width = rank.q_heads * head_dim, rank.kv_heads * head_dim
+        ffn = rank.ffn_hidden_size
+        self.kv_cache = cupy.empty(
+            (spec.num_layers, 2, batch, rank.kv_heads, self.max_seq_len, head_dim), dt
+        )
+        self.residual = cupy.empty((tokens, hidden), cupy.float32)
+        self.normed = cupy.empty((tokens, hidden), dt)
+        self.qkv = cupy.empty((tokens, q_width + 2 * kv_width), dt)
+        self.queries = cupy.empty((tokens, rank.q_heads, head_dim), dt)
+        self.context = cupy.empty((tokens, rank.q_heads, head_dim), dt)
+        self.attention_out = cupy.empty((tokens, hidden), dt)
+        self.ffn_up = cupy.empty((tokens, 2 * ffn if spec.gated_ffn else ffn), dt)
+        self.ffn_inner = cupy.empty((tokens, ffn), dt) if spec.gated_ffn else self.ffn_up
+        self.mlp_out = cupy.empty((tokens, hidden), dt)
+        self.last_hidden = cupy.empty((batch, hidden), dt)
+        self.logits = cupy.empty((batch, rank.lm_head_rows), dt)
+        self.decode_workspace = decode_workspace(
+            batch, rank.q_heads, head_dim, self.max_seq_len, num_kv_heads=rank.kv_heads
+        )
+
+    def forward(self, step: StepInputs) -> Any:
+        """Run one step; the logits [R, lm_head_rows] of `step.last_rows` (a view of a buffer
+        the next step overwrites)."""
+        from ftbench.kernels.decoder import embed, residual_norm
+
+        spec, weights = self.spec, self.weights
+        count = int(step.tokens.shape[0])
+        rows = int(step.last_rows.shape[0])
+        if count > self.max_tokens or rows > self.max_batch:
+            raise InvalidInputError(
+                f"a step of {count} tokens and {rows} sequences exceeds this decoder's buffers "
+                f"({self.max_tokens} tokens, batch {self.max_batch})"
+            )
+        residual = self.residual[:count]
+        embed(step.tokens, step.positions, weights.embed, weights.positions, residual)
+        pending: tuple[tuple[Any, ...], tuple[Any, ...]] = ((), ())
+        for index, layer in enumerate(weights.layers):
+            normed = self.normed[:count]
+            self._norm(residual, normed, layer.ln1, pending)
+            attention = self._attention(index, normed, step, count)
+            if spec.parallel_attn_mlp:
+                mlp = self._mlp(layer, normed, count)
+                pending = ((attention, mlp), (layer.attn_out.bias, layer.ffn_down.bias))
+                continue
+            self._norm(residual, normed, layer.ln2, ((attention,), (layer.attn_out.bias,)))
+            pending = ((self._mlp(layer, normed, count),), (layer.ffn_down.bias,))
+        last = self.last_hidden[:rows]
+        final = weights.final_norm
+        residual_norm(
+            residual, last, final.weight, final.bias, spec.norm_eps, spec.norm,
+            deltas=pending[0], delta_biases=pending[1], rows=step.last_rows,
+        )  # fmt: skip
+        logits = self.logits[:rows]
+        self.gemm.linear(last, weights.lm_head.weight, logits)
+        if weights.lm_head.bias is not None:
+            import cupy
+
+            cupy.add(logits, weights.lm_head.bias, out=logits)
+        return logits
+
+    def _norm(self, residual: Any, out: Any, norm: Any, pending: tuple) -> None:
+        from ftbench.kernels.decoder import residual_norm
+
+        residual_norm(
+            residual, out, norm.weight, norm.bias, self.spec.norm_eps, self.spec.norm,
+            deltas=pending[0], delta_biases=pending[1],
+        )  # fmt: skip
+
+    def _attention(self, index: int, normed: Any, step: StepInputs, count: int) -> Any:
+        """Attention of layer `index` (before attn_out's bias and any all-reduce)."""
+        from ftbench.kernels.attention import context_attention, decode_attention
+        from ftbench.kernels.decoder import qkv_rotary
+
+        spec, rank, layer = self.spec, self.rank, self.weights.layers[index]
+        qkv, queries, context = self.qkv[:count], self.queries[:count], self.context[:count]
+        keys, values = self.kv_cache[index, 0], self.kv_cache[index, 1]
+        self.gemm.linear(normed, layer.qkv.weight, qkv)
+        rotary_dim = spec.rotary_dim if spec.position_embedding == "rotary" else 0
+        qkv_rotary(
+            qkv, layer.qkv.bias, queries, keys, values, step.seq_ids, step.positions,
+            num_q_heads=rank.q_heads, num_kv_heads=rank.kv_heads, head_dim=spec.head_dim,
+            rotary_dim=rotary_dim, rotary_base=spec.rope_theta,
+            interleaved=spec.rotary_interleaved,
+        )  # fmt: skip
+        scale = 1.0 / math.sqrt(spec.head_dim)
+        if step.decode:
+            decode_attention(
+                queries, keys, values, step.lengths, context, scale=scale,
+                max_length=self.max_seq_len, workspace=self.decode_workspace,
+            )  # fmt: skip
+        else:
+            context_attention(
+                queries, keys, values, step.cu_seqlens, step.past_lens, context,
+                scale=scale, max_q_len=step.max_q_len,
+            )  # fmt: skip
+        out = self.attention_out[:count]
+        self.gemm.linear(context.reshape(count, -1), layer.attn_out.weight, out)
+        return out
+
+    def _mlp(self, layer: Any, normed: Any, count: int) -> Any:
+        """The MLP of one layer (before ffn_down's bias and any all-reduce)."""
+        from ftbench.kernels.decoder import bias_act
+
+        up, inner = self.ffn_up[:count], self.ffn_inner[:count]
+        self.gemm.linear(normed, layer.ffn_up.weight, up)
+        bias_act(up, layer.ffn_up.bias, inner, self.spec.activation, self.spec.gated_ffn)
+        out = self.mlp_out[:count]
+        self.gemm.linear(inner, layer.ffn_down.weight, out)
+        return out
+
+
+def _weights_bytes(weights: ModelWeights) -> int:
+    return sum({id(a): a.nbytes for a in weights.named_tensors().values()}.values())
