@@ -120,3 +120,40 @@ def test_hf_peer_config_round_trips_through_the_importer(name):
                   "ffn_hidden_size", "activation", "norm", "vocab_size", "rotary_dim",
                   "rope_theta", "parallel_attn_mlp", "tie_word_embeddings"):  # fmt: skip
         assert getattr(again, field) == getattr(spec, field), field
+
+
+def _run_cli(monkeypatch, capsys, arguments):
+    import sys
+
+    from ftbench import cli
+
+    monkeypatch.setattr(sys, "argv", ["ftbench", "run", *arguments])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    return exit_info.value.code, capsys.readouterr().err.strip()
+
+
+def test_run_without_a_gpu_is_a_one_line_error(monkeypatch, capsys):
+    from ftbench.bench import environment
+
+    def fail():
+        raise RuntimeError("NVML could not start: driver not loaded")
+
+    monkeypatch.setattr(environment.gpu_state, "nvml", fail)
+    code, err = _run_cli(monkeypatch, capsys, ["--profile", "gptj-6b"])
+    assert code == 2 and err.startswith("error: ftbench run needs a GPU")
+    assert "\n" not in err
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--profile", "gptj-6b", "--compare", "vllm"], "--compare: unknown"),
+        (["--profile", "gptj-6b", "--tp", "2"], "one GPU so far"),
+        (["--profile", "nope"], "nope"),
+        ([], "exactly one of --profile"),
+    ],
+)
+def test_run_refuses_bad_options_before_touching_a_gpu(monkeypatch, capsys, arguments, message):
+    code, err = _run_cli(monkeypatch, capsys, arguments)
+    assert code == 2 and message in err

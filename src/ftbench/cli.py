@@ -638,6 +638,168 @@ def dashboard_command(
     console.print(f"wrote {page}")
 
 
+COMPARE_ENGINES = {"untuned": "ftbench-untuned", "hf": "hf-eager", "hf-compile": "hf-compile"}
+
+
+@app.command("run")
+def run_command(
+    profile: Annotated[
+        str | None,
+        typer.Option("--profile", help="Built-in profile name (see `ftbench profiles list`)."),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="A local HF config.json instead of --profile.")
+    ] = None,
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="Weights and activations: fp16 or bf16.")
+    ] = ("fp16"),
+    batch: Annotated[str, typer.Option("--batch", help="Batch sizes, comma-separated.")] = "1",
+    input_len: Annotated[
+        str, typer.Option("--input-len", help="Prompt lengths in tokens, comma-separated.")
+    ] = "128",
+    output_len: Annotated[
+        str, typer.Option("--output-len", help="Generated tokens per request (at least 2).")
+    ] = "128",
+    tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel size (1 for now).")] = 1,
+    tuned: Annotated[
+        Path | None,
+        typer.Option(
+            "--tuned",
+            help="Tuned-config cache the GEMMs come from (default: the cache `ftbench tune` "
+            "writes for this GPU, if there is one). Misses run the cuBLAS default.",
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option("--checkpoint", help="A local HF safetensors directory (default: random)."),
+    ] = None,
+    compare: Annotated[
+        str,
+        typer.Option(
+            "--compare",
+            help="Peers measured in the same run, comma-separated: untuned (ftbench with "
+            "library-default GEMMs), hf (transformers eager generate), hf-compile (static cache "
+            "+ torch.compile).",
+        ),
+    ] = "",
+    max_throughput: Annotated[
+        bool,
+        typer.Option(
+            "--max-throughput",
+            help="Ignore --batch: per length pair, try powers of two up to the largest batch "
+            "that fits and report the best output tokens/s.",
+        ),
+    ] = False,
+    repeats: Annotated[
+        int, typer.Option("--repeats", help="Timed requests per point, after one warm-up.")
+    ] = 3,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Results file (JSON; a CSV is written beside it)."),
+    ] = None,
+) -> None:
+    """Measure text generation: time to first token, per-token latency, throughput, memory.
+
+    Every grid point (batch x input length x output length) runs one warm-up request and then
+    `--repeats` timed ones with random prompts, generating exactly `--output-len` tokens. Results
+    are written after every point, so Ctrl-C keeps what finished; a point that does not fit in
+    memory is recorded as such and the sweep goes on.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from ftbench.autotune.plan import default_cache_path
+    from ftbench.bench.environment import capture_environment
+    from ftbench.bench.modelbench import (
+        RunConfig,
+        RunPoint,
+        max_batch,
+        run_benchmark,
+        run_grid,
+        run_table,
+        throughput_batches,
+    )
+    from ftbench.errors import InvalidInputError
+    from ftbench.profiles.catalog import load_profile
+    from ftbench.reports.results import write_results
+
+    if (profile is None) == (config is None):
+        raise InvalidInputError("give exactly one of --profile NAME or --config PATH")
+    if tp != 1:
+        raise InvalidInputError("ftbench run measures one GPU so far (--tp 1)")
+    unknown = [name for name in _names(compare) if name not in COMPARE_ENGINES]
+    if unknown:
+        raise InvalidInputError(f"--compare: unknown {unknown}; use {', '.join(COMPARE_ENGINES)}")
+    spec = load_profile(profile if profile is not None else config)
+    environment = capture_environment()
+    if not environment.gpus:
+        raise InvalidInputError(f"ftbench run needs a GPU: {environment.no_gpu_reason}")
+    if tuned is None and default_cache_path(environment.gpus[0].name).exists():
+        tuned = default_cache_path(environment.gpus[0].name)
+    inputs, outputs = _int_list(input_len, "--input-len"), _int_list(output_len, "--output-len")
+    if max_throughput:
+        import cupy
+
+        free = cupy.cuda.runtime.memGetInfo()[0]
+        points = [
+            RunPoint(b, i, o)
+            for i in inputs
+            for o in outputs
+            for b in throughput_batches(max_batch(spec, i, o, dtype, free))
+        ]
+    else:
+        points = run_grid(_int_list(batch, "--batch"), inputs, outputs)
+    engines = ("ftbench", *(COMPARE_ENGINES[name] for name in _names(compare)))
+    run = RunConfig(
+        spec, dtype, tuple(points), engines, None if tuned is None else str(tuned),
+        None if checkpoint is None else str(checkpoint), repeats,
+    )  # fmt: skip
+    stamp = environment.utc_time.replace(":", "").replace("-", "")[:15]
+    out = out or Path(f"ftbench-run-{spec.name}-{stamp}.json")
+    records: list[dict] = []
+    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("measuring", total=len(points) * len(engines))
+
+        def on_point(engine, point) -> None:
+            progress.update(task, description=f"{engine} b={point.batch} "
+                            f"{point.input_len}/{point.output_len}")  # fmt: skip
+
+        def on_record(record) -> None:
+            records.append(record)
+            write_results(out, "run", records, environment)
+            progress.advance(task)
+
+        run_benchmark(run, on_record, on_point)
+    table = run_table(records)
+    table.to_csv(out.with_suffix(".csv"), index=False)
+    _print_run_table(table)
+    console.print(f"results: {out} (and {out.with_suffix('.csv')})")
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _print_run_table(table) -> None:
+    from ftbench.bench.modelbench import RUN_COLUMNS
+
+    rich_table = Table(box=box.SIMPLE_HEAD)
+    for header in RUN_COLUMNS.values():
+        rich_table.add_column(header)
+    for row in table.itertuples(index=False):
+        cells = []
+        for value in row:
+            if value is None or value != value:  # None or NaN
+                cells.append("-")
+            elif isinstance(value, float):
+                cells.append(f"{value:.3g}" if value < 100 else f"{value:,.0f}")
+            else:
+                cells.append(str(value))
+        rich_table.add_row(*cells)
+    _print_table(rich_table)
+
+
 def main() -> None:
     """Console-script entry point: FtbenchError becomes one line on stderr and exit code 2."""
     try:

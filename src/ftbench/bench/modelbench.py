@@ -26,10 +26,9 @@ from ftbench.bench.stats import summarize
 from ftbench.errors import InvalidInputError
 from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import ModelSpec
-from ftbench.reports.runs import run_record
+from ftbench.reports.runs import ENGINES, run_record
 from ftbench.runtime.memory import footprint
 
-ENGINES = ("ftbench", "ftbench-untuned", "hf-eager", "hf-compile")
 PERCENTILES = (50, 90, 99)
 
 
@@ -380,3 +379,37 @@ def _conditions_dict(conditions) -> dict[str, Any]:
     data = asdict(conditions)
     data["other_processes"] = list(data["other_processes"])
     return data
+
+
+RUN_COLUMNS = {
+    "engine": "engine", "batch": "batch", "input_len": "in", "output_len": "out",
+    "ttft_ms": "TTFT ms", "step_p50_ms": "step p50 ms", "step_p99_ms": "step p99 ms",
+    "throughput_tok_s": "out tok/s", "roofline_fraction": "decode/floor",
+    "prefill_roofline_fraction": "prefill/floor", "peak_memory_gib": "memory GiB",
+    "gemm_cache_misses": "GEMM misses", "status": "status",
+}  # fmt: skip
+
+
+def run_table(records: Iterable[dict[str, Any]]):
+    """The records as a pandas DataFrame with one row per (engine, point), for tables and CSV."""
+    import pandas as pd
+
+    rows = []
+    for record in records:
+        ok = record.get("status", "ok") == "ok"
+        memory = record.get("peak_memory_bytes")
+        rows.append({
+            "engine": record["engine"], "batch": record["batch"],
+            "input_len": record["input_len"], "output_len": record["output_len"],
+            "ttft_ms": record["ttft_ms"]["median_ms"] if ok else None,
+            "step_p50_ms": record["decode_step_ms"]["p50_ms"] if ok else None,
+            "step_p99_ms": record["decode_step_ms"]["p99_ms"] if ok else None,
+            "throughput_tok_s": record.get("throughput_tok_s"),
+            "roofline_fraction": record.get("roofline_fraction"),
+            "prefill_roofline_fraction": record.get("prefill_roofline_fraction"),
+            "peak_memory_gib": None if memory is None else memory / 2**30,
+            "gemm_cache_misses": record.get("gemm_cache_misses"),
+            "status": record.get("status", "ok") if ok else f"{record['status']}: "
+            f"{record.get('reason', '')}"[:80],
+        })  # fmt: skip
+    return pd.DataFrame(rows, columns=list(RUN_COLUMNS))
