@@ -134,7 +134,14 @@ def main() -> None:
         "cases": [
             {
                 key: case[key]
-                for key in ("model", "dtype", "max_rel_logit_err", "greedy_token_agreement")
+                for key in (
+                    "model",
+                    "dtype",
+                    "max_rel_logit_err",
+                    "greedy_token_agreement",
+                    "teacher_forced_agreement",
+                    "greedy_divergence_margin",
+                )  # fmt: skip
             }
             for case in cases
         ],
