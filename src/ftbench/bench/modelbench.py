@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ftbench.bench.stats import summarize
-from ftbench.errors import InvalidInputError
+from ftbench.errors import FtbenchError, InvalidInputError
 from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import ModelSpec
 from ftbench.reports.runs import ENGINES, run_record
@@ -224,14 +224,14 @@ def run_benchmark(
     config: RunConfig,
     on_record: Callable[[dict[str, Any]], None],
     on_point: Callable[[str, RunPoint], None] = lambda engine, point: None,
-) -> None:
+    ceilings: Ceilings | None = None,
+) -> Ceilings:
     """Measure every engine at every point; hand each record to `on_record` as it is done.
-    The HBM read bandwidth and the GEMM peak are measured first, once, for the floors."""
+    The HBM read bandwidth and the GEMM peak are measured first, once, for the floors (unless
+    `ceilings` from the same session are given); they are returned."""
     import cupy
 
-    from ftbench.bench.ceilings import gemm_peak, read_bandwidth
-
-    ceilings = Ceilings(read_bandwidth()["bytes_per_s"], gemm_peak(config.dtype)["flops_per_s"])
+    ceilings = ceilings or measure_ceilings(config.dtype)
     ours = [engine for engine in config.engines if engine.startswith("ftbench")]
     if ours:
         weights = _ftbench_weights(config)
@@ -239,7 +239,7 @@ def run_benchmark(
             cache_path = config.tuned_cache if engine == "ftbench" else None
             for point in config.points:
                 on_point(engine, point)
-                measured = _measure_ftbench(config, weights, cache_path, point)
+                measured = _measure_ftbench(config, weights, cache_path, point, engine)
                 on_record(_record(config, engine, point, measured, ceilings))
         del weights
         cupy.get_default_memory_pool().free_all_blocks()
@@ -255,6 +255,14 @@ def run_benchmark(
                 continue
             on_record(_record(config, engine, point, measured, ceilings))
         del peer
+    return ceilings
+
+
+def measure_ceilings(dtype: str) -> Ceilings:
+    """The HBM read bandwidth and the dense GEMM peak of `dtype`, measured now."""
+    from ftbench.bench.ceilings import gemm_peak, read_bandwidth
+
+    return Ceilings(read_bandwidth()["bytes_per_s"], gemm_peak(dtype)["flops_per_s"])
 
 
 @dataclass(frozen=True)
@@ -316,7 +324,11 @@ def _monitor():
     return ConditionMonitor(device_facts(cupy)[1])
 
 
-def _measure_ftbench(config: RunConfig, weights, cache_path: str | None, point: RunPoint):
+def _measure_ftbench(
+    config: RunConfig, weights, cache_path: str | None, point: RunPoint, engine: str
+):
+    """One point through ftbench's runtime: a `Measured`, or the record of why it could not
+    run (too large for memory, or a kernel refusing the shape)."""
     import cupy
 
     from ftbench.autotune.cache import CacheHeader, load_cache
@@ -332,25 +344,24 @@ def _measure_ftbench(config: RunConfig, weights, cache_path: str | None, point: 
     gemm = GemmDispatch(cache)
     pool = cupy.get_default_memory_pool()
     pool.free_all_blocks()
+    prompts = list(_prompts(config, point))
+    monitor = _monitor()
     try:
         decoder = Decoder(
             config.spec, weights, max_batch=point.batch, max_seq_len=point.max_seq_len,
             max_tokens=point.batch * point.input_len, gemm=gemm,
         )  # fmt: skip
-    except InvalidInputError as exc:
-        return failed_record("ftbench", config, point, exc)
-    generator = Generator(decoder)
-    prompts = list(_prompts(config, point))
-    monitor = _monitor()
-    ttft, end_to_end, steps = measure_requests(
-        lambda: generator.generate(prompts, point.output_len), config.repeats, monitor
-    )
+        generator = Generator(decoder)
+        ttft, end_to_end, steps = measure_requests(
+            lambda: generator.generate(prompts, point.output_len), config.repeats, monitor
+        )
+    except (FtbenchError, cupy.cuda.memory.OutOfMemoryError) as exc:
+        return failed_record(engine, config, point, exc)
     conditions = monitor.conditions()
-    measured = Measured(
+    return Measured(
         ttft, end_to_end, steps, int(pool.total_bytes()), gemm.stats.to_dict(),
         _conditions_dict(conditions), tuple(conditions.flags),
     )  # fmt: skip
-    return measured
 
 
 def _peer(config: RunConfig, engine: str):
