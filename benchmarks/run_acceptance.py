@@ -24,6 +24,7 @@ from ftbench.bench.environment import capture_environment
 from ftbench.bench.modelbench import (
     RunConfig,
     RunPoint,
+    free_memory_for_runs,
     max_batch,
     run_benchmark,
     throughput_batches,
@@ -38,11 +39,9 @@ TRT_LLM_FP8 = {"gptj-6b": {"128/128": 34955, "2048/128": 2800}, "llama2-7b": {"1
 
 
 def measure(args: argparse.Namespace) -> None:
-    import cupy
-
     spec = load_builtin(args.model)
     environment = capture_environment()
-    free = cupy.cuda.runtime.memGetInfo()[0]
+    free = free_memory_for_runs()
     points = tuple(
         RunPoint(batch, input_len, output_len)
         for input_len, output_len in LENGTHS

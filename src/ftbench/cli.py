@@ -712,6 +712,7 @@ def run_command(
     from ftbench.bench.modelbench import (
         RunConfig,
         RunPoint,
+        free_memory_for_runs,
         max_batch,
         run_benchmark,
         run_grid,
@@ -737,9 +738,7 @@ def run_command(
         tuned = default_cache_path(environment.gpus[0].name)
     inputs, outputs = _int_list(input_len, "--input-len"), _int_list(output_len, "--output-len")
     if max_throughput:
-        import cupy
-
-        free = cupy.cuda.runtime.memGetInfo()[0]
+        free = free_memory_for_runs()
         points = [
             RunPoint(b, i, o)
             for i in inputs

@@ -215,6 +215,18 @@ def max_batch(spec: ModelSpec, input_len: int, output_len: int, dtype: str, free
     return largest_fitting(fits, 1 << 16)
 
 
+# Memory the largest batch may plan for: what is free before the run, less what the run itself
+# takes outside the plan (library handles, graphs, the ceilings' probes: ~0.3 GiB seen on H200).
+FREE_MEMORY_FRACTION = 0.98
+
+
+def free_memory_for_runs() -> int:
+    """Bytes `max_batch` may plan with on the current GPU."""
+    import cupy
+
+    return int(cupy.cuda.runtime.memGetInfo()[0] * FREE_MEMORY_FRACTION)
+
+
 def throughput_batches(largest: int) -> list[int]:
     """Batches tried by --max-throughput: powers of two below the largest that fits, and it."""
     return sorted({1 << i for i in range(largest.bit_length()) if 1 << i < largest} | {largest})
