@@ -85,7 +85,8 @@ def unpad(input_ids: Any, attention_mask: Any = None) -> list[np.ndarray]:
 
 
 class Generator:
-    """Prefill and decode for one `Decoder`, on its own CUDA stream.
+    """Prefill and decode for one `Decoder`, on its own CUDA stream (or `stream`: emulated
+    tensor-parallel ranks share their group's, `runtime.parallel`).
 
     Decode steps of one kind (teacher-forced, or generating with given sampling settings) run
     eagerly the first time, are captured in a CUDA graph the second time and replayed after.
@@ -93,12 +94,12 @@ class Generator:
     per batch size and refilled in place by each prefill, so graphs stay valid across batches.
     """
 
-    def __init__(self, decoder: Decoder, *, use_graph: bool = True) -> None:
+    def __init__(self, decoder: Decoder, *, use_graph: bool = True, stream: Any = None) -> None:
         import cupy
 
         self.decoder = decoder
         self.use_graph = use_graph
-        self.stream = cupy.cuda.Stream(non_blocking=True)
+        self.stream = stream if stream is not None else cupy.cuda.Stream(non_blocking=True)
         self.state: _DecodeState | None = None
         self._states: dict[int, _DecodeState] = {}
         self._graphs: dict[tuple, tuple[Any, Any]] = {}

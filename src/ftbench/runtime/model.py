@@ -7,10 +7,14 @@ rows named in `last_rows`:
     residual = embed(tokens) (+ learned positions)               fp32 [T, H]
     per layer:  h = norm1(residual (+ the previous layer's outputs and their biases))
                 q, k, v = rotary(h @ Wqkv^T + b)   k, v written into the KV cache in place
-                a = attention(q, cache) @ Wo^T
-                sequential (GPT-2, LLaMA): h = norm2(residual += a + bo); m = mlp(h)
-                parallel (GPT-J):          m = mlp(h)   (both a and m go into the next norm)
-    logits = final_norm(residual at last_rows) @ Wlm^T (+ b)
+                a = all_reduce(attention(q, cache) @ Wo^T)
+                sequential (GPT-2, LLaMA): h = norm2(residual += a + bo); m = all_reduce(mlp(h))
+                parallel (GPT-J):          m = mlp(h)   (both a and m go into the next norm;
+                                           with tp > 1 a + m is all-reduced once)
+    logits = all_gather(final_norm(residual at last_rows) @ Wlm^T (+ b))
+
+The all-reduces and the all-gather exist only under tensor parallelism (`runtime.parallel`);
+each rank holds its Megatron shard of the weights (`weights.shard`).
 
 Residual additions are fused into the next norm (`residual_norm`), biases of QKV into the
 rotary kernel and of FFN-up into the activation. Every GEMM goes through one `GemmDispatch`.
@@ -30,6 +34,7 @@ from ftbench.kernels.gemm import GemmDispatch
 from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import ModelSpec
 from ftbench.runtime.memory import Footprint, check_fits
+from ftbench.runtime.parallel import Communicator
 from ftbench.runtime.weights import ModelWeights, check_shapes
 
 DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
@@ -57,7 +62,13 @@ class StepInputs:
 
 
 class Decoder:
-    """One rank's decoder: weights, KV cache and activation buffers on the current GPU."""
+    """One rank's decoder: weights, KV cache and activation buffers on the current GPU.
+
+    With tensor parallelism `tp` > 1, `weights` are this rank's shard (`weights.shard`) and
+    `comm` (`runtime.parallel`) sums the partial outputs of attention-out and FFN-down (once per
+    layer for a parallel block) and gathers the LM head's vocabulary slices. A communicator of
+    one rank may be given with tp=1 (it then runs its collectives, which change nothing).
+    """
 
     def __init__(
         self,
@@ -69,6 +80,7 @@ class Decoder:
         max_tokens: int | None = None,
         gemm: GemmDispatch | None = None,
         tp: int = 1,
+        comm: Communicator | None = None,
     ) -> None:
         import cupy
 
@@ -82,6 +94,11 @@ class Decoder:
         if dtype is None:
             raise InvalidInputError(f"the runtime runs fp16 or bf16 weights, not {weights.dtype}")
         check_shapes(weights, spec, tp)
+        if (comm.world_size if comm is not None else 1) != tp:
+            raise InvalidInputError(
+                f"tp={tp} needs a communicator of {tp} ranks, got "
+                f"{'none' if comm is None else comm.world_size}"
+            )
         if spec.position_embedding == "learned" and max_seq_len > spec.max_positions:
             raise InvalidInputError(
                 f"{spec.name} has {spec.max_positions} learned positions; max_seq_len "
@@ -92,7 +109,7 @@ class Decoder:
                 f"{spec.name} attends over a sliding window of {spec.sliding_window} tokens, "
                 f"which is not implemented; use max_seq_len <= {spec.sliding_window}"
             )
-        self.spec, self.dtype, self.tp = spec, dtype, tp
+        self.spec, self.dtype, self.tp, self.comm = spec, dtype, tp, comm
         self.max_batch, self.max_seq_len = max_batch, max_seq_len
         self.max_tokens = max_batch * max_seq_len if max_tokens is None else max_tokens
         self.rank = rank_shapes(spec, tp)
@@ -128,13 +145,16 @@ class Decoder:
         self.mlp_out = cupy.empty((tokens, hidden), dt)
         self.last_hidden = cupy.empty((batch, hidden), dt)
         self.logits = cupy.empty((batch, rank.lm_head_rows), dt)
+        if self.comm is not None:
+            self.gathered = cupy.empty(self.tp * batch * rank.lm_head_rows, dt)
+            self.all_logits = cupy.empty((batch, rank.vocab_padded), dt)
         self.decode_workspace = decode_workspace(
             batch, rank.q_heads, head_dim, self.max_seq_len, num_kv_heads=rank.kv_heads
         )
 
     def forward(self, step: StepInputs) -> Any:
-        """Run one step; the logits [R, lm_head_rows] of `step.last_rows` (a view of a buffer
-        the next step overwrites)."""
+        """Run one step; the logits [R, vocab_padded] of `step.last_rows` (a view of a buffer
+        the next step overwrites; with tp > 1 gathered from every rank's vocabulary slice)."""
         from ftbench.kernels.decoder import embed, residual_norm
 
         spec, weights = self.spec, self.weights
@@ -154,10 +174,11 @@ class Decoder:
             attention = self._attention(index, normed, step, count)
             if spec.parallel_attn_mlp:
                 mlp = self._mlp(layer, normed, count)
-                pending = ((attention, mlp), (layer.attn_out.bias, layer.ffn_down.bias))
+                pending = (self._reduce(attention, mlp), (layer.attn_out.bias, layer.ffn_down.bias))
                 continue
-            self._norm(residual, normed, layer.ln2, ((attention,), (layer.attn_out.bias,)))
-            pending = ((self._mlp(layer, normed, count),), (layer.ffn_down.bias,))
+            attention_sum = self._reduce(attention)
+            self._norm(residual, normed, layer.ln2, (attention_sum, (layer.attn_out.bias,)))
+            pending = (self._reduce(self._mlp(layer, normed, count)), (layer.ffn_down.bias,))
         last = self.last_hidden[:rows]
         final = weights.final_norm
         residual_norm(
@@ -170,7 +191,32 @@ class Decoder:
             import cupy
 
             cupy.add(logits, weights.lm_head.bias, out=logits)
-        return logits
+        return logits if self.comm is None else self._gather(logits)
+
+    def _reduce(self, *partials: Any) -> tuple[Any, ...]:
+        """The all-reduce of the Megatron split: this rank's partial outputs summed over ranks.
+
+        Without a communicator the partials are returned as they are (the norm adds them); with
+        one they are added first, so GPT-J's parallel block all-reduces once per layer.
+        """
+        if self.comm is None:
+            return partials
+        import cupy
+
+        total = partials[-1]
+        for partial in partials[:-1]:
+            cupy.add(partial, total, out=total)
+        self.comm.all_reduce(total)
+        return (total,)
+
+    def _gather(self, logits: Any) -> Any:
+        """Every rank's vocabulary slice of `logits`, side by side: [R, vocab_padded]."""
+        rows, width = logits.shape
+        gathered = self.gathered[: self.tp * rows * width].reshape(self.tp, rows, width)
+        self.comm.all_gather(logits, gathered)
+        full = self.all_logits[:rows]
+        full.reshape(rows, self.tp, width)[...] = gathered.transpose(1, 0, 2)
+        return full
 
     def _norm(self, residual: Any, out: Any, norm: Any, pending: tuple) -> None:
         from ftbench.kernels.decoder import residual_norm

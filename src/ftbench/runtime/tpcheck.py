@@ -1,0 +1,177 @@
+"""Check tensor parallelism on one GPU: emulated TP ranks against the TP=1 runtime.
+
+`compare_emulated(case, tp)` draws random weights for a small model of `case` (GPT-J's parallel
+block with partial interleaved rotary and an LM-head bias; LLaMA with grouped-query attention,
+whose 4 KV heads are replicated at tp=8), runs them through the CUDA runtime unsharded (TP=1)
+and as `tp` emulated ranks in one process (`runtime.parallel.EmulatedGroup`: each rank its own
+`Decoder` with its `weights.shard`, the all-reduce a sum of the ranks' buffers, the LM head's
+vocabulary slices gathered), and measures per position the relative logit error
+‖tp − tp1‖ / ‖tp1‖ over every prompt token of a ragged prefill and `STEPS` teacher-forced
+decode steps. Both runs are also compared with the float64 NumPy reference
+(`runtime.reference`) of the unsharded weights, which says how large fp16 rounding is here.
+
+Used by the GPU tests and by `benchmarks/parallel_emulated.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ftbench.profiles.catalog import load_builtin
+from ftbench.profiles.spec import ModelSpec
+from ftbench.runtime.generate import Generator
+from ftbench.runtime.model import Decoder
+from ftbench.runtime.parallel import EmulatedGroup
+from ftbench.runtime.reference import ReferenceModel
+from ftbench.runtime.weights import ModelWeights, random_weights, shard
+
+TP_SIZES = (2, 4, 8)
+PROMPT_LENGTHS = (5, 17, 11)
+STEPS = 16
+SEED = 4321
+# Vocabularies not divisible by every tp, so the LM head's padding rows are exercised.
+CASES = {
+    "gptj": dataclasses.replace(
+        load_builtin("gptj-6b"), name="gptj-small", num_layers=2, hidden_size=1024,
+        num_heads=16, num_kv_heads=16, head_dim=64, rotary_dim=32, ffn_hidden_size=4096,
+        vocab_size=1003, max_positions=256,
+    ),
+    "llama-gqa": dataclasses.replace(
+        load_builtin("llama2-70b"), name="llama-gqa-small", num_layers=2, hidden_size=1024,
+        num_heads=16, num_kv_heads=4, head_dim=64, rotary_dim=64, ffn_hidden_size=2816,
+        vocab_size=1001, max_positions=256,
+    ),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EmulatedResult:
+    """One model at one tp: the worst relative logit errors, and how the tokens agree."""
+
+    model: str
+    dtype: str
+    tp: int
+    kv_replicas: int
+    max_rel_err: float
+    prefill_max_rel_err: float
+    decode_max_rel_err: float
+    argmax_agreement: float
+    ranks_identical: bool
+    tp1_vs_reference_max_rel_err: float
+    tp_vs_reference_max_rel_err: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _relative_errors(ours: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """‖ours − expected‖ / ‖expected‖ per row."""
+    return np.linalg.norm(ours - expected, axis=-1) / np.linalg.norm(expected, axis=-1)
+
+
+def _inputs(spec: ModelSpec) -> tuple[list[np.ndarray], np.ndarray]:
+    rng = np.random.default_rng(SEED)
+    prompts = [rng.integers(0, spec.vocab_size, length) for length in PROMPT_LENGTHS]
+    return prompts, rng.integers(0, spec.vocab_size, (len(prompts), STEPS))
+
+
+def _run(generator: Generator, prompts: list, continuations: np.ndarray) -> list[np.ndarray]:
+    """Logits (float64, padding columns dropped) of every prompt token, then of each step."""
+    import cupy
+
+    vocab = generator.decoder.spec.vocab_size
+    outputs = [generator.prefill(prompts, all_logits=True).astype(cupy.float64)]
+    for step in range(continuations.shape[1]):
+        outputs.append(generator.decode(continuations[:, step]).astype(cupy.float64))
+    return [cupy.asnumpy(logits)[:, :vocab] for logits in outputs]
+
+
+def _decoder_args(spec: ModelSpec) -> dict[str, Any]:
+    # all_logits prefill returns one row per prompt token: max_batch must hold them all.
+    return {"max_batch": sum(PROMPT_LENGTHS), "max_seq_len": max(PROMPT_LENGTHS) + STEPS + 1}
+
+
+def run_tp1(spec: ModelSpec, weights: ModelWeights, prompts, continuations) -> list[np.ndarray]:
+    """The unsharded runtime's logits for `prompts` and teacher-forced `continuations`."""
+    decoder = Decoder(spec, weights, **_decoder_args(spec))
+    return _run(Generator(decoder, use_graph=False), prompts, continuations)
+
+
+def run_emulated(
+    spec: ModelSpec, weights: ModelWeights, tp: int, prompts, continuations
+) -> list[list[np.ndarray]]:
+    """Every emulated rank's logits (each rank gathers the whole vocabulary)."""
+    group = EmulatedGroup(tp)
+    generators = [
+        Generator(
+            Decoder(
+                spec, shard(weights, spec, tp, rank), tp=tp, comm=group.communicator(rank),
+                **_decoder_args(spec),
+            ),
+            use_graph=False, stream=group.stream,
+        )
+        for rank in range(tp)
+    ]  # fmt: skip
+    return group.run(lambda rank: _run(generators[rank], prompts, continuations))
+
+
+def reference_logits(spec: ModelSpec, weights: ModelWeights, prompts, continuations):
+    """The float64 NumPy reference's logits, laid out as `_run` returns them."""
+    outputs = []
+    for prompt, continuation in zip(prompts, continuations, strict=True):
+        model = ReferenceModel(spec, weights)
+        outputs.append(model.prefill(np.concatenate([prompt, continuation])[None])[0])
+    prefill = np.concatenate(
+        [logits[: len(prompt)] for logits, prompt in zip(outputs, prompts, strict=True)]
+    )
+    steps = [
+        np.stack([logits[len(p) + step] for logits, p in zip(outputs, prompts, strict=True)])
+        for step in range(continuations.shape[1])
+    ]
+    return [prefill, *steps]
+
+
+def compare_emulated(
+    case: str, tp: int, dtype: str = "fp16", tp1: list[np.ndarray] | None = None
+) -> EmulatedResult:
+    """Emulated `tp` ranks of `case` against TP=1 (see the module docstring). `tp1` may pass
+    the TP=1 logits of an earlier call (`run_tp1` on the same case and dtype)."""
+    spec = CASES[case]
+    weights = random_weights(spec, dtype, seed=SEED)
+    prompts, continuations = _inputs(spec)
+    tp1 = tp1 if tp1 is not None else run_tp1(spec, weights, prompts, continuations)
+    ranks = run_emulated(spec, weights, tp, prompts, continuations)
+    ours = ranks[0]
+    errors = [_relative_errors(a, b) for a, b in zip(ours, tp1, strict=True)]
+    agree = np.concatenate([a.argmax(-1) == b.argmax(-1) for a, b in zip(ours, tp1, strict=True)])
+    reference = reference_logits(spec, weights, prompts, continuations)
+    return EmulatedResult(
+        model=case,
+        dtype=dtype,
+        tp=tp,
+        kv_replicas=max(tp // spec.num_kv_heads, 1),
+        max_rel_err=float(max(e.max() for e in errors)),
+        prefill_max_rel_err=float(errors[0].max()),
+        decode_max_rel_err=float(max(e.max() for e in errors[1:])),
+        argmax_agreement=float(agree.mean()),
+        ranks_identical=all(
+            all(np.array_equal(a, b) for a, b in zip(rank, ours, strict=True)) for rank in ranks
+        ),
+        tp1_vs_reference_max_rel_err=_worst(tp1, reference),
+        tp_vs_reference_max_rel_err=_worst(ours, reference),
+    )
+
+
+def tp1_logits(case: str, dtype: str = "fp16") -> list[np.ndarray]:
+    """`run_tp1` for `case` with the weights and inputs `compare_emulated` uses."""
+    spec = CASES[case]
+    prompts, continuations = _inputs(spec)
+    return run_tp1(spec, random_weights(spec, dtype, seed=SEED), prompts, continuations)
+
+
+def _worst(ours: list[np.ndarray], expected: list[np.ndarray]) -> float:
+    return float(max(_relative_errors(a, b).max() for a, b in zip(ours, expected, strict=True)))
