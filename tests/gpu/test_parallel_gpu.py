@@ -102,7 +102,9 @@ def test_local_spawner_with_one_rank():
 
 
 def test_mpirun_with_one_rank():
-    env = _clean_env(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    # A single-node launch never runs the remote agent, but OpenMPI wants one on the PATH.
+    env = _clean_env(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+                     OMPI_MCA_plm_rsh_agent="false")  # fmt: skip
     result = _launch(["mpirun", "-n", "1", *CHECK], env)
     assert result["launcher"] == "mpi" and result["world_size"] == 1
     assert result["collectives_ok"]

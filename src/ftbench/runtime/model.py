@@ -122,6 +122,9 @@ class Decoder:
         )
         self.weights = weights if on_device else weights.map(cupy.asarray)
         self._allocate(cupy)
+        # The weights may still be in flight on the caller's stream (host copies, random
+        # draws), and steps run on other, non-blocking streams that do not wait for it.
+        cupy.cuda.Device().synchronize()
 
     def _allocate(self, cupy: Any) -> None:
         from ftbench.kernels.attention import decode_workspace

@@ -100,7 +100,7 @@ class NcclCommunicator:
             self._types["bfloat16"] = nccl.NCCL_BFLOAT16
         self._types["int32"] = nccl.NCCL_INT32
         try:
-            self._comm = nccl.NcclCommunicator(world_size, tuple(unique_id), rank)
+            self._comm = nccl.NcclCommunicator(world_size, bytes(unique_id), rank)
         except nccl.NcclError as exc:
             raise GpuError(f"NCCL rank {rank} of {world_size} could not join: {exc}") from exc
         self._flag = cupy.zeros(1, cupy.int32)
@@ -108,10 +108,11 @@ class NcclCommunicator:
 
     @staticmethod
     def new_unique_id() -> list[int]:
-        """A fresh NCCL id (128 signed bytes). Create it on rank 0: its bootstrap listens there."""
+        """A fresh NCCL id as 128 byte values (JSON- and MPI-friendly). Create it on rank 0:
+        its bootstrap listens in that process."""
         from cupy.cuda import nccl
 
-        return list(nccl.get_unique_id())
+        return [value & 0xFF for value in nccl.get_unique_id()]
 
     def _type(self, op: str, array: Any) -> int:
         _check_contiguous(op, "array", array)
