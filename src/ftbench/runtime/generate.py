@@ -113,6 +113,23 @@ class Generator:
         prompt (for checking; needs no more tokens in all than the decoder's max_batch)."""
         import cupy
 
+        step = self.prefill_inputs(prompts, all_logits)
+        lengths = [len(prompt) for prompt in prompts]
+        batch = len(prompts)
+        with self._on_stream():
+            logits = self.decoder.forward(step)
+            if batch not in self._states:
+                self._states[batch] = _DecodeState.allocate(cupy, batch)
+            self.state = self._states[batch]
+            self.state.positions.set(np.asarray(lengths, dtype=np.int32))
+            self.state.finished.fill(0)
+        self._longest = max(lengths)
+        return logits
+
+    def prefill_inputs(self, prompts: Sequence[Sequence[int]], all_logits: bool = False):
+        """The `StepInputs` of a prefill of `prompts` (checked), on the device."""
+        import cupy
+
         decoder, vocab = self.decoder, self.decoder.spec.vocab_size
         lengths = np.array([len(prompt) for prompt in prompts], dtype=np.int32)
         if not 1 <= len(prompts) <= decoder.max_batch or lengths.min() < 1:
@@ -142,19 +159,11 @@ class Generator:
             else cu_seqlens[1:] - 1,
         }
         with self._on_stream():
-            step = StepInputs(
+            return StepInputs(
                 **{name: cupy.asarray(array) for name, array in host.items()},
                 decode=False,
                 max_q_len=int(lengths.max()),
             )
-            logits = decoder.forward(step)
-            if batch not in self._states:
-                self._states[batch] = _DecodeState.allocate(cupy, batch)
-            self.state = self._states[batch]
-            self.state.positions.set(lengths)
-            self.state.finished.fill(0)
-        self._longest = int(lengths.max())
-        return logits
 
     def decode(self, tokens: Any) -> Any:
         """One step with the given next token per sequence (teacher forcing); the logits."""
