@@ -15,9 +15,11 @@ Two implementations of one interface (`Communicator`):
   when it passes, the communicator is aborted (which also releases kernels stuck in a
   collective) and `CollectiveTimeoutError` says which rank waited for what.
 - `EmulatedGroup`: `world_size` ranks in one process on one GPU, one thread per rank, every rank
-  on the group's one stream. Each collective waits until every rank has enqueued its part, then
-  rank 0 enqueues the sum (or the concatenation) into every rank's buffer. It checks the
-  sharded numerics on one GPU; it is not a way to run fast (no CUDA graphs).
+  on the group's one stream. The ranks take turns on the host (one holds the group's turn lock
+  until it reaches a collective), so CuPy's host-side state (pinned staging buffers, caches) is
+  never used by two ranks at once. Each collective waits until every rank has enqueued its
+  part, then rank 0 enqueues the sum (or the concatenation) into every rank's buffer. It checks
+  the sharded numerics on one GPU; it is not a way to run fast (no CUDA graphs).
 """
 
 from __future__ import annotations
@@ -197,6 +199,7 @@ class EmulatedGroup:
         self.timeout_s = timeout_s
         self.stream = cupy.cuda.Stream(non_blocking=True)
         self._barrier = threading.Barrier(world_size, timeout=self.timeout_s)
+        self._turn = threading.Lock()
         self._parts: list[Any] = [None] * world_size
 
     def communicator(self, rank: int) -> EmulatedCommunicator:
@@ -212,7 +215,7 @@ class EmulatedGroup:
 
         def body(rank: int) -> None:
             try:
-                with self.stream:
+                with self._turn, self.stream:
                     results[rank] = fn(rank)
             except BaseException as exc:  # noqa: BLE001 - re-raised below, in the caller
                 errors[rank] = exc
@@ -233,13 +236,18 @@ class EmulatedGroup:
 
     def exchange(self, rank: int, part: Any, combine: Callable[[list[Any]], None]) -> None:
         """Every rank hands in `part`; once all have, rank 0 enqueues combine(parts) on the
-        group's stream; every rank returns after that, so its later work is queued after it."""
+        group's stream; every rank returns after that, so its later work is queued after it.
+        The calling rank gives up its turn while it waits."""
         self._parts[rank] = part
-        self._wait(rank)
-        if rank == 0:
-            with self.stream:
-                combine(list(self._parts))
-        self._wait(rank)
+        self._turn.release()
+        try:
+            self._wait(rank)
+            if rank == 0:
+                with self._turn, self.stream:
+                    combine(list(self._parts))
+            self._wait(rank)
+        finally:
+            self._turn.acquire()
 
     def _wait(self, rank: int) -> None:
         try:
