@@ -1,54 +1,42 @@
-"""Where a step's time goes: each kernel of one decode step or prefill, timed on its own.
+"""Where a step's time goes: every kernel of one decode step or prefill, timed where it runs.
 
-`record_step` runs `Decoder.forward` once with the kernel launchers and the GEMM dispatch
-replaced by recorders, so nothing is launched and every operation comes back as a closure with
-its arguments. `breakdown` then times the operations of the embedding, of the first layer
-(every layer runs the same kernels on the same shapes, so it stands for all of them: its times
-are multiplied by the layer count) and of the head through `bench.timer.time_launch` (graph
-batched; L2 flushed before each launch, as a step finds it: a layer's weights are read once per
-step), and sets each against its own floor: bytes at the HBM read bandwidth or FLOPs at the GEMM
-peak, whichever is slower. Bytes are those of the operation's array arguments (the K/V actually
-read for decode attention); the sum of the parts against the whole step timed as one graph shows
-what launch gaps cost.
+`breakdown` captures `Decoder.forward` as one CUDA graph with a CUDA event recorded after every
+operation (each kernel launcher and each GEMM), replays the graph a number of times and reads the
+time between consecutive events: each operation's GPU time inside the real step, launch gaps
+included, so the parts add up to the whole. Operations are grouped by their place in the layer
+pattern (layer i's run from its QKV GEMM to the norm that opens layer i+1), summed over the
+layers, and set against their floor: bytes at the HBM read bandwidth or FLOPs at the GEMM peak,
+whichever is slower (GEMM: A, B and C once; decode attention: the K/V actually read; the rotary
+kernel: QKV in, Q and the new K/V out; other kernels: their array arguments once).
 """
 
 from __future__ import annotations
 
-import functools
+import importlib
+import itertools
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ftbench.bench.timer import TimingPolicy, time_launch
+import numpy as np
+
 from ftbench.runtime.model import Decoder, StepInputs
 
 KERNELS = {
     "ftbench.kernels.decoder": ("embed", "residual_norm", "qkv_rotary", "bias_act"),
     "ftbench.kernels.attention": ("context_attention", "decode_attention"),
 }
-POLICY = TimingPolicy(warmup_ms=10.0, min_time_s=0.05, budget_s=1.0)
-
-
-@dataclass(frozen=True)
-class Operation:
-    """One recorded kernel launch (or GEMM) of a step."""
-
-    name: str
-    layer: int | None
-    launch: Callable[[], None]
-    bytes: int
-    flops: int
+REPLAYS = 20
 
 
 @dataclass(frozen=True)
 class OperationTime:
-    """An operation's time per step (times the layer count for a layer's operations) and its
-    fraction of its floor."""
+    """One place in the step's pattern: its kernel, how often a step runs it, its summed time
+    per step (median over replays) and floor, and their ratio."""
 
     name: str
     per_step: int
-    median_ms: float
     step_ms: float
     floor_ms: float
     roofline_fraction: float
@@ -59,65 +47,91 @@ class OperationTime:
         return asdict(self)
 
 
-def _nbytes(values: Any) -> int:
+@dataclass
+class _Operation:
+    name: str
+    layer: int | None
+    bytes: int
+    flops: int
+    event: Any = None
+
+
+def _array_bytes(values: Any) -> int:
     total = 0
     for value in values:
         if hasattr(value, "nbytes") and hasattr(value, "data"):
             total += int(value.nbytes)
         elif isinstance(value, (tuple, list)):
-            total += _nbytes(value)
+            total += _array_bytes(value)
     return total
 
 
+def _bytes_and_flops(
+    decoder: Decoder, name: str, args: tuple, kwargs: dict, lengths: list[int]
+) -> tuple[int, int]:
+    """Bytes moved and FLOPs of one operation; `lengths`: each sequence's cached tokens."""
+    spec, rank = decoder.spec, decoder.rank
+    if name == "decode_attention":
+        return 2 * sum(lengths) * rank.kv_heads * spec.head_dim * 2, 0
+    if name == "qkv_rotary":
+        qkv, _, q_out = args[:3]
+        written = 2 * qkv.shape[0] * rank.kv_heads * spec.head_dim * 2
+        return int(qkv.nbytes + q_out.nbytes + written), 0
+    if name == "context_attention":
+        pairs = sum(n * (n + 1) // 2 for n in lengths)
+        kv = 2 * sum(lengths) * rank.kv_heads * spec.head_dim * 2
+        q = args[0]
+        return int(2 * q.nbytes + kv), 4 * pairs * rank.q_heads * spec.head_dim
+    return _array_bytes(args) + _array_bytes(kwargs.values()), 0
+
+
 @contextmanager
-def record_step(decoder: Decoder):
-    """Inside: `decoder.forward` records operations into the yielded list instead of running."""
-    import importlib
+def _timed_operations(decoder: Decoder, lengths: list[int]):
+    """Inside: every launcher and GEMM of `decoder.forward` runs, then records an event."""
+    import cupy
 
-    operations: list[Operation] = []
-    layer = {"index": None}
+    operations: list[_Operation] = []
+    layer: dict[str, int | None] = {"index": None}
+
+    def timed(name: str, run: Callable, bytes_flops: Callable) -> Callable:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            result = run(*args, **kwargs)
+            moved, flops = bytes_flops(args, kwargs)
+            operation = _Operation(name, layer["index"], moved, flops, cupy.cuda.Event())
+            operation.event.record()
+            operations.append(operation)
+            return result
+
+        return wrapper
+
     saved = []
-
-    def recorder(module: Any, name: str) -> Callable:
-        original = getattr(module, name)
-
-        def record(*args: Any, **kwargs: Any) -> None:
-            operations.append(
-                Operation(
-                    name, layer["index"], functools.partial(original, *args, **kwargs),
-                    _nbytes(args) + _nbytes(kwargs.values()), 0,
-                )
-            )  # fmt: skip
-
-        return record
-
     for module_name, names in KERNELS.items():
         module = importlib.import_module(module_name)
         for name in names:
-            saved.append((module, name, getattr(module, name)))
-            setattr(module, name, recorder(module, name))
-    linear = decoder.gemm.linear
+            original = getattr(module, name)
+            saved.append((module, name, original))
 
-    def record_linear(x: Any, weight: Any, out: Any) -> None:
-        m, k = x.shape
-        n = weight.shape[0]
-        operations.append(
-            Operation(
-                "gemm", layer["index"], functools.partial(linear, x, weight, out),
-                int(x.nbytes + weight.nbytes + out.nbytes), 2 * m * n * k,
-            )
-        )  # fmt: skip
+            def sizes(args, kwargs, name=name):
+                return _bytes_and_flops(decoder, name, args, kwargs, lengths)
 
-    decoder.gemm.linear = record_linear
-    layer_attention = decoder._attention
+            setattr(module, name, timed(name, original, sizes))
 
-    def attention_of_layer(index: int, *args: Any) -> Any:
+    def gemm_sizes(args: tuple, kwargs: dict) -> tuple[int, int]:
+        x, weight, out = args
+        return int(x.nbytes + weight.nbytes + out.nbytes), 2 * x.shape[0] * weight.shape[
+            0
+        ] * x.shape[1]
+
+    decoder.gemm.linear = timed("gemm", decoder.gemm.linear, gemm_sizes)
+    attention = decoder._attention
+
+    def attention_of_layer(index: int, *args: Any, **kwargs: Any) -> Any:
         layer["index"] = index
-        return layer_attention(index, *args)
+        return attention(index, *args, **kwargs)
 
     decoder._attention = attention_of_layer
     try:
-        yield operations, layer
+        yield operations
     finally:
         for module, name, original in saved:
             setattr(module, name, original)
@@ -125,52 +139,61 @@ def record_step(decoder: Decoder):
         del decoder._attention
 
 
-def _decode_attention_bytes(decoder: Decoder, lengths: Any) -> int:
-    """K and V actually read by one decode step: every sequence's cached positions."""
-    rank, spec = decoder.rank, decoder.spec
-    element = 2
-    return int(2 * int(lengths.sum()) * rank.kv_heads * spec.head_dim * element)
-
-
-def _context_attention_flops(decoder: Decoder, lengths: Any) -> int:
-    """QK^T and PV over the causal half of every sequence's square, all query heads."""
-    causal_pairs = sum(n * (n + 1) // 2 for n in lengths.get().tolist())
-    return 2 * 2 * causal_pairs * decoder.rank.q_heads * decoder.spec.head_dim
-
-
 def breakdown(
-    decoder: Decoder, step: StepInputs, bandwidth: float, peak_flops: float
-) -> list[OperationTime]:
-    """Time every distinct operation of `step` (see the module docstring).
+    decoder: Decoder, step: StepInputs, bandwidth: float, peak_flops: float,
+    replays: int = REPLAYS,
+) -> tuple[list[OperationTime], float]:  # fmt: skip
+    """(the step's operations by place in the pattern, the whole step's median ms), measured
+    by replaying one captured graph of the step (see the module docstring). The step runs once
+    eagerly first (kernels compiled, GEMMs resolved); it may overwrite the KV-cache slots of its
+    own tokens, nothing else."""
+    import cupy
 
-    Operations are tagged with the layer whose attention came last before them, so layer 0's
-    run from its QKV GEMM to the norm that opens layer 1: one period of the layer pattern,
-    counted `num_layers` times. Before it: the embedding and the first norm; after the last
-    layer's period: the head (LM-head GEMM), counted once.
-    """
-    with record_step(decoder) as (operations, _):
+    lengths = step.lengths.get().tolist()  # before the capture: no host copies inside it
+    stream = cupy.cuda.Stream(non_blocking=True)
+    stream.wait_event(cupy.cuda.get_current_stream().record())
+    with stream:
         decoder.forward(step)
-    layers = decoder.spec.num_layers
-    period = [op for op in operations if op.layer == 0]
-    last = [op for op in operations if op.layer == layers - 1]
-    chosen = [(op, 1) for op in operations if op.layer is None]
-    chosen += [(op, layers) for op in period] + [(op, 1) for op in last[len(period) :]]
-    times = []
-    for position, (op, per_step) in enumerate(chosen):
-        bytes_moved, flops = op.bytes, op.flops
-        if op.name == "decode_attention":
-            bytes_moved = _decode_attention_bytes(decoder, step.lengths)
-        if op.name == "context_attention":
-            flops = _context_attention_flops(decoder, step.lengths)
-        timing = time_launch(lambda _, op=op: op.launch(), name=op.name, cache="cold",
-                             policy=POLICY)  # fmt: skip
-        floor_ms = max(bytes_moved / bandwidth, flops / peak_flops) * 1e3
-        times.append(
-            OperationTime(
-                name=f"{position:02d} {op.name}", per_step=per_step,
-                median_ms=timing.median_ms, step_ms=timing.median_ms * per_step,
-                floor_ms=floor_ms * per_step, roofline_fraction=floor_ms / timing.median_ms,
-                bytes=bytes_moved, flops=flops,
-            )
-        )  # fmt: skip
-    return times
+        start = cupy.cuda.Event()
+        stream.begin_capture()
+        try:
+            start.record()
+            with _timed_operations(decoder, lengths) as operations:
+                decoder.forward(step)
+        finally:
+            graph = stream.end_capture()
+        samples = []
+        for _ in range(replays + 1):
+            graph.launch(stream)
+            stream.synchronize()
+            marks = [start] + [operation.event for operation in operations]
+            samples.append([cupy.cuda.get_elapsed_time(a, b) for a, b in itertools.pairwise(marks)])
+    per_operation = np.median(np.array(samples[1:]), axis=0)
+    return _by_place(decoder, operations, per_operation, bandwidth, peak_flops), float(
+        per_operation.sum()
+    )
+
+
+def _by_place(decoder, operations, times, bandwidth, peak_flops) -> list[OperationTime]:
+    """Sum operations at the same place of the layer pattern over the layers."""
+    places: dict[str, list] = {}
+    position_in_layer: dict[int | None, int] = {}
+    last_layer = decoder.spec.num_layers - 1
+    for operation, time_ms in zip(operations, times, strict=True):
+        position = position_in_layer.get(operation.layer, 0)
+        position_in_layer[operation.layer] = position + 1
+        if operation.layer is None:
+            place = f"start {position:02d} {operation.name}"
+        elif operation.layer == last_layer and position >= position_in_layer.get(0, 0):
+            place = f"head {position:02d} {operation.name}"
+        else:
+            place = f"layer {position:02d} {operation.name}"
+        entry = places.setdefault(place, [0, 0.0, 0.0, operation.bytes, operation.flops])
+        floor_ms = max(operation.bytes / bandwidth, operation.flops / peak_flops) * 1e3
+        entry[0] += 1
+        entry[1] += float(time_ms)
+        entry[2] += floor_ms
+    return [
+        OperationTime(name, count, step_ms, floor_ms, floor_ms / step_ms, moved, flops)
+        for name, (count, step_ms, floor_ms, moved, flops) in places.items()
+    ]
