@@ -641,6 +641,31 @@ def dashboard_command(
 COMPARE_ENGINES = {"untuned": "ftbench-untuned", "hf": "hf-eager", "hf-compile": "hf-compile"}
 
 
+@app.command("convert")
+def convert_command(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A local HF safetensors checkpoint directory (with config.json).")
+    ],
+    out: Annotated[Path, typer.Argument(help="Directory for the pre-sharded checkpoint.")],
+    tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel size to shard for.")] = 1,
+    dtype: Annotated[str, typer.Option("--dtype", help="Stored dtype: fp16, bf16 or fp32.")] = (
+        "fp16"
+    ),
+) -> None:
+    """Shard an HF checkpoint once for --tp ranks: each rank then reads only its own file.
+
+    Needs the whole checkpoint in host memory once; see docs/runtime/parallel.md.
+    """
+    from ftbench.profiles.hf import spec_from_hf_config
+    from ftbench.runtime.sharded import save_sharded
+    from ftbench.runtime.weights import load_hf_weights
+
+    spec = spec_from_hf_config(checkpoint / "config.json")
+    weights = load_hf_weights(checkpoint, spec, dtype)
+    manifest = save_sharded(weights, spec, tp, out)
+    console.print(f"{spec.name}: {tp} rank file(s) and {manifest.name} in {out}")
+
+
 @app.command("run")
 def run_command(
     profile: Annotated[

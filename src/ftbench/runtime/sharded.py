@@ -1,0 +1,119 @@
+"""Pre-sharded checkpoints: each tensor-parallel rank's weights in a file of its own.
+
+Sharding at load time (`weights.shard`) reads the whole HF checkpoint on every rank. For very
+large models `ftbench convert` does that once: `save_sharded` writes, into one directory,
+
+- `rank-<r>-of-<tp>.safetensors`: rank r's arrays under ftbench names (`ModelWeights.
+  named_tensors`, docs/runtime/reference.md), exactly `shard(weights, spec, tp, r)`; replicated
+  arrays (embeddings, norms, row-split biases) are stored in every rank's file;
+- `ftbench-sharded.json`: schema, the model spec, tp, dtype and the file names.
+
+`load_sharded(directory, rank)` then reads one file per rank. bf16 arrays are stored as their
+raw 16-bit patterns (safetensors' NumPy side has no bf16) and viewed back on load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftbench.errors import InvalidInputError
+from ftbench.files import read_json, write_json_atomic
+from ftbench.profiles.spec import ModelSpec
+from ftbench.runtime.weights import (
+    ModelWeights,
+    _assemble,
+    check_shapes,
+    numpy_dtype,
+    shard,
+)
+
+SCHEMA = 1
+MANIFEST = "ftbench-sharded.json"
+
+
+def rank_file(rank: int, tp: int) -> str:
+    """The file name of rank `rank`'s weights."""
+    return f"rank-{rank}-of-{tp}.safetensors"
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    names = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+    if dtype.name not in names:
+        raise InvalidInputError(f"pre-sharded checkpoints hold fp16, bf16 or fp32, not {dtype}")
+    return names[dtype.name]
+
+
+def save_sharded(weights: ModelWeights, spec: ModelSpec, tp: int, directory: str | Path) -> Path:
+    """Write every rank's shard of `weights` and the manifest into `directory` (see the module
+    docstring); the manifest's path. The manifest is written last, so a directory with one
+    holds a complete conversion."""
+    from safetensors.numpy import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    dtype = _dtype_name(weights.dtype)
+    check_shapes(weights, spec)
+    files = []
+    for rank in range(tp):
+        # A shard's LM head is a padded copy of its vocabulary rows, never the embedding itself.
+        named = shard(weights, spec, tp, rank).named_tensors()
+        arrays = {
+            name: np.ascontiguousarray(array.view(np.uint16) if dtype == "bf16" else array)
+            for name, array in named.items()
+        }
+        name = rank_file(rank, tp)
+        temporary = directory / f".{name}.partial"
+        save_file(arrays, str(temporary))
+        temporary.replace(directory / name)
+        files.append(name)
+    manifest = {"schema": SCHEMA, "tp": tp, "dtype": dtype, "spec": spec.to_dict(), "files": files}
+    return write_json_atomic(directory / MANIFEST, manifest)
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """The manifest of a pre-sharded checkpoint, checked."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise InvalidInputError(
+            f"{directory}: no {MANIFEST}; not a pre-sharded checkpoint (write one with "
+            "`ftbench convert`)"
+        )
+    manifest = read_json(path)
+    if manifest.get("schema") != SCHEMA:
+        raise InvalidInputError(
+            f"{path}: schema {manifest.get('schema')!r}; this ftbench reads schema {SCHEMA}"
+        )
+    return manifest
+
+
+def load_sharded(
+    directory: str | Path, rank: int, tp: int, spec: ModelSpec | None = None
+) -> tuple[ModelSpec, ModelWeights]:
+    """Rank `rank`'s spec and weights from a pre-sharded checkpoint made for `tp` ranks.
+
+    `spec`, when given, must equal the one the checkpoint was converted with.
+    """
+    from safetensors.numpy import load_file
+
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    if manifest["tp"] != tp:
+        raise InvalidInputError(
+            f"{directory} was sharded for tp={manifest['tp']}, not tp={tp}; convert it again "
+            f"with --tp {tp} (or shard the HF checkpoint at load time)"
+        )
+    stored = ModelSpec.from_dict(manifest["spec"], origin=str(directory / MANIFEST))
+    if spec is not None and spec.to_dict() != stored.to_dict():
+        raise InvalidInputError(f"{directory} holds {stored.name}, not the given {spec.name}")
+    if not 0 <= rank < tp:
+        raise InvalidInputError(f"rank must be in 0..{tp - 1}, got {rank}")
+    arrays = load_file(str(directory / rank_file(rank, tp)))
+    if manifest["dtype"] == "bf16":
+        bf16 = numpy_dtype("bf16")
+        arrays = {name: array.view(bf16) for name, array in arrays.items()}
+    weights = _assemble(arrays, stored.num_layers)
+    check_shapes(weights, stored, tp)
+    return stored, weights

@@ -1,0 +1,87 @@
+"""Pre-sharded checkpoints: each rank reads back exactly its shard."""
+
+import numpy as np
+import pytest
+
+from ftbench.errors import InvalidInputError
+from ftbench.profiles.hf import spec_from_hf_config
+from ftbench.runtime.sharded import MANIFEST, load_sharded, rank_file, read_manifest, save_sharded
+from ftbench.runtime.weights import random_weights, shard
+
+LLAMA = spec_from_hf_config(
+    {
+        "model_type": "llama", "vocab_size": 101, "hidden_size": 64, "intermediate_size": 96,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "max_position_embeddings": 32,
+    }
+)  # fmt: skip
+GPT2 = spec_from_hf_config(
+    {"model_type": "gpt2", "vocab_size": 101, "n_embd": 64, "n_layer": 2, "n_head": 4,
+     "n_positions": 32}
+)  # fmt: skip
+
+
+def _assert_same(actual, expected):
+    a, e = actual.named_tensors(), expected.named_tensors()
+    assert a.keys() == e.keys()
+    for name in e:
+        assert a[name].dtype == e[name].dtype, name
+        np.testing.assert_array_equal(a[name], e[name], err_msg=name)
+
+
+@pytest.mark.parametrize("spec", [LLAMA, GPT2], ids=["llama-gqa", "gpt2-tied"])
+@pytest.mark.parametrize("tp", [1, 2, 4])
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_every_rank_reads_back_its_shard(tmp_path, spec, tp, dtype):
+    weights = random_weights(spec, dtype, seed=7)
+    save_sharded(weights, spec, tp, tmp_path)
+    assert read_manifest(tmp_path)["files"] == [rank_file(r, tp) for r in range(tp)]
+    for rank in range(tp):
+        stored_spec, loaded = load_sharded(tmp_path, rank, tp, spec)
+        assert stored_spec == spec
+        _assert_same(loaded, shard(weights, spec, tp, rank))
+
+
+def test_a_checkpoint_for_another_tp_or_model_is_refused(tmp_path):
+    save_sharded(random_weights(LLAMA, "fp16"), LLAMA, 2, tmp_path)
+    with pytest.raises(InvalidInputError, match="sharded for tp=2, not tp=4"):
+        load_sharded(tmp_path, 0, 4)
+    with pytest.raises(InvalidInputError, match="not the given"):
+        load_sharded(tmp_path, 0, 2, GPT2)
+    with pytest.raises(InvalidInputError, match="rank must be in 0..1"):
+        load_sharded(tmp_path, 2, 2)
+
+
+def test_a_directory_without_manifest_is_not_a_sharded_checkpoint(tmp_path):
+    with pytest.raises(InvalidInputError, match=MANIFEST):
+        load_sharded(tmp_path, 0, 1)
+
+
+def test_weights_that_do_not_match_the_spec_are_refused(tmp_path):
+    with pytest.raises(InvalidInputError, match="do not match"):
+        save_sharded(random_weights(LLAMA, "fp16"), GPT2, 2, tmp_path)
+
+
+def test_convert_command_shards_an_hf_checkpoint(tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from typer.testing import CliRunner
+
+    from ftbench import cli
+    from ftbench.runtime.weights import load_hf_weights
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+    )  # fmt: skip
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "hf")
+    result = CliRunner().invoke(
+        cli.app, ["convert", str(tmp_path / "hf"), str(tmp_path / "tp2"), "--tp", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    spec = spec_from_hf_config(tmp_path / "hf" / "config.json")
+    full = load_hf_weights(tmp_path / "hf", spec, "fp16")
+    for rank in range(2):
+        _, loaded = load_sharded(tmp_path / "tp2", rank, 2, spec)
+        _assert_same(loaded, shard(full, spec, 2, rank))
