@@ -716,7 +716,13 @@ def run_command(
         ),
     ] = False,
     repeats: Annotated[
-        int, typer.Option("--repeats", help="Timed requests per point, after one warm-up.")
+        int,
+        typer.Option(
+            "--repeats",
+            help="Timed requests per point, after one warm-up (each gives one TTFT and one "
+            "end-to-end sample and output-len - 1 decode-step samples; `ftbench compare` "
+            "judges a metric from 5 samples on).",
+        ),
     ] = 3,
     out: Annotated[
         Path | None,
