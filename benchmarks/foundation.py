@@ -203,10 +203,8 @@ def orchestrate(args) -> None:
     ncu = ncu_gemv_ms(ncu_path, NCU_CALLS, out_dir) if ncu_path else {"error": "ncu not found"}
 
     environment = capture_environment()
-    gpu = environment.gpus[0].name if environment.gpus else "no GPU"
-    device = f"{args.device_kind} ({gpu})" if args.device_kind else gpu
     summary = {
-        "device": device,
+        "device": environment.device_label(args.device_kind),
         "commit": environment.git_commit,
         "max_run_to_run_spread_pct": max(spread_pct(v) for v in medians.values()),
         "graph_vs_ncu_pct": None,

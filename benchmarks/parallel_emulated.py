@@ -47,9 +47,8 @@ def main() -> None:
     write_results(
         args.out_dir / f"parallel-emulated-{stamp}.json", "parallel-emulated", records, environment
     )
-    gpu = environment.gpus[0].name if environment.gpus else "no GPU"
     summary = {
-        "device": f"{args.device_kind} ({gpu})" if args.device_kind else gpu,
+        "device": environment.device_label(args.device_kind),
         "commit": environment.git_commit,
         "dtype": DTYPE,
         "models": list(CASES),

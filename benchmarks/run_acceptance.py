@@ -115,15 +115,13 @@ def summarize(args: argparse.Namespace) -> None:
             math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else None
         )
     environment = environments[-1]
-    gpu = environment.gpus[0].name if environment.gpus else "no GPU"
-    kind = os.environ.get("FTBENCH_DEVICE_KIND", "")
 
     def value(key: str, field: str | None = None):
         entry = summary.get(key)
         return entry if field is None or entry is None else entry[field]
 
     acceptance = {
-        "device": f"{kind} ({gpu})" if kind else gpu,
+        "device": environment.device_label(os.environ.get("FTBENCH_DEVICE_KIND", "")),
         "commit": environment.git_commit,
         "gptj_128_128_best_tok_s": value("gptj-6b_128/128", "best_tok_s"),
         "gptj_2048_128_best_tok_s": value("gptj-6b_2048/128", "best_tok_s"),

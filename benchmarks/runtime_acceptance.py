@@ -127,9 +127,8 @@ def main() -> None:
     write_results(
         args.out_dir / f"runtime-{stamp}.json", "runtime-acceptance", records, environment
     )
-    gpu = environment.gpus[0].name if environment.gpus else "no GPU"
     summary = {
-        "device": f"{args.device_kind} ({gpu})" if args.device_kind else gpu,
+        "device": environment.device_label(args.device_kind),
         "commit": environment.git_commit,
         "cases": [
             {

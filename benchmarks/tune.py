@@ -224,9 +224,8 @@ def main() -> None:
         return geomean([r[peer] / r[chosen] for r in rows
                         if r["phase"] == phase and r[peer]])  # fmt: skip
 
-    gpu = environment.gpus[0].name
     summary = {
-        "device": f"{args.device_kind} ({gpu})" if args.device_kind else gpu,
+        "device": environment.device_label(args.device_kind),
         "commit": environment.git_commit,
         "problems": len(rows),
         "slower_than_default_count": sum(r["slower_than_default"] for r in rows),

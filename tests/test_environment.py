@@ -56,3 +56,13 @@ def test_library_version_integers_are_decoded(value, text):
 def test_cuda_version_integers_are_decoded():
     assert environment._cuda_version(13000) == "13.0"
     assert environment._cuda_version(12080) == "12.8"
+
+
+def test_device_label_names_the_machine_kind_and_gpu():
+    from tune_fakes import fake_environment
+
+    environment = fake_environment()
+    assert environment.device_label("nvidia-h200") == "nvidia-h200 (NVIDIA H200)"
+    assert environment.device_label() == "NVIDIA H200"
+    environment.gpus.clear()
+    assert environment.device_label("nvidia-h200") == "nvidia-h200 (no GPU)"

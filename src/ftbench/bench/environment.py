@@ -71,6 +71,11 @@ class EnvironmentRecord:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def device_label(self, kind: str = "") -> str:
+        """The machine for acceptance summaries: "KIND (GPU name)", or the GPU name alone."""
+        gpu = self.gpus[0].name if self.gpus else "no GPU"
+        return f"{kind} ({gpu})" if kind else gpu
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EnvironmentRecord:
         fields = dict(data)
