@@ -46,14 +46,18 @@ class GemmDispatch:
     def __init__(self, cache: TunedCache | None = None) -> None:
         self.cache = cache
         self.stats = DispatchStats()
-        self._runners: dict[str, Runner] = {}
+        # Runners by (m, n, k, dtype): a call after the first builds no GemmProblem.
+        self._runners: dict[tuple[int, int, int, str], Runner] = {}
 
     def linear(self, x: Any, weight: Any, out: Any) -> None:
         """out = x @ weight^T on CuPy's current stream (x [m, k], weight [n, k], out [m, n])."""
         m, n, k = check_linear_operands(x, weight, out)
-        dtype = _DTYPES[str(x.dtype)]
-        problem = GemmProblem(m, n, k, a_dtype=dtype, b_dtype=dtype, c_dtype=dtype)
-        runner = self._runners.get(problem.key()) or self._resolve(problem)
+        shape = (m, n, k, _DTYPES[str(x.dtype)])
+        runner = self._runners.get(shape)
+        if runner is None:
+            dtype = shape[3]
+            problem = GemmProblem(m, n, k, a_dtype=dtype, b_dtype=dtype, c_dtype=dtype)
+            runner = self._runners[shape] = self._resolve(problem)
         runner(x, weight, out)
 
     def _resolve(self, problem: GemmProblem) -> Runner:
@@ -75,5 +79,4 @@ class GemmDispatch:
                 f"({exc}); re-tune or prune the cache"
             ) from exc
         self.stats.backends[candidate.backend] = self.stats.backends.get(candidate.backend, 0) + 1
-        self._runners[key] = runner
         return runner

@@ -103,6 +103,7 @@ class Generator:
         self.state: _DecodeState | None = None
         self._states: dict[int, _DecodeState] = {}
         self._graphs: dict[tuple, tuple[Any, Any]] = {}
+        self._stop_arrays: dict[tuple[int, ...], Any] = {}
         self._warm: set[tuple] = set()
         self._longest = 0
 
@@ -273,11 +274,10 @@ class Generator:
         """A device array of the stop tokens, kept for the graphs that read it."""
         import cupy
 
-        key = ("stops", stops)
-        if key not in self._graphs:
+        if stops not in self._stop_arrays:
             array = cupy.asarray(np.asarray(stops, dtype=np.int32)) if stops else None
-            self._graphs[key] = (None, array)
-        return self._graphs[key][1]
+            self._stop_arrays[stops] = array
+        return self._stop_arrays[stops]
 
     def _step(self, key: tuple, body: Any) -> Any:
         """Run a decode step's `body` on the stream: eagerly the first time for `key`

@@ -24,8 +24,8 @@ from ftbench.files import read_json, write_json_atomic
 from ftbench.profiles.spec import ModelSpec
 from ftbench.runtime.weights import (
     ModelWeights,
-    _assemble,
     check_shapes,
+    from_named,
     numpy_dtype,
     shard,
 )
@@ -114,6 +114,6 @@ def load_sharded(
     if manifest["dtype"] == "bf16":
         bf16 = numpy_dtype("bf16")
         arrays = {name: array.view(bf16) for name, array in arrays.items()}
-    weights = _assemble(arrays, stored.num_layers)
+    weights = from_named(arrays, stored.num_layers)
     check_shapes(weights, stored, tp)
     return stored, weights

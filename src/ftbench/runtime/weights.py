@@ -131,7 +131,7 @@ class ModelWeights:
             if id(array) not in converted:
                 converted[id(array)] = convert(array)
             named[name] = converted[id(array)]
-        return _assemble(named, len(self.layers))
+        return from_named(named, len(self.layers))
 
 
 def numpy_dtype(dtype: Any) -> np.dtype:
@@ -199,7 +199,7 @@ def weight_shapes(spec: ModelSpec, tp: int = 1) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _assemble(named: Mapping[str, np.ndarray], num_layers: int) -> ModelWeights:
+def from_named(named: Mapping[str, np.ndarray], num_layers: int) -> ModelWeights:
     """`ModelWeights` from arrays by ftbench name (the inverse of `named_tensors`)."""
 
     def module(kind: type[Linear] | type[Norm], prefix: str) -> Any:
@@ -251,7 +251,7 @@ def random_weights(
         if name.endswith(".weight") and name.split(".")[-2] in _NORMS:
             values += 1.0
         named[name] = values.astype(target)
-    return _assemble(named, spec.num_layers)
+    return from_named(named, spec.num_layers)
 
 
 @dataclass(frozen=True)
@@ -444,7 +444,7 @@ def _map_checkpoint(
         named[name] = np.ascontiguousarray(parts[0] if len(parts) == 1 else np.concatenate(parts))
     if spec.tie_word_embeddings:
         named["lm_head.weight"] = named["embed"]
-    return _assemble(named, spec.num_layers)
+    return from_named(named, spec.num_layers)
 
 
 def from_state_dict(
