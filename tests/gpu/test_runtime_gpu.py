@@ -92,3 +92,27 @@ def test_prompts_past_the_cache_are_refused():
         generator.generate(_prompts(), 8)
     with pytest.raises(InvalidInputError, match="token ids must be in"):
         generator.prefill([np.array([1, TINY.vocab_size])])
+
+
+def test_breakdown_times_each_operation_of_a_decode_step_in_its_graph():
+    from ftbench.kernels import decoder as decoder_kernels
+    from ftbench.runtime.breakdown import breakdown
+
+    generator = _generator()
+    embed = decoder_kernels.embed
+    generator.generate(_prompts(), 4)
+    state = generator.state
+    state.lengths[...] = state.positions + 1
+    parts, whole_ms = breakdown(generator.decoder, state.step, bandwidth=4e12, peak_flops=7e14)
+    names = [part.name.split(" ", 2)[2] for part in parts]
+    # embedding and the first norm; one layer's period (QKV to the next layer's norm); LM head
+    assert names == [
+        "embed", "residual_norm", "gemm", "qkv_rotary", "decode_attention", "gemm",
+        "residual_norm", "gemm", "bias_act", "gemm", "residual_norm", "gemm",
+    ]  # fmt: skip
+    assert [part.per_step for part in parts] == [1, 1] + [TINY.num_layers] * 9 + [1]
+    assert all(part.step_ms > 0 and part.roofline_fraction > 0 for part in parts)
+    assert sum(part.step_ms for part in parts) == pytest.approx(whole_ms)
+    assert decoder_kernels.embed is embed  # the launchers are put back
+    # the generator still works after the recording
+    assert generator.generate(_prompts(), 4).tokens.shape == (3, 4)

@@ -1,0 +1,199 @@
+"""Where a step's time goes: every kernel of one decode step or prefill, timed where it runs.
+
+`breakdown` captures `Decoder.forward` as one CUDA graph with a CUDA event recorded after every
+operation (each kernel launcher and each GEMM), replays the graph a number of times and reads the
+time between consecutive events: each operation's GPU time inside the real step, launch gaps
+included, so the parts add up to the whole. Operations are grouped by their place in the layer
+pattern (layer i's run from its QKV GEMM to the norm that opens layer i+1), summed over the
+layers, and set against their floor: bytes at the HBM read bandwidth or FLOPs at the GEMM peak,
+whichever is slower (GEMM: A, B and C once; decode attention: the K/V actually read; the rotary
+kernel: QKV in, Q and the new K/V out; other kernels: their array arguments once).
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ftbench.runtime.model import Decoder, StepInputs
+
+KERNELS = {
+    "ftbench.kernels.decoder": ("embed", "residual_norm", "qkv_rotary", "bias_act"),
+    "ftbench.kernels.attention": ("context_attention", "decode_attention"),
+}
+REPLAYS = 20
+
+
+@dataclass(frozen=True)
+class OperationTime:
+    """One place in the step's pattern: its kernel, how often a step runs it, its summed time
+    per step (median over replays) and floor, and their ratio."""
+
+    name: str
+    per_step: int
+    step_ms: float
+    floor_ms: float
+    roofline_fraction: float
+    bytes: int
+    flops: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Operation:
+    name: str
+    layer: int | None
+    bytes: int
+    flops: int
+    event: Any = None
+
+
+def _array_bytes(values: Any) -> int:
+    total = 0
+    for value in values:
+        if hasattr(value, "nbytes") and hasattr(value, "data"):
+            total += int(value.nbytes)
+        elif isinstance(value, (tuple, list)):
+            total += _array_bytes(value)
+    return total
+
+
+def _bytes_and_flops(
+    decoder: Decoder, name: str, args: tuple, kwargs: dict, lengths: list[int]
+) -> tuple[int, int]:
+    """Bytes moved and FLOPs of one operation; `lengths`: each sequence's cached tokens."""
+    spec, rank = decoder.spec, decoder.rank
+    if name == "decode_attention":
+        return 2 * sum(lengths) * rank.kv_heads * spec.head_dim * 2, 0
+    if name == "qkv_rotary":
+        qkv, _, q_out = args[:3]
+        written = 2 * qkv.shape[0] * rank.kv_heads * spec.head_dim * 2
+        return int(qkv.nbytes + q_out.nbytes + written), 0
+    if name == "context_attention":
+        pairs = sum(n * (n + 1) // 2 for n in lengths)
+        kv = 2 * sum(lengths) * rank.kv_heads * spec.head_dim * 2
+        q = args[0]
+        return int(2 * q.nbytes + kv), 4 * pairs * rank.q_heads * spec.head_dim
+    return _array_bytes(args) + _array_bytes(kwargs.values()), 0
+
+
+@contextmanager
+def _timed_operations(decoder: Decoder, lengths: list[int]):
+    """Inside: every launcher and GEMM of `decoder.forward` runs, then records an event."""
+    import cupy
+
+    operations: list[_Operation] = []
+    layer: dict[str, int | None] = {"index": None}
+
+    def timed(name: str, run: Callable, bytes_flops: Callable) -> Callable:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            result = run(*args, **kwargs)
+            moved, flops = bytes_flops(args, kwargs)
+            operation = _Operation(name, layer["index"], moved, flops, cupy.cuda.Event())
+            operation.event.record()
+            operations.append(operation)
+            return result
+
+        return wrapper
+
+    saved = []
+    for module_name, names in KERNELS.items():
+        module = importlib.import_module(module_name)
+        for name in names:
+            original = getattr(module, name)
+            saved.append((module, name, original))
+
+            def sizes(args, kwargs, name=name):
+                return _bytes_and_flops(decoder, name, args, kwargs, lengths)
+
+            setattr(module, name, timed(name, original, sizes))
+
+    def gemm_sizes(args: tuple, kwargs: dict) -> tuple[int, int]:
+        x, weight, out = args
+        return int(x.nbytes + weight.nbytes + out.nbytes), 2 * x.shape[0] * weight.shape[
+            0
+        ] * x.shape[1]
+
+    decoder.gemm.linear = timed("gemm", decoder.gemm.linear, gemm_sizes)
+    attention = decoder._attention
+
+    def attention_of_layer(index: int, *args: Any, **kwargs: Any) -> Any:
+        layer["index"] = index
+        return attention(index, *args, **kwargs)
+
+    decoder._attention = attention_of_layer
+    try:
+        yield operations
+    finally:
+        for module, name, original in saved:
+            setattr(module, name, original)
+        del decoder.gemm.linear
+        del decoder._attention
+
+
+def breakdown(
+    decoder: Decoder, step: StepInputs, bandwidth: float, peak_flops: float,
+    replays: int = REPLAYS,
+) -> tuple[list[OperationTime], float]:  # fmt: skip
+    """(the step's operations by place in the pattern, the whole step's median ms), measured
+    by replaying one captured graph of the step (see the module docstring). The step runs once
+    eagerly first (kernels compiled, GEMMs resolved); it may overwrite the KV-cache slots of its
+    own tokens, nothing else."""
+    import cupy
+
+    lengths = step.lengths.get().tolist()  # before the capture: no host copies inside it
+    stream = cupy.cuda.Stream(non_blocking=True)
+    stream.wait_event(cupy.cuda.get_current_stream().record())
+    with stream:
+        decoder.forward(step)
+        start = cupy.cuda.Event()
+        stream.begin_capture()
+        try:
+            start.record()
+            with _timed_operations(decoder, lengths) as operations:
+                decoder.forward(step)
+        finally:
+            graph = stream.end_capture()
+        samples = []
+        for _ in range(replays + 1):
+            graph.launch(stream)
+            stream.synchronize()
+            marks = [start] + [operation.event for operation in operations]
+            samples.append([cupy.cuda.get_elapsed_time(a, b) for a, b in itertools.pairwise(marks)])
+    per_operation = np.median(np.array(samples[1:]), axis=0)
+    return _by_place(decoder, operations, per_operation, bandwidth, peak_flops), float(
+        per_operation.sum()
+    )
+
+
+def _by_place(decoder, operations, times, bandwidth, peak_flops) -> list[OperationTime]:
+    """Sum operations at the same place of the layer pattern over the layers."""
+    places: dict[str, list] = {}
+    position_in_layer: dict[int | None, int] = {}
+    last_layer = decoder.spec.num_layers - 1
+    for operation, time_ms in zip(operations, times, strict=True):
+        position = position_in_layer.get(operation.layer, 0)
+        position_in_layer[operation.layer] = position + 1
+        if operation.layer is None:
+            place = f"start {position:02d} {operation.name}"
+        elif operation.layer == last_layer and position >= position_in_layer.get(0, 0):
+            place = f"head {position:02d} {operation.name}"
+        else:
+            place = f"layer {position:02d} {operation.name}"
+        entry = places.setdefault(place, [0, 0.0, 0.0, operation.bytes, operation.flops])
+        floor_ms = max(operation.bytes / bandwidth, operation.flops / peak_flops) * 1e3
+        entry[0] += 1
+        entry[1] += float(time_ms)
+        entry[2] += floor_ms
+    return [
+        OperationTime(name, count, step_ms, floor_ms, floor_ms / step_ms, moved, flops)
+        for name, (count, step_ms, floor_ms, moved, flops) in places.items()
+    ]
