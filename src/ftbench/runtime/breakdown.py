@@ -12,6 +12,8 @@ kernel: QKV in, Q and the new K/V out; other kernels: their array arguments once
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import importlib
 import itertools
 from collections.abc import Callable
@@ -21,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ftbench.errors import GpuError
 from ftbench.runtime.model import Decoder, StepInputs
 
 KERNELS = {
@@ -28,6 +31,29 @@ KERNELS = {
     "ftbench.kernels.attention": ("context_attention", "decode_attention"),
 }
 REPLAYS = 20
+CU_EVENT_RECORD_EXTERNAL = 1
+
+
+@functools.cache
+def _record_with_flags() -> Callable:
+    library = ctypes.CDLL("libcuda.so.1")
+    function = library.cuEventRecordWithFlags
+    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+def _record_node(event: Any) -> None:
+    """Record `event` on the current stream as an event-record node of the graph being
+    captured. A plain record during capture only orders streams; the graph would hold no node
+    and the event no time."""
+    import cupy
+
+    status = _record_with_flags()(
+        event.ptr, cupy.cuda.get_current_stream().ptr, CU_EVENT_RECORD_EXTERNAL
+    )
+    if status != 0:
+        raise GpuError(f"cuEventRecordWithFlags failed with CUresult {status}")
 
 
 @dataclass(frozen=True)
@@ -98,7 +124,7 @@ def _timed_operations(decoder: Decoder, lengths: list[int]):
             result = run(*args, **kwargs)
             moved, flops = bytes_flops(args, kwargs)
             operation = _Operation(name, layer["index"], moved, flops, cupy.cuda.Event())
-            operation.event.record()
+            _record_node(operation.event)
             operations.append(operation)
             return result
 
@@ -157,7 +183,7 @@ def breakdown(
         start = cupy.cuda.Event()
         stream.begin_capture()
         try:
-            start.record()
+            _record_node(start)
             with _timed_operations(decoder, lengths) as operations:
                 decoder.forward(step)
         finally:
