@@ -123,3 +123,18 @@ def test_after_chunk_runs_once_per_chunk():
 def test_policy_rejects_nonsense(fields):
     with pytest.raises(InvalidInputError):
         TimingPolicy(**fields)
+
+
+@pytest.mark.parametrize(
+    "counts",
+    [
+        dict(launches_per_sample=0, samples=10),
+        dict(launches_per_sample=10, samples=2),
+        dict(launches_per_sample=10, samples=10, warmup_launches=-1),
+    ],
+)
+def test_fixed_count_timing_refuses_counts_it_cannot_use(counts):
+    from ftbench.bench.timer import time_fixed
+
+    with pytest.raises(InvalidInputError, match="launches_per_sample"):
+        time_fixed(lambda _: None, name="x", **counts)

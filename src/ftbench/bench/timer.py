@@ -331,3 +331,63 @@ def time_launch(
         flags=tuple(sorted(flags)),
         capture_error=sampler.capture_error,
     )
+
+
+def time_fixed(
+    launch: Launch,
+    *,
+    name: str,
+    launches_per_sample: int,
+    samples: int,
+    warmup_launches: int = 10,
+    use_graph: bool = True,
+) -> Timing:
+    """Time one launch with every count fixed in advance instead of adapted to what is measured.
+
+    For collectives: each rank of a group runs this with the same counts, so every rank issues
+    the same calls (an adaptive count could differ between ranks and leave one waiting for a
+    call that never comes). Hot cache; batched in a CUDA graph where the launch can be
+    captured; the samples are taken in one go, without a stopping criterion.
+    """
+    if launches_per_sample < 1 or samples < 3 or warmup_launches < 0:
+        raise InvalidInputError("need launches_per_sample >= 1, samples >= 3, warmup_launches >= 0")
+    cupy = _cupy()
+    l2_bytes, bus_id = device_facts(cupy)
+    stream = cupy.cuda.Stream(non_blocking=True)
+    monitor = ConditionMonitor(bus_id)
+    start = time.perf_counter()
+    try:
+        with stream:
+            sampler = _Sampler(cupy, stream, launch, 1, "hot", l2_bytes)
+            sampler.run_launches(warmup_launches)
+            stream.synchronize()
+            method = sampler.prepare(launches_per_sample, use_graph)
+            monitor.poll()
+            values = sampler.take(samples)
+            monitor.poll()
+    except cupy.cuda.runtime.CUDARuntimeError as exc:
+        raise MeasurementError(f"{name}: CUDA error while timing: {exc}") from exc
+    summary = summarize(values)
+    conditions = monitor.conditions()
+    flags = list(conditions.flags)
+    if method == "stream" and launches_per_sample > 1:
+        flags.append("launch-gaps-included")
+    return Timing(
+        name=name,
+        median_ms=summary.median,
+        min_ms=summary.minimum,
+        ci_low_ms=summary.ci_low,
+        ci_high_ms=summary.ci_high,
+        rel_ci_half_width=summary.rel_ci_half_width,
+        rel_noise=summary.rel_noise,
+        samples_ms=tuple(values),
+        launches_per_sample=launches_per_sample,
+        method=method,
+        cache="hot",
+        input_sets=1,
+        converged=summary.rel_ci_half_width <= TimingPolicy().target_rel_ci,
+        sampling_s=time.perf_counter() - start,
+        conditions=conditions,
+        flags=tuple(sorted(flags)),
+        capture_error=sampler.capture_error,
+    )
