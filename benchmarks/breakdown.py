@@ -12,6 +12,7 @@ events). Random weights; GEMMs from --cache when given, else the cuBLAS default.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from ftbench.profiles.catalog import load_builtin
 from ftbench.reports.results import write_results
 from ftbench.runtime.breakdown import breakdown
 from ftbench.runtime.generate import Generator
-from ftbench.runtime.model import Decoder
+from ftbench.runtime.model import Decoder, length_bound
 from ftbench.runtime.weights import random_weights
 
 
@@ -76,7 +77,8 @@ def main() -> None:
         cupy.add(state.positions, 1, out=state.lengths)
         cupy.cuda.get_current_stream().synchronize()
         generator.stream.synchronize()
-        parts, whole = breakdown(decoder, state.step, bandwidth, peak)
+        step = replace(state.step, max_length=length_bound(128 + 64, decoder.max_seq_len))
+        parts, whole = breakdown(decoder, step, bandwidth, peak)
         records.append(table(f"decode batch {batch} at length {128 + 64}", parts, whole, step_ms))
     step = generator.prefill_inputs([rng.integers(0, spec.vocab_size, 2048)])
     parts, whole = breakdown(decoder, step, bandwidth, peak)

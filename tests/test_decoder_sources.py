@@ -159,7 +159,12 @@ def test_qkv_rotary_picks_the_widest_vector_the_layout_allows(
     assert launch.name == decoder.rotary_kernel("float16", vector, interleaved and rotary > 0)
     assert launch.name in kernel_names("float16")
     (threads,) = launch.block
-    assert threads % (dim // vector) == 0 and threads <= 256 and launch.grid == (3,)
+    assert threads % (dim // vector) == 0 and threads <= 256
+    # one block per token and group of heads, together every head once
+    heads_per_block = threads // (dim // vector)
+    tokens, groups = launch.grid
+    assert tokens == 3 and (groups - 1) * heads_per_block < q_heads + 2 * kv_heads
+    assert groups * heads_per_block >= q_heads + 2 * kv_heads
 
 
 @pytest.mark.parametrize(("gated", "ffn", "vector"), [(False, 16384, 8), (True, 11008, 8),

@@ -20,14 +20,14 @@ from ftbench.kernels.gemv import (
     C_TYPES,
     SOURCE_PATH,
     GemvConfig,
-    _LaunchAttribute,
-    _LaunchConfig,
     config_error,
     gemv,
     gemv_configs,
     kernel_name,
     supports,
 )
+from ftbench.kernels.nvrtc import LaunchAttribute as _LaunchAttribute
+from ftbench.kernels.nvrtc import LaunchConfig as _LaunchConfig
 
 GPTJ_SHAPES = [(4096, 4096), (12288, 4096), (16384, 4096), (4096, 16384), (50400, 4096)]
 ODD_SHAPES = [(1, 8), (65, 136), (4096, 4104)]

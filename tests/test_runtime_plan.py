@@ -132,3 +132,17 @@ def test_generated_length_ends_at_the_first_stop_token():
     tokens = np.array([[4, 2, 9, 2], [5, 6, 7, 8], [2, 0, 0, 0]])
     assert _generated_lengths(tokens, (2,)).tolist() == [2, 4, 1]
     assert _generated_lengths(tokens, ()).tolist() == [4, 4, 4]
+
+
+@pytest.mark.parametrize(
+    ("length", "max_seq_len", "bound"),
+    [(1, 2048, 128), (128, 2048, 128), (129, 2048, 256), (192, 2048, 256), (1025, 2048, 2048),
+     (1500, 1500, 1500), (200, 160, 160), (256, 256, 256)],
+)  # fmt: skip
+def test_decode_length_bounds_are_few_and_cover_the_lengths(length, max_seq_len, bound):
+    from ftbench.runtime.model import length_bound
+
+    assert length_bound(length, max_seq_len) == bound
+    bounds = {length_bound(n, 2048) for n in range(1, 2049)}
+    assert bounds == {128, 256, 512, 1024, 2048}
+    assert all(length_bound(n, 2048) >= n for n in range(1, 2049))

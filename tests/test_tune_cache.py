@@ -182,3 +182,59 @@ def test_a_winner_must_clear_the_intervals_and_the_minimum_gain():
     assert not tight_but_tiny.faster_beyond_noise(default, min_gain=0.01)
     assert clear.faster_beyond_noise(default, min_gain=0.01)
     assert not overlapping.faster_beyond_noise(default)
+
+
+class _Timing:
+    def __init__(self, median_ms):
+        self.median_ms, self.rel_noise = median_ms, 0.005
+        self.ci_low_ms, self.ci_high_ms = median_ms * 0.995, median_ms * 1.005
+
+
+class _ConfirmingTuner:
+    """Times each candidate from a script of medians, one per round."""
+
+    def __init__(self, problem, medians):
+        self.problem, self.medians, self.calls = problem, medians, []
+
+    def time(self, runner, name, abandon_above_ms):
+        self.calls.append(runner)
+        return _Timing(self.medians[runner].pop(0))
+
+
+@pytest.mark.parametrize(
+    ("medians", "winner"),
+    [
+        # the sweep's fastest is only as fast as the default when timed again: default kept
+        ({"default": [1.0, 1.0], "algo 1": [0.999, 0.90], "algo 2": [1.2, 1.2]}, "default"),
+        # beats the default in every round: wins over a finalist that does once
+        ({"default": [1.0, 1.0], "algo 1": [0.95, 0.94], "algo 2": [0.90, 1.01]}, "algo 1"),
+        # both beat it every round: the lower mean wins
+        ({"default": [1.0, 1.02], "algo 1": [0.95, 0.94], "algo 2": [0.90, 0.93]}, "algo 2"),
+    ],
+)  # fmt: skip
+def test_a_winner_is_confirmed_against_the_default_in_every_round(monkeypatch, medians, winner):
+    from ftbench.autotune import sweep
+    from ftbench.autotune.candidate import Candidate
+
+    class Backend:
+        def prepare(self, candidate, problem):
+            return candidate.name
+
+    monkeypatch.setattr(sweep, "get_backend", lambda name: Backend())
+    problem = GemmProblem(1, 4096, 4096)
+    default = Candidate("cublas", "default", {"algo": -1})
+    finalists = [Candidate("cublas", f"algo {i}", {"algo": i}) for i in (1, 2)]
+    records = {c.key(): {} for c in [default, *finalists]}
+    expected = {name: list(values) for name, values in medians.items()}
+    tuner = _ConfirmingTuner(problem, medians)
+    best, best_timing, default_timing = sweep._confirm(
+        tuner, default, finalists, records, sweep.SweepOptions()
+    )
+    assert best.name == winner
+    # rounds alternate: default, finalists, default, finalists
+    assert tuner.calls == ["default", "algo 1", "algo 2"] * sweep.CONFIRM_ROUNDS
+    # the entry keeps the last round's times, and every contender's record its medians
+    assert default_timing.median_ms == expected["default"][-1]
+    assert best_timing.median_ms == expected[winner][-1]
+    for candidate in [default, *finalists]:
+        assert records[candidate.key()]["confirm_median_ms"] == expected[candidate.name]

@@ -117,7 +117,7 @@ def one_shot_all_reduce(
         pointer, pointer, np.uint64(workspaces.data.ptr), np.int32(rank), np.int64(array.size),
         np.uint64(capacity), np.uint64(int(timeout_s * 1e9)),
     )  # fmt: skip
-    nvrtc.load(SOURCE_PATH, [name])[name]((blocks,), (THREADS,), arguments)
+    nvrtc.launch(nvrtc.load(SOURCE_PATH, [name])[name], (blocks,), (THREADS,), arguments)
 
 
 def read_status(workspace: int) -> int:

@@ -281,8 +281,8 @@ def context_attention(
     kernel = _kernel(dtype, head_dim, name, tiles.shared_bytes(head_dim), where)
     _check_alignment((q, k_cache, v_cache, out), where)
     grid = (math.ceil(max_q_len / tiles.rows), num_q_heads, sequences)
-    kernel(
-        grid, (32 * tiles.warps, 1, 1),
+    nvrtc.launch(
+        kernel, grid, (32 * tiles.warps, 1, 1),
         (q, k_cache, v_cache, cu_seqlens, past_lens, out, np.int32(num_q_heads),
          np.int32(num_kv_heads), np.int32(cache_len), np.float32(scale_log2)),
         shared_mem=tiles.shared_bytes(head_dim),
@@ -353,8 +353,8 @@ def decode_attention(
     kernel = _kernel(dtype, head_dim, name, shared, where)
     _check_alignment((q, k_cache, v_cache, out), where)
     grid = (plan.splits, num_kv_heads * plan.head_groups, batch)
-    kernel(
-        grid, (32 * plan.tiles.warps, 1, 1),
+    nvrtc.launch(
+        kernel, grid, (32 * plan.tiles.warps, 1, 1),
         (q, k_cache, v_cache, lengths, out, workspace.counters, workspace.partials,
          np.int32(num_q_heads), np.int32(num_kv_heads), np.int32(plan.head_groups),
          np.int32(cache_len), np.int32(max_length), np.int32(plan.chunk), np.int32(plan.splits),

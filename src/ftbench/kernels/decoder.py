@@ -118,7 +118,7 @@ def _overlaps(a: Any, b: Any) -> bool:
 
 
 def _launch(name: str, grid: tuple[int, ...], block: tuple[int, ...], args: tuple) -> None:
-    nvrtc.load(SOURCE_PATH, [name])[name](grid, block, args)
+    nvrtc.launch(nvrtc.load(SOURCE_PATH, [name])[name], grid, block, args)
 
 
 # Template instances --------------------------------------------------------------------------
@@ -375,7 +375,8 @@ def qkv_rotary(
         np.int32(dim), np.int32(rotary), np.float32(rotary_base if rotary else 1.0),
         np.int32(max_length),
     )  # fmt: skip
-    _launch(rotary_kernel(dtype, vector, interleaved), (count,), (chunks * slots,), args)
+    grid = (count, math.ceil((q_heads + 2 * kv_heads) / slots))
+    _launch(rotary_kernel(dtype, vector, interleaved), grid, (chunks * slots,), args)
 
 
 def bias_act(x: Any, bias: Any, out: Any, activation: str, gated: bool) -> None:

@@ -23,14 +23,15 @@ before it reads x or writes anything.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ftbench.errors import GpuError, InvalidInputError
+import numpy as np
+
+from ftbench.errors import InvalidInputError
 from ftbench.kernels import nvrtc
 from ftbench.kernels.cublas import check_linear_operands
 
@@ -306,14 +307,15 @@ def _plan(config: GemvConfig, m: int, n: int, k: int, dtype: str) -> tuple[str, 
     return kernel_name(config, m, dtype), grid, (config.threads, 1, 1), k_per_split(config, k)
 
 
-def gemv(x: Any, w: Any, y: Any, config: GemvConfig, *, pdl: bool = False) -> None:
+def gemv(x: Any, w: Any, y: Any, config: GemvConfig, *, pdl: bool | None = None) -> None:
     """Y = X @ W^T (x: [m, k], w: [n, k], y: [m, n], CuPy, fp16 or bf16) on the current stream.
 
     Needs k % 8 == 0 and x, w 16-byte aligned. Allocates nothing and never synchronises once
     `prepare` (or an earlier call) has compiled the kernel, so it can be captured in a CUDA graph.
     pdl=True launches with programmatic dependent launch (compute capability 9.0 or newer): the
     kernel overlaps its start with the end of the previous kernel on the stream, whatever that
-    kernel is, and is correct with any of them.
+    kernel is, and is correct with any of them; None: as `nvrtc.launch` chooses (in graph
+    capture on Hopper and newer).
     """
     m, n, k = check_linear_operands(x, w, y)
     dtype = "float16" if str(x.dtype) == "float16" else "bfloat16"
@@ -324,83 +326,16 @@ def gemv(x: Any, w: Any, y: Any, config: GemvConfig, *, pdl: bool = False) -> No
         raise InvalidInputError("gemv: x and w must start on 16-byte boundaries")
     device = cupy.cuda.Device().id
     kernel = _kernel(name)
-    if pdl and _compute_capability(device) < 90:
+    if pdl and nvrtc.compute_capability(device) < 90:
         raise InvalidInputError("gemv: pdl=True needs compute capability 9.0 or newer")
     partial, counters = _workspace(device)
     pointers = (x.data.ptr, w.data.ptr, y.data.ptr, partial.data.ptr, counters.data.ptr)
-    arguments = [ctypes.c_void_p(p) for p in pointers] + [
-        ctypes.c_int(n),
-        ctypes.c_int(k),
-        ctypes.c_int(split_k_elements),
+    arguments = [np.uint64(p) for p in pointers] + [
+        np.int32(n),
+        np.int32(k),
+        np.int32(split_k_elements),
     ]
-    _launch(kernel, grid, block, arguments, pdl)
-
-
-class _LaunchAttribute(ctypes.Structure):
-    """CUlaunchAttribute: an id, padding to 8 bytes, a 64-byte value union."""
-
-    _fields_ = [("id", ctypes.c_uint), ("pad", ctypes.c_char * 4), ("value", ctypes.c_int * 16)]
-
-
-class _LaunchConfig(ctypes.Structure):
-    """CUlaunchConfig of the CUDA driver API."""
-
-    _fields_ = [
-        ("grid", ctypes.c_uint * 3),
-        ("block", ctypes.c_uint * 3),
-        ("shared_bytes", ctypes.c_uint),
-        ("stream", ctypes.c_void_p),
-        ("attributes", ctypes.POINTER(_LaunchAttribute)),
-        ("attribute_count", ctypes.c_uint),
-    ]
-
-
-CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6
-
-
-@functools.cache
-def _driver() -> ctypes.CDLL:
-    """libcuda with cuLaunchKernelEx; CuPy's own launcher cannot pass launch attributes."""
-    library = ctypes.CDLL("libcuda.so.1")
-    library.cuLaunchKernelEx.argtypes = [
-        ctypes.POINTER(_LaunchConfig), ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p),
-        ctypes.c_void_p,
-    ]  # fmt: skip
-    library.cuLaunchKernelEx.restype = ctypes.c_int
-    return library
-
-
-@functools.cache
-def _programmatic_attribute() -> _LaunchAttribute:
-    attribute = _LaunchAttribute(id=CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION)
-    attribute.value[0] = 1
-    return attribute
-
-
-@functools.cache
-def _compute_capability(device_id: int) -> int:
-    import cupy
-
-    return int(cupy.cuda.Device(device_id).compute_capability)
-
-
-def _launch(kernel: Any, grid: tuple, block: tuple, arguments: list, pdl: bool) -> None:
-    """Launch a compiled kernel on CuPy's current stream through cuLaunchKernelEx."""
-    import cupy
-
-    config = _LaunchConfig()
-    config.grid[:] = grid
-    config.block[:] = block
-    config.stream = cupy.cuda.get_current_stream().ptr
-    if pdl:
-        config.attributes = ctypes.pointer(_programmatic_attribute())
-        config.attribute_count = 1
-    parameters = (ctypes.c_void_p * len(arguments))(
-        *[ctypes.cast(ctypes.pointer(argument), ctypes.c_void_p) for argument in arguments]
-    )
-    status = _driver().cuLaunchKernelEx(ctypes.byref(config), kernel.ptr, parameters, None)
-    if status != 0:
-        raise GpuError(f"cuLaunchKernelEx failed with CUresult {status} ({grid=}, {block=})")
+    nvrtc.launch(kernel, grid, block, arguments, pdl=pdl)
 
 
 def read_probe(source: Any, sink: Any, blocks: int) -> None:
@@ -418,7 +353,6 @@ def read_probe(source: Any, sink: Any, blocks: int) -> None:
     if sink.dtype != cupy.uint32 or sink.size < 256 * blocks:
         raise InvalidInputError(f"read_probe: sink must be uint32 with >= {256 * blocks} elements")
     arguments = [
-        ctypes.c_void_p(source.data.ptr), ctypes.c_longlong(source.nbytes // 16),
-        ctypes.c_void_p(sink.data.ptr),
+        np.uint64(source.data.ptr), np.int64(source.nbytes // 16), np.uint64(sink.data.ptr),
     ]  # fmt: skip
-    _launch(_kernel("ftb_read_probe"), (blocks, 1, 1), (256, 1, 1), arguments, pdl=False)
+    nvrtc.launch(_kernel("ftb_read_probe"), (blocks, 1, 1), (256, 1, 1), arguments, pdl=False)

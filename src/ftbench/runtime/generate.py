@@ -13,6 +13,7 @@ captured once in a CUDA graph and replayed, so a step costs one graph launch fro
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ftbench.errors import InvalidInputError
-from ftbench.runtime.model import Decoder, StepInputs
+from ftbench.runtime.model import Decoder, StepInputs, length_bound
 
 METHODS = ("greedy", "sample")
 # With stop tokens, the host asks whether every sequence has finished this often (a sync).
@@ -212,8 +213,8 @@ class Generator:
                 if stops and index % FINISHED_CHECK_STEPS == 0 and bool(state.finished.all()):
                     break
 
-                def body() -> None:
-                    self._sample(self._advance(), sampling, stop_array, pad_token)
+                def body(bound: int) -> None:
+                    self._sample(self._advance(bound), sampling, stop_array, pad_token)
 
                 self._step(key, body)
                 out[:, index] = state.next_tokens
@@ -245,14 +246,14 @@ class Generator:
             raise InvalidInputError("decode() needs a prefill() first")
         return self.state
 
-    def _advance(self) -> Any:
+    def _advance(self, bound: int) -> Any:
         """A decode step's body up to the logits: length = position + 1, forward, position =
-        length (all on the device)."""
+        length (all on the device); `bound`: a host bound on the lengths (`length_bound`)."""
         import cupy
 
         state = self._require_state()
         cupy.add(state.positions, 1, out=state.lengths)
-        logits = self.decoder.forward(state.step)
+        logits = self.decoder.forward(dataclasses.replace(state.step, max_length=bound))
         state.positions[...] = state.lengths
         return logits
 
@@ -280,27 +281,29 @@ class Generator:
         return self._stop_arrays[stops]
 
     def _step(self, key: tuple, body: Any) -> Any:
-        """Run a decode step's `body` on the stream: eagerly the first time for `key`
-        (compiling kernels, resolving GEMMs), captured in a CUDA graph the second time, then
-        replayed."""
+        """Run a decode step's `body(bound)` on the stream, `bound` the step's `length_bound`:
+        eagerly the first time for `key` and bound (compiling kernels, resolving GEMMs),
+        captured in a CUDA graph the second time, then replayed."""
         if self._longest >= self.decoder.max_seq_len:
             raise InvalidInputError(
                 f"the KV cache holds {self.decoder.max_seq_len} tokens per sequence; one more "
                 "decode step would go past it"
             )
         self._longest += 1
+        bound = length_bound(self._longest, self.decoder.max_seq_len)
+        key = (*key, bound)
         if not self.use_graph:
-            return body()
+            return body(bound)
         if key in self._graphs:
             graph, result = self._graphs[key]
             graph.launch(self.stream)
             return result
         if key not in self._warm:
             self._warm.add(key)
-            return body()
+            return body(bound)
         self.stream.begin_capture()
         try:
-            result = body()
+            result = body(bound)
         finally:
             graph = self.stream.end_capture()
         self._graphs[key] = (graph, result)

@@ -38,6 +38,15 @@ from ftbench.runtime.parallel import Communicator
 from ftbench.runtime.weights import ModelWeights, check_shapes
 
 DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
+MIN_LENGTH_BOUND = 128
+
+
+def length_bound(length: int, max_seq_len: int) -> int:
+    """The host bound on cache lengths that a decode step of sequences of up to `length` tokens
+    sizes its attention grid with: the next power of two, at least MIN_LENGTH_BOUND, at most
+    max_seq_len. Few distinct bounds mean few CUDA graphs per batch size, and a short sequence
+    does not launch blocks for the whole cache."""
+    return min(max_seq_len, max(MIN_LENGTH_BOUND, 1 << (max(length, 1) - 1).bit_length()))
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,8 @@ class StepInputs:
     had in the cache before this step); lengths: [B] (tokens in the cache after it);
     last_rows: [R], the rows whose logits are wanted. `decode` steps have exactly one token
     per sequence (T = B, token b is sequence b's); `max_q_len` bounds any sequence's tokens.
+    max_length: a host bound on `lengths` that decode attention sizes its grid with (None: the
+    decoder's max_seq_len; see `length_bound`).
     """
 
     tokens: Any
@@ -59,6 +70,7 @@ class StepInputs:
     last_rows: Any
     decode: bool
     max_q_len: int
+    max_length: int | None = None
 
 
 class Decoder:
@@ -127,7 +139,7 @@ class Decoder:
         cupy.cuda.Device().synchronize()
 
     def _allocate(self, cupy: Any) -> None:
-        from ftbench.kernels.attention import decode_workspace
+        from ftbench.kernels.attention import decode_workspace, decode_workspace_floats
 
         spec, rank, dt = self.spec, self.rank, DTYPES[self.dtype]
         tokens, batch = self.max_tokens, self.max_batch
@@ -151,8 +163,18 @@ class Decoder:
         if self.comm is not None:
             self.gathered = cupy.empty(self.tp * batch * rank.lm_head_rows, dt)
             self.all_logits = cupy.empty((batch, rank.vocab_padded), dt)
+        # The workspace of the length bound that needs the most.
+        bounds = {
+            length_bound(1 << i, self.max_seq_len) for i in range(self.max_seq_len.bit_length() + 1)
+        }
+        bound = max(
+            bounds,
+            key=lambda b: decode_workspace_floats(
+                batch, rank.q_heads, head_dim, b, num_kv_heads=rank.kv_heads
+            ),
+        )
         self.decode_workspace = decode_workspace(
-            batch, rank.q_heads, head_dim, self.max_seq_len, num_kv_heads=rank.kv_heads
+            batch, rank.q_heads, head_dim, bound, num_kv_heads=rank.kv_heads
         )
 
     def forward(self, step: StepInputs) -> Any:
@@ -249,7 +271,8 @@ class Decoder:
         if step.decode:
             decode_attention(
                 queries, keys, values, step.lengths, context, scale=scale,
-                max_length=self.max_seq_len, workspace=self.decode_workspace,
+                max_length=step.max_length or self.max_seq_len,
+                workspace=self.decode_workspace,
             )  # fmt: skip
         else:
             context_attention(

@@ -35,6 +35,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "ftb_pdl.cuh"
+
 namespace ftb {
 
 constexpr int AR_MAX_RANKS = 8;
@@ -127,6 +129,7 @@ __global__ void __launch_bounds__(ftb::AR_THREADS, 1)
     ftb_allreduce_one_shot(const T* input, T* output, const unsigned long long* workspaces,
                            int rank, long long count, unsigned long long capacity,
                            unsigned long long timeout_ns) {
+  ftb_pdl::begin();
   using namespace ftb;
   unsigned char* own = reinterpret_cast<unsigned char*>(workspaces[rank]);
   volatile unsigned* status = reinterpret_cast<volatile unsigned*>(own + AR_STATUS_OFFSET);

@@ -29,6 +29,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "ftb_pdl.cuh"
+
 namespace ftb_attention {
 
 __device__ __forceinline__ float negative_infinity() { return __int_as_float(0xff800000); }
@@ -137,6 +139,7 @@ __global__ void __launch_bounds__(WARPS * 32)
                           const T* __restrict__ v_cache, const int* __restrict__ cu_seqlens,
                           const int* __restrict__ past_lens, T* __restrict__ out,
                           int num_q_heads, int num_kv_heads, int cache_len, float scale_log2) {
+  ftb_pdl::begin();
   static_assert(D % 16 == 0 && BN % 16 == 0, "D and BN must be multiples of 16");
   constexpr int BM = 16 * MT * WARPS;
   constexpr int STRIDE = D + 8;  // elements per shared row: 16 bytes of padding, no bank conflicts
@@ -352,6 +355,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
                          float* __restrict__ partials, int num_q_heads, int num_kv_heads,
                          int head_groups, int cache_len, int max_length, int chunk, int splits,
                          float scale_log2) {
+  ftb_pdl::begin();
   static_assert(D % 16 == 0 && STAGES >= 2, "D must be a multiple of 16, STAGES at least 2");
   constexpr int HEADS = 8 * HT;
   constexpr int STRIDE = D + 8;

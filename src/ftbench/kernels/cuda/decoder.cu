@@ -13,6 +13,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "ftb_pdl.cuh"
+
 namespace ftb {
 
 constexpr unsigned FULL_MASK = 0xffffffffu;
@@ -123,6 +125,7 @@ __global__ void __launch_bounds__(256)
     ftb_embed(const int* __restrict__ tokens, const int* __restrict__ positions,
               const T* __restrict__ table, const T* __restrict__ pos_table,
               float* __restrict__ residual, int hidden) {
+  ftb_pdl::begin();
   const int t = blockIdx.x;
   const T* row = table + static_cast<size_t>(tokens[t]) * hidden;
   const T* pos_row = POSITIONS ? pos_table + static_cast<size_t>(positions[t]) * hidden : nullptr;
@@ -149,6 +152,7 @@ __global__ void __launch_bounds__(512)
                       const T* __restrict__ delta0, const T* __restrict__ delta1,
                       const T* __restrict__ delta_bias0, const T* __restrict__ delta_bias1,
                       const int* __restrict__ rows, int hidden, float eps, int rmsnorm) {
+  ftb_pdl::begin();
   __shared__ float scratch[32];
   const size_t r = rows ? rows[blockIdx.x] : blockIdx.x;
   float* res = residual + r * hidden;
@@ -214,6 +218,7 @@ __global__ void __launch_bounds__(256)
                    const int* __restrict__ seq_ids, const int* __restrict__ positions,
                    int q_heads, int kv_heads, int head_dim, int rotary_dim, float rotary_base,
                    int max_length) {
+  ftb_pdl::begin();
   constexpr int PAIRS = INTERLEAVED ? VEC / 2 : VEC;
   const int t = blockIdx.x;
   const int chunks = head_dim / VEC;
@@ -236,7 +241,7 @@ __global__ void __launch_bounds__(256)
     }
   }
   const T* row = qkv + static_cast<size_t>(t) * heads * head_dim;
-  for (int h = slot; h < heads; h += slots) {
+  for (int h = blockIdx.y * slots + slot; h < heads; h += slots * gridDim.y) {
     const bool is_v = h >= q_heads + kv_heads;
     if (!is_v && partner_chunk) continue;
     T* dst;
@@ -295,6 +300,7 @@ __device__ __forceinline__ float activate(float x) {
 template <typename T, int VEC, int ACT, bool GATED>
 __global__ void __launch_bounds__(256)
     ftb_bias_act(const T* x, const T* __restrict__ bias, T* out, int ffn) {
+  ftb_pdl::begin();
   const int i = (blockIdx.y * blockDim.x + threadIdx.x) * VEC;
   if (i >= ffn) return;
   const T* row = x + static_cast<size_t>(blockIdx.x) * (GATED ? 2 : 1) * ffn;
@@ -569,6 +575,7 @@ __global__ void __launch_bounds__(1024)
     ftb_greedy(const T* __restrict__ logits, int stride, int vocab, int* __restrict__ tokens,
                unsigned char* __restrict__ finished, const int* __restrict__ stop_tokens,
                int num_stop, int pad_token) {
+  ftb_pdl::begin();
   __shared__ float scratch_values[32];
   __shared__ int scratch_indices[32];
   const int b = blockIdx.x;
@@ -606,6 +613,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS, 1)
                int num_stop, int pad_token, float inv_temperature, int top_k, double top_p,
                unsigned long long seed, unsigned long long step,
                const long long* __restrict__ step_pointer) {
+  ftb_pdl::begin();
   constexpr int KEY_BITS = Elem<T>::KEY_BITS;
   __shared__ unsigned count_hist[256];
   __shared__ unsigned weight_low[SAMPLE_WARPS][256], weight_high[SAMPLE_WARPS][256];

@@ -25,6 +25,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "ftb_pdl.cuh"
+
 namespace ftb {
 
 // The loads are volatile with a memory clobber so that the compiler keeps them after
@@ -53,22 +55,6 @@ __device__ __forceinline__ uint4 load_cached(const void* pointer) {
 // v if keep, else zeros: a select, not a branch.
 __device__ __forceinline__ uint4 keep_if(bool keep, const uint4& v) {
   return make_uint4(keep ? v.x : 0u, keep ? v.y : 0u, keep ? v.z : 0u, keep ? v.w : 0u);
-}
-
-// Programmatic dependent launch (sm_90+; both are no-ops in a plain launch). A block of a grid
-// launched with programmatic stream serialization may start while the previous grid on the stream
-// is still finishing; wait_for_previous_grid returns once that grid has completed and its memory
-// is visible. allow_next_grid lets the next grid start early in the same way.
-__device__ __forceinline__ void wait_for_previous_grid() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ void allow_next_grid() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" :::);
-#endif
 }
 
 // Start fetching a line of W into L2 before waiting for the previous grid. Safe whatever that
@@ -389,8 +375,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
       }
     }
   }
-  ftb::wait_for_previous_grid();
-  ftb::allow_next_grid();
+  ftb_pdl::begin();
   for (; kc + CHUNK <= k_end; kc += WARPS * CHUNK) {
     ftb::mma_chunk<T, M, TILES, GROUP, UNROLL, false>(acc, w_lane, first_rows, n, k, x_rows,
                                                       x_valid, kc, p, lane_k, k_end);
@@ -456,8 +441,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
       for (int r = 0; r < ROWS; ++r) ftb::prefetch_l2(w_rows[r] + kc + u * 256);
     }
   }
-  ftb::wait_for_previous_grid();
-  ftb::allow_next_grid();
+  ftb_pdl::begin();
   for (; kc + CHUNK <= k_end; kc += WARPS * CHUNK) {
     ftb::fma_chunk<T, M, ROWS, UNROLL, false>(acc, w_rows, x_rows, kc, lane_k, k_end);
   }
