@@ -55,10 +55,8 @@ def test_emulated_pipeline_matches_tp1(case, tp, pp, tp1):
     result = compare_emulated(case, tp, tp1=tp1[case], pp=pp)
     print(result.to_dict())
     assert result.ranks_identical
-    # Stages pass the fp32 residual with every delta added, exactly what TP=1 holds there: at
-    # tp=1 the pipeline must give TP=1's logits to the last bit; with tp, fp16 rounding as above.
-    if tp == 1:
-        assert result.max_rel_err == 0.0
+    # Stages pass the fp32 residual with the pending deltas added by a separate norm launch
+    # rather than inside the next layer's norm: the difference must stay at fp16 rounding size.
     assert result.max_rel_err < 5e-3
     assert result.argmax_agreement > 0.95
 
