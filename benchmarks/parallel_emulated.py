@@ -1,8 +1,9 @@
-"""Tensor-parallel acceptance on one GPU: emulated TP ranks against the TP=1 runtime.
+"""Tensor- and pipeline-parallel acceptance on one GPU: emulated ranks against the TP=1 runtime.
 
 For GPT-J (parallel block, partial interleaved rotary, LM-head bias) and LLaMA with grouped-query
 attention (4 KV heads, replicated at tp=8), small random fp16 models run unsharded and as tp = 2,
-4 and 8 emulated ranks in one process (`runtime.tpcheck`): the largest relative logit error
+4 and 8 emulated ranks and as pipelines of pp = 2 and 4 stages and tp=2 x pp=2 in one process
+(`runtime.tpcheck`): the largest relative logit error
 ‖tp − tp1‖ / ‖tp1‖ over every position of a ragged prefill and the teacher-forced decode steps,
 with both runs' distance from the float64 NumPy reference for scale.
 
@@ -22,7 +23,13 @@ from pathlib import Path
 from ftbench.bench.environment import capture_environment
 from ftbench.files import write_json_atomic
 from ftbench.reports.results import write_results
-from ftbench.runtime.tpcheck import CASES, TP_SIZES, compare_emulated, tp1_logits
+from ftbench.runtime.tpcheck import (
+    CASES,
+    PIPELINE_SIZES,
+    TP_SIZES,
+    compare_emulated,
+    tp1_logits,
+)
 
 DTYPE = "fp16"
 
@@ -44,6 +51,10 @@ def main() -> None:
             result = compare_emulated(case, tp, DTYPE, tp1=tp1).to_dict()
             print(result, flush=True)
             records.append({"kind": "tp-emulated", **result})
+        for tp, pp in PIPELINE_SIZES:
+            result = compare_emulated(case, tp, DTYPE, tp1=tp1, pp=pp).to_dict()
+            print(result, flush=True)
+            records.append({"kind": "pp-emulated", **result})
     write_results(
         args.out_dir / f"parallel-emulated-{stamp}.json", "parallel-emulated", records, environment
     )
@@ -55,7 +66,12 @@ def main() -> None:
     }
     for tp in TP_SIZES:
         summary[f"tp{tp}_emulated_max_rel_err"] = max(
-            r["max_rel_err"] for r in records if r["tp"] == tp
+            r["max_rel_err"] for r in records if r["tp"] == tp and r["pp"] == 1
+        )
+    for tp, pp in PIPELINE_SIZES:
+        name = f"pp{pp}" if tp == 1 else f"tp{tp}_pp{pp}"
+        summary[f"{name}_emulated_max_rel_err"] = max(
+            r["max_rel_err"] for r in records if (r["tp"], r["pp"]) == (tp, pp)
         )
     summary["tp1_vs_float64_reference_max_rel_err"] = max(
         r["tp1_vs_reference_max_rel_err"] for r in records
@@ -63,7 +79,7 @@ def main() -> None:
     summary["min_argmax_agreement"] = min(r["argmax_agreement"] for r in records)
     summary["ranks_identical"] = all(r["ranks_identical"] for r in records)
     summary["cases"] = [
-        {k: r[k] for k in ("model", "tp", "kv_replicas", "max_rel_err", "argmax_agreement")}
+        {k: r[k] for k in ("model", "tp", "pp", "kv_replicas", "max_rel_err", "argmax_agreement")}
         for r in records
     ]
     summary["utc_time"] = environment.utc_time

@@ -149,11 +149,50 @@ def test_run_without_a_gpu_is_a_one_line_error(monkeypatch, capsys):
     "arguments, message",
     [
         (["--profile", "gptj-6b", "--compare", "vllm"], "--compare: unknown"),
-        (["--profile", "gptj-6b", "--tp", "2"], "one GPU so far"),
+        (["--profile", "gpt2-124m", "--pp", "13"], "pp=13 pipeline stages but only 12 layers"),
+        (["--profile", "gptj-6b", "--tp", "3"], "cannot be split evenly over tp=3"),
+        (["--profile", "gptj-6b", "--pp", "0"], "must be at least 1"),
+        (["--profile", "gptj-6b", "--tp", "2", "--compare", "hf"], "use it with --tp 1 --pp 1"),
+        (
+            ["--profile", "gptj-6b", "--tp", "4", "--pp", "2"],
+            "needs 8 GPUs, one per rank; this machine shows 1",
+        ),
         (["--profile", "nope"], "nope"),
         ([], "exactly one of --profile"),
     ],
 )
 def test_run_refuses_bad_options_before_touching_a_gpu(monkeypatch, capsys, arguments, message):
+    from ftbench.runtime import launch
+
+    monkeypatch.setattr(launch, "visible_gpus", lambda: 1)
+    monkeypatch.setattr(launch, "spawn", lambda *args: pytest.fail("spawned ranks"))
+    for name in ("FTBENCH_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
     code, err = _run_cli(monkeypatch, capsys, arguments)
     assert code == 2 and message in err
+
+
+def test_run_with_two_ranks_spawns_two_processes_of_the_same_command(monkeypatch, capsys):
+    import sys
+
+    from ftbench import cli
+    from ftbench.runtime import launch
+
+    spawned = []
+    monkeypatch.setattr(launch, "visible_gpus", lambda: 2)
+    monkeypatch.setattr(launch, "spawn", lambda size, command: spawned.append((size, command)))
+    monkeypatch.delenv("FTBENCH_RANK", raising=False)
+    arguments = ["run", "--profile", "gptj-6b", "--pp", "2"]
+    monkeypatch.setattr(sys, "argv", ["ftbench", *arguments])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 0
+    assert spawned == [(2, [sys.executable, "-m", "ftbench", *arguments])]
+
+
+def test_a_launcher_with_another_world_size_is_refused(monkeypatch, capsys):
+    env = {"FTBENCH_RANK": "0", "FTBENCH_WORLD_SIZE": "3", "FTBENCH_LOCAL_RANK": "0"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, err = _run_cli(monkeypatch, capsys, ["--profile", "gptj-6b", "--tp", "2"])
+    assert code == 2 and "needs 2 ranks; the ftbench launcher started 3" in err

@@ -685,7 +685,8 @@ def run_command(
     output_len: Annotated[
         str, typer.Option("--output-len", help="Generated tokens per request (at least 2).")
     ] = "128",
-    tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel size (1 for now).")] = 1,
+    tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel size.")] = 1,
+    pp: Annotated[int, typer.Option("--pp", help="Pipeline-parallel size (layer stages).")] = 1,
     tuned: Annotated[
         Path | None,
         typer.Option(
@@ -735,6 +736,10 @@ def run_command(
     `--repeats` timed ones with random prompts, generating exactly `--output-len` tokens. Results
     are written after every point, so Ctrl-C keeps what finished; a point that does not fit in
     memory is recorded as such and the sweep goes on.
+
+    With `--tp N --pp M` (N x M > 1) it starts one process per local GPU (or, under mpirun or
+    srun, runs as the rank the launcher made); every rank measures, rank 0 writes the results,
+    which add each rank's communication time per decode step. One rank's failure stops all.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -747,21 +752,40 @@ def run_command(
         max_batch,
         run_benchmark,
         run_grid,
-        run_table,
         throughput_batches,
     )
     from ftbench.errors import InvalidInputError
     from ftbench.profiles.catalog import load_profile
+    from ftbench.profiles.problems import rank_shapes
     from ftbench.reports.results import write_results
+    from ftbench.runtime import launch
 
     if (profile is None) == (config is None):
         raise InvalidInputError("give exactly one of --profile NAME or --config PATH")
-    if tp != 1:
-        raise InvalidInputError("ftbench run measures one GPU so far (--tp 1)")
+    if tp < 1 or pp < 1:
+        raise InvalidInputError(f"--tp and --pp must be at least 1, got {tp} and {pp}")
     unknown = [name for name in _names(compare) if name not in COMPARE_ENGINES]
     if unknown:
         raise InvalidInputError(f"--compare: unknown {unknown}; use {', '.join(COMPARE_ENGINES)}")
+    if tp * pp > 1 and compare:
+        raise InvalidInputError("--compare runs peers on one GPU: use it with --tp 1 --pp 1")
     spec = load_profile(profile if profile is not None else config)
+    rank_shapes(spec, tp, pp)  # a split the model cannot take: an error before anything starts
+    info = launch.discover()
+    if info.launcher == "single" and tp * pp > 1:
+        gpus = launch.visible_gpus()
+        if tp * pp > gpus:
+            raise InvalidInputError(
+                f"--tp {tp} --pp {pp} needs {tp * pp} GPUs, one per rank; this machine shows "
+                f"{gpus} (for more, launch ranks on several nodes with mpirun or srun)"
+            )
+        launch.spawn(tp * pp, [sys.executable, "-m", "ftbench", *sys.argv[1:]])
+        return
+    if info.launcher != "single" and info.world_size != tp * pp:
+        raise InvalidInputError(
+            f"--tp {tp} --pp {pp} needs {tp * pp} ranks; the {info.launcher} launcher started "
+            f"{info.world_size}"
+        )
     environment = capture_environment()
     if not environment.gpus:
         raise InvalidInputError(f"ftbench run needs a GPU: {environment.no_gpu_reason}")
@@ -781,11 +805,14 @@ def run_command(
     engines = ("ftbench", *(COMPARE_ENGINES[name] for name in _names(compare)))
     run = RunConfig(
         spec, dtype, tuple(points), engines, None if tuned is None else str(tuned),
-        None if checkpoint is None else str(checkpoint), repeats,
+        None if checkpoint is None else str(checkpoint), repeats, tp=tp, pp=pp,
     )  # fmt: skip
     stamp = environment.utc_time.replace(":", "").replace("-", "")[:15]
     out = out or Path(f"ftbench-run-{spec.name}-{stamp}.json")
     records: list[dict] = []
+    if info.launcher != "single":
+        launch.run_rank(lambda info, world: _run_as_rank(run, info, world, out, environment))
+        return
     columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())  # fmt: skip
     with Progress(*columns, console=console) as progress:
@@ -801,6 +828,44 @@ def run_command(
             progress.advance(task)
 
         run_benchmark(run, on_record, on_point)
+    _finish_run(records, out)
+
+
+def _run_as_rank(run, info, world, out: Path, environment) -> None:
+    """One rank of a tp x pp `ftbench run`: join the stage's groups, measure; rank 0 writes."""
+    from ftbench.bench.modelbench import Ranks, run_benchmark
+    from ftbench.reports.results import write_results
+    from ftbench.runtime.launch import connect_groups
+    from ftbench.runtime.pipeline import Stage, rank_place, stage_plan
+
+    tensor, pipeline = connect_groups(info, world, run.tp, run.pp)
+    index, tp_rank = rank_place(info.rank, run.tp, run.pp)
+    stage = Stage(index, run.pp, stage_plan(run.spec, run.pp)[index], pipeline)
+    ranks = Ranks(info.rank, world, tensor, stage, tp_rank)
+    records: list[dict] = []
+
+    def on_record(record) -> None:
+        if info.rank == 0:
+            records.append(record)
+            write_results(out, "run", records, environment)
+            console.print(f"measured {len(records)} point(s)")
+
+    groups = [comm for comm in (tensor, pipeline) if comm is not None and comm is not world]
+    try:
+        run_benchmark(run, on_record, ranks=ranks)
+    except BaseException:
+        for comm in groups:
+            comm.abort()
+        raise
+    for comm in groups:
+        comm.close()
+    if info.rank == 0:
+        _finish_run(records, out)
+
+
+def _finish_run(records: list[dict], out: Path) -> None:
+    from ftbench.bench.modelbench import run_table
+
     table = run_table(records)
     table.to_csv(out.with_suffix(".csv"), index=False)
     _print_run_table(table)

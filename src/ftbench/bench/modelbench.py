@@ -11,6 +11,14 @@ GEMM cache hits and misses, and the GPU's clocks and power while it ran.
 
 A point that does not fit in memory is recorded as such and the sweep goes on; results are
 written after every point, so Ctrl-C keeps the finished ones.
+
+With tp x pp > 1 every rank runs `run_benchmark` at once with its `Ranks` (`ftbench run`
+spawns them, or mpirun/srun starts them): each builds its stage's shard of the weights and its
+decoder, all time the same requests (rank 0's records are the run's), and after each point
+every rank times one captured decode step operation by operation (`runtime.breakdown`); the
+time its communicator calls take is gathered to every rank as `comm_step_ms_per_rank`. A
+rank's error is not recorded: it stops the run (`launch.run_rank` aborts the communicators
+and the spawner stops the other ranks).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import ModelSpec
 from ftbench.reports.runs import ENGINES, run_record
 from ftbench.runtime.memory import footprint
+from ftbench.runtime.pipeline import Stage
 
 PERCENTILES = (50, 90, 99)
 
@@ -115,6 +124,7 @@ class Measured:
     gemm: dict[str, Any] | None
     conditions: dict[str, Any]
     flags: tuple[str, ...] = ()
+    comm_step_ms_per_rank: tuple[float, ...] | None = None
 
 
 def point_record(
@@ -126,17 +136,18 @@ def point_record(
     measured: Measured,
     floor_decode_ms: float | None,
     floor_prefill_ms: float | None,
+    pp: int = 1,
 ) -> dict[str, Any]:
     """The run record (`reports.runs` schema) of one engine at one point, with the extras."""
     record = run_record(
-        engine=engine, model=model, dtype=dtype, tp=tp, pp=1, batch=point.batch,
+        engine=engine, model=model, dtype=dtype, tp=tp, pp=pp, batch=point.batch,
         input_len=point.input_len, output_len=point.output_len,
         ttft=percentile_summary(measured.ttft_ms),
         decode_step=percentile_summary(measured.step_ms),
         end_to_end=percentile_summary(measured.end_to_end_ms),
         peak_memory_bytes=measured.peak_memory_bytes, floor_decode_step_ms=floor_decode_ms,
         gemm_cache_misses=None if measured.gemm is None else measured.gemm["misses"],
-        flags=measured.flags,
+        flags=measured.flags, comm_step_ms_per_rank=measured.comm_step_ms_per_rank,
     )  # fmt: skip
     end_to_end_s = record["end_to_end_ms"]["median_ms"] / 1e3
     record["total_tok_s"] = point.batch * (point.input_len + point.output_len) / end_to_end_s
@@ -188,6 +199,8 @@ class RunConfig:
     checkpoint: str | None = None
     repeats: int = 3
     seed: int = 0
+    tp: int = 1
+    pp: int = 1
 
     def __post_init__(self) -> None:
         unknown = [engine for engine in self.engines if engine not in ENGINES]
@@ -197,6 +210,10 @@ class RunConfig:
             raise InvalidInputError(f"ftbench run measures fp16 or bf16, not {self.dtype!r}")
         if self.repeats < 1:
             raise InvalidInputError("repeats must be at least 1")
+        rank_shapes(self.spec, self.tp, self.pp)  # a tp or pp the model cannot split: an error
+        peers = [engine for engine in self.engines if not engine.startswith("ftbench")]
+        if self.tp * self.pp > 1 and peers:
+            raise InvalidInputError(f"peers {peers} run on one GPU; compare them at tp=pp=1")
         short = [point for point in self.points if point.output_len < 2]
         if short:
             raise InvalidInputError(
@@ -232,26 +249,43 @@ def throughput_batches(largest: int) -> list[int]:
     return sorted({1 << i for i in range(largest.bit_length()) if 1 << i < largest} | {largest})
 
 
+@dataclass(frozen=True)
+class Ranks:
+    """One rank of a tp x pp run: its global rank, the communicator of every rank, its stage's
+    tensor communicator (None at tp=1), its stage (with the pipeline communicator) and its
+    tensor-parallel rank."""
+
+    rank: int
+    world: Any
+    tensor: Any
+    stage: Stage
+    tp_rank: int
+
+
 def run_benchmark(
     config: RunConfig,
     on_record: Callable[[dict[str, Any]], None],
     on_point: Callable[[str, RunPoint], None] = lambda engine, point: None,
     ceilings: Ceilings | None = None,
+    ranks: Ranks | None = None,
 ) -> Ceilings:
     """Measure every engine at every point; hand each record to `on_record` as it is done.
     The HBM read bandwidth and the GEMM peak are measured first, once, for the floors (unless
-    `ceilings` from the same session are given); they are returned."""
+    `ceilings` from the same session are given); they are returned. `ranks`: this process's
+    place in a tp x pp run (see the module docstring)."""
     import cupy
 
     ceilings = ceilings or measure_ceilings(config.dtype)
     ours = [engine for engine in config.engines if engine.startswith("ftbench")]
     if ours:
-        weights = _ftbench_weights(config)
+        weights = _ftbench_weights(config, ranks)
         for engine in ours:
             cache_path = config.tuned_cache if engine == "ftbench" else None
             for point in config.points:
                 on_point(engine, point)
-                measured = _measure_ftbench(config, weights, cache_path, point, engine)
+                measured = _measure_ftbench(
+                    config, weights, cache_path, point, engine, ranks, ceilings
+                )
                 on_record(_record(config, engine, point, measured, ceilings))
         del weights
         cupy.get_default_memory_pool().free_all_blocks()
@@ -289,12 +323,16 @@ def _record(config: RunConfig, engine: str, point: RunPoint, measured, ceilings:
     if isinstance(measured, dict):
         return measured
     spec = config.spec
+    # A step runs the stages one after another: its floor is one tensor-parallel rank's share
+    # of every layer, whatever pp.
+    bandwidth = ceilings.hbm_read_bytes_per_s
     record = point_record(
-        engine, spec.name, config.dtype, 1, point, measured,
-        decode_floor_ms(spec, point, config.dtype, ceilings.hbm_read_bytes_per_s),
+        engine, spec.name, config.dtype, config.tp, point, measured,
+        decode_floor_ms(spec, point, config.dtype, bandwidth, config.tp),
         prefill_floor_ms(
-            spec, point, config.dtype, ceilings.gemm_peak_flops, ceilings.hbm_read_bytes_per_s
+            spec, point, config.dtype, ceilings.gemm_peak_flops, bandwidth, config.tp
         ),
+        config.pp,
     )  # fmt: skip
     record["hbm_read_bytes_per_s"] = ceilings.hbm_read_bytes_per_s
     record["gemm_peak_flops"] = ceilings.gemm_peak_flops
@@ -306,20 +344,29 @@ def failed_record(engine: str, config: RunConfig, point: RunPoint, error: Except
     text = f"{type(error).__name__}: {error}".splitlines()[0][:500]
     out_of_memory = "OutOfMemory" in text or "does not fit" in text or "are free" in text
     return {
-        "engine": engine, "model": config.spec.name, "dtype": config.dtype, "tp": 1, "pp": 1,
+        "engine": engine, "model": config.spec.name, "dtype": config.dtype, "tp": config.tp,
+        "pp": config.pp,
         "batch": point.batch, "input_len": point.input_len, "output_len": point.output_len,
         "status": "does not fit" if out_of_memory else "failed", "reason": text,
     }  # fmt: skip
 
 
-def _ftbench_weights(config: RunConfig):
+def _ftbench_weights(config: RunConfig, ranks: Ranks | None):
+    """This rank's weights on the GPU: its stage's layers of its tensor-parallel shard."""
     import cupy
 
-    from ftbench.runtime.weights import load_hf_weights, random_weights
+    from ftbench.runtime.weights import load_hf_weights, random_weights, shard, stage_weights
 
+    spec, tp = config.spec, config.tp
+    if ranks is None:
+        layers, tp_rank = range(spec.num_layers), 0
+    else:
+        layers, tp_rank = ranks.stage.layers, ranks.tp_rank
     if config.checkpoint:
-        return load_hf_weights(config.checkpoint, config.spec, config.dtype).map(cupy.asarray)
-    return random_weights(config.spec, config.dtype, seed=config.seed, xp=cupy)
+        weights = load_hf_weights(config.checkpoint, spec, config.dtype)
+        part = stage_weights(shard(weights, spec, tp, tp_rank), spec, layers)
+        return part.map(cupy.asarray)
+    return random_weights(spec, config.dtype, seed=config.seed, tp=tp, xp=cupy, layers=layers)
 
 
 def _prompts(config: RunConfig, point: RunPoint) -> np.ndarray:
@@ -337,10 +384,16 @@ def _monitor():
 
 
 def _measure_ftbench(
-    config: RunConfig, weights, cache_path: str | None, point: RunPoint, engine: str
+    config: RunConfig,
+    weights,
+    cache_path: str | None,
+    point: RunPoint,
+    engine: str,
+    ranks: Ranks | None,
+    ceilings: Ceilings,
 ):
-    """One point through ftbench's runtime: a `Measured`, or the record of why it could not
-    run (too large for memory, or a kernel refusing the shape)."""
+    """One point through ftbench's runtime: a `Measured`, or (on one GPU) the record of why it
+    could not run (too large for memory, or a kernel refusing the shape)."""
     import cupy
 
     from ftbench.autotune.cache import CacheHeader, load_cache
@@ -361,19 +414,44 @@ def _measure_ftbench(
     try:
         decoder = Decoder(
             config.spec, weights, max_batch=point.batch, max_seq_len=point.max_seq_len,
-            max_tokens=point.batch * point.input_len, gemm=gemm,
+            max_tokens=point.batch * point.input_len, gemm=gemm, tp=config.tp,
+            comm=None if ranks is None else ranks.tensor,
+            stage=None if ranks is None else ranks.stage,
         )  # fmt: skip
         generator = Generator(decoder)
         ttft, end_to_end, steps = measure_requests(
             lambda: generator.generate(prompts, point.output_len), config.repeats, monitor
         )
     except (FtbenchError, cupy.cuda.memory.OutOfMemoryError) as exc:
+        if ranks is not None:
+            raise  # the other ranks would wait for this one: stop the run (module docstring)
         return failed_record(engine, config, point, exc)
     conditions = monitor.conditions()
+    communication = None
+    if ranks is not None:
+        communication = _communication_per_rank(decoder, generator, ranks, ceilings)
     return Measured(
         ttft, end_to_end, steps, int(pool.total_bytes()), gemm.stats.to_dict(),
-        _conditions_dict(conditions), tuple(conditions.flags),
+        _conditions_dict(conditions), tuple(conditions.flags), communication,
     )  # fmt: skip
+
+
+def _communication_per_rank(decoder, generator, ranks: Ranks, ceilings: Ceilings):
+    """Every rank's time in communicator calls during one decode step (ms, by global rank):
+    each rank times its captured step (`runtime.breakdown`), then the ranks all-gather."""
+    import cupy
+
+    from ftbench.runtime.breakdown import breakdown, communication_ms
+
+    with generator.stream:
+        operations, _ = breakdown(
+            decoder, generator.state.step, ceilings.hbm_read_bytes_per_s,
+            ceilings.gemm_peak_flops,
+        )  # fmt: skip
+        mine = cupy.full(1, communication_ms(operations), cupy.float32)
+        gathered = cupy.empty((ranks.world.world_size, 1), cupy.float32)
+        ranks.world.all_gather(mine, gathered)
+        return tuple(float(value) for value in cupy.asnumpy(gathered).ravel())
 
 
 def _peer(config: RunConfig, engine: str):
@@ -409,7 +487,7 @@ RUN_COLUMNS = {
     "ttft_ms": "TTFT ms", "step_p50_ms": "step p50 ms", "step_p99_ms": "step p99 ms",
     "throughput_tok_s": "out tok/s", "roofline_fraction": "decode/floor",
     "prefill_roofline_fraction": "prefill/floor", "peak_memory_gib": "memory GiB",
-    "gemm_cache_misses": "GEMM misses", "status": "status",
+    "gemm_cache_misses": "GEMM misses", "comm_ms_per_rank": "comm ms/rank", "status": "status",
 }  # fmt: skip
 
 
@@ -432,6 +510,9 @@ def run_table(records: Iterable[dict[str, Any]]):
             "prefill_roofline_fraction": record.get("prefill_roofline_fraction"),
             "peak_memory_gib": None if memory is None else memory / 2**30,
             "gemm_cache_misses": record.get("gemm_cache_misses"),
+            "comm_ms_per_rank": " ".join(
+                f"{value:.3g}" for value in record["comm_step_ms_per_rank"]
+            ) if record.get("comm_step_ms_per_rank") else None,
             "status": record.get("status", "ok") if ok else f"{record['status']}: "
             f"{record.get('reason', '')}"[:80],
         })  # fmt: skip

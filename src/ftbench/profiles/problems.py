@@ -10,8 +10,9 @@ Conventions (docs/profiles.md explains them with examples):
 - KV heads: with num_kv_heads >= tp each rank holds num_kv_heads / tp of them (must divide);
   with num_kv_heads < tp, tp must be a multiple of num_kv_heads and each rank holds one KV head,
   replicated on tp / num_kv_heads ranks. num_heads and the FFN size must divide by tp.
-- Pipeline parallelism: each stage holds ceil(layers / pp) layers (the last stage holds the
-  remainder); counts are for the fullest stage. The LM head runs once, on the last stage.
+- Pipeline parallelism: the layers are cut into pp contiguous stages as even as can be (the
+  first layers % pp stages hold one layer more, `stage_layers`); counts are for the fullest
+  stage, ceil(layers / pp) layers. The LM head runs once, on the last stage.
 - The context phase computes logits for the last position only (m = batch), as
   FasterTransformer does; it is computed once per request and its KV cache shared by the beams.
 - Attention score and context products of the context phase (and T5's cross-attention in
@@ -104,11 +105,28 @@ def valid_tp_sizes(spec: ModelSpec) -> list[int]:
 
 
 def _layers_per_stage(spec: ModelSpec, layers: int, pp: int) -> int:
-    if pp > layers:
-        raise InvalidInputError(
-            f"{spec.name}: pp={pp} pipeline stages but only {layers} layers; use pp <= {layers}"
-        )
+    _check_stages(spec, layers, pp)
     return math.ceil(layers / pp)
+
+
+def _check_stages(spec: ModelSpec, layers: int, pp: int) -> None:
+    if pp < 1 or pp > layers:
+        raise InvalidInputError(
+            f"{spec.name}: pp={pp} pipeline stages but only {layers} layers; use 1 <= pp <= "
+            f"{layers}"
+        )
+
+
+def stage_layers(spec: ModelSpec, pp: int, stage: int) -> range:
+    """The decoder layers pipeline stage `stage` of `pp` holds: contiguous, the stages as even
+    as can be, the first num_layers % pp of them one layer longer (GPT-J's 28 layers at pp=8:
+    4, 4, 4, 4, 3, 3, 3, 3)."""
+    _check_stages(spec, spec.num_layers, pp)
+    if not 0 <= stage < pp:
+        raise InvalidInputError(f"stage must be in 0..{pp - 1}, got {stage}")
+    base, longer = divmod(spec.num_layers, pp)
+    start = stage * base + min(stage, longer)
+    return range(start, start + base + (stage < longer))
 
 
 def rank_shapes(spec: ModelSpec, tp: int = 1, pp: int = 1) -> RankShapes:

@@ -12,7 +12,10 @@ One record per configuration (engine, model, dtype, tp, pp, batch, input_len, ou
 TIMING is the timer's summary (`bench.timer.Timing.to_dict()`): at least median_ms, ci_low_ms,
 ci_high_ms and samples_ms. Derived numbers are computed here, once: throughput_tok_s is the
 tokens generated (batch x output_len) over the median end-to-end time; roofline_fraction is the
-floor of a decode step over its median time. Fields a peer cannot report are null. A
+floor of a decode step over its median time. Runs of several ranks (tp x pp > 1, or one rank
+started by a launcher) add "comm_step_ms_per_rank": per global rank, the ms one decode step
+spends in communicator calls (all-reduce, all-gather, send, recv; optional, absent in older
+records and single-process runs). Fields a peer cannot report are null. A
 configuration that could not run has the key fields, a status other than "ok" (e.g. "does not
 fit") and a "reason", and no timings. Writers may add fields of their own; readers ignore them.
 """
@@ -63,6 +66,7 @@ def run_record(
     floor_decode_step_ms: float | None,
     gemm_cache_misses: int | None,
     flags: Sequence[str] = (),
+    comm_step_ms_per_rank: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """One model-run record; `ttft`, `decode_step` and `end_to_end` are timer results
     (`Timing`) or their summary dicts, in ms per prefill, per decode step and per request."""
@@ -83,6 +87,8 @@ def run_record(
     )
     record["gemm_cache_misses"] = gemm_cache_misses
     record["flags"] = sorted(set(flags))
+    if comm_step_ms_per_rank is not None:
+        record["comm_step_ms_per_rank"] = [float(value) for value in comm_step_ms_per_rank]
     record["status"] = OK
     check_run_record(record, "run record")
     return record
@@ -109,6 +115,14 @@ def check_run_record(record: Any, where: str) -> None:
             timing_summary(record[name])
         except (InvalidInputError, TypeError, ValueError) as exc:
             raise InvalidInputError(f"{where}: {name}: {exc}") from exc
+    communication = record.get("comm_step_ms_per_rank")
+    if communication is not None and (
+        not isinstance(communication, list)
+        or not all(isinstance(v, (int, float)) and v >= 0 for v in communication)
+    ):
+        raise InvalidInputError(
+            f"{where}: comm_step_ms_per_rank must be a list of non-negative ms, one per rank"
+        )
 
 
 def measured_ok(record: Mapping[str, Any]) -> bool:

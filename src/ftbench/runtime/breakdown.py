@@ -8,6 +8,11 @@ pattern (layer i's run from its QKV GEMM to the norm that opens layer i+1), summ
 layers, and set against their floor: bytes at the HBM read bandwidth or FLOPs at the GEMM peak,
 whichever is slower (GEMM: A, B and C once; decode attention: the K/V actually read; the rotary
 kernel: QKV in, Q and the new K/V out; other kernels: their array arguments once).
+
+The communicator's calls (tensor-parallel `all_reduce` and `all_gather`, a pipeline stage's
+`send` and `recv`) are operations too, with no floor: `communication_ms` sums them, the time a
+rank's step spends in communication, waiting for its peers included (for a pipeline stage,
+mostly the wait for the stages before it).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ KERNELS = {
     "ftbench.kernels.attention": ("context_attention", "decode_attention"),
 }
 REPLAYS = 20
+COMMUNICATION = ("all_reduce", "all_gather", "send", "recv")
 CU_EVENT_RECORD_EXTERNAL = 1
 
 
@@ -149,6 +155,17 @@ def _timed_operations(decoder: Decoder, lengths: list[int]):
         ] * x.shape[1]
 
     decoder.gemm.linear = timed("gemm", decoder.gemm.linear, gemm_sizes)
+    communicators = [
+        (comm, name)
+        for comm, names in (
+            (decoder.comm, COMMUNICATION[:2]),
+            (decoder.stage.comm, COMMUNICATION[2:]),
+        )
+        if comm is not None
+        for name in names
+    ]
+    for comm, name in communicators:
+        setattr(comm, name, timed(name, getattr(comm, name), lambda args, kwargs: (0, 0)))
     attention = decoder._attention
 
     def attention_of_layer(index: int, *args: Any, **kwargs: Any) -> Any:
@@ -163,6 +180,8 @@ def _timed_operations(decoder: Decoder, lengths: list[int]):
             setattr(module, name, original)
         del decoder.gemm.linear
         del decoder._attention
+        for comm, name in communicators:
+            delattr(comm, name)
 
 
 def breakdown(
@@ -204,7 +223,7 @@ def _by_place(decoder, operations, times, bandwidth, peak_flops) -> list[Operati
     """Sum operations at the same place of the layer pattern over the layers."""
     places: dict[str, list] = {}
     position_in_layer: dict[int | None, int] = {}
-    last_layer = decoder.spec.num_layers - 1
+    last_layer = len(decoder.weights.layers) - 1
     for operation, time_ms in zip(operations, times, strict=True):
         position = position_in_layer.get(operation.layer, 0)
         position_in_layer[operation.layer] = position + 1
@@ -223,3 +242,8 @@ def _by_place(decoder, operations, times, bandwidth, peak_flops) -> list[Operati
         OperationTime(name, count, step_ms, floor_ms, floor_ms / step_ms, moved, flops)
         for name, (count, step_ms, floor_ms, moved, flops) in places.items()
     ]
+
+
+def communication_ms(operations: list[OperationTime]) -> float:
+    """The step's time in communicator calls (`COMMUNICATION`), from `breakdown`'s places."""
+    return sum(op.step_ms for op in operations if op.name.rsplit(" ", 1)[-1] in COMMUNICATION)

@@ -8,6 +8,11 @@ After the prefill everything stays on the GPU: the sampled tokens are written st
 next step's input, positions and lengths advance on the device, and finished sequences (those
 that produced a stop token) keep emitting `pad_token`. The decode step (embedding to sampling) is
 captured once in a CUDA graph and replayed, so a step costs one graph launch from Python.
+
+Under pipeline parallelism every stage's rank runs the same `Generator` calls on its stage's
+decoder: the last stage samples and sends the tokens to the first (`Stage.share_tokens`, inside
+the captured step), stages before the last get no logits (None), and the generated tokens are
+known on the first and last stages only.
 """
 
 from __future__ import annotations
@@ -197,6 +202,11 @@ class Generator:
                 f"{self.decoder.max_seq_len}"
             )
         stops = tuple(int(token) for token in stop_tokens)
+        if stops and self.decoder.stage.count > 1:
+            raise InvalidInputError(
+                "stop tokens are not supported under pipeline parallelism: only the last stage "
+                "knows which sequences finished"
+            )
         with self._on_stream():
             stop_array = self._stop_array(stops)
             out = cupy.full((len(prompts), max_new_tokens), pad_token, cupy.int32)
@@ -258,17 +268,20 @@ class Generator:
         return logits
 
     def _sample(self, logits: Any, sampling: Sampling, stops: Any, pad: int) -> None:
-        """Choose the next tokens into the decode input; the random stream advances through a
-        device counter, so a replayed graph draws new numbers every step."""
+        """Choose the next tokens into the decode input (on the last pipeline stage, which has
+        the logits; it hands them to the first); the random stream advances through a device
+        counter, so a replayed graph draws new numbers every step."""
         from ftbench.kernels.decoder import sample
 
         state = self._require_state()
-        sample(
-            logits, state.next_tokens, vocab_size=self.decoder.spec.vocab_size,
-            method=sampling.method, temperature=sampling.temperature, top_k=sampling.top_k,
-            top_p=sampling.top_p, seed=sampling.seed, step=state.sample_step,
-            finished=state.finished, stop_tokens=stops, pad_token=pad,
-        )  # fmt: skip
+        if logits is not None:
+            sample(
+                logits, state.next_tokens, vocab_size=self.decoder.spec.vocab_size,
+                method=sampling.method, temperature=sampling.temperature, top_k=sampling.top_k,
+                top_p=sampling.top_p, seed=sampling.seed, step=state.sample_step,
+                finished=state.finished, stop_tokens=stops, pad_token=pad,
+            )  # fmt: skip
+        self.decoder.stage.share_tokens(state.next_tokens)
         state.sample_step += 1
 
     def _stop_array(self, stops: tuple[int, ...]) -> Any:

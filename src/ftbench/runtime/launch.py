@@ -17,7 +17,10 @@ also sees SLURM_NTASKS but is one process. The local rank picks the GPU.
 Rank 0 creates the NCCL unique id (its bootstrap listens in that process) and the others receive
 it: through `mpi4py` (a broadcast) under MPI, or through a file in the rendezvous directory
 FTBENCH_RENDEZVOUS (the spawner makes a fresh one; under Slurm without MPI, point it at a
-shared file system), named after the run (FTBENCH_RUN_ID, or the Slurm job and step).
+shared file system), named after the run (FTBENCH_RUN_ID, or the Slurm job and step). A run of
+tp x pp ranks (`connect_groups`) also needs a communicator per pipeline stage (its tp ranks)
+and one per tensor-parallel rank (its pp stages): rank 0 makes all their ids at once and they
+travel the same way.
 
 Failure: `run_rank` aborts the rank's communicator on any error (releasing the other ranks'
 collectives, whose bounded waits then fail too) and, under MPI, calls MPI_Abort, which stops
@@ -159,6 +162,7 @@ def share_from_rank0(
     make: Callable[[], Any],
     env: Mapping[str, str] | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    name: str = "nccl-id",
 ) -> Any:
     """make() evaluated on rank 0 and handed to every rank: via MPI under mpirun, else via the
     rendezvous directory (also for one rank, so a launcher's path is the same at any size)."""
@@ -179,8 +183,46 @@ def share_from_rank0(
             "directory every rank can read (or run under mpirun, with mpi4py)"
         )
     return exchange_via_file(
-        info, make, env[RENDEZVOUS_VARIABLE], f"nccl-id-{run_id(env)}", timeout_s
+        info, make, env[RENDEZVOUS_VARIABLE], f"{name}-{run_id(env)}", timeout_s
     )
+
+
+def visible_gpus() -> int:
+    """How many GPUs this process can use (0 without CuPy or a driver)."""
+    try:
+        import cupy
+
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:  # noqa: BLE001 - no CuPy, no driver, no device: none visible
+        return 0
+
+
+def connect_groups(
+    info: RankInfo, world: Any, tp: int, pp: int, timeout_s: float = DEFAULT_TIMEOUT_S
+) -> tuple[Any, Any]:
+    """This rank's (tensor, pipeline) communicators in a run of tp x pp ranks
+    (`runtime.pipeline`: global rank = stage * tp + tensor-parallel rank); `world` itself
+    where a group spans every rank, None where it would have one rank. Close them (when they
+    are not `world`) after the run."""
+    from ftbench.runtime.parallel import NcclCommunicator
+    from ftbench.runtime.pipeline import rank_place
+
+    if tp * pp != info.world_size:
+        raise InvalidInputError(
+            f"tp={tp} x pp={pp} needs {tp * pp} ranks; the launcher started {info.world_size}"
+        )
+    if tp == 1 or pp == 1:
+        return (world if tp > 1 else None), (world if pp > 1 else None)
+
+    def make() -> dict[str, list[list[int]]]:
+        new = NcclCommunicator.new_unique_id
+        return {"tensor": [new() for _ in range(pp)], "pipeline": [new() for _ in range(tp)]}
+
+    ids = share_from_rank0(info, make, timeout_s=timeout_s, name="nccl-groups")
+    stage, tp_rank = rank_place(info.rank, tp, pp)
+    tensor = NcclCommunicator(tp, tp_rank, ids["tensor"][stage], timeout_s)
+    pipeline = NcclCommunicator(pp, stage, ids["pipeline"][tp_rank], timeout_s)
+    return tensor, pipeline
 
 
 def connect(info: RankInfo | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> Any:

@@ -54,9 +54,11 @@ def footprint(
     dtype: str,
     tp: int = 1,
     max_tokens: int | None = None,
+    layers: range | None = None,
 ) -> Footprint:
     """The bytes one rank of `spec` needs for `batch` sequences of up to `max_seq_len` tokens,
-    with steps of up to `max_tokens` tokens (default batch * max_seq_len)."""
+    with steps of up to `max_tokens` tokens (default batch * max_seq_len); with `layers`, one
+    rank of the pipeline stage holding those layers."""
     if dtype not in DTYPE_BYTES:
         raise InvalidInputError(f"the runtime runs fp16 or bf16, not {dtype!r}")
     if batch < 1 or max_seq_len < 1:
@@ -64,12 +66,13 @@ def footprint(
     element = DTYPE_BYTES[dtype]
     tokens = batch * max_seq_len if max_tokens is None else max_tokens
     rank = rank_shapes(spec, tp)
-    shapes = weight_shapes(spec, tp)
-    if spec.tie_word_embeddings:
+    shapes = weight_shapes(spec, tp, layers)
+    if spec.tie_word_embeddings and "embed" in shapes and "lm_head.weight" in shapes:
         shapes.pop("lm_head.weight")
     weights = sum(_count(shape) for shape in shapes.values()) * element
     q_width, kv_width = rank.q_heads * spec.head_dim, rank.kv_heads * spec.head_dim
-    kv_cache = spec.num_layers * 2 * batch * max_seq_len * kv_width * element
+    stage_layers = spec.num_layers if layers is None else len(layers)
+    kv_cache = stage_layers * 2 * batch * max_seq_len * kv_width * element
     ffn = rank.ffn_hidden_size
     up_width = 2 * ffn if spec.gated_ffn else ffn
     per_token = (
@@ -101,15 +104,16 @@ def check_fits(
     free_bytes: int,
     tp: int = 1,
     max_tokens: int | None = None,
+    layers: range | None = None,
 ) -> Footprint:
     """The footprint, or an error naming the largest batch and length that fit in `free_bytes`."""
-    need = footprint(spec, batch, max_seq_len, dtype, tp, max_tokens)
+    need = footprint(spec, batch, max_seq_len, dtype, tp, max_tokens, layers)
     if need.total <= free_bytes:
         return need
 
     def fits(b: int, length: int) -> bool:
         tokens = None if max_tokens is None else min(max_tokens, b * length)
-        return footprint(spec, b, length, dtype, tp, tokens).total <= free_bytes
+        return footprint(spec, b, length, dtype, tp, tokens, layers).total <= free_bytes
 
     best_batch = largest_fitting(lambda b: fits(b, max_seq_len), batch)
     best_length = largest_fitting(lambda length: fits(batch, length), max_seq_len)
@@ -118,7 +122,7 @@ def check_fits(
         options.append(f"the largest batch that fits at {max_seq_len} tokens is {best_batch}")
     if best_length:
         options.append(f"the longest length that fits at batch {batch} is {best_length} tokens")
-    advice = "; ".join(options) or "the weights alone do not fit: use more GPUs (--tp)"
+    advice = "; ".join(options) or "the weights alone do not fit: use more GPUs (--tp, --pp)"
     raise InvalidInputError(
         f"{spec.name} {dtype} tp={tp}, batch {batch} x {max_seq_len} tokens needs "
         f"{need.describe()}, but {free_bytes / GIB:.2f} GiB are free: {advice}"

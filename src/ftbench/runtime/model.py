@@ -14,7 +14,10 @@ rows named in `last_rows`:
     logits = all_gather(final_norm(residual at last_rows) @ Wlm^T (+ b))
 
 The all-reduces and the all-gather exist only under tensor parallelism (`runtime.parallel`);
-each rank holds its Megatron shard of the weights (`weights.shard`).
+each rank holds its Megatron shard of the weights (`weights.shard`). Under pipeline
+parallelism (`runtime.pipeline`) a decoder runs one stage's layers: the first stage embeds, the
+others receive the residual from the stage before; every stage but the last adds its pending
+deltas to the residual and sends it on, and only the last computes logits.
 
 Residual additions are fused into the next norm (`residual_norm`), biases of QKV into the
 rotary kernel and of FFN-up into the activation. Every GEMM goes through one `GemmDispatch`.
@@ -35,6 +38,7 @@ from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import ModelSpec
 from ftbench.runtime.memory import Footprint, check_fits
 from ftbench.runtime.parallel import Communicator
+from ftbench.runtime.pipeline import Stage, whole_model
 from ftbench.runtime.weights import ModelWeights, check_shapes
 
 DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
@@ -80,6 +84,8 @@ class Decoder:
     `comm` (`runtime.parallel`) sums the partial outputs of attention-out and FFN-down (once per
     layer for a parallel block) and gathers the LM head's vocabulary slices. A communicator of
     one rank may be given with tp=1 (it then runs its collectives, which change nothing).
+    With a pipeline `stage`, `weights` are that stage's (`weights.stage_weights`) and the KV
+    cache holds its layers only.
     """
 
     def __init__(
@@ -93,6 +99,7 @@ class Decoder:
         gemm: GemmDispatch | None = None,
         tp: int = 1,
         comm: Communicator | None = None,
+        stage: Stage | None = None,
     ) -> None:
         import cupy
 
@@ -105,7 +112,8 @@ class Decoder:
         dtype = {v: k for k, v in DTYPES.items()}.get(str(weights.dtype))
         if dtype is None:
             raise InvalidInputError(f"the runtime runs fp16 or bf16 weights, not {weights.dtype}")
-        check_shapes(weights, spec, tp)
+        stage = stage or whole_model(spec)
+        check_shapes(weights, spec, tp, stage.layers)
         if (comm.world_size if comm is not None else 1) != tp:
             raise InvalidInputError(
                 f"tp={tp} needs a communicator of {tp} ranks, got "
@@ -121,17 +129,18 @@ class Decoder:
                 f"{spec.name} attends over a sliding window of {spec.sliding_window} tokens, "
                 f"which is not implemented; use max_seq_len <= {spec.sliding_window}"
             )
-        self.spec, self.dtype, self.tp, self.comm = spec, dtype, tp, comm
+        self.spec, self.dtype, self.tp, self.comm, self.stage = spec, dtype, tp, comm, stage
         self.max_batch, self.max_seq_len = max_batch, max_seq_len
         self.max_tokens = max_batch * max_seq_len if max_tokens is None else max_tokens
         self.rank = rank_shapes(spec, tp)
         self.gemm = gemm or GemmDispatch()
         free_bytes, _ = cupy.cuda.runtime.memGetInfo()
-        on_device = isinstance(weights.embed, cupy.ndarray)
+        on_device = isinstance(weights.layers[0].qkv.weight, cupy.ndarray)
         resident = 0 if not on_device else _weights_bytes(weights)
         self.footprint: Footprint = check_fits(
-            spec, max_batch, max_seq_len, dtype, free_bytes + resident, tp, self.max_tokens
-        )
+            spec, max_batch, max_seq_len, dtype, free_bytes + resident, tp, self.max_tokens,
+            stage.layers,
+        )  # fmt: skip
         self.weights = weights if on_device else weights.map(cupy.asarray)
         self._allocate(cupy)
         # The weights may still be in flight on the caller's stream (host copies, random
@@ -147,7 +156,7 @@ class Decoder:
         q_width, kv_width = rank.q_heads * head_dim, rank.kv_heads * head_dim
         ffn = rank.ffn_hidden_size
         self.kv_cache = cupy.empty(
-            (spec.num_layers, 2, batch, rank.kv_heads, self.max_seq_len, head_dim), dt
+            (len(self.stage.layers), 2, batch, rank.kv_heads, self.max_seq_len, head_dim), dt
         )
         self.residual = cupy.empty((tokens, hidden), cupy.float32)
         self.normed = cupy.empty((tokens, hidden), dt)
@@ -179,7 +188,8 @@ class Decoder:
 
     def forward(self, step: StepInputs) -> Any:
         """Run one step; the logits [R, vocab_padded] of `step.last_rows` (a view of a buffer
-        the next step overwrites; with tp > 1 gathered from every rank's vocabulary slice)."""
+        the next step overwrites; with tp > 1 gathered from every rank's vocabulary slice), or
+        None on a pipeline stage before the last."""
         from ftbench.kernels.decoder import embed, residual_norm
 
         spec, weights = self.spec, self.weights
@@ -191,7 +201,10 @@ class Decoder:
                 f"({self.max_tokens} tokens, batch {self.max_batch})"
             )
         residual = self.residual[:count]
-        embed(step.tokens, step.positions, weights.embed, weights.positions, residual)
+        if self.stage.first:
+            embed(step.tokens, step.positions, weights.embed, weights.positions, residual)
+        else:
+            self.stage.receive_activations(residual)
         pending: tuple[tuple[Any, ...], tuple[Any, ...]] = ((), ())
         for index, layer in enumerate(weights.layers):
             normed = self.normed[:count]
@@ -204,6 +217,12 @@ class Decoder:
             attention_sum = self._reduce(attention)
             self._norm(residual, normed, layer.ln2, (attention_sum, (layer.attn_out.bias,)))
             pending = (self._reduce(self._mlp(layer, normed, count)), (layer.ffn_down.bias,))
+        if not self.stage.last:
+            # Add the pending deltas to the residual (the norm's output is not used), so the
+            # residual alone goes to the next stage.
+            self._norm(residual, self.normed[:count], weights.layers[-1].ln1, pending)
+            self.stage.send_activations(residual)
+            return None
         last = self.last_hidden[:rows]
         final = weights.final_norm
         residual_norm(

@@ -9,6 +9,11 @@ Given the per-rank shards of `weights.shard()` instead of full weights, it runs 
 of each layer and sums the partial outputs where the tensor-parallel runtime all-reduces (after
 attention-out and after FFN-down, each followed by that layer's bias) and concatenates the LM
 head's vocabulary slices where it all-gathers. That is how the sharding is checked.
+
+Given one pipeline stage's weights (`weights.stage_weights`) and that stage's `layers`, it runs
+those layers only: a first stage takes token ids, a later one the hidden states [batch, seq,
+hidden] the stage before returned; a last stage returns logits, an earlier one hidden states.
+Chaining the stages' `prefill` and `decode` calls is the pipeline's math.
 """
 
 from __future__ import annotations
@@ -137,7 +142,8 @@ class ReferenceModel:
     """A decoder with a KV cache: `prefill` a batch of prompts, then `decode` token by token.
 
     `weights` is a `ModelWeights` or the list of per-rank shards from `shard()` (tp = its
-    length). `dtype` (float64 or float32) is the compute dtype; weights are converted to it.
+    length), of the whole model or of the pipeline stage holding `layers` (see the module
+    docstring). `dtype` (float64 or float32) is the compute dtype; weights are converted to it.
     """
 
     def __init__(
@@ -145,6 +151,7 @@ class ReferenceModel:
         spec: ModelSpec,
         weights: ModelWeights | Sequence[ModelWeights],
         dtype: Any = np.float64,
+        layers: range | None = None,
     ) -> None:
         ranks = [weights] if isinstance(weights, ModelWeights) else list(weights)
         if not ranks:
@@ -160,22 +167,24 @@ class ReferenceModel:
                 "rotary embeddings are"
             )
         self.spec = spec
+        self.layers = range(spec.num_layers) if layers is None else layers
         self.tp = len(ranks)
         self.rank_shapes = rank_shapes(spec, self.tp)
         for rank_weights in ranks:
-            check_shapes(rank_weights, spec, self.tp)
+            check_shapes(rank_weights, spec, self.tp, self.layers)
         self.ranks = [rank_weights.astype(self.dtype) for rank_weights in ranks]
         self.lengths: np.ndarray | None = None
         self._caches: list[list[_KVCache]] = []
 
     def prefill(self, token_ids: Any, lengths: Any = None) -> np.ndarray:
-        """Run prompts token_ids [batch, seq] into a new KV cache; logits [batch, seq, vocab].
+        """Run prompts token_ids [batch, seq] into a new KV cache; logits [batch, seq, vocab]
+        (a later pipeline stage: hidden states in and, before the last stage, out).
 
         `lengths` [batch] gives each prompt's length for right-padded batches (default: all
         `seq`); logits at padded positions are NaN.
         """
-        tokens = self._check_tokens(token_ids, ndim=2)
-        batch, seq = tokens.shape
+        tokens = self._check_inputs(token_ids, ndim=2)
+        batch, seq = tokens.shape[:2]
         lengths = np.full(batch, seq) if lengths is None else np.asarray(lengths)
         if lengths.shape != (batch,) or lengths.min() < 1 or lengths.max() > seq:
             raise InvalidInputError(
@@ -184,23 +193,22 @@ class ReferenceModel:
         positions = np.broadcast_to(np.arange(seq), (batch, seq))
         shapes, head_dim = self.rank_shapes, self.spec.head_dim
         self._caches = [
-            [
-                _KVCache(batch, shapes.kv_heads, head_dim, self.dtype)
-                for _ in range(self.spec.num_layers)
-            ]
+            [_KVCache(batch, shapes.kv_heads, head_dim, self.dtype) for _ in self.layers]
             for _ in self.ranks
         ]
         logits = self._forward(tokens, positions)
-        logits[positions >= lengths[:, None]] = np.nan
+        if self.layers.stop == self.spec.num_layers:
+            logits[positions >= lengths[:, None]] = np.nan
         self.lengths = lengths.astype(np.int64)
         return logits
 
     def decode(self, next_tokens: Any) -> np.ndarray:
-        """Append one token per sequence (next_tokens [batch]); logits [batch, vocab]."""
+        """Append one token per sequence (next_tokens [batch]); logits [batch, vocab] (a later
+        pipeline stage: hidden states [batch, hidden] in and, before the last stage, out)."""
         if self.lengths is None:
             raise InvalidInputError("decode() needs a prefill() first")
-        tokens = self._check_tokens(next_tokens, ndim=1)
-        if tokens.shape != self.lengths.shape:
+        tokens = self._check_inputs(next_tokens, ndim=1)
+        if tokens.shape[:1] != self.lengths.shape:
             raise InvalidInputError(
                 f"decode() takes one token per sequence ({len(self.lengths)}), got {tokens.shape}"
             )
@@ -217,8 +225,17 @@ class ReferenceModel:
             generated.append(self.decode(generated[-1]).argmax(axis=-1))
         return np.stack(generated, axis=1)
 
-    def _check_tokens(self, token_ids: Any, ndim: int) -> np.ndarray:
-        tokens = np.asarray(token_ids)
+    def _check_inputs(self, inputs: Any, ndim: int) -> np.ndarray:
+        """Token ids (first stage) or the previous stage's hidden states (one more axis)."""
+        if self.layers.start > 0:
+            hidden = np.asarray(inputs, dtype=self.dtype)
+            if hidden.ndim != ndim + 1 or hidden.shape[-1] != self.spec.hidden_size:
+                raise InvalidInputError(
+                    f"a stage after the first takes hidden states with {ndim + 1} axes, the "
+                    f"last of {self.spec.hidden_size}; got {list(hidden.shape)}"
+                )
+            return hidden
+        tokens = np.asarray(inputs)
         if tokens.ndim != ndim or not np.issubdtype(tokens.dtype, np.integer):
             raise InvalidInputError(f"token ids must be a {ndim}-D integer array")
         if tokens.min() < 0 or tokens.max() >= self.spec.vocab_size:
@@ -229,13 +246,16 @@ class ReferenceModel:
         return tokens
 
     def _forward(self, tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """Logits [batch, tokens, vocab] of tokens at positions [batch, tokens]."""
+        """Logits [batch, tokens, vocab] of tokens at positions [batch, tokens] (a pipeline
+        stage: hidden states in after the first stage, out before the last)."""
         spec, weights = self.spec, self.ranks[0]
         if spec.sliding_window and positions.max() >= spec.sliding_window:
             raise InvalidInputError(
                 f"{spec.name} attends over a sliding window of {spec.sliding_window} tokens, "
                 f"which is not implemented; position {positions.max()} is past it"
             )
+        if self.layers.start > 0:
+            return self._stage(tokens, positions)
         hidden = weights.embed[tokens]
         if weights.positions is not None:
             if positions.max() >= spec.max_positions:
@@ -244,8 +264,15 @@ class ReferenceModel:
                     f"{positions.max()} is past the end"
                 )
             hidden = hidden + weights.positions[positions]
-        for index in range(spec.num_layers):
+        return self._stage(hidden, positions)
+
+    def _stage(self, hidden: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """This stage's layers, then (on the last stage) the final norm and the LM head."""
+        spec, weights = self.spec, self.ranks[0]
+        for index in range(len(self.layers)):
             hidden = self._layer(index, hidden, positions)
+        if self.layers.stop < spec.num_layers:
+            return hidden
         hidden = norm(hidden, weights.final_norm, spec.norm, spec.norm_eps)
         # All-gather of the LM head's vocabulary slices, then drop the padding rows.
         logits = np.concatenate([linear(hidden, rank.lm_head) for rank in self.ranks], axis=-1)

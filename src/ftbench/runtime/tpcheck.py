@@ -1,11 +1,14 @@
-"""Check tensor parallelism on one GPU: emulated TP ranks against the TP=1 runtime.
+"""Check tensor and pipeline parallelism on one GPU: emulated ranks against the TP=1 runtime.
 
-`compare_emulated(case, tp)` draws random weights for a small model of `case` (GPT-J's parallel
-block with partial interleaved rotary and an LM-head bias; LLaMA with grouped-query attention,
-whose 4 KV heads are replicated at tp=8), runs them through the CUDA runtime unsharded (TP=1)
-and as `tp` emulated ranks in one process (`runtime.parallel.EmulatedGroup`: each rank its own
-`Decoder` with its `weights.shard`, the all-reduce a sum of the ranks' buffers, the LM head's
-vocabulary slices gathered), and measures per position the relative logit error
+`compare_emulated(case, tp, pp=1)` draws random weights for a small model of `case` (GPT-J's
+parallel block with partial interleaved rotary and an LM-head bias; LLaMA with grouped-query
+attention, whose 4 KV heads are replicated at tp=8; 4 layers each), runs them through the CUDA
+runtime unsharded (TP=1) and as tp x pp emulated ranks in one process
+(`runtime.parallel.EmulatedGroup`: each rank its own `Decoder` with its stage's layers of its
+`weights.shard`, the all-reduce a sum of its stage's ranks' buffers, the LM head's vocabulary
+slices gathered, activations and sampled tokens passed between stages by emulated send and
+recv, every rank running the same `Generator` calls), and measures per position the relative
+logit error (of the last stage's ranks)
 ‖tp − tp1‖ / ‖tp1‖ over every prompt token of a ragged prefill and `STEPS` teacher-forced
 decode steps. Both runs are also compared with the float64 NumPy reference
 (`runtime.reference`) of the unsharded weights, which says how large fp16 rounding is here.
@@ -26,22 +29,25 @@ from ftbench.profiles.spec import ModelSpec
 from ftbench.runtime.generate import Generator
 from ftbench.runtime.model import Decoder
 from ftbench.runtime.parallel import EmulatedGroup
+from ftbench.runtime.pipeline import Stage, pipeline_group, rank_place, stage_plan, tensor_group
 from ftbench.runtime.reference import ReferenceModel
-from ftbench.runtime.weights import ModelWeights, random_weights, shard
+from ftbench.runtime.weights import ModelWeights, random_weights, shard, stage_weights
 
 TP_SIZES = (2, 4, 8)
+# (tp, pp) pairs of the pipeline check.
+PIPELINE_SIZES = ((1, 2), (1, 4), (2, 2))
 PROMPT_LENGTHS = (5, 17, 11)
 STEPS = 16
 SEED = 4321
 # Vocabularies not divisible by every tp, so the LM head's padding rows are exercised.
 CASES = {
     "gptj": dataclasses.replace(
-        load_builtin("gptj-6b"), name="gptj-small", num_layers=2, hidden_size=1024,
+        load_builtin("gptj-6b"), name="gptj-small", num_layers=4, hidden_size=1024,
         num_heads=16, num_kv_heads=16, head_dim=64, rotary_dim=32, ffn_hidden_size=4096,
         vocab_size=1003, max_positions=256,
     ),
     "llama-gqa": dataclasses.replace(
-        load_builtin("llama2-70b"), name="llama-gqa-small", num_layers=2, hidden_size=1024,
+        load_builtin("llama2-70b"), name="llama-gqa-small", num_layers=4, hidden_size=1024,
         num_heads=16, num_kv_heads=4, head_dim=64, rotary_dim=64, ffn_hidden_size=2816,
         vocab_size=1001, max_positions=256,
     ),
@@ -55,6 +61,7 @@ class EmulatedResult:
     model: str
     dtype: str
     tp: int
+    pp: int
     kv_replicas: int
     max_rel_err: float
     prefill_max_rel_err: float
@@ -80,14 +87,17 @@ def _inputs(spec: ModelSpec) -> tuple[list[np.ndarray], np.ndarray]:
 
 
 def _run(generator: Generator, prompts: list, continuations: np.ndarray) -> list[np.ndarray]:
-    """Logits (float64, padding columns dropped) of every prompt token, then of each step."""
+    """Logits (float64, padding columns dropped) of every prompt token, then of each step;
+    None on a pipeline stage before the last (it has no logits)."""
     import cupy
 
     vocab = generator.decoder.spec.vocab_size
-    outputs = [generator.prefill(prompts, all_logits=True).astype(cupy.float64)]
+    outputs = [generator.prefill(prompts, all_logits=True)]
     for step in range(continuations.shape[1]):
-        outputs.append(generator.decode(continuations[:, step]).astype(cupy.float64))
-    return [cupy.asnumpy(logits)[:, :vocab] for logits in outputs]
+        outputs.append(generator.decode(continuations[:, step]))
+    if outputs[0] is None:
+        return None
+    return [cupy.asnumpy(logits.astype(cupy.float64))[:, :vocab] for logits in outputs]
 
 
 def _decoder_args(spec: ModelSpec) -> dict[str, Any]:
@@ -102,21 +112,25 @@ def run_tp1(spec: ModelSpec, weights: ModelWeights, prompts, continuations) -> l
 
 
 def run_emulated(
-    spec: ModelSpec, weights: ModelWeights, tp: int, prompts, continuations
+    spec: ModelSpec, weights: ModelWeights, tp: int, prompts, continuations, pp: int = 1
 ) -> list[list[np.ndarray]]:
-    """Every emulated rank's logits (each rank gathers the whole vocabulary)."""
-    group = EmulatedGroup(tp)
-    generators = [
-        Generator(
-            Decoder(
-                spec, shard(weights, spec, tp, rank), tp=tp, comm=group.communicator(rank),
-                **_decoder_args(spec),
-            ),
-            use_graph=False, stream=group.stream,
-        )
-        for rank in range(tp)
-    ]  # fmt: skip
-    return group.run(lambda rank: _run(generators[rank], prompts, continuations))
+    """The logits of every emulated rank of the last stage (each gathers the whole
+    vocabulary), in tensor-parallel rank order."""
+    group = EmulatedGroup(tp * pp)
+    plan = stage_plan(spec, pp)
+    generators = []
+    for rank in range(tp * pp):
+        index, tp_rank = rank_place(rank, tp, pp)
+        pipe = group.communicator(rank, pipeline_group(tp_rank, tp, pp)) if pp > 1 else None
+        stage = Stage(index, pp, plan[index], pipe)
+        decoder = Decoder(
+            spec, stage_weights(shard(weights, spec, tp, tp_rank), spec, plan[index]), tp=tp,
+            comm=group.communicator(rank, tensor_group(index, tp)), stage=stage,
+            **_decoder_args(spec),
+        )  # fmt: skip
+        generators.append(Generator(decoder, use_graph=False, stream=group.stream))
+    ranks = group.run(lambda rank: _run(generators[rank], prompts, continuations))
+    return ranks[(pp - 1) * tp :]
 
 
 def reference_logits(spec: ModelSpec, weights: ModelWeights, prompts, continuations):
@@ -136,15 +150,15 @@ def reference_logits(spec: ModelSpec, weights: ModelWeights, prompts, continuati
 
 
 def compare_emulated(
-    case: str, tp: int, dtype: str = "fp16", tp1: list[np.ndarray] | None = None
+    case: str, tp: int, dtype: str = "fp16", tp1: list[np.ndarray] | None = None, pp: int = 1
 ) -> EmulatedResult:
-    """Emulated `tp` ranks of `case` against TP=1 (see the module docstring). `tp1` may pass
-    the TP=1 logits of an earlier call (`run_tp1` on the same case and dtype)."""
+    """Emulated tp x pp ranks of `case` against TP=1 (see the module docstring). `tp1` may
+    pass the TP=1 logits of an earlier call (`run_tp1` on the same case and dtype)."""
     spec = CASES[case]
     weights = random_weights(spec, dtype, seed=SEED)
     prompts, continuations = _inputs(spec)
     tp1 = tp1 if tp1 is not None else run_tp1(spec, weights, prompts, continuations)
-    ranks = run_emulated(spec, weights, tp, prompts, continuations)
+    ranks = run_emulated(spec, weights, tp, prompts, continuations, pp)
     ours = ranks[0]
     errors = [_relative_errors(a, b) for a, b in zip(ours, tp1, strict=True)]
     agree = np.concatenate([a.argmax(-1) == b.argmax(-1) for a, b in zip(ours, tp1, strict=True)])
@@ -153,6 +167,7 @@ def compare_emulated(
         model=case,
         dtype=dtype,
         tp=tp,
+        pp=pp,
         kv_replicas=max(tp // spec.num_kv_heads, 1),
         max_rel_err=float(max(e.max() for e in errors)),
         prefill_max_rel_err=float(errors[0].max()),

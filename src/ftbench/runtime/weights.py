@@ -17,6 +17,10 @@ columns (output rows), attention-out and FFN-down by rows (input columns), the L
 vocabulary rows (padded with zero rows up to a multiple of tp). Norms, embeddings and the biases
 of the row-split layers are replicated; a row-split layer's bias is added once, after the
 all-reduce of the partial outputs.
+
+`stage_weights()` keeps what one pipeline stage holds: its layers (renumbered from 0), the
+embeddings only on the first stage, the final norm and LM head only on the last (absent arrays
+are None).
 """
 
 from __future__ import annotations
@@ -81,30 +85,29 @@ class LayerWeights:
 class ModelWeights:
     """A decoder's weights: embeddings, layers, final norm and LM head (see the module doc)."""
 
-    embed: np.ndarray
+    embed: np.ndarray | None
     positions: np.ndarray | None
     layers: tuple[LayerWeights, ...]
-    final_norm: Norm
-    lm_head: Linear
+    final_norm: Norm | None
+    lm_head: Linear | None
 
     @property
     def dtype(self) -> np.dtype:
         """The dtype of every array."""
-        return self.embed.dtype
+        return next(iter(self.named_tensors().values())).dtype
 
     @property
     def tied_lm_head(self) -> bool:
         """True when the LM head is the token embedding itself (one array, not a copy)."""
-        return self.lm_head.weight is self.embed
+        return self.lm_head is not None and self.lm_head.weight is self.embed
 
     def named_tensors(self) -> dict[str, np.ndarray]:
         """Every array by ftbench name ("embed", "layers.0.qkv.weight", "lm_head.bias", ...).
 
         A tied LM head appears as "lm_head.weight" too, as the same array as "embed".
         """
-        named = {"embed": self.embed}
-        if self.positions is not None:
-            named["positions"] = self.positions
+        named = {"embed": self.embed, "positions": self.positions}
+        named = {name: array for name, array in named.items() if array is not None}
         modules: list[tuple[str, Linear | Norm | None]] = []
         for index, layer in enumerate(self.layers):
             modules += [(f"layers.{index}.{part}", getattr(layer, part)) for part in _LAYER_PARTS]
@@ -170,21 +173,27 @@ def _add(shapes: dict[str, tuple[int, ...]], prefix: str, shape: tuple[int, ...]
         shapes[f"{prefix}.bias"] = shape[:1]
 
 
-def weight_shapes(spec: ModelSpec, tp: int = 1) -> dict[str, tuple[int, ...]]:
-    """The shape of every array one rank holds under tensor parallelism `tp`, by ftbench name.
+def weight_shapes(
+    spec: ModelSpec, tp: int = 1, layers: range | None = None
+) -> dict[str, tuple[int, ...]]:
+    """The shape of every array one rank holds under tensor parallelism `tp`, by ftbench name;
+    with `layers`, only what the pipeline stage of those layers holds (`stage_weights`).
 
     With tp=1 these are the full weights (the LM head listed even when it is tied).
     """
     _check_decoder(spec)
+    layers = range(spec.num_layers) if layers is None else layers
     rank = rank_shapes(spec, tp)
     hidden, head_dim = spec.hidden_size, spec.head_dim
     q_width, kv_width = rank.q_heads * head_dim, rank.kv_heads * head_dim
     ffn = rank.ffn_hidden_size
     norm_bias = spec.norm == "layernorm"
-    shapes: dict[str, tuple[int, ...]] = {"embed": (spec.vocab_size, hidden)}
-    if spec.position_embedding == "learned":
-        shapes["positions"] = (spec.max_positions, hidden)
-    for index in range(spec.num_layers):
+    shapes: dict[str, tuple[int, ...]] = {}
+    if layers.start == 0:
+        shapes["embed"] = (spec.vocab_size, hidden)
+        if spec.position_embedding == "learned":
+            shapes["positions"] = (spec.max_positions, hidden)
+    for index in range(len(layers)):
         layer = f"layers.{index}"
         _add(shapes, f"{layer}.ln1", (hidden,), norm_bias)
         _add(shapes, f"{layer}.qkv", (q_width + 2 * kv_width, hidden), spec.qkv_bias)
@@ -194,8 +203,9 @@ def weight_shapes(spec: ModelSpec, tp: int = 1) -> dict[str, tuple[int, ...]]:
         up_rows = 2 * ffn if spec.gated_ffn else ffn
         _add(shapes, f"{layer}.ffn_up", (up_rows, hidden), spec.ffn_bias)
         _add(shapes, f"{layer}.ffn_down", (hidden, ffn), spec.ffn_bias)
-    _add(shapes, "final_norm", (hidden,), norm_bias)
-    _add(shapes, "lm_head", (rank.lm_head_rows, hidden), spec.lm_head_bias)
+    if layers.stop == spec.num_layers:
+        _add(shapes, "final_norm", (hidden,), norm_bias)
+        _add(shapes, "lm_head", (rank.lm_head_rows, hidden), spec.lm_head_bias)
     return shapes
 
 
@@ -219,7 +229,7 @@ def from_named(named: Mapping[str, np.ndarray], num_layers: int) -> ModelWeights
         for index in range(num_layers)
     )
     return ModelWeights(
-        embed=named["embed"],
+        embed=named.get("embed"),
         positions=named.get("positions"),
         layers=layers,
         final_norm=module(Norm, "final_norm"),
@@ -228,21 +238,28 @@ def from_named(named: Mapping[str, np.ndarray], num_layers: int) -> ModelWeights
 
 
 def random_weights(
-    spec: ModelSpec, dtype: Any, seed: int = 0, tp: int = 1, xp: Any = np
+    spec: ModelSpec,
+    dtype: Any,
+    seed: int = 0,
+    tp: int = 1,
+    xp: Any = np,
+    layers: range | None = None,
 ) -> ModelWeights:
     """Random weights for benchmarking without a checkpoint (and for tests).
 
     Weights, biases and embeddings are uniform with mean 0 and std 0.02 (GPT-2's init scale;
     uniform because it is several times faster to draw than normal, which matters for
     billions of parameters); norm weights are 1 plus the same noise. The same seed gives the
-    same weights. With tp > 1 they have one rank's shapes; with xp=cupy they are drawn on the
-    GPU (a 6B model in seconds instead of a minute on the host).
+    same weights. With tp > 1 they have one rank's shapes, with `layers` one pipeline stage's
+    (`stage_weights`); with xp=cupy they are drawn on the GPU (a 6B model in seconds instead of
+    a minute on the host).
     """
     target = numpy_dtype(dtype)
     rng = xp.random.default_rng(seed)
     named = {}
-    for name, shape in weight_shapes(spec, tp).items():
-        if name == "lm_head.weight" and spec.tie_word_embeddings:
+    shapes = weight_shapes(spec, tp, layers)
+    for name, shape in shapes.items():
+        if name == "lm_head.weight" and spec.tie_word_embeddings and "embed" in named:
             named[name] = named["embed"]
             continue
         values = rng.random(shape, dtype=np.float32)
@@ -251,7 +268,7 @@ def random_weights(
         if name.endswith(".weight") and name.split(".")[-2] in _NORMS:
             values += 1.0
         named[name] = values.astype(target)
-    return from_named(named, spec.num_layers)
+    return from_named(named, spec.num_layers if layers is None else len(layers))
 
 
 @dataclass(frozen=True)
@@ -560,9 +577,12 @@ def _columns(linear: Linear, columns: slice) -> Linear:
     return Linear(np.ascontiguousarray(linear.weight[:, columns]), linear.bias)
 
 
-def check_shapes(weights: ModelWeights, spec: ModelSpec, tp: int = 1) -> None:
-    """Raise `InvalidInputError` unless `weights` has exactly one rank's arrays for `spec`, `tp`."""
-    expected = weight_shapes(spec, tp)
+def check_shapes(
+    weights: ModelWeights, spec: ModelSpec, tp: int = 1, layers: range | None = None
+) -> None:
+    """Raise `InvalidInputError` unless `weights` has exactly one rank's arrays for `spec`, `tp`
+    (and the pipeline stage of `layers`)."""
+    expected = weight_shapes(spec, tp, layers)
     actual = {name: array.shape for name, array in weights.named_tensors().items()}
     if actual == expected:
         return
@@ -572,7 +592,10 @@ def check_shapes(weights: ModelWeights, spec: ModelSpec, tp: int = 1) -> None:
         for name in sorted(expected.keys() | actual.keys())
         if expected.get(name) != actual.get(name)
     ]
-    raise InvalidInputError(f"weights do not match {spec.name} with tp={tp}: {_listing(wrong)}")
+    stage = "" if layers is None else f", layers {layers.start}..{layers.stop - 1}"
+    raise InvalidInputError(
+        f"weights do not match {spec.name} with tp={tp}{stage}: {_listing(wrong)}"
+    )
 
 
 def shard(weights: ModelWeights, spec: ModelSpec, tp: int, rank: int) -> ModelWeights:
@@ -625,4 +648,23 @@ def shard(weights: ModelWeights, spec: ModelSpec, tp: int, rank: int) -> ModelWe
         layers=layers,
         final_norm=weights.final_norm,
         lm_head=Linear(np.ascontiguousarray(lm_weight), lm_bias),
+    )
+
+
+def stage_weights(weights: ModelWeights, spec: ModelSpec, layers: range) -> ModelWeights:
+    """The part of `weights` (whole or one tensor-parallel shard) that the pipeline stage of
+    `layers` holds (`profiles.problems.stage_layers`): those layers, renumbered from 0; the
+    embeddings only on the first stage; the final norm and the LM head only on the last (a
+    tied LM head stays the embedding array). Nothing is copied."""
+    if not 0 <= layers.start < layers.stop <= len(weights.layers) or layers.step != 1:
+        raise InvalidInputError(
+            f"layers {layers} are not a stage of a model with {len(weights.layers)} layers"
+        )
+    first, last = layers.start == 0, layers.stop == spec.num_layers
+    return ModelWeights(
+        embed=weights.embed if first else None,
+        positions=weights.positions if first else None,
+        layers=weights.layers[layers.start : layers.stop],
+        final_norm=weights.final_norm if last else None,
+        lm_head=weights.lm_head if last else None,
     )
