@@ -17,6 +17,7 @@ import numpy as np
 from ftbench.autotune.operands import operand_shapes
 from ftbench.autotune.problem import GemmProblem
 from ftbench.errors import GpuError, InvalidInputError
+from ftbench.kernels.streams import scratch_slot
 
 # cudaDataType_t and cublasComputeType_t values from the CUDA headers.
 CUDA_DATA_TYPES = {"fp16": 2, "bf16": 14, "fp32": 0}
@@ -90,8 +91,8 @@ def _cublas() -> ctypes.CDLL:
 
 
 @functools.cache
-def _workspace(device_id: int) -> Any:
-    """A 32 MiB cuBLAS workspace per device, made once.
+def _workspace(device_id: int, slot: int) -> Any:
+    """A 32 MiB cuBLAS workspace per device and scratch slot (`streams.scratch_slot`), made once.
 
     cuBLAS falls back to its own workspace pool after every cublasSetStream; a workspace we own
     keeps its kernels the same inside and outside CUDA-graph capture.
@@ -132,8 +133,9 @@ def gemm(problem: GemmProblem, a: Any, b: Any, c: Any, algo: int = CUBLAS_GEMM_D
     transa, transb, m, n, k, data_type, lda, ldb, ldc, strides = _call_arguments(problem)
     library = _cublas()
     handle = cupy.cuda.device.get_cublas_handle()
-    workspace = _workspace(cupy.cuda.Device().id)
-    _check(library.cublasSetStream_v2(handle, cupy.cuda.get_current_stream().ptr), "setStream")
+    stream = cupy.cuda.get_current_stream().ptr
+    workspace = _workspace(cupy.cuda.Device().id, scratch_slot())
+    _check(library.cublasSetStream_v2(handle, stream), "setStream")
     _check(
         library.cublasSetWorkspace_v2(handle, workspace.data.ptr, workspace.nbytes), "setWorkspace"
     )

@@ -12,8 +12,8 @@ compiles the instances a list of configs needs in one NVRTC run and makes the pe
 workspace: call it before timing or CUDA-graph capture (compiling and allocating cannot be
 captured).
 
-Split-K uses a workspace shared by all launches on a device (like cuBLAS's): launches that split
-K must not run concurrently on two streams of one device.
+Split-K uses a workspace shared by the launches of one scratch slot (`streams.scratch_slot`: the
+branch stream, or any other stream) of a device, like cuBLAS's.
 
 Launches go through the driver's cuLaunchKernelEx, so that `gemv(..., pdl=True)` can ask for
 programmatic dependent launch (Hopper and newer): the kernel then starts while the previous
@@ -34,6 +34,7 @@ import numpy as np
 from ftbench.errors import InvalidInputError
 from ftbench.kernels import nvrtc
 from ftbench.kernels.cublas import check_linear_operands
+from ftbench.kernels.streams import scratch_slot
 
 SOURCE_PATH = Path(__file__).parent / "cuda" / "gemv.cu"
 KERNELS = ("mma", "fma")
@@ -275,8 +276,9 @@ def _kernel(name: str) -> Any:
 
 
 @functools.cache
-def _workspace(device_id: int) -> tuple[Any, Any]:
-    """(fp32 partial sums, zeroed uint32 counters) for split-K on one device, made once."""
+def _workspace(device_id: int, slot: int) -> tuple[Any, Any]:
+    """(fp32 partial sums, zeroed uint32 counters) for split-K on one device and scratch slot
+    (`streams.scratch_slot`), made once."""
     import cupy
 
     with cupy.cuda.Device(device_id):
@@ -293,7 +295,7 @@ def prepare(configs: list[GemvConfig], m: int, dtype: str) -> float:
 
     if dtype not in C_TYPES:
         raise InvalidInputError(f"dtype must be one of {sorted(C_TYPES)}, not {dtype!r}")
-    _workspace(cupy.cuda.Device().id)
+    _workspace(cupy.cuda.Device().id, scratch_slot())
     return _compile([kernel_name(config, m, dtype) for config in configs])
 
 
@@ -328,7 +330,7 @@ def gemv(x: Any, w: Any, y: Any, config: GemvConfig, *, pdl: bool | None = None)
     kernel = _kernel(name)
     if pdl and nvrtc.compute_capability(device) < 90:
         raise InvalidInputError("gemv: pdl=True needs compute capability 9.0 or newer")
-    partial, counters = _workspace(device)
+    partial, counters = _workspace(device, scratch_slot())
     pointers = (x.data.ptr, w.data.ptr, y.data.ptr, partial.data.ptr, counters.data.ptr)
     arguments = [np.uint64(p) for p in pointers] + [
         np.int32(n),

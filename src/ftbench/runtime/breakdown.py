@@ -173,9 +173,11 @@ def _timed_operations(decoder: Decoder, lengths: list[int]):
         return attention(index, *args, **kwargs)
 
     decoder._attention = attention_of_layer
+    decoder.overlap_branches = False  # one operation after another, or the events mean nothing
     try:
         yield operations
     finally:
+        decoder.overlap_branches = True
         for module, name, original in saved:
             setattr(module, name, original)
         del decoder.gemm.linear

@@ -20,7 +20,8 @@ others receive the residual from the stage before; every stage but the last adds
 deltas to the residual and sends it on, and only the last computes logits.
 
 Residual additions are fused into the next norm (`residual_norm`), biases of QKV into the
-rotary kernel and of FFN-up into the activation. Every GEMM goes through one `GemmDispatch`.
+rotary kernel and of FFN-up into the activation. A parallel block runs its MLP on a second
+stream beside attention (`Decoder._parallel_block`). Every GEMM goes through one `GemmDispatch`.
 Buffers (KV cache, activations) are allocated once, sized by `runtime.memory`, and reused by
 every layer and step; a step allocates nothing and never synchronises, so a decode step can be
 captured in a CUDA graph (see `runtime.generate`).
@@ -130,6 +131,8 @@ class Decoder:
                 f"which is not implemented; use max_seq_len <= {spec.sliding_window}"
             )
         self.spec, self.dtype, self.tp, self.comm, self.stage = spec, dtype, tp, comm, stage
+        # Parallel blocks run attention and MLP on two streams (see `_parallel_block`).
+        self.overlap_branches = True
         self.max_batch, self.max_seq_len = max_batch, max_seq_len
         self.max_tokens = max_batch * max_seq_len if max_tokens is None else max_tokens
         self.rank = rank_shapes(spec, tp)
@@ -209,11 +212,11 @@ class Decoder:
         for index, layer in enumerate(weights.layers):
             normed = self.normed[:count]
             self._norm(residual, normed, layer.ln1, pending)
-            attention = self._attention(index, normed, step, count)
             if spec.parallel_attn_mlp:
-                mlp = self._mlp(layer, normed, count)
+                attention, mlp = self._parallel_block(index, layer, normed, step, count)
                 pending = (self._reduce(attention, mlp), (layer.attn_out.bias, layer.ffn_down.bias))
                 continue
+            attention = self._attention(index, normed, step, count)
             attention_sum = self._reduce(attention)
             self._norm(residual, normed, layer.ln2, (attention_sum, (layer.attn_out.bias,)))
             pending = (self._reduce(self._mlp(layer, normed, count)), (layer.ffn_down.bias,))
@@ -236,6 +239,28 @@ class Decoder:
 
             cupy.add(logits, weights.lm_head.bias, out=logits)
         return logits if self.comm is None else self._gather(logits)
+
+    def _parallel_block(
+        self, index: int, layer: Any, normed: Any, step: StepInputs, count: int
+    ) -> tuple[Any, Any]:
+        """Attention and MLP of a parallel block, side by side: the MLP on the device's branch
+        stream (`kernels.streams`), attention on the current one, which then waits for the
+        MLP. Attention's small kernels so run while the MLP reads its weights. With
+        `overlap_branches` False (the per-operation breakdown), one after the other."""
+        if not self.overlap_branches:
+            return self._attention(index, normed, step, count), self._mlp(layer, normed, count)
+        import cupy
+
+        from ftbench.kernels.streams import branch_stream
+
+        main = cupy.cuda.get_current_stream()
+        branch = branch_stream(cupy.cuda.Device().id)
+        branch.wait_event(main.record())
+        with branch:
+            mlp = self._mlp(layer, normed, count)
+        attention = self._attention(index, normed, step, count)
+        main.wait_event(branch.record())
+        return attention, mlp
 
     def _reduce(self, *partials: Any) -> tuple[Any, ...]:
         """The all-reduce of the Megatron split: this rank's partial outputs summed over ranks.

@@ -45,6 +45,7 @@ from ftbench.autotune.operands import operand_shapes
 from ftbench.autotune.problem import GemmProblem
 from ftbench.errors import InvalidInputError, NoGpuError
 from ftbench.kernels.cublas import CUBLAS_COMPUTE_32F, CUBLAS_OP, CUDA_DATA_TYPES, WORKSPACE_BYTES
+from ftbench.kernels.streams import scratch_slot
 
 BACKEND_NAME = "cublaslt"
 HEURISTIC_COUNT = 16
@@ -338,9 +339,9 @@ def _handle(device_id: int) -> int:
 
 
 @functools.cache
-def _workspace(device_id: int) -> Any:
-    """A 32 MiB workspace per device for cuBLASLt alone (cuBLAS has its own: calls of the two
-    libraries on different streams must not share scratch memory)."""
+def _workspace(device_id: int, slot: int) -> Any:
+    """A 32 MiB workspace per device and scratch slot (`kernels.streams.scratch_slot`) for
+    cuBLASLt alone (cuBLAS has its own)."""
     import cupy
 
     with cupy.cuda.Device(device_id):
@@ -619,14 +620,14 @@ def enumerate_configs(
 class CublasLtRunner:
     """`runner(a, b, c)`: C = op(A) @ op(B) through cublasLtMatmul with one fixed algorithm."""
 
-    __slots__ = ("config", "algo", "workspace_bytes", "_arguments", "_matmul", "_stream")
+    __slots__ = ("config", "algo", "workspace_bytes", "_arguments", "_matmul", "_stream", "_device")
 
     def __init__(self, problem: GemmProblem, config: AlgoConfig):
         import cupy
 
         lt = _library()
         device_id = cupy.cuda.Device().id
-        handle, plan, workspace = _handle(device_id), _plan(problem), _workspace(device_id)
+        handle, plan = _handle(device_id), _plan(problem)
         try:
             algo = build_algo(handle, plan, config)
         except lt.cuBLASLtError as exc:
@@ -640,20 +641,21 @@ class CublasLtRunner:
         self.config, self.algo, self.workspace_bytes = config, algo, workspace_bytes
         self._matmul = lt.matmul
         self._stream = cupy.cuda.get_current_stream
+        self._device = device_id
         self._arguments = (
             handle, plan.desc, _ONE.ctypes.data, plan.a_layout, plan.b_layout, _ZERO.ctypes.data,
-            plan.c_layout, algo.ctypes.data, workspace.data.ptr, workspace.nbytes,
+            plan.c_layout, algo.ctypes.data,
         )  # fmt: skip
 
     def __call__(self, a: Any, b: Any, c: Any) -> None:
-        handle, desc, alpha, a_layout, b_layout, beta, c_layout, algo, ws, ws_bytes = (
-            self._arguments
-        )
+        handle, desc, alpha, a_layout, b_layout, beta, c_layout, algo = self._arguments
+        stream = self._stream().ptr
+        workspace = _workspace(self._device, scratch_slot())
         # cuBLASLt's A is our B and its B our A (see GemmProblem.cublas_call); D is C.
         out = c.data.ptr
         self._matmul(
             handle, desc, alpha, b.data.ptr, a_layout, a.data.ptr, b_layout, beta, out, c_layout,
-            out, c_layout, algo, ws, ws_bytes, self._stream().ptr,
+            out, c_layout, algo, workspace.data.ptr, workspace.nbytes, stream,
         )  # fmt: skip
 
 
