@@ -106,7 +106,8 @@ def percentile_summary(samples: Sequence[float]) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Measured:
     """What one engine measured at one point: per request TTFT and end-to-end, every decode
-    step, peak memory, GEMM dispatch counts and the GPU's conditions."""
+    step, peak memory, GEMM dispatch counts, the GPU's conditions, and the seconds a peer
+    spent compiling ahead of its requests (None where it compiles nothing ahead)."""
 
     ttft_ms: list[float]
     end_to_end_ms: list[float]
@@ -115,6 +116,7 @@ class Measured:
     gemm: dict[str, Any] | None
     conditions: dict[str, Any]
     flags: tuple[str, ...] = ()
+    compile_s: float | None = None
 
 
 def point_record(
@@ -145,6 +147,7 @@ def point_record(
         None if floor_prefill_ms is None else floor_prefill_ms / record["ttft_ms"]["median_ms"]
     )
     record["gemm_dispatch"] = measured.gemm
+    record["compile_s"] = measured.compile_s
     record["conditions"] = measured.conditions
     record["status"] = "ok"
     return record
@@ -255,7 +258,7 @@ def run_benchmark(
                 on_record(_record(config, engine, point, measured, ceilings))
         del weights
         cupy.get_default_memory_pool().free_all_blocks()
-    for engine in (engine for engine in config.engines if engine.startswith("hf")):
+    for engine in (engine for engine in config.engines if engine in PEERS):
         peer = None
         for point in config.points:
             on_point(engine, point)
@@ -376,7 +379,15 @@ def _measure_ftbench(
     )  # fmt: skip
 
 
+# Peers measured through torch, after ftbench's engines.
+PEERS = ("hf-eager", "hf-compile", "gpt-fast")
+
+
 def _peer(config: RunConfig, engine: str):
+    if engine == "gpt-fast":
+        from ftbench.bench.gptfast import GptFastPeer
+
+        return GptFastPeer(config.spec, _ftbench_weights(config))
     from ftbench.bench.peers import HfPeer
 
     return HfPeer(config.spec, config.dtype, mode=engine.removeprefix("hf-"), seed=config.seed)
@@ -385,6 +396,7 @@ def _peer(config: RunConfig, engine: str):
 def _measure_peer(peer, config: RunConfig, point: RunPoint) -> Measured:
     prompts = _prompts(config, point)
     monitor = _monitor()
+    compile_s = peer.prepare(point.batch, point.max_seq_len)
     peer.torch.cuda.reset_peak_memory_stats()
     ttft, end_to_end, steps = measure_requests(
         lambda: peer.generate(prompts, point.output_len), config.repeats, monitor
@@ -392,7 +404,7 @@ def _measure_peer(peer, config: RunConfig, point: RunPoint) -> Measured:
     conditions = monitor.conditions()
     return Measured(
         ttft, end_to_end, steps, peer.peak_memory_bytes(), None,
-        _conditions_dict(conditions), tuple(conditions.flags),
+        _conditions_dict(conditions), tuple(conditions.flags), compile_s,
     )  # fmt: skip
 
 
