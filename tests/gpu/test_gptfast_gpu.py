@@ -51,7 +51,7 @@ def test_compiled_decode_steps_match_eager(setup):
         prefill(eager, prompt, positions)
         # Teacher forcing: every step feeds the next prompt token, up to the cache's end.
         for position in range(PROMPT, MAX_SEQ_LEN):
-            token = tokens[:, position : position + 1]
+            token = tokens[:, position : position + 1].contiguous()  # as generate feeds it
             input_pos = torch.tensor([position], device="cuda")
             compiled = peer.decode_step(token, input_pos)[1].double()
             expected = decode_one_token(eager, token, input_pos)[1].double()
