@@ -310,7 +310,11 @@ class GptFastPeer:
             generated.append(token)
             input_pos = torch.tensor([input_len], device="cuda")
             for mark in marks[2:]:
-                token = self.decode_step(token, input_pos)[0].clone()
+                # A copy in standard strides: the graph's output is overwritten by the next
+                # replay, and other strides would be another graph (a recompile).
+                token = self.decode_step(token, input_pos)[0].clone(
+                    memory_format=torch.contiguous_format
+                )
                 input_pos += 1
                 mark.record()
                 generated.append(token)
