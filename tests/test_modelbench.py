@@ -81,6 +81,18 @@ def test_point_record_derives_throughput_and_roofline():
     assert record["roofline_fraction"] == pytest.approx(3.0 / 4.0)
     assert record["prefill_roofline_fraction"] == pytest.approx(0.5)
     assert record["gemm_cache_misses"] == 1 and record["flags"] == ["power-capped"]
+    assert record["compile_s"] is None
+
+
+def test_a_peer_record_carries_its_compile_seconds():
+    measured = Measured(
+        ttft_ms=[10.0], end_to_end_ms=[500.0], step_ms=[3.9, 4.0], peak_memory_bytes=None,
+        gemm=None, conditions={}, compile_s=51.5,
+    )  # fmt: skip
+    record = point_record("gpt-fast", "gptj-6b", "fp16", 1, RunPoint(1, 128, 3), measured, 3, 5)
+    check_run_record(record, "test")
+    assert record["compile_s"] == 51.5 and record["gemm_cache_misses"] is None
+    RunConfig(GPTJ, "fp16", (RunPoint(1, 128, 128),), engines=("gpt-fast",))
 
 
 def test_points_that_cannot_run_are_recorded_with_why():

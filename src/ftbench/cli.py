@@ -638,7 +638,10 @@ def dashboard_command(
     console.print(f"wrote {page}")
 
 
-COMPARE_ENGINES = {"untuned": "ftbench-untuned", "hf": "hf-eager", "hf-compile": "hf-compile"}
+COMPARE_ENGINES = {
+    "untuned": "ftbench-untuned", "hf": "hf-eager", "hf-compile": "hf-compile",
+    "gpt-fast": "gpt-fast",
+}  # fmt: skip
 
 
 @app.command("convert")
@@ -705,7 +708,8 @@ def run_command(
             "--compare",
             help="Peers measured in the same run, comma-separated: untuned (ftbench with "
             "library-default GEMMs), hf (transformers eager generate), hf-compile (static cache "
-            "+ torch.compile).",
+            "+ torch.compile), gpt-fast (plain torch decoder on the same weights, static cache, "
+            "decode step compiled into one CUDA graph; compile seconds recorded).",
         ),
     ] = "",
     max_throughput: Annotated[

@@ -115,7 +115,8 @@ def percentile_summary(samples: Sequence[float]) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Measured:
     """What one engine measured at one point: per request TTFT and end-to-end, every decode
-    step, peak memory, GEMM dispatch counts and the GPU's conditions."""
+    step, peak memory, GEMM dispatch counts, the GPU's conditions, and the seconds a peer
+    spent compiling ahead of its requests (None where it compiles nothing ahead)."""
 
     ttft_ms: list[float]
     end_to_end_ms: list[float]
@@ -125,6 +126,7 @@ class Measured:
     conditions: dict[str, Any]
     flags: tuple[str, ...] = ()
     comm_step_ms_per_rank: tuple[float, ...] | None = None
+    compile_s: float | None = None
 
 
 def point_record(
@@ -156,6 +158,7 @@ def point_record(
         None if floor_prefill_ms is None else floor_prefill_ms / record["ttft_ms"]["median_ms"]
     )
     record["gemm_dispatch"] = measured.gemm
+    record["compile_s"] = measured.compile_s
     record["conditions"] = measured.conditions
     record["status"] = "ok"
     return record
@@ -289,7 +292,7 @@ def run_benchmark(
                 on_record(_record(config, engine, point, measured, ceilings))
         del weights
         cupy.get_default_memory_pool().free_all_blocks()
-    for engine in (engine for engine in config.engines if engine.startswith("hf")):
+    for engine in (engine for engine in config.engines if engine in PEERS):
         peer = None
         for point in config.points:
             on_point(engine, point)
@@ -432,7 +435,8 @@ def _measure_ftbench(
         communication = _communication_per_rank(decoder, generator, ranks, ceilings)
     return Measured(
         ttft, end_to_end, steps, int(pool.total_bytes()), gemm.stats.to_dict(),
-        _conditions_dict(conditions), tuple(conditions.flags), communication,
+        _conditions_dict(conditions), tuple(conditions.flags),
+        comm_step_ms_per_rank=communication,
     )  # fmt: skip
 
 
@@ -454,7 +458,15 @@ def _communication_per_rank(decoder, generator, ranks: Ranks, ceilings: Ceilings
         return tuple(float(value) for value in cupy.asnumpy(gathered).ravel())
 
 
+# Peers measured through torch, after ftbench's engines.
+PEERS = ("hf-eager", "hf-compile", "gpt-fast")
+
+
 def _peer(config: RunConfig, engine: str):
+    if engine == "gpt-fast":
+        from ftbench.bench.gptfast import GptFastPeer
+
+        return GptFastPeer(config.spec, _ftbench_weights(config))
     from ftbench.bench.peers import HfPeer
 
     return HfPeer(config.spec, config.dtype, mode=engine.removeprefix("hf-"), seed=config.seed)
@@ -463,6 +475,7 @@ def _peer(config: RunConfig, engine: str):
 def _measure_peer(peer, config: RunConfig, point: RunPoint) -> Measured:
     prompts = _prompts(config, point)
     monitor = _monitor()
+    compile_s = peer.prepare(point.batch, point.max_seq_len)
     peer.torch.cuda.reset_peak_memory_stats()
     ttft, end_to_end, steps = measure_requests(
         lambda: peer.generate(prompts, point.output_len), config.repeats, monitor
@@ -470,7 +483,7 @@ def _measure_peer(peer, config: RunConfig, point: RunPoint) -> Measured:
     conditions = monitor.conditions()
     return Measured(
         ttft, end_to_end, steps, peer.peak_memory_bytes(), None,
-        _conditions_dict(conditions), tuple(conditions.flags),
+        _conditions_dict(conditions), tuple(conditions.flags), compile_s=compile_s,
     )  # fmt: skip
 
 

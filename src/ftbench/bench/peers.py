@@ -58,10 +58,12 @@ def hf_config(spec: ModelSpec) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class PeerGeneration:
-    """The peer's timeline of one request, like `runtime.generate.Generation`'s."""
+    """The peer's timeline of one request, like `runtime.generate.Generation`'s, and the
+    tokens it generated [batch, output_len]."""
 
     ttft_ms: float
     step_ms: np.ndarray
+    tokens: np.ndarray
 
 
 class HfPeer:
@@ -90,6 +92,11 @@ class HfPeer:
                 self.model.forward, mode="reduce-overhead", fullgraph=True
             )
 
+    def prepare(self, batch: int, max_seq_len: int) -> None:
+        """Nothing to size ahead: "compile" compiles inside the first (warm-up) request, so its
+        compile time is not measured apart (None)."""
+        return None
+
     def generate(self, prompts: np.ndarray, output_len: int) -> PeerGeneration:
         """Greedy generation of exactly `output_len` tokens for prompts [batch, input_len]."""
         torch = self.torch
@@ -106,7 +113,7 @@ class HfPeer:
         start = torch.cuda.Event(enable_timing=True)
         start.record()
         with torch.inference_mode():
-            self.model.generate(
+            output = self.model.generate(
                 input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
                 max_new_tokens=output_len, min_new_tokens=output_len,
                 stopping_criteria=[_Mark()], pad_token_id=0,
@@ -114,7 +121,8 @@ class HfPeer:
         torch.cuda.synchronize()
         times = [start.elapsed_time(marks[0])]
         times += [a.elapsed_time(b) for a, b in zip(marks, marks[1:], strict=False)]
-        return PeerGeneration(ttft_ms=times[0], step_ms=np.array(times[1:]))
+        tokens = output[:, input_ids.shape[1] :].cpu().numpy()
+        return PeerGeneration(ttft_ms=times[0], step_ms=np.array(times[1:]), tokens=tokens)
 
     def peak_memory_bytes(self) -> int:
         return int(self.torch.cuda.max_memory_allocated())

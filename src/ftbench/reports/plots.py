@@ -15,7 +15,9 @@ from ftbench.reports import runs
 
 BACKEND_COLORS = {"cublas": "#1f77b4", "cublaslt": "#ff7f0e", "cutlass": "#2ca02c",
                   "ftbench": "#d62728"}  # fmt: skip
-ENGINE_COLORS = dict(zip(runs.ENGINES, ("#d62728", "#ff9896", "#1f77b4", "#2ca02c"), strict=True))
+ENGINE_COLORS = dict(
+    zip(runs.ENGINES, ("#d62728", "#ff9896", "#1f77b4", "#2ca02c", "#ff7f0e"), strict=True)
+)
 OTHER_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 LINE_COLORS = ("#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 

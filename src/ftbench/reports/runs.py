@@ -29,7 +29,7 @@ from ftbench.errors import InvalidInputError
 
 KIND = "run"
 # Known engines, in the order plots and tables show them; others are accepted as they are.
-ENGINES = ("ftbench", "ftbench-untuned", "hf-eager", "hf-compile")
+ENGINES = ("ftbench", "ftbench-untuned", "hf-eager", "hf-compile", "gpt-fast")
 KEY_FIELDS = ("engine", "model", "dtype", "tp", "pp", "batch", "input_len", "output_len")
 TIMING_METRICS = ("ttft_ms", "decode_step_ms", "end_to_end_ms")
 TIMING_FIELDS = ("median_ms", "ci_low_ms", "ci_high_ms", "samples_ms")
