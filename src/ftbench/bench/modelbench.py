@@ -466,7 +466,7 @@ def _peer(config: RunConfig, engine: str):
     if engine == "gpt-fast":
         from ftbench.bench.gptfast import GptFastPeer
 
-        return GptFastPeer(config.spec, _ftbench_weights(config))
+        return GptFastPeer(config.spec, _ftbench_weights(config, None))
     from ftbench.bench.peers import HfPeer
 
     return HfPeer(config.spec, config.dtype, mode=engine.removeprefix("hf-"), seed=config.seed)

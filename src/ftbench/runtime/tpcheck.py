@@ -92,12 +92,15 @@ def _run(generator: Generator, prompts: list, continuations: np.ndarray) -> list
     import cupy
 
     vocab = generator.decoder.spec.vocab_size
-    outputs = [generator.prefill(prompts, all_logits=True)]
+
+    def kept(logits: Any) -> Any:
+        # A copy now: the logits are a view of a buffer the next step overwrites.
+        return None if logits is None else cupy.asnumpy(logits.astype(cupy.float64))[:, :vocab]
+
+    outputs = [kept(generator.prefill(prompts, all_logits=True))]
     for step in range(continuations.shape[1]):
-        outputs.append(generator.decode(continuations[:, step]))
-    if outputs[0] is None:
-        return None
-    return [cupy.asnumpy(logits.astype(cupy.float64))[:, :vocab] for logits in outputs]
+        outputs.append(kept(generator.decode(continuations[:, step])))
+    return None if outputs[0] is None else outputs
 
 
 def _decoder_args(spec: ModelSpec) -> dict[str, Any]:
