@@ -13,6 +13,10 @@ The communicator's calls (tensor-parallel `all_reduce` and `all_gather`, a pipel
 `send` and `recv`) are operations too, with no floor: `communication_ms` sums them, the time a
 rank's step spends in communication, waiting for its peers included (for a pipeline stage,
 mostly the wait for the stages before it).
+
+A parallel block's attention and MLP, which a real step overlaps on two streams
+(`Decoder._parallel_block`), run one after the other here: each operation's own time is what
+the table shows, so the parts add up to more than the overlapped step.
 """
 
 from __future__ import annotations
