@@ -202,7 +202,9 @@ class NcclCommunicator:
             self._comm.abort()
 
     def close(self) -> None:
-        """Free the communicator after a clean run (every rank calls it)."""
+        """Free the communicator after a clean run (every rank calls it), once the CUDA graphs
+        that captured its send/recv are gone: NCCL waits for them (seen on one H200 with NCCL
+        2.28: closing with such a graph alive hung)."""
         if not self.aborted:
             self.aborted = True
             self._comm.destroy()
