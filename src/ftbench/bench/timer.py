@@ -184,6 +184,7 @@ class _Sampler:
 
     def __init__(self, cupy, stream, launch: Launch, input_sets: int, cache_mode: str, l2: int):
         self.cupy, self.stream, self.launch = cupy, stream, launch
+        self.cache_mode = cache_mode
         self.input_sets = input_sets if cache_mode == "cold-rotate" else 1
         self.flush_buffer = None
         if cache_mode == "cold-flush":
@@ -305,12 +306,29 @@ def time_launch(
             samples, converged, spent = sample_until_stable(sampler.take, policy, monitor.poll)
     except cupy.cuda.runtime.CUDARuntimeError as exc:
         raise MeasurementError(f"{name}: CUDA error while timing: {exc}") from exc
+    return _timing(
+        name,
+        samples,
+        sampler,
+        monitor,
+        method=method,
+        launches=count,
+        converged=converged,
+        sampling_s=spent,
+    )
+
+
+def _timing(
+    name: str, samples: Any, sampler: _Sampler, monitor: Any, *, method: str, launches: int,
+    converged: bool, sampling_s: float,
+) -> Timing:  # fmt: skip
+    """The `Timing` of `samples` (ms per launch) taken by `sampler`, with the GPU's conditions."""
     summary = summarize(samples)
     conditions = monitor.conditions()
     flags = list(conditions.flags)
     if not converged:
         flags.append("not-converged")
-    if method == "stream" and count > 1:
+    if method == "stream" and launches > 1:
         flags.append("launch-gaps-included")
     return Timing(
         name=name,
@@ -321,12 +339,12 @@ def time_launch(
         rel_ci_half_width=summary.rel_ci_half_width,
         rel_noise=summary.rel_noise,
         samples_ms=tuple(samples),
-        launches_per_sample=count,
+        launches_per_sample=launches,
         method=method,
-        cache=cache_mode,
+        cache=sampler.cache_mode,
         input_sets=sampler.input_sets,
         converged=converged,
-        sampling_s=spent,
+        sampling_s=sampling_s,
         conditions=conditions,
         flags=tuple(sorted(flags)),
         capture_error=sampler.capture_error,
@@ -367,27 +385,14 @@ def time_fixed(
             monitor.poll()
     except cupy.cuda.runtime.CUDARuntimeError as exc:
         raise MeasurementError(f"{name}: CUDA error while timing: {exc}") from exc
-    summary = summarize(values)
-    conditions = monitor.conditions()
-    flags = list(conditions.flags)
-    if method == "stream" and launches_per_sample > 1:
-        flags.append("launch-gaps-included")
-    return Timing(
-        name=name,
-        median_ms=summary.median,
-        min_ms=summary.minimum,
-        ci_low_ms=summary.ci_low,
-        ci_high_ms=summary.ci_high,
-        rel_ci_half_width=summary.rel_ci_half_width,
-        rel_noise=summary.rel_noise,
-        samples_ms=tuple(values),
-        launches_per_sample=launches_per_sample,
+    converged = summarize(values).rel_ci_half_width <= TimingPolicy().target_rel_ci
+    return _timing(
+        name,
+        values,
+        sampler,
+        monitor,
         method=method,
-        cache="hot",
-        input_sets=1,
-        converged=summary.rel_ci_half_width <= TimingPolicy().target_rel_ci,
+        launches=launches_per_sample,
+        converged=converged,
         sampling_s=time.perf_counter() - start,
-        conditions=conditions,
-        flags=tuple(sorted(flags)),
-        capture_error=sampler.capture_error,
     )
