@@ -160,11 +160,25 @@ def test_qkv_rotary_picks_the_widest_vector_the_layout_allows(
     assert launch.name in kernel_names("float16")
     (threads,) = launch.block
     assert threads % (dim // vector) == 0 and threads <= 256
-    # one block per token and group of heads, together every head once
+    # few tokens: one block per token and group of heads, together every head once
     heads_per_block = threads // (dim // vector)
     tokens, groups = launch.grid
     assert tokens == 3 and (groups - 1) * heads_per_block < q_heads + 2 * kv_heads
     assert groups * heads_per_block >= q_heads + 2 * kv_heads
+
+
+def test_qkv_rotary_keeps_a_token_in_one_block_when_tokens_fill_the_gpu(launches):
+    q_heads, kv_heads, dim, count = 16, 16, 256, 2048
+    width = (q_heads + 2 * kv_heads) * dim
+    qkv_rotary(
+        Fake((count, width), "float16"), None, Fake((count, q_heads, dim), "float16"),
+        Fake((2, kv_heads, 4096, dim), "float16"), Fake((2, kv_heads, 4096, dim), "float16"),
+        Fake((count,), "int32"), Fake((count,), "int32"), num_q_heads=q_heads,
+        num_kv_heads=kv_heads, head_dim=dim, rotary_dim=64, rotary_base=10000.0,
+        interleaved=True,
+    )  # fmt: skip
+    (launch,) = launches
+    assert launch.grid == (count, 1)
 
 
 @pytest.mark.parametrize(("gated", "ffn", "vector"), [(False, 16384, 8), (True, 11008, 8),

@@ -36,6 +36,9 @@ BLOCK_THREADS = 256  # embed, qkv_rotary, bias_act
 NORM_THREADS = 512  # most threads per row for residual_norm
 NORM_ITEMS = (1, 2, 4, 8)  # vectors of the row each thread keeps in registers
 ROTARY_VECTORS = (8, 4, 2, 1)
+ROTARY_BLOCKS = (
+    264  # qkv_rotary splits a token's heads over blocks until about this many (2 per SM)
+)
 GREEDY_THREADS = 1024
 SAMPLE_THREADS = 512
 MAX_DELTAS = 2
@@ -375,7 +378,10 @@ def qkv_rotary(
         np.int32(dim), np.int32(rotary), np.float32(rotary_base if rotary else 1.0),
         np.int32(max_length),
     )  # fmt: skip
-    grid = (count, math.ceil((q_heads + 2 * kv_heads) / slots))
+    # Blocks of one token split its heads only while there are few tokens: each block computes
+    # its angles once for all the heads it handles.
+    groups = min(math.ceil((q_heads + 2 * kv_heads) / slots), math.ceil(ROTARY_BLOCKS / count))
+    grid = (count, groups)
     _launch(rotary_kernel(dtype, vector, interleaved), grid, (chunks * slots,), args)
 
 
