@@ -20,3 +20,37 @@ def test_source_compiles(source, arch, tmp_path):
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda path: path.name)
+def test_every_kernel_waits_for_the_previous_grid_first(source):
+    """Inside graphs on Hopper kernels are launched with PDL (kernels/nvrtc.py `launch`): each
+    __global__ function must call ftb_pdl::begin() (first thing, or after prefetching weights
+    into L2 as the GEMVs do), and NVRTC sees the header inlined."""
+    import re
+
+    from ftbench.kernels.nvrtc import source_code
+
+    # each kernel: from `__global__` to the closing brace at the start of a line
+    kernels = re.findall(r"__global__.*?\n}\n", source.read_text(), re.DOTALL)
+    assert all(body.count("__global__") == 1 for body in kernels)
+    launched = [body for body in kernels if "ftb_read_probe" not in body]  # never with PDL
+    assert launched and all("  ftb_pdl::begin();\n" in body for body in launched)
+    inlined = source_code(source)
+    assert '#include "ftb_pdl.cuh"' not in inlined and "namespace ftb_pdl" in inlined
+
+
+def test_launch_arguments_become_the_driver_types():
+    import ctypes
+
+    import numpy as np
+
+    from ftbench.errors import InvalidInputError
+    from ftbench.kernels.nvrtc import _argument
+
+    assert isinstance(_argument(np.int32(-3)), ctypes.c_int32)
+    assert _argument(np.uint64(2**63)).value == 2**63
+    assert isinstance(_argument(np.float32(0.5)), ctypes.c_float)
+    assert isinstance(_argument(np.float64(0.5)), ctypes.c_double)
+    with pytest.raises(InvalidInputError, match="NumPy scalar"):
+        _argument(3)  # a Python int has no C type of its own
