@@ -146,3 +146,22 @@ def test_decode_length_bounds_are_few_and_cover_the_lengths(length, max_seq_len,
     bounds = {length_bound(n, 2048) for n in range(1, 2049)}
     assert bounds == {128, 256, 512, 1024, 2048}
     assert all(length_bound(n, 2048) >= n for n in range(1, 2049))
+
+
+def test_breakdown_counts_the_embedding_rows_read_not_the_table():
+    from types import SimpleNamespace
+
+    from ftbench.runtime.breakdown import _bytes_and_flops
+
+    decoder = SimpleNamespace(spec=GPTJ, rank=None)
+    tokens, table = np.zeros(3, np.int32), np.zeros((50400, 64), np.float16)
+    residual = np.zeros((3, 64), np.float32)
+    moved, flops = _bytes_and_flops(
+        decoder, "embed", (tokens, tokens, table, None, residual), {}, []
+    )
+    assert (moved, flops) == (3 * 64 * 2 + 3 * 64 * 4, 0)
+    learned = np.zeros((1024, 64), np.float16)  # GPT-2's positions: one more row per token
+    moved, _ = _bytes_and_flops(
+        decoder, "embed", (tokens, tokens, table, learned, residual), {}, []
+    )
+    assert moved == 2 * 3 * 64 * 2 + 3 * 64 * 4

@@ -7,7 +7,8 @@ included, so the parts add up to the whole. Operations are grouped by their plac
 pattern (layer i's run from its QKV GEMM to the norm that opens layer i+1), summed over the
 layers, and set against their floor: bytes at the HBM read bandwidth or FLOPs at the GEMM peak,
 whichever is slower (GEMM: A, B and C once; decode attention: the K/V actually read; the rotary
-kernel: QKV in, Q and the new K/V out; other kernels: their array arguments once).
+kernel: QKV in, Q and the new K/V out; the embedding: its tokens' rows in, the residual out;
+other kernels: their array arguments once).
 
 The communicator's calls (tensor-parallel `all_reduce` and `all_gather`, a pipeline stage's
 `send` and `recv`) are operations too, with no floor: `communication_ms` sums them, the time a
@@ -107,6 +108,10 @@ def _bytes_and_flops(
 ) -> tuple[int, int]:
     """Bytes moved and FLOPs of one operation; `lengths`: each sequence's cached tokens."""
     spec, rank = decoder.spec, decoder.rank
+    if name == "embed":  # the rows of its tokens (and positions), not the whole table
+        tokens, _, table, positions, residual = args[:5]
+        rows = 1 if positions is None else 2
+        return int(rows * tokens.size * table.shape[1] * table.itemsize + residual.nbytes), 0
     if name == "decode_attention":
         return 2 * sum(lengths) * rank.kv_heads * spec.head_dim * 2, 0
     if name == "qkv_rotary":
