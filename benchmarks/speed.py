@@ -13,9 +13,10 @@ against peers, all measured in one run on one GPU.
    1 x 2048 prefill, each operation against its own floor.
 
     python benchmarks/speed.py --cache FILE --out-dir benchmarks/results [--peers hf-eager,gpt-fast]
+    python benchmarks/speed.py --cache FILE --out-dir DIR --breakdown-only   (4. alone)
 
 Writes DIR/speed-<time>.json (every record and breakdown, the environment) and
-DIR/acceptance/speed.json.
+DIR/acceptance/speed.json (not with --breakdown-only).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ftbench.bench.environment import capture_environment
-from ftbench.bench.modelbench import RunConfig, RunPoint, run_benchmark
+from ftbench.bench.modelbench import RunConfig, RunPoint, measure_ceilings, run_benchmark
 from ftbench.files import write_json_atomic
 from ftbench.profiles.catalog import load_builtin
 from ftbench.reports.results import write_results
@@ -138,6 +139,10 @@ def main() -> None:
     parser.add_argument("--peers", default="hf-eager,gpt-fast", help="peers at batch 1, 128/128")
     parser.add_argument("--repeats", type=int, default=3, help="timed generations per point")
     parser.add_argument(
+        "--breakdown-only", action="store_true",
+        help="only the ceilings and the per-operation breakdowns (no acceptance summary)",
+    )  # fmt: skip
+    parser.add_argument(
         "--device-kind", default=os.environ.get("FTBENCH_DEVICE_KIND", ""),
         help="the machine kind for the summary (default: $FTBENCH_DEVICE_KIND)",
     )  # fmt: skip
@@ -157,14 +162,19 @@ def main() -> None:
               f"{record['output_len']}: step {step} ms, ttft {_median(record, 'ttft_ms')} ms "
               f"{record.get('reason', '')}", flush=True)  # fmt: skip
 
-    ours = RunConfig(
-        spec, "fp16", (*DECODE, PREFILL), ("ftbench",), args.cache, repeats=args.repeats
-    )
-    ceilings = run_benchmark(ours, keep)
+    if args.breakdown_only:
+        ceilings = measure_ceilings("fp16")
+    else:
+        ours = RunConfig(
+            spec, "fp16", (*DECODE, PREFILL), ("ftbench",), args.cache, repeats=args.repeats
+        )
+        ceilings = run_benchmark(ours, keep)
     print(f"HBM read {ceilings.hbm_read_bytes_per_s / 1e12:.2f} TB/s, "
           f"GEMM peak {ceilings.gemm_peak_flops / 1e12:.0f} TFLOP/s")  # fmt: skip
     tables.extend({"kind": "breakdown", **t} for t in breakdowns(spec, args.cache, ceilings))
     write_results(out, "speed", records + tables, environment)
+    if args.breakdown_only:
+        return
     peers = tuple(peer for peer in args.peers.split(",") if peer)
     if peers:
         config = RunConfig(spec, "fp16", (PEER_POINT,), peers, repeats=args.repeats)

@@ -96,6 +96,16 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
     return tuple(int(part) for part in parts)
 
 
+def _spec(profile: str | None, config: Path | None):
+    """The model of --profile NAME or --config PATH (exactly one of them)."""
+    from ftbench.errors import InvalidInputError
+    from ftbench.profiles.catalog import load_profile
+
+    if (profile is None) == (config is None):
+        raise InvalidInputError("give exactly one of --profile NAME or --config PATH")
+    return load_profile(profile if profile is not None else config)
+
+
 def _workload(batch: str, input_len: str, output_len: str, dtype: str, tp: int, pp: int, beam: int):
     """A `Workload` from the comma-list options shared by `profiles show`, `tune` and `run`."""
     from ftbench.profiles.spec import Workload
@@ -332,13 +342,10 @@ def tune_command(
     )
     from ftbench.autotune.sweep import SweepOptions, run_sweep
     from ftbench.errors import InvalidInputError
-    from ftbench.profiles.catalog import load_profile
 
-    if (profile is None) == (config is None):
-        raise InvalidInputError("give exactly one of --profile NAME or --config PATH")
+    spec = _spec(profile, config)
     if dtype != "fp16":
         raise InvalidInputError("only fp16 GEMMs can be tuned so far (bf16 needs CuPy bf16 arrays)")
-    spec = load_profile(profile if profile is not None else config)
     workload = _workload(batch, input_len, output_len, dtype, tp, pp, beam)
     counted = tuning_problems(spec, workload, fused=not unfused, attention=attention)
     names = [name.strip() for name in backends.split(",") if name.strip()]
@@ -759,13 +766,11 @@ def run_command(
         throughput_batches,
     )
     from ftbench.errors import InvalidInputError
-    from ftbench.profiles.catalog import load_profile
     from ftbench.profiles.problems import rank_shapes
     from ftbench.reports.results import write_results
     from ftbench.runtime import launch
 
-    if (profile is None) == (config is None):
-        raise InvalidInputError("give exactly one of --profile NAME or --config PATH")
+    spec = _spec(profile, config)
     if tp < 1 or pp < 1:
         raise InvalidInputError(f"--tp and --pp must be at least 1, got {tp} and {pp}")
     unknown = [name for name in _names(compare) if name not in COMPARE_ENGINES]
@@ -773,7 +778,6 @@ def run_command(
         raise InvalidInputError(f"--compare: unknown {unknown}; use {', '.join(COMPARE_ENGINES)}")
     if tp * pp > 1 and compare:
         raise InvalidInputError("--compare runs peers on one GPU: use it with --tp 1 --pp 1")
-    spec = load_profile(profile if profile is not None else config)
     rank_shapes(spec, tp, pp)  # a split the model cannot take: an error before anything starts
     info = launch.discover()
     if info.launcher == "single" and tp * pp > 1:

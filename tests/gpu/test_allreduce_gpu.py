@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from host_types import host_dtype
 
 from ftbench.kernels import allreduce
 from ftbench.profiles.catalog import load_builtin
@@ -25,13 +26,6 @@ EMULATED_BLOCKS = 8
 # Largest |result - float64 sum| / |float64 sum| of a correctly rounded result, with margin.
 RELATIVE = {"float16": 2.0**-10, "bfloat16": 2.0**-7}
 SMALLEST = {"float16": 2.0**-24, "bfloat16": 2.0**-133}
-
-
-def host_dtype(dtype):
-    if dtype == "float16":
-        return np.float16
-    ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 host arrays need ml_dtypes")
-    return ml_dtypes.bfloat16
 
 
 def random_parts(world, count, dtype):

@@ -8,6 +8,7 @@ one's norm.
 
 import numpy as np
 import pytest
+from host_types import host_dtype
 
 from ftbench.errors import GpuError, InvalidInputError
 from ftbench.kernels.attention import (
@@ -28,22 +29,6 @@ PAST_LENGTHS = [0, 5, 0, 70, 300]  # chunked prefill: tokens already in the cach
 DECODE_LENGTHS = [1, 2, 17, 64, 65, 1000, 4096, 333]
 DECODE_MAX_LENGTH = 4100  # larger than every length
 DECODE_CACHE_LEN = 4160  # larger still
-
-
-def host_dtype(dtype):
-    """The NumPy dtype for `dtype`; bfloat16 needs ml_dtypes and CuPy arrays that can hold it."""
-    if dtype == "float16":
-        return np.float16
-    ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 host arrays need ml_dtypes")
-    import cupy
-
-    try:
-        probe = cupy.asarray(np.array([1.5, -2.0], dtype=ml_dtypes.bfloat16))
-        assert str(probe.dtype) == "bfloat16"
-        assert cupy.asnumpy(probe).astype(np.float64).tolist() == [1.5, -2.0]
-    except Exception as exc:
-        pytest.skip(f"CuPy {cupy.__version__} cannot hold bfloat16 arrays: {exc!r}")
-    return ml_dtypes.bfloat16
 
 
 def random(rng, shape, dtype, scale=1.0):

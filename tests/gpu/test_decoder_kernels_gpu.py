@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from host_types import host_dtype
 
 from ftbench.kernels import decoder
 from ftbench.runtime import reference
@@ -22,22 +23,6 @@ pytestmark = pytest.mark.gpu
 
 DTYPES = ["float16", "bfloat16"]
 TOLERANCE = {"float16": 2e-3, "bfloat16": 1e-2, "float32": 1e-6}
-
-
-def host_dtype(dtype):
-    """The NumPy dtype for `dtype`; bfloat16 needs ml_dtypes and CuPy arrays that can hold it."""
-    if dtype != "bfloat16":
-        return np.dtype(dtype)
-    ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 host arrays need ml_dtypes")
-    import cupy
-
-    try:
-        probe = cupy.asarray(np.array([1.5, -2.0], dtype=ml_dtypes.bfloat16))
-        assert str(probe.dtype) == "bfloat16"
-        assert cupy.asnumpy(probe).astype(np.float64).tolist() == [1.5, -2.0]
-    except Exception as exc:
-        pytest.skip(f"CuPy {cupy.__version__} cannot hold bfloat16 arrays: {exc!r}")
-    return np.dtype(ml_dtypes.bfloat16)
 
 
 def rounded(values, dtype):

@@ -6,6 +6,7 @@ unwritten element fails as surely as a wrong one.
 
 import numpy as np
 import pytest
+from host_types import host_dtype
 
 from ftbench.bench.timer import TimingPolicy, time_launch
 from ftbench.errors import InvalidInputError
@@ -26,22 +27,6 @@ SHAPES = [  # (m, n, k): the GPT-J decode shapes' sizes and odd ones
     (16, 50400, 136),
 ]
 SPLIT = GemvConfig("mma", rows=16, warps=4, unroll=1, row_bytes=256, split_k=4)
-
-
-def host_dtype(dtype):
-    """The NumPy dtype for `dtype`; bfloat16 needs ml_dtypes and CuPy arrays that can hold it."""
-    if dtype == "float16":
-        return np.float16
-    ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 host arrays need ml_dtypes")
-    import cupy
-
-    try:
-        probe = cupy.asarray(np.array([1.5, -2.0], dtype=ml_dtypes.bfloat16))
-        assert str(probe.dtype) == "bfloat16"
-        assert cupy.asnumpy(probe).astype(np.float64).tolist() == [1.5, -2.0]
-    except Exception as exc:
-        pytest.skip(f"CuPy {cupy.__version__} cannot hold bfloat16 arrays: {exc!r}")
-    return ml_dtypes.bfloat16
 
 
 def operands(m, n, k, dtype):
