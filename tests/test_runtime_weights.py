@@ -412,6 +412,14 @@ def test_a_tied_lm_head_is_the_sharded_embedding(tp):
         assert part.embed.shape == (rank_shapes(spec, tp).lm_head_rows, 64)
 
 
+@pytest.mark.parametrize("tp", [2, 4])
+def test_random_weights_of_a_rank_keep_a_tied_lm_head_tied(tp):
+    spec = _spec(GPT2)
+    part = random_weights(spec, np.float32, tp=tp)
+    check_shapes(part, spec, tp)
+    assert part.tied_lm_head
+
+
 def test_the_reference_embeds_only_the_tokens_in_a_ranks_rows():
     table = np.arange(12.0).reshape(4, 3)  # token ids 10..13
     tokens = np.array([[9, 10, 13], [14, 12, 0]])
