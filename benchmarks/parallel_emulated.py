@@ -1,7 +1,8 @@
 """Tensor- and pipeline-parallel acceptance on one GPU: emulated ranks against the TP=1 runtime.
 
-For GPT-J (parallel block, partial interleaved rotary, LM-head bias) and LLaMA with grouped-query
-attention (4 KV heads, replicated at tp=8), small random fp16 models run unsharded and as tp = 2,
+For GPT-J (parallel block, partial interleaved rotary, LM-head bias), LLaMA with grouped-query
+attention (4 KV heads, replicated at tp=8) and GPT-2 (learned positions, LM head tied to the
+vocabulary-split embedding), small random fp16 models run unsharded and as tp = 2,
 4 and 8 emulated ranks and as pipelines of pp = 2 and 4 stages and tp=2 x pp=2 in one process
 (`runtime.tpcheck`): the largest relative logit error
 ‖tp − tp1‖ / ‖tp1‖ over every position of a ragged prefill and the teacher-forced decode steps,

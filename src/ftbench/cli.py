@@ -225,8 +225,8 @@ def profiles_show_command(
         title=f"{spec.name} ({spec.parameter_count() / 1e9:.2f}B parameters), "
         f"tp={tp} pp={pp}, {dtype}, bound on {peaks.name} ({peaks.source})",
         caption=f"per rank: {rank['q_heads']} query heads, {rank['kv_heads']} KV heads "
-        f"(x{rank['kv_replicas']} replicated), FFN {rank['ffn_hidden_size']}, LM head "
-        f"{rank['lm_head_rows']} rows, {rank['layers_per_stage']} layers per stage. "
+        f"(x{rank['kv_replicas']} replicated), FFN {rank['ffn_hidden_size']}, embedding and LM "
+        f"head {rank['lm_head_rows']} rows, {rank['layers_per_stage']} layers per stage. "
         "ctx = context phase, gen = generation step, * = inside fused attention, "
         "calls = per step, GFLOP and MB = per call.",
         box=box.SIMPLE_HEAD,

@@ -13,7 +13,7 @@ import pytest
 from ftbench.profiles.catalog import load_builtin
 from ftbench.runtime.generate import Generator
 from ftbench.runtime.model import Decoder
-from ftbench.runtime.tpcheck import PIPELINE_SIZES, TP_SIZES, compare_emulated, tp1_logits
+from ftbench.runtime.tpcheck import CASES, PIPELINE_SIZES, TP_SIZES, compare_emulated, tp1_logits
 from ftbench.runtime.weights import random_weights
 
 pytestmark = pytest.mark.gpu
@@ -33,10 +33,10 @@ def _clean_env(**extra):
 
 @pytest.fixture(scope="module")
 def tp1():
-    return {case: tp1_logits(case) for case in ("gptj", "llama-gqa")}
+    return {case: tp1_logits(case) for case in CASES}
 
 
-@pytest.mark.parametrize("case", ["gptj", "llama-gqa"])
+@pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("tp", TP_SIZES)
 def test_emulated_ranks_match_tp1(case, tp, tp1):
     result = compare_emulated(case, tp, tp1=tp1[case])
@@ -51,7 +51,7 @@ def test_emulated_ranks_match_tp1(case, tp, tp1):
     assert result.argmax_agreement > 0.95
 
 
-@pytest.mark.parametrize("case", ["gptj", "llama-gqa"])
+@pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize(("tp", "pp"), PIPELINE_SIZES, ids=lambda size: str(size))
 def test_emulated_pipeline_matches_tp1(case, tp, pp, tp1):
     result = compare_emulated(case, tp, tp1=tp1[case], pp=pp)

@@ -4,7 +4,7 @@ A step runs T tokens of up to B sequences at once, packed without padding (seque
 are rows cu_seqlens[b]..cu_seqlens[b+1]-1 of every activation), and returns the logits of the
 rows named in `last_rows`:
 
-    residual = embed(tokens) (+ learned positions)               fp32 [T, H]
+    residual = all_reduce(embed(tokens)) (+ learned positions)  fp32 [T, H]
     per layer:  h = norm1(residual (+ the previous layer's outputs and their biases))
                 q, k, v = rotary(h @ Wqkv^T + b)   k, v written into the KV cache in place
                 a = all_reduce(attention(q, cache) @ Wo^T)
@@ -14,7 +14,9 @@ rows named in `last_rows`:
     logits = all_gather(final_norm(residual at last_rows) @ Wlm^T (+ b))
 
 The all-reduces and the all-gather exist only under tensor parallelism (`runtime.parallel`);
-each rank holds its Megatron shard of the weights (`weights.shard`). Under pipeline
+each rank holds its Megatron shard of the weights (`weights.shard`): the embedding is split by
+vocabulary like the LM head, so each rank embeds the tokens in its rows (zeros for the others),
+rank 0 alone adds the learned positions, and the fp32 rows are summed. Under pipeline
 parallelism (`runtime.pipeline`) a decoder runs one stage's layers: the first stage embeds, the
 others receive the residual from the stage before; every stage but the last adds its pending
 deltas to the residual and sends it on, and only the last computes logits.
@@ -40,7 +42,7 @@ from ftbench.profiles.spec import ModelSpec
 from ftbench.runtime.memory import Footprint, check_fits
 from ftbench.runtime.parallel import Communicator
 from ftbench.runtime.pipeline import Stage, whole_model
-from ftbench.runtime.weights import ModelWeights, check_shapes
+from ftbench.runtime.weights import ModelWeights, check_shapes, vocabulary_start
 
 DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
 MIN_LENGTH_BOUND = 128
@@ -136,6 +138,10 @@ class Decoder:
         self.max_batch, self.max_seq_len = max_batch, max_seq_len
         self.max_tokens = max_batch * max_seq_len if max_tokens is None else max_tokens
         self.rank = rank_shapes(spec, tp)
+        tp_rank = comm.rank if comm is not None else 0
+        self.vocab_start = vocabulary_start(spec, tp, tp_rank)
+        # Learned positions are added on one rank, before the embedding's all-reduce.
+        self.adds_positions = tp_rank == 0
         self.gemm = gemm or GemmDispatch()
         free_bytes, _ = cupy.cuda.runtime.memGetInfo()
         on_device = isinstance(weights.layers[0].qkv.weight, cupy.ndarray)
@@ -205,7 +211,10 @@ class Decoder:
             )
         residual = self.residual[:count]
         if self.stage.first:
-            embed(step.tokens, step.positions, weights.embed, weights.positions, residual)
+            positions = weights.positions if self.adds_positions else None
+            embed(step.tokens, step.positions, weights.embed, positions, residual, self.vocab_start)
+            if self.tp > 1:
+                self.comm.all_reduce(residual)
         else:
             self.stage.receive_activations(residual)
         pending: tuple[tuple[Any, ...], tuple[Any, ...]] = ((), ())

@@ -6,9 +6,11 @@ rotary positions, LayerNorm or RMSNorm, grouped-query attention, gated or plain 
 or parallel (GPT-J) blocks.
 
 Given the per-rank shards of `weights.shard()` instead of full weights, it runs every rank's part
-of each layer and sums the partial outputs where the tensor-parallel runtime all-reduces (after
-attention-out and after FFN-down, each followed by that layer's bias) and concatenates the LM
-head's vocabulary slices where it all-gathers. That is how the sharding is checked.
+of each layer and sums the partial outputs where the tensor-parallel runtime all-reduces (the
+embedding: each rank's rows for the tokens in its vocabulary slice, zeros for the others, then
+the learned positions once; after attention-out and after FFN-down, each followed by that
+layer's bias) and concatenates the LM head's vocabulary slices where it all-gathers. That is how
+the sharding is checked.
 
 Given one pipeline stage's weights (`weights.stage_weights`) and that stage's `layers`, it runs
 those layers only: a first stage takes token ids, a later one the hidden states [batch, seq,
@@ -27,7 +29,7 @@ import numpy as np
 from ftbench.errors import InvalidInputError
 from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import ModelSpec
-from ftbench.runtime.weights import Linear, ModelWeights, Norm, check_shapes
+from ftbench.runtime.weights import Linear, ModelWeights, Norm, check_shapes, vocabulary_start
 
 COMPUTE_DTYPES = ("float32", "float64")
 
@@ -102,6 +104,14 @@ def causal_attention(
     probabilities = np.exp(scores - scores.max(axis=-1, keepdims=True))
     probabilities /= probabilities.sum(axis=-1, keepdims=True)
     return (probabilities @ values).transpose(0, 2, 1, 3)
+
+
+def embed(tokens: np.ndarray, table: np.ndarray, vocab_start: int) -> np.ndarray:
+    """One rank's part of the vocabulary-parallel embedding: table[token - vocab_start] for the
+    tokens in its rows [vocab_start, vocab_start + len(table)), zeros for the others."""
+    local = tokens - vocab_start
+    held = (local >= 0) & (local < len(table))
+    return np.where(held[..., None], table[np.where(held, local, 0)], 0)
 
 
 def all_reduce(partials: Iterable[np.ndarray]) -> np.ndarray:
@@ -256,7 +266,10 @@ class ReferenceModel:
             )
         if self.layers.start > 0:
             return self._stage(tokens, positions)
-        hidden = weights.embed[tokens]
+        hidden = all_reduce(
+            embed(tokens, rank.embed, vocabulary_start(spec, self.tp, index))
+            for index, rank in enumerate(self.ranks)
+        )
         if weights.positions is not None:
             if positions.max() >= spec.max_positions:
                 raise InvalidInputError(

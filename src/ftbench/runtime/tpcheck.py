@@ -2,7 +2,8 @@
 
 `compare_emulated(case, tp, pp=1)` draws random weights for a small model of `case` (GPT-J's
 parallel block with partial interleaved rotary and an LM-head bias; LLaMA with grouped-query
-attention, whose 4 KV heads are replicated at tp=8; 4 layers each), runs them through the CUDA
+attention, whose 4 KV heads are replicated at tp=8; GPT-2's learned positions and LM head tied
+to the vocabulary-split embedding; 4 layers each), runs them through the CUDA
 runtime unsharded (TP=1) and as tp x pp emulated ranks in one process
 (`runtime.parallel.EmulatedGroup`: each rank its own `Decoder` with its stage's layers of its
 `weights.shard`, the all-reduce a sum of its stage's ranks' buffers, the LM head's vocabulary
@@ -39,7 +40,8 @@ PIPELINE_SIZES = ((1, 2), (1, 4), (2, 2))
 PROMPT_LENGTHS = (5, 17, 11)
 STEPS = 16
 SEED = 4321
-# Vocabularies not divisible by every tp, so the LM head's padding rows are exercised.
+# Vocabularies not divisible by every tp, so the padding rows of the vocabulary-split embedding
+# and LM head are exercised.
 CASES = {
     "gptj": dataclasses.replace(
         load_builtin("gptj-6b"), name="gptj-small", num_layers=4, hidden_size=1024,
@@ -50,6 +52,11 @@ CASES = {
         load_builtin("llama2-70b"), name="llama-gqa-small", num_layers=4, hidden_size=1024,
         num_heads=16, num_kv_heads=4, head_dim=64, rotary_dim=64, ffn_hidden_size=2816,
         vocab_size=1001, max_positions=256,
+    ),
+    "gpt2": dataclasses.replace(
+        load_builtin("gpt2-124m"), name="gpt2-small", num_layers=4, hidden_size=512,
+        num_heads=8, num_kv_heads=8, head_dim=64, ffn_hidden_size=2048, vocab_size=1003,
+        max_positions=256,
     ),
 }  # fmt: skip
 
