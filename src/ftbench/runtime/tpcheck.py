@@ -1,14 +1,14 @@
 """Check tensor and pipeline parallelism on one GPU: emulated ranks against the TP=1 runtime.
 
-`compare_emulated(case, tp, pp=1)` draws random weights for a small model of `case` (GPT-J's
-parallel block with partial interleaved rotary and an LM-head bias; LLaMA with grouped-query
-attention, whose 4 KV heads are replicated at tp=8; 4 layers each), runs them through the CUDA
-runtime unsharded (TP=1) and as tp x pp emulated ranks in one process
+`compare_emulated(case, tp, pp=1, micro_batches=1)` draws random weights for a small model of
+`case` (GPT-J's parallel block with partial interleaved rotary and an LM-head bias; LLaMA with
+grouped-query attention, whose 4 KV heads are replicated at tp=8; 4 layers each), runs them
+through the CUDA runtime unsharded (TP=1) and as tp x pp emulated ranks in one process
 (`runtime.parallel.EmulatedGroup`: each rank its own `Decoder` with its stage's layers of its
 `weights.shard`, the all-reduce a sum of its stage's ranks' buffers, the LM head's vocabulary
 slices gathered, activations and sampled tokens passed between stages by emulated send and
-recv, every rank running the same `Generator` calls), and measures per position the relative
-logit error (of the last stage's ranks)
+recv, every rank running the same `Generator` calls, each step in `micro_batches`
+micro-batches), and measures per position the relative logit error (of the last stage's ranks)
 ‖tp − tp1‖ / ‖tp1‖ over every prompt token of a ragged prefill and `STEPS` teacher-forced
 decode steps. Both runs are also compared with the float64 NumPy reference
 (`runtime.reference`) of the unsharded weights, which says how large fp16 rounding is here.
@@ -36,6 +36,8 @@ from ftbench.runtime.weights import ModelWeights, random_weights, shard, stage_w
 TP_SIZES = (2, 4, 8)
 # (tp, pp) pairs of the pipeline check.
 PIPELINE_SIZES = ((1, 2), (1, 4), (2, 2))
+# (tp, pp, micro-batches) of the micro-batch check: the 3 prompts split 2 + 1 and 1 + 1 + 1.
+MICRO_BATCH_SIZES = ((1, 2, 2), (1, 2, 3), (2, 2, 2), (2, 2, 3))
 PROMPT_LENGTHS = (5, 17, 11)
 STEPS = 16
 SEED = 4321
@@ -62,6 +64,7 @@ class EmulatedResult:
     dtype: str
     tp: int
     pp: int
+    micro_batches: int
     kv_replicas: int
     max_rel_err: float
     prefill_max_rel_err: float
@@ -115,7 +118,13 @@ def run_tp1(spec: ModelSpec, weights: ModelWeights, prompts, continuations) -> l
 
 
 def run_emulated(
-    spec: ModelSpec, weights: ModelWeights, tp: int, prompts, continuations, pp: int = 1
+    spec: ModelSpec,
+    weights: ModelWeights,
+    tp: int,
+    prompts,
+    continuations,
+    pp: int = 1,
+    micro_batches: int = 1,
 ) -> list[list[np.ndarray]]:
     """The logits of every emulated rank of the last stage (each gathers the whole
     vocabulary), in tensor-parallel rank order."""
@@ -129,7 +138,7 @@ def run_emulated(
         decoder = Decoder(
             spec, stage_weights(shard(weights, spec, tp, tp_rank), spec, plan[index]), tp=tp,
             comm=group.communicator(rank, tensor_group(index, tp)), stage=stage,
-            **_decoder_args(spec),
+            micro_batches=micro_batches, **_decoder_args(spec),
         )  # fmt: skip
         generators.append(Generator(decoder, use_graph=False, stream=group.stream))
     ranks = group.run(lambda rank: _run(generators[rank], prompts, continuations))
@@ -153,15 +162,21 @@ def reference_logits(spec: ModelSpec, weights: ModelWeights, prompts, continuati
 
 
 def compare_emulated(
-    case: str, tp: int, dtype: str = "fp16", tp1: list[np.ndarray] | None = None, pp: int = 1
+    case: str,
+    tp: int,
+    dtype: str = "fp16",
+    tp1: list[np.ndarray] | None = None,
+    pp: int = 1,
+    micro_batches: int = 1,
 ) -> EmulatedResult:
-    """Emulated tp x pp ranks of `case` against TP=1 (see the module docstring). `tp1` may
-    pass the TP=1 logits of an earlier call (`run_tp1` on the same case and dtype)."""
+    """Emulated tp x pp ranks of `case`, each step in `micro_batches` micro-batches, against
+    TP=1 (see the module docstring). `tp1` may pass the TP=1 logits of an earlier call
+    (`run_tp1` on the same case and dtype)."""
     spec = CASES[case]
     weights = random_weights(spec, dtype, seed=SEED)
     prompts, continuations = _inputs(spec)
     tp1 = tp1 if tp1 is not None else run_tp1(spec, weights, prompts, continuations)
-    ranks = run_emulated(spec, weights, tp, prompts, continuations, pp)
+    ranks = run_emulated(spec, weights, tp, prompts, continuations, pp, micro_batches)
     ours = ranks[0]
     errors = [_relative_errors(a, b) for a, b in zip(ours, tp1, strict=True)]
     agree = np.concatenate([a.argmax(-1) == b.argmax(-1) for a, b in zip(ours, tp1, strict=True)])
@@ -171,6 +186,7 @@ def compare_emulated(
         dtype=dtype,
         tp=tp,
         pp=pp,
+        micro_batches=micro_batches,
         kv_replicas=max(tp // spec.num_kv_heads, 1),
         max_rel_err=float(max(e.max() for e in errors)),
         prefill_max_rel_err=float(errors[0].max()),
