@@ -83,7 +83,8 @@ def _relative_errors(ours: np.ndarray, expected: np.ndarray) -> np.ndarray:
     return np.linalg.norm(ours - expected, axis=-1) / np.linalg.norm(expected, axis=-1)
 
 
-def _inputs(spec: ModelSpec) -> tuple[list[np.ndarray], np.ndarray]:
+def check_inputs(spec: ModelSpec) -> tuple[list[np.ndarray], np.ndarray]:
+    """The prompts (`PROMPT_LENGTHS` tokens) and the teacher-forced continuations [3, STEPS]."""
     rng = np.random.default_rng(SEED)
     prompts = [rng.integers(0, spec.vocab_size, length) for length in PROMPT_LENGTHS]
     return prompts, rng.integers(0, spec.vocab_size, (len(prompts), STEPS))
@@ -111,10 +112,18 @@ def _decoder_args(spec: ModelSpec) -> dict[str, Any]:
     return {"max_batch": sum(PROMPT_LENGTHS), "max_seq_len": max(PROMPT_LENGTHS) + STEPS + 1}
 
 
-def run_tp1(spec: ModelSpec, weights: ModelWeights, prompts, continuations) -> list[np.ndarray]:
-    """The unsharded runtime's logits for `prompts` and teacher-forced `continuations`."""
-    decoder = Decoder(spec, weights, **_decoder_args(spec))
-    return _run(Generator(decoder, use_graph=False), prompts, continuations)
+def run_logits(
+    spec: ModelSpec,
+    weights: ModelWeights,
+    prompts,
+    continuations,
+    micro_batches: int = 1,
+    use_graph: bool = False,
+) -> list[np.ndarray]:
+    """The unsharded runtime's logits for `prompts` and teacher-forced `continuations` (TP=1:
+    by default one micro-batch, no CUDA graphs)."""
+    decoder = Decoder(spec, weights, micro_batches=micro_batches, **_decoder_args(spec))
+    return _run(Generator(decoder, use_graph=use_graph), prompts, continuations)
 
 
 def run_emulated(
@@ -171,11 +180,11 @@ def compare_emulated(
 ) -> EmulatedResult:
     """Emulated tp x pp ranks of `case`, each step in `micro_batches` micro-batches, against
     TP=1 (see the module docstring). `tp1` may pass the TP=1 logits of an earlier call
-    (`run_tp1` on the same case and dtype)."""
+    (`run_logits` on the same case and dtype)."""
     spec = CASES[case]
     weights = random_weights(spec, dtype, seed=SEED)
-    prompts, continuations = _inputs(spec)
-    tp1 = tp1 if tp1 is not None else run_tp1(spec, weights, prompts, continuations)
+    prompts, continuations = check_inputs(spec)
+    tp1 = tp1 if tp1 is not None else run_logits(spec, weights, prompts, continuations)
     ranks = run_emulated(spec, weights, tp, prompts, continuations, pp, micro_batches)
     ours = ranks[0]
     errors = [_relative_errors(a, b) for a, b in zip(ours, tp1, strict=True)]
@@ -201,10 +210,10 @@ def compare_emulated(
 
 
 def tp1_logits(case: str, dtype: str = "fp16") -> list[np.ndarray]:
-    """`run_tp1` for `case` with the weights and inputs `compare_emulated` uses."""
+    """`run_logits` for `case` with the weights and inputs `compare_emulated` uses."""
     spec = CASES[case]
-    prompts, continuations = _inputs(spec)
-    return run_tp1(spec, random_weights(spec, dtype, seed=SEED), prompts, continuations)
+    prompts, continuations = check_inputs(spec)
+    return run_logits(spec, random_weights(spec, dtype, seed=SEED), prompts, continuations)
 
 
 def _worst(ours: list[np.ndarray], expected: list[np.ndarray]) -> float:
