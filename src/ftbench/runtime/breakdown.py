@@ -109,10 +109,16 @@ def _array_bytes(values: Any) -> int:
 
 
 def _bytes_and_flops(
-    decoder: Decoder, name: str, args: tuple, kwargs: dict, lengths: list[int], tokens: int
+    decoder: Decoder,
+    name: str,
+    args: tuple,
+    kwargs: dict,
+    lengths: list[int],
+    token_count: int | None = None,
 ) -> tuple[int, int]:
     """Bytes moved and FLOPs of one operation; `lengths`: the cached tokens of each sequence
-    of its micro-batch, `tokens`: the micro-batch's tokens in this step."""
+    of its micro-batch, `token_count`: the micro-batch's tokens in this step (None: every row
+    of the attention's q)."""
     spec, rank = decoder.spec, decoder.rank
     if name == "embed":  # the rows of its tokens (and positions), not the whole table
         tokens, _, table, positions, residual = args[:5]
@@ -130,7 +136,8 @@ def _bytes_and_flops(
         # q and out hold the step's rows up to the micro-batch's last; it reads and writes
         # those of its own tokens.
         q = args[0]
-        q_bytes = q.nbytes // max(q.shape[0], 1) * tokens
+        rows = q.shape[0] if token_count is None else token_count
+        q_bytes = q.nbytes // max(q.shape[0], 1) * rows
         return int(2 * q_bytes + kv), 4 * pairs * rank.q_heads * spec.head_dim
     return _array_bytes(args) + _array_bytes(kwargs.values()), 0
 
