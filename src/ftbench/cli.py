@@ -690,6 +690,15 @@ def run_command(
     ] = "128",
     tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel size.")] = 1,
     pp: Annotated[int, typer.Option("--pp", help="Pipeline-parallel size (layer stages).")] = 1,
+    micro_batches: Annotated[
+        int | None,
+        typer.Option(
+            "--micro-batches",
+            help="Micro-batches each step's batch is cut into, so that pipeline stages work at "
+            "once (default: min(pp, batch); at most the smallest batch; --max-throughput "
+            "skips smaller batches).",
+        ),
+    ] = None,
     tuned: Annotated[
         Path | None,
         typer.Option(
@@ -744,6 +753,8 @@ def run_command(
     With `--tp N --pp M` (N x M > 1) it starts one process per local GPU (or, under mpirun or
     srun, runs as the rank the launcher made); every rank measures, rank 0 writes the results,
     which add each rank's communication time per decode step. One rank's failure stops all.
+    `--micro-batches m` cuts every step's batch into m micro-batches that follow each other
+    through the stages (GPipe; pipeline bubble (pp - 1) / (m + pp - 1)).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -754,6 +765,7 @@ def run_command(
         RunPoint,
         free_memory_for_runs,
         max_batch,
+        point_micro_batches,
         run_benchmark,
         run_grid,
         throughput_batches,
@@ -775,6 +787,8 @@ def run_command(
         raise InvalidInputError("--compare runs peers on one GPU: use it with --tp 1 --pp 1")
     spec = load_profile(profile if profile is not None else config)
     rank_shapes(spec, tp, pp)  # a split the model cannot take: an error before anything starts
+    for size in [] if max_throughput else _int_list(batch, "--batch"):
+        point_micro_batches(micro_batches, pp, size)
     info = launch.discover()
     if info.launcher == "single" and tp * pp > 1:
         gpus = launch.visible_gpus()
@@ -803,6 +817,7 @@ def run_command(
             for i in inputs
             for o in outputs
             for b in throughput_batches(max_batch(spec, i, o, dtype, free))
+            if micro_batches is None or b >= micro_batches  # a batch needs m sequences
         ]
     else:
         points = run_grid(_int_list(batch, "--batch"), inputs, outputs)
@@ -810,6 +825,7 @@ def run_command(
     run = RunConfig(
         spec, dtype, tuple(points), engines, None if tuned is None else str(tuned),
         None if checkpoint is None else str(checkpoint), repeats, tp=tp, pp=pp,
+        micro_batches=micro_batches,
     )  # fmt: skip
     stamp = environment.utc_time.replace(":", "").replace("-", "")[:15]
     out = out or Path(f"ftbench-run-{spec.name}-{stamp}.json")
