@@ -113,8 +113,8 @@ def test_run_config_refuses_unknown_engines_and_one_token_outputs():
         RunConfig(GPTJ, "fp32", (RunPoint(1, 128, 128),))
 
 
-def test_micro_batches_default_to_one_per_stage_and_need_as_many_sequences():
-    assert [point_micro_batches(None, 4, batch) for batch in (1, 3, 4, 64)] == [1, 3, 4, 4]
+def test_micro_batches_default_to_one_and_need_as_many_sequences():
+    assert [point_micro_batches(None, 4, batch) for batch in (1, 3, 4, 64)] == [1, 1, 1, 1]
     assert point_micro_batches(None, 1, 8) == 1
     assert point_micro_batches(3, 2, 3) == 3
     with pytest.raises(InvalidInputError, match="batch 2 has fewer"):

@@ -695,7 +695,8 @@ def run_command(
         typer.Option(
             "--micro-batches",
             help="Micro-batches each step's batch is cut into, so that pipeline stages work at "
-            "once (default: min(pp, batch); at most the smallest batch; --max-throughput "
+            "once (default 1: each micro-batch reads its stage's weights again, which a "
+            "weight-bound decode step pays for; at most the smallest batch; --max-throughput "
             "skips smaller batches).",
         ),
     ] = None,

@@ -19,7 +19,7 @@ every rank times one captured decode step operation by operation (`runtime.break
 time its communicator calls take is gathered to every rank as `comm_step_ms_per_rank`. A
 rank's error is not recorded: it stops the run (`launch.run_rank` aborts the communicators
 and the spawner stops the other ranks). A pipeline step runs in `micro_batches` micro-batches
-(`point_micro_batches`: by default min(pp, batch)), which the records carry.
+(`point_micro_batches`: 1 unless asked), which the records carry.
 """
 
 from __future__ import annotations
@@ -70,10 +70,14 @@ def run_grid(
 
 
 def point_micro_batches(requested: int | None, pp: int, batch: int) -> int:
-    """The micro-batches a step of `batch` sequences runs in: `requested`, or by default
-    min(pp, batch) (one per stage, so every stage has work once the pipeline is full)."""
+    """The micro-batches a step of `batch` sequences runs in: `requested`, or by default 1.
+
+    Not one per stage by default: every micro-batch reads its stage's weights again, so a
+    weight-bound decode step takes m + pp - 1 stage reads in m micro-batches against pp in one;
+    micro-batches pay where compute dominates (long prefills, large batches), so they are asked
+    for."""
     if requested is None:
-        return min(pp, batch)
+        return 1
     if requested < 1:
         raise InvalidInputError(f"--micro-batches must be at least 1, got {requested}")
     if requested > batch:
