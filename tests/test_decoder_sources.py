@@ -109,6 +109,16 @@ def test_embed_plan(launches, dtype, hidden, ptr, vector, threads):
     assert launch.name == decoder.embed_kernel(dtype, vector, True)
     assert launch.name in kernel_names(dtype)
     assert (launch.grid, launch.block) == ((37,), (threads,))
+    assert launch.args[5:] == (hidden, 0, 1000)  # hidden, vocab_start, the table's rows
+
+
+def test_embed_passes_the_ranks_vocabulary_rows(launches):
+    table = Fake((251, 64), "float16")  # rank 3 of 4 of a 1003-token vocabulary
+    embed(Fake((5,), "int32"), None, table, None, Fake((5, 64), "float32"), vocab_start=753)
+    (launch,) = launches
+    assert launch.name == decoder.embed_kernel("float16", 8, False)
+    assert launch.args[1] == 0 and launch.args[3] == 0  # no positions on this rank
+    assert launch.args[5:] == (64, 753, 251)
 
 
 @pytest.mark.parametrize(
@@ -249,6 +259,14 @@ def int32(*shape):
          "positions is required"),
         (lambda: embed(int32(3), None, half(8, 10).T, None, np.zeros((3, 8), np.float32)),
          "C-contiguous"),
+        (lambda: embed(int32(3), None, half(10, 8), None, np.zeros((3, 8), np.float32), -1),
+         r"vocab_start must be in 0..2147483637, got -1"),
+        (lambda: embed(int32(3), None, half(10, 8), None, np.zeros((3, 8), np.float32),
+                       2**31 - 10), "vocab_start must be in 0..2147483637"),
+        (lambda: embed(int32(3), None, half(10, 8), None, np.zeros((3, 8), np.float32), 2.0),
+         "vocab_start must be an integer"),
+        (lambda: embed(int32(3), None, half(10, 8), None, np.zeros((3, 8), np.float32), True),
+         "vocab_start must be an integer"),
     ],
 )  # fmt: skip
 def test_embed_refuses(call, message):

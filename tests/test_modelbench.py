@@ -11,6 +11,7 @@ from ftbench.bench.modelbench import (
     failed_record,
     max_batch,
     percentile_summary,
+    point_micro_batches,
     point_record,
     prefill_floor_ms,
     run_grid,
@@ -112,6 +113,23 @@ def test_run_config_refuses_unknown_engines_and_one_token_outputs():
         RunConfig(GPTJ, "fp32", (RunPoint(1, 128, 128),))
 
 
+def test_micro_batches_default_to_one_and_need_as_many_sequences():
+    assert [point_micro_batches(None, 4, batch) for batch in (1, 3, 4, 64)] == [1, 1, 1, 1]
+    assert point_micro_batches(None, 1, 8) == 1
+    assert point_micro_batches(3, 2, 3) == 3
+    with pytest.raises(InvalidInputError, match="batch 2 has fewer"):
+        point_micro_batches(3, 2, 2)
+    with pytest.raises(InvalidInputError, match="batch 1 has fewer"):
+        RunConfig(GPTJ, "fp16", (RunPoint(4, 8, 8), RunPoint(1, 8, 8)), pp=2, micro_batches=2)
+    measured = Measured(
+        ttft_ms=[10.0], end_to_end_ms=[500.0], step_ms=[3.9, 4.0], peak_memory_bytes=None,
+        gemm=None, conditions={}, micro_batches=2,
+    )  # fmt: skip
+    record = point_record("ftbench", "gptj-6b", "fp16", 1, RunPoint(4, 8, 8), measured, 3, 5, 2)
+    check_run_record(record, "test")
+    assert record["micro_batches"] == 2 and record["pp"] == 2
+
+
 def test_max_batch_is_the_largest_that_fits():
     free = 80 * GIB
     batch = max_batch(GPTJ, 2048, 128, "fp16", free)
@@ -164,6 +182,11 @@ def test_run_without_a_gpu_is_a_one_line_error(monkeypatch, capsys):
         (["--profile", "gpt2-124m", "--pp", "13"], "pp=13 pipeline stages but only 12 layers"),
         (["--profile", "gptj-6b", "--tp", "3"], "cannot be split evenly over tp=3"),
         (["--profile", "gptj-6b", "--pp", "0"], "must be at least 1"),
+        (["--profile", "gptj-6b", "--pp", "2", "--micro-batches", "0"], "must be at least 1"),
+        (
+            ["--profile", "gptj-6b", "--pp", "2", "--batch", "1,4", "--micro-batches", "2"],
+            "--micro-batches 2 needs batches of at least 2 sequences; batch 1",
+        ),
         (["--profile", "gptj-6b", "--tp", "2", "--compare", "hf"], "use it with --tp 1 --pp 1"),
         (
             ["--profile", "gptj-6b", "--tp", "4", "--pp", "2"],
@@ -194,7 +217,7 @@ def test_run_with_two_ranks_spawns_two_processes_of_the_same_command(monkeypatch
     monkeypatch.setattr(launch, "visible_gpus", lambda: 2)
     monkeypatch.setattr(launch, "spawn", lambda size, command: spawned.append((size, command)))
     monkeypatch.delenv("FTBENCH_RANK", raising=False)
-    arguments = ["run", "--profile", "gptj-6b", "--pp", "2"]
+    arguments = ["run", "--profile", "gptj-6b", "--pp", "2", "--batch", "2", "--micro-batches", "2"]
     monkeypatch.setattr(sys, "argv", ["ftbench", *arguments])
     with pytest.raises(SystemExit) as exit_info:
         cli.main()

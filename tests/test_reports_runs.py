@@ -31,6 +31,9 @@ def test_run_record_derives_throughput_and_roofline_once():
     assert built["flags"] == ["power-capped"] and built["status"] == "ok"
     assert run_key(built) == "ftbench gptj-6b fp16 tp=1 pp=1 batch=8 in=128 out=64"
     assert record(floor_decode_step_ms=None)["roofline_fraction"] is None
+    # A pipeline run in micro-batches is another configuration; one micro-batch keeps the key.
+    assert "pp=2 mb=2 batch=8" in run_key(record(pp=2, micro_batches=2))
+    assert run_key(record(micro_batches=1)) == run_key(built)
 
 
 def test_timer_results_are_accepted_as_they_are():
@@ -45,6 +48,7 @@ def test_timer_results_are_accepted_as_they_are():
     ("overrides", "message"),
     [
         ({"batch": 0}, "batch must be a positive integer"),
+        ({"micro_batches": 0}, "micro_batches must be a positive integer"),
         ({"engine": ""}, "engine must be a non-empty string"),
         ({"ttft": {"median_ms": 1.0}}, "timing summary lacks ci_low_ms, ci_high_ms, samples_ms"),
         ({"end_to_end": {**summary(1.0), "samples_ms": []}}, "no samples"),

@@ -1,5 +1,8 @@
-"""Pipeline parallelism on the CPU: the stage plan, stage weights, and the NumPy reference run
-as stages (and as tensor-parallel shards of stages) against the whole model."""
+"""Pipeline parallelism on the CPU: the stage plan, micro-batches, stage weights, and the NumPy
+reference run as stages (and as tensor-parallel shards of stages, and in micro-batches) against
+the whole model."""
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -9,10 +12,14 @@ from ftbench.profiles.catalog import load_builtin
 from ftbench.profiles.hf import spec_from_hf_config
 from ftbench.profiles.problems import rank_shapes, stage_layers
 from ftbench.runtime.memory import footprint
+from ftbench.runtime.model import Decoder, StepInputs, _part_of
 from ftbench.runtime.pipeline import (
+    MicroBatch,
     Stage,
+    micro_batches,
     pipeline_group,
     rank_place,
+    split_sequences,
     stage_plan,
     tensor_group,
 )
@@ -88,6 +95,72 @@ def test_rank_places_and_groups(tp, pp):
         rank_place(tp * pp, tp, pp)
 
 
+@pytest.mark.parametrize(
+    ("batch", "count", "sizes"),
+    [(7, 3, [3, 2, 2]), (3, 2, [2, 1]), (4, 4, [1, 1, 1, 1]), (5, 1, [5]), (64, 8, [8] * 8)],
+)
+def test_micro_batches_are_contiguous_and_as_equal_as_can_be(batch, count, sizes):
+    parts = split_sequences(batch, count)
+    assert [len(part) for part in parts] == sizes
+    assert [b for part in parts for b in part] == list(range(batch))
+
+
+def test_more_micro_batches_than_sequences_is_an_error():
+    with pytest.raises(InvalidInputError, match="3 micro-batches need at least 3 sequences"):
+        split_sequences(2, 3)
+    with pytest.raises(InvalidInputError, match="at least 1"):
+        split_sequences(2, 0)
+    with pytest.raises(InvalidInputError, match="not decrease"):
+        micro_batches([0, 5, 4], 1)
+
+
+def test_a_packed_prefill_splits_by_sequence():
+    # Prompts of 5, 17 and 11 tokens; then a decode step of 3 sequences (token b is sequence b).
+    assert micro_batches([0, 5, 22, 33], 2) == [
+        MicroBatch(range(0, 2), range(0, 22), 17),
+        MicroBatch(range(2, 3), range(22, 33), 11),
+    ]
+    assert micro_batches(range(4), 3) == [MicroBatch(range(b, b + 1), range(b, b + 1), 1)
+                                          for b in range(3)]  # fmt: skip
+
+
+def _prefill_step(lengths):
+    """A prefill's StepInputs as `Generator.prefill_inputs` lays it out (host arrays)."""
+    cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    return StepInputs(
+        tokens=np.arange(100, 100 + cu[-1], dtype=np.int32),
+        seq_ids=np.repeat(np.arange(len(lengths), dtype=np.int32), lengths),
+        positions=np.concatenate([np.arange(n, dtype=np.int32) for n in lengths]),
+        cu_seqlens=cu, past_lens=np.zeros(len(lengths), np.int32),
+        lengths=np.asarray(lengths, np.int32), last_rows=cu[1:] - 1, decode=False,
+        max_q_len=max(lengths), host_cu_seqlens=tuple(cu.tolist()),
+    )  # fmt: skip
+
+
+def test_a_micro_batch_sees_its_tokens_its_sequences_and_the_steps_token_rows():
+    step = _prefill_step([5, 17, 11])
+    decoder = type("Stub", (), {"micro_batches": 2})()  # what `Decoder._plan` reads
+    first, second = Decoder._plan(decoder, step, 33)
+    part = _part_of(step, second)
+    np.testing.assert_array_equal(part.tokens, np.arange(122, 133))
+    np.testing.assert_array_equal(part.seq_ids, [2] * 11)  # rows of the whole KV cache
+    np.testing.assert_array_equal(part.positions, np.arange(11))
+    # Attention reads q rows cu_seqlens[b].. of the step and cache row b of rows 2..2.
+    np.testing.assert_array_equal(part.cu_seqlens, [22, 33])
+    np.testing.assert_array_equal(part.lengths, [11])
+    assert part.max_q_len == 11 and _part_of(step, first).max_q_len == 17
+    # The views share the step's memory: nothing is copied, so a captured graph stays valid.
+    assert np.shares_memory(part.tokens, step.tokens)
+    whole = type("Stub", (), {"micro_batches": 1})()
+    assert Decoder._plan(whole, step, 33) == [MicroBatch(range(3), range(33), 17)]
+    with pytest.raises(InvalidInputError, match="host_cu_seqlens"):
+        Decoder._plan(decoder, dataclasses.replace(step, host_cu_seqlens=None), 33)
+    decode = dataclasses.replace(step, decode=True, cu_seqlens=np.arange(4, dtype=np.int32))
+    assert [p.sequences for p in Decoder._plan(decoder, decode, 3)] == [range(2), range(2, 3)]
+    with pytest.raises(InvalidInputError, match="4 micro-batches need at least 4 sequences"):
+        Decoder._plan(type("Stub", (), {"micro_batches": 4})(), step, 33)
+
+
 def test_stage_weights_hold_only_their_stage():
     spec = spec_from_hf_config(GPT2)
     weights = random_weights(spec, np.float32, seed=3)
@@ -127,12 +200,15 @@ def _pipeline(stages, first_input, method):
     return values
 
 
+@pytest.mark.parametrize("micro", [1, 2, 3], ids=lambda m: f"mb{m}")
 @pytest.mark.parametrize(
     ("config", "tp", "pp"),
     [(LLAMA, 1, 2), (LLAMA, 1, 5), (LLAMA, 2, 3), (GPTJ, 1, 4), (GPTJ, 2, 2), (GPT2, 4, 3)],
     ids=["llama-pp2", "llama-pp5", "llama-tp2-pp3", "gptj-pp4", "gptj-tp2-pp2", "gpt2-tp4-pp3"],
 )
-def test_reference_run_as_stages_equals_the_whole_model(config, tp, pp):
+def test_reference_run_as_stages_equals_the_whole_model(config, tp, pp, micro):
+    # Three sequences: two micro-batches split them 2 + 1, three 1 + 1 + 1, each stage running
+    # them one after another on its own KV-cache rows.
     spec = spec_from_hf_config(config)
     weights = random_weights(spec, np.float64, seed=1)
     stages = [
@@ -140,16 +216,17 @@ def test_reference_run_as_stages_equals_the_whole_model(config, tp, pp):
             spec,
             [stage_weights(shard(weights, spec, tp, rank), spec, layers) for rank in range(tp)],
             layers=layers,
+            micro_batches=micro,
         )
         for layers in stage_plan(spec, pp)
     ]
     whole = ReferenceModel(spec, weights)
-    prompts = np.random.default_rng(2).integers(0, spec.vocab_size, (2, 9))
+    prompts = np.random.default_rng(2).integers(0, spec.vocab_size, (3, 9))
     np.testing.assert_allclose(
         _pipeline(stages, prompts, "prefill"), whole.prefill(prompts), rtol=1e-10, atol=1e-12
     )
     for token in (5, 77, 100):
-        step = np.array([token, 3])
+        step = np.array([token, 3, 42])
         np.testing.assert_allclose(
             _pipeline(stages, step, "decode"), whole.decode(step), rtol=1e-10, atol=1e-12
         )

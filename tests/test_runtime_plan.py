@@ -1,5 +1,7 @@
 """The runtime's host-side logic without a GPU: memory plan, GEMM dispatch, prompt handling."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -24,11 +26,25 @@ def test_gptj_footprint_counts_weights_and_kv_cache_exactly():
     assert plan.total == plan.weights + plan.kv_cache + plan.activations + RESERVE_BYTES
 
 
-def test_tensor_parallel_rank_holds_its_share():
+@pytest.mark.parametrize("tp", [2, 4, 8])
+def test_tensor_parallel_rank_holds_its_share(tp):
     whole = footprint(GPTJ, batch=8, max_seq_len=256, dtype="fp16")
-    rank = footprint(GPTJ, batch=8, max_seq_len=256, dtype="fp16", tp=2)
-    assert rank.kv_cache * 2 == whole.kv_cache
-    assert whole.weights / 2 < rank.weights < whole.weights / 2 * 1.05  # embeddings replicate
+    rank = footprint(GPTJ, batch=8, max_seq_len=256, dtype="fp16", tp=tp)
+    assert rank.kv_cache * tp == whole.kv_cache
+    # Every rank holds the norms and FFN-down's bias (28 layers x 3 x 4096, final norm 2 x
+    # 4096); everything else, the embedding and the LM head included, is split tp ways.
+    replicated = 28 * 3 * 4096 + 2 * 4096
+    assert rank.weights == ((6_050_882_784 - replicated) // tp + replicated) * 2
+
+
+@pytest.mark.parametrize("tp", [2, 4, 8])
+def test_a_padded_vocabulary_counts_its_rows_per_rank(tp):
+    spec = dataclasses.replace(GPTJ, vocab_size=1003)
+    padded = footprint(spec, 1, 128, "fp16", tp).weights
+    saved = footprint(GPTJ, 1, 128, "fp16", tp).weights - padded
+    rows = {2: 502, 4: 251, 8: 126}[tp]  # 1003 rows padded to a multiple of tp, over tp ranks
+    # the embedding and the LM head (weight [rows, 4096] and bias [rows]) each lose rows
+    assert saved == (50400 // tp - rows) * (2 * 4096 + 1) * 2
 
 
 def test_request_that_does_not_fit_names_what_would():

@@ -1,5 +1,7 @@
 """Pre-sharded checkpoints: each rank reads back exactly its shard."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -40,6 +42,25 @@ def test_every_rank_reads_back_its_shard(tmp_path, spec, tp, dtype):
         stored_spec, loaded = load_sharded(tmp_path, rank, tp, spec)
         assert stored_spec == spec
         _assert_same(loaded, shard(weights, spec, tp, rank))
+        assert loaded.tied_lm_head == spec.tie_word_embeddings
+
+
+def test_a_tied_lm_head_is_stored_once_as_the_ranks_embedding_rows(tmp_path):
+    from safetensors import safe_open
+
+    save_sharded(random_weights(GPT2, "fp16"), GPT2, 4, tmp_path)
+    with safe_open(str(tmp_path / rank_file(3, 4)), framework="np") as stored:
+        names = stored.keys()
+        assert "embed" in names and "lm_head.weight" not in names
+        assert stored.get_slice("embed").get_shape() == [26, 64]  # 101 padded to 104, over 4
+
+
+def test_a_checkpoint_of_the_replicated_embedding_schema_is_refused(tmp_path):
+    save_sharded(random_weights(LLAMA, "fp16"), LLAMA, 2, tmp_path)
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    (tmp_path / MANIFEST).write_text(json.dumps({**manifest, "schema": 1}))
+    with pytest.raises(InvalidInputError, match="convert the checkpoint again"):
+        load_sharded(tmp_path, 0, 2)
 
 
 def test_a_checkpoint_for_another_tp_or_model_is_refused(tmp_path):

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from ftbench.errors import InvalidInputError
+from ftbench.profiles.catalog import load_builtin
 from ftbench.profiles.hf import spec_from_hf_config
 from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import ModelSpec
-from ftbench.runtime.reference import ReferenceModel
+from ftbench.runtime.reference import ReferenceModel, embed
 from ftbench.runtime.weights import (
     check_shapes,
     from_state_dict,
@@ -17,6 +18,7 @@ from ftbench.runtime.weights import (
     numpy_dtype,
     random_weights,
     shard,
+    vocabulary_start,
     weight_shapes,
 )
 
@@ -370,6 +372,62 @@ def test_lm_head_is_padded_with_zero_rows():
     assert not last.weight[50].any() and last.bias[50] == 0
 
 
+@pytest.mark.parametrize(("tp", "rows"), [(1, 50400), (2, 25200), (4, 12600), (8, 6300)])
+def test_gptj_6b_embedding_and_lm_head_rows_per_rank(tp, rows):
+    spec = load_builtin("gptj-6b")  # 50400 divides by 8: no padding
+    shapes = weight_shapes(spec, tp)
+    assert shapes["embed"] == shapes["lm_head.weight"] == (rows, 4096)
+    assert shapes["lm_head.bias"] == (rows,)
+    assert [vocabulary_start(spec, tp, r) for r in range(tp)] == [r * rows for r in range(tp)]
+
+
+@pytest.mark.parametrize("vocab", [50400, 1003])
+@pytest.mark.parametrize("tp", [2, 4, 8])
+def test_embedding_is_split_by_the_lm_heads_vocabulary_rows(vocab, tp):
+    spec = _spec(GPTJ, vocab_size=vocab, n_head=8)
+    weights = random_weights(spec, np.float32)
+    rows = {50400: {2: 25200, 4: 12600, 8: 6300}, 1003: {2: 502, 4: 251, 8: 126}}[vocab][tp]
+    padding = rows * tp - vocab  # 1003: 1, 1 and 5 zero rows on the last rank
+    padded_embed = np.pad(weights.embed, ((0, padding), (0, 0)))
+    padded_head = np.pad(weights.lm_head.weight, ((0, padding), (0, 0)))
+    for rank in range(tp):
+        part = shard(weights, spec, tp, rank)
+        check_shapes(part, spec, tp)
+        held = slice(rank * rows, (rank + 1) * rows)
+        assert vocabulary_start(spec, tp, rank) == held.start
+        np.testing.assert_array_equal(part.embed, padded_embed[held])
+        np.testing.assert_array_equal(part.lm_head.weight, padded_head[held])
+    last = shard(weights, spec, tp, tp - 1)
+    assert not last.embed[rows - padding :].any()
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_a_tied_lm_head_is_the_sharded_embedding(tp):
+    spec = _spec(GPT2)  # vocabulary 101: one padding row at tp=2, three at tp=4
+    weights = random_weights(spec, np.float32)
+    for rank in range(tp):
+        part = shard(weights, spec, tp, rank)
+        assert part.tied_lm_head and part.lm_head.weight is part.embed
+        assert part.positions is weights.positions  # learned positions stay replicated
+        assert part.embed.shape == (rank_shapes(spec, tp).lm_head_rows, 64)
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_random_weights_of_a_rank_keep_a_tied_lm_head_tied(tp):
+    spec = _spec(GPT2)
+    part = random_weights(spec, np.float32, tp=tp)
+    check_shapes(part, spec, tp)
+    assert part.tied_lm_head
+
+
+def test_the_reference_embeds_only_the_tokens_in_a_ranks_rows():
+    table = np.arange(12.0).reshape(4, 3)  # token ids 10..13
+    tokens = np.array([[9, 10, 13], [14, 12, 0]])
+    got = embed(tokens, table, vocab_start=10)
+    np.testing.assert_array_equal(got[0], [[0, 0, 0], [0, 1, 2], [9, 10, 11]])
+    np.testing.assert_array_equal(got[1], [[0, 0, 0], [6, 7, 8], [0, 0, 0]])
+
+
 def test_bad_tp_or_rank_is_refused():
     spec = _spec(LLAMA)
     weights = random_weights(spec, np.float32)
@@ -388,16 +446,25 @@ def test_bad_tp_or_rank_is_refused():
         (LLAMA, {}, 4),
         (LLAMA, {"num_key_value_heads": 1, "attention_bias": True, "mlp_bias": True}, 4),
         (GPTJ, {}, 2),
+        (GPT2, {}, 2),
         (GPT2, {}, 4),
     ],
-    ids=["llama-tp2", "llama-tp4-kv-replicated", "llama-mqa-bias-tp4", "gptj-tp2", "gpt2-tp4"],
-)
+    ids=[
+        "llama-tp2", "llama-tp4-kv-replicated", "llama-mqa-bias-tp4", "gptj-tp2", "gpt2-tp2",
+        "gpt2-tp4",
+    ],
+)  # fmt: skip
 def test_sharded_forward_equals_unsharded(config, overrides, tp):
     spec = _spec(config, **overrides)
     weights = random_weights(spec, np.float64, seed=1)
     shards = [shard(weights, spec, tp, rank) for rank in range(tp)]
     full, parallel = ReferenceModel(spec, weights), ReferenceModel(spec, shards)
     prompts = np.random.default_rng(2).integers(0, spec.vocab_size, (2, 9))
+    # The first and last token id of every rank's vocabulary rows, up to the last id (100).
+    rows = rank_shapes(spec, tp).lm_head_rows
+    edges = sorted({*range(0, spec.vocab_size, rows), *range(rows - 1, spec.vocab_size, rows)})
+    edges = [*edges, spec.vocab_size - 1]
+    prompts[0, : len(edges)] = edges
     np.testing.assert_allclose(
         parallel.prefill(prompts), full.prefill(prompts), rtol=1e-10, atol=1e-12
     )

@@ -235,8 +235,8 @@ def profiles_show_command(
         title=f"{spec.name} ({spec.parameter_count() / 1e9:.2f}B parameters), "
         f"tp={tp} pp={pp}, {dtype}, bound on {peaks.name} ({peaks.source})",
         caption=f"per rank: {rank['q_heads']} query heads, {rank['kv_heads']} KV heads "
-        f"(x{rank['kv_replicas']} replicated), FFN {rank['ffn_hidden_size']}, LM head "
-        f"{rank['lm_head_rows']} rows, {rank['layers_per_stage']} layers per stage. "
+        f"(x{rank['kv_replicas']} replicated), FFN {rank['ffn_hidden_size']}, embedding and LM "
+        f"head {rank['lm_head_rows']} rows, {rank['layers_per_stage']} layers per stage. "
         "ctx = context phase, gen = generation step, * = inside fused attention, "
         "calls = per step, GFLOP and MB = per call.",
         box=box.SIMPLE_HEAD,
@@ -697,6 +697,16 @@ def run_command(
     ] = "128",
     tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel size.")] = 1,
     pp: Annotated[int, typer.Option("--pp", help="Pipeline-parallel size (layer stages).")] = 1,
+    micro_batches: Annotated[
+        int | None,
+        typer.Option(
+            "--micro-batches",
+            help="Micro-batches each step's batch is cut into, so that pipeline stages work at "
+            "once (default 1: each micro-batch reads its stage's weights again, which a "
+            "weight-bound decode step pays for; at most the smallest batch; --max-throughput "
+            "skips smaller batches).",
+        ),
+    ] = None,
     tuned: Annotated[
         Path | None,
         typer.Option(
@@ -751,6 +761,8 @@ def run_command(
     With `--tp N --pp M` (N x M > 1) it starts one process per local GPU (or, under mpirun or
     srun, runs as the rank the launcher made); every rank measures, rank 0 writes the results,
     which add each rank's communication time per decode step. One rank's failure stops all.
+    `--micro-batches m` cuts every step's batch into m micro-batches that follow each other
+    through the stages (GPipe; pipeline bubble (pp - 1) / (m + pp - 1)).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -761,6 +773,7 @@ def run_command(
         RunPoint,
         free_memory_for_runs,
         max_batch,
+        point_micro_batches,
         run_benchmark,
         run_grid,
         throughput_batches,
@@ -779,6 +792,8 @@ def run_command(
     if tp * pp > 1 and compare:
         raise InvalidInputError("--compare runs peers on one GPU: use it with --tp 1 --pp 1")
     rank_shapes(spec, tp, pp)  # a split the model cannot take: an error before anything starts
+    for size in [] if max_throughput else _int_list(batch, "--batch"):
+        point_micro_batches(micro_batches, pp, size)
     info = launch.discover()
     if info.launcher == "single" and tp * pp > 1:
         gpus = launch.visible_gpus()
@@ -807,6 +822,7 @@ def run_command(
             for i in inputs
             for o in outputs
             for b in throughput_batches(max_batch(spec, i, o, dtype, free))
+            if micro_batches is None or b >= micro_batches  # a batch needs m sequences
         ]
     else:
         points = run_grid(_int_list(batch, "--batch"), inputs, outputs)
@@ -814,6 +830,7 @@ def run_command(
     run = RunConfig(
         spec, dtype, tuple(points), engines, None if tuned is None else str(tuned),
         None if checkpoint is None else str(checkpoint), repeats, tp=tp, pp=pp,
+        micro_batches=micro_batches,
     )  # fmt: skip
     stamp = environment.utc_time.replace(":", "").replace("-", "")[:15]
     out = out or Path(f"ftbench-run-{spec.name}-{stamp}.json")

@@ -92,6 +92,35 @@ def test_embed(dtype, hidden, count, learned):
     assert_close(host(residual), want, TOLERANCE["float32"], "residual")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden", [4096, 75])
+@pytest.mark.parametrize("learned", [False, True])
+def test_embed_of_a_vocabulary_slice_gives_zeros_outside_it(dtype, hidden, learned):
+    """A rank's rows [300, 551) of a 1003-token vocabulary: tokens below, inside, at both
+    edges and above; the tokens outside contribute nothing but their positions."""
+    import cupy
+
+    rng = np.random.default_rng()
+    start, rows = 300, 251
+    table = rounded(rng.standard_normal((rows, hidden)), dtype)
+    pos_table = rounded(rng.standard_normal((64, hidden)), dtype)
+    edges = [0, start - 1, start, start + rows - 1, start + rows, 1002]
+    tokens = np.concatenate([edges, rng.integers(0, 1003, 58)]).astype(np.int32)
+    positions = rng.integers(0, 64, len(tokens)).astype(np.int32)
+    residual = cupy.full((len(tokens), hidden), np.nan, dtype=cupy.float32)
+    decoder.embed(
+        cupy.asarray(tokens), cupy.asarray(positions), device(table, dtype),
+        device(pos_table, dtype) if learned else None, residual, vocab_start=start,
+    )  # fmt: skip
+    held = (tokens >= start) & (tokens < start + rows)
+    want = np.where(held[:, None], table[np.where(held, tokens - start, 0)], 0.0)
+    want = want + (pos_table[positions] if learned else 0)
+    got = host(residual)
+    if not learned:
+        assert not got[~held].any() and got[held].any()
+    assert_close(got, want, TOLERANCE["float32"], "residual")
+
+
 # residual_norm -------------------------------------------------------------------------------
 
 

@@ -13,7 +13,17 @@ import pytest
 from ftbench.profiles.catalog import load_builtin
 from ftbench.runtime.generate import Generator
 from ftbench.runtime.model import Decoder
-from ftbench.runtime.tpcheck import PIPELINE_SIZES, TP_SIZES, compare_emulated, tp1_logits
+from ftbench.runtime.tpcheck import (
+    CASES,
+    MICRO_BATCH_SIZES,
+    PIPELINE_SIZES,
+    SEED,
+    TP_SIZES,
+    check_inputs,
+    compare_emulated,
+    run_logits,
+    tp1_logits,
+)
 from ftbench.runtime.weights import random_weights
 
 pytestmark = pytest.mark.gpu
@@ -33,10 +43,10 @@ def _clean_env(**extra):
 
 @pytest.fixture(scope="module")
 def tp1():
-    return {case: tp1_logits(case) for case in ("gptj", "llama-gqa")}
+    return {case: tp1_logits(case) for case in CASES}
 
 
-@pytest.mark.parametrize("case", ["gptj", "llama-gqa"])
+@pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("tp", TP_SIZES)
 def test_emulated_ranks_match_tp1(case, tp, tp1):
     result = compare_emulated(case, tp, tp1=tp1[case])
@@ -51,7 +61,7 @@ def test_emulated_ranks_match_tp1(case, tp, tp1):
     assert result.argmax_agreement > 0.95
 
 
-@pytest.mark.parametrize("case", ["gptj", "llama-gqa"])
+@pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize(("tp", "pp"), PIPELINE_SIZES, ids=lambda size: str(size))
 def test_emulated_pipeline_matches_tp1(case, tp, pp, tp1):
     result = compare_emulated(case, tp, tp1=tp1[case], pp=pp)
@@ -62,6 +72,36 @@ def test_emulated_pipeline_matches_tp1(case, tp, pp, tp1):
     assert result.max_rel_err < 5e-3
     assert result.tp_vs_reference_max_rel_err < 5e-3
     assert result.argmax_agreement > 0.95
+
+
+@pytest.mark.parametrize("case", ["gptj", "llama-gqa"])
+@pytest.mark.parametrize(("tp", "pp", "micro"), MICRO_BATCH_SIZES, ids=lambda size: str(size))
+def test_emulated_pipeline_in_micro_batches_matches_tp1(case, tp, pp, micro, tp1):
+    # 3 prompts: 2 micro-batches split them 2 + 1 (a batch not divisible by m), 3 one each.
+    result = compare_emulated(case, tp, tp1=tp1[case], pp=pp, micro_batches=micro)
+    print(result.to_dict())
+    assert result.ranks_identical and result.micro_batches == micro
+    assert result.max_rel_err < 5e-3
+    assert result.tp1_vs_reference_max_rel_err < 5e-3
+    assert result.tp_vs_reference_max_rel_err < 5e-3
+    assert result.argmax_agreement > 0.95
+
+
+@pytest.mark.parametrize("case", ["gptj", "llama-gqa"])
+@pytest.mark.parametrize("micro", [2, 3])
+def test_micro_batches_inside_decode_graphs_match_tp1(case, micro, tp1):
+    # One stage, every micro-batch inside each captured decode step (GPT-J's parallel block
+    # forks and joins its branch stream per micro-batch); the prefill and the steps' logits.
+    spec = CASES[case]
+    weights = random_weights(spec, "fp16", seed=SEED)
+    prompts, continuations = check_inputs(spec)
+    ours = run_logits(spec, weights, prompts, continuations, micro_batches=micro, use_graph=True)
+    worst = max(
+        float((np.linalg.norm(a - b, axis=-1) / np.linalg.norm(b, axis=-1)).max())
+        for a, b in zip(ours, tp1[case], strict=True)
+    )
+    print(case, micro, worst)
+    assert worst < 5e-3
 
 
 def _nccl_one_rank():
@@ -155,6 +195,27 @@ def test_ftbench_run_as_one_spawned_rank_records_communication(tmp_path):
     assert [(r["tp"], r["pp"]) for r in records] == [(1, 1), (1, 1)]
     # One rank without tensor or pipeline partners calls no communicator in a step.
     assert all(r["comm_step_ms_per_rank"] == [0.0] for r in records)
+
+
+def test_ftbench_run_in_micro_batches_records_them(tmp_path):
+    # One spawned rank, --micro-batches 2 at batch 3: the decode graph and the per-operation
+    # breakdown of a step of two micro-batches.
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "model_type": "gptj", "vocab_size": 509, "n_embd": 256, "n_layer": 2, "n_head": 4,
+        "rotary_dim": 32, "n_positions": 128,
+    }))  # fmt: skip
+    out = tmp_path / "run.json"
+    run = [sys.executable, "-m", "ftbench", "run", "--config", str(config), "--tp", "1", "--pp",
+           "1", "--batch", "3", "--micro-batches", "2", "--input-len", "9", "--output-len", "6",
+           "--repeats", "2", "--out", str(out)]  # fmt: skip
+    spawn = [sys.executable, "-m", "ftbench.runtime.launch", "spawn", "1", "--"]
+    done = subprocess.run([*spawn, *run], env=_clean_env(), capture_output=True, text=True,
+                          timeout=240)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (record,) = json.loads(out.read_text())["records"]
+    assert record["status"] == "ok" and record["micro_batches"] == 2
+    assert record["comm_step_ms_per_rank"] == [0.0]
 
 
 def _launch(command, env, timeout=120):

@@ -18,7 +18,8 @@ decoder, all time the same requests (rank 0's records are the run's), and after 
 every rank times one captured decode step operation by operation (`runtime.breakdown`); the
 time its communicator calls take is gathered to every rank as `comm_step_ms_per_rank`. A
 rank's error is not recorded: it stops the run (`launch.run_rank` aborts the communicators
-and the spawner stops the other ranks).
+and the spawner stops the other ranks). A pipeline step runs in `micro_batches` micro-batches
+(`point_micro_batches`: 1 unless asked), which the records carry.
 """
 
 from __future__ import annotations
@@ -66,6 +67,25 @@ def run_grid(
         if min(point.batch, point.input_len, point.output_len) < 1:
             raise InvalidInputError(f"batch and lengths must be positive, got {point}")
     return points
+
+
+def point_micro_batches(requested: int | None, pp: int, batch: int) -> int:
+    """The micro-batches a step of `batch` sequences runs in: `requested`, or by default 1.
+
+    Not one per stage by default: every micro-batch reads its stage's weights again, so a
+    weight-bound decode step takes m + pp - 1 stage reads in m micro-batches against pp in one;
+    micro-batches pay where compute dominates (long prefills, large batches), so they are asked
+    for."""
+    if requested is None:
+        return 1
+    if requested < 1:
+        raise InvalidInputError(f"--micro-batches must be at least 1, got {requested}")
+    if requested > batch:
+        raise InvalidInputError(
+            f"--micro-batches {requested} needs batches of at least {requested} sequences; "
+            f"batch {batch} has fewer"
+        )
+    return requested
 
 
 def decode_floor_ms(spec: ModelSpec, point: RunPoint, dtype: str, bandwidth: float, tp: int = 1):
@@ -127,6 +147,7 @@ class Measured:
     flags: tuple[str, ...] = ()
     comm_step_ms_per_rank: tuple[float, ...] | None = None
     compile_s: float | None = None
+    micro_batches: int | None = None
 
 
 def point_record(
@@ -150,6 +171,7 @@ def point_record(
         peak_memory_bytes=measured.peak_memory_bytes, floor_decode_step_ms=floor_decode_ms,
         gemm_cache_misses=None if measured.gemm is None else measured.gemm["misses"],
         flags=measured.flags, comm_step_ms_per_rank=measured.comm_step_ms_per_rank,
+        micro_batches=measured.micro_batches,
     )  # fmt: skip
     end_to_end_s = record["end_to_end_ms"]["median_ms"] / 1e3
     record["total_tok_s"] = point.batch * (point.input_len + point.output_len) / end_to_end_s
@@ -204,6 +226,7 @@ class RunConfig:
     seed: int = 0
     tp: int = 1
     pp: int = 1
+    micro_batches: int | None = None
 
     def __post_init__(self) -> None:
         unknown = [engine for engine in self.engines if engine not in ENGINES]
@@ -217,6 +240,8 @@ class RunConfig:
         peers = [engine for engine in self.engines if not engine.startswith("ftbench")]
         if self.tp * self.pp > 1 and peers:
             raise InvalidInputError(f"peers {peers} run on one GPU; compare them at tp=pp=1")
+        for point in self.points:
+            point_micro_batches(self.micro_batches, self.pp, point.batch)
         short = [point for point in self.points if point.output_len < 2]
         if short:
             raise InvalidInputError(
@@ -414,12 +439,13 @@ def _measure_ftbench(
     pool.free_all_blocks()
     prompts = list(_prompts(config, point))
     monitor = _monitor()
+    micro_batches = point_micro_batches(config.micro_batches, config.pp, point.batch)
     try:
         decoder = Decoder(
             config.spec, weights, max_batch=point.batch, max_seq_len=point.max_seq_len,
             max_tokens=point.batch * point.input_len, gemm=gemm, tp=config.tp,
             comm=None if ranks is None else ranks.tensor,
-            stage=None if ranks is None else ranks.stage,
+            stage=None if ranks is None else ranks.stage, micro_batches=micro_batches,
         )  # fmt: skip
         generator = Generator(decoder)
         ttft, end_to_end, steps = measure_requests(
@@ -436,7 +462,7 @@ def _measure_ftbench(
     return Measured(
         ttft, end_to_end, steps, int(pool.total_bytes()), gemm.stats.to_dict(),
         _conditions_dict(conditions), tuple(conditions.flags),
-        comm_step_ms_per_rank=communication,
+        comm_step_ms_per_rank=communication, micro_batches=micro_batches,
     )  # fmt: skip
 
 

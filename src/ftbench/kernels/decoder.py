@@ -9,8 +9,10 @@ and never synchronising, so every launch can be captured in a CUDA graph once it
 compiled. Kernels compile on first use (NVRTC, one template instance per dtype and vector width);
 `prepare(dtype)` compiles every instance of a dtype in one run, before timing or capture.
 
-Inputs the launchers cannot check, because they live on the device: token ids must be < V,
-learned positions < P, cache rows < B and positions < Lmax, `rows` < T. Nothing is clamped.
+Inputs the launchers cannot check, because they live on the device: learned positions must be
+< P, cache rows < B and positions < Lmax, `rows` < T. Nothing is clamped. (Token ids outside the
+embedding table's rows give zero rows: a tensor-parallel rank holds a slice of the vocabulary;
+the runtime checks the ids on the host.)
 """
 
 from __future__ import annotations
@@ -190,18 +192,24 @@ def prepare(dtype: str) -> float:
 # Launchers -------------------------------------------------------------------------------------
 
 
-def embed(tokens: Any, positions: Any, table: Any, pos_table: Any, residual: Any) -> None:
-    """residual[t] = table[tokens[t]] (+ pos_table[positions[t]]), in fp32.
+def embed(
+    tokens: Any, positions: Any, table: Any, pos_table: Any, residual: Any, vocab_start: int = 0
+) -> None:
+    """residual[t] = table[tokens[t] - vocab_start] (+ pos_table[positions[t]]), in fp32.
 
-    tokens, positions: int32 [T] (positions only read with pos_table); table: DT [V, H];
-    pos_table: DT [P, H] (learned positions, GPT-2) or None; residual: float32 [T, H].
-    Token ids must be < V and positions < P: the kernel clamps nothing.
+    tokens, positions: int32 [T] (positions only read with pos_table); table: DT [V, H], the
+    vocabulary rows [vocab_start, vocab_start + V) (a tensor-parallel rank's slice,
+    `weights.shard`; the whole vocabulary with vocab_start 0): a token outside them gives a
+    row of zeros (+ its position), so the ranks' rows sum to the embedding. pos_table: DT
+    [P, H] (learned positions, GPT-2) or None; residual: float32 [T, H]. Positions must be
+    < P: the kernel clamps nothing.
     """
     op = "embed"
     _check_ndim(op, "table", table, 2)
     dtype = _model_dtype(op, "table", table)
     vocab, hidden = table.shape
     _check(op, "table", table, (vocab, hidden), [dtype])
+    vocab_start = _integer(op, "vocab_start", vocab_start, 0, INT32_MAX - vocab)
     _check_ndim(op, "tokens", tokens, 1)
     count = tokens.shape[0]
     _check(op, "tokens", tokens, (count,), ["int32"])
@@ -218,6 +226,7 @@ def embed(tokens: Any, positions: Any, table: Any, pos_table: Any, residual: Any
     args = (
         _pointer(tokens), _pointer(positions if pos_table is not None else None),
         _pointer(table), _pointer(pos_table), _pointer(residual), np.int32(hidden),
+        np.int32(vocab_start), np.int32(vocab),
     )  # fmt: skip
     _launch(name, (count,), (threads,), args)
 

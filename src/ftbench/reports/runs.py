@@ -15,7 +15,8 @@ tokens generated (batch x output_len) over the median end-to-end time; roofline_
 floor of a decode step over its median time. Runs of several ranks (tp x pp > 1, or one rank
 started by a launcher) add "comm_step_ms_per_rank": per global rank, the ms one decode step
 spends in communicator calls (all-reduce, all-gather, send, recv; optional, absent in older
-records and single-process runs). Fields a peer cannot report are null. A
+records and single-process runs) and "micro_batches": how many micro-batches each pipeline step
+ran in (optional, absent in older records: 1). Fields a peer cannot report are null. A
 configuration that could not run has the key fields, a status other than "ok" (e.g. "does not
 fit") and a "reason", and no timings. Writers may add fields of their own; readers ignore them.
 """
@@ -67,6 +68,7 @@ def run_record(
     gemm_cache_misses: int | None,
     flags: Sequence[str] = (),
     comm_step_ms_per_rank: Sequence[float] | None = None,
+    micro_batches: int | None = None,
 ) -> dict[str, Any]:
     """One model-run record; `ttft`, `decode_step` and `end_to_end` are timer results
     (`Timing`) or their summary dicts, in ms per prefill, per decode step and per request."""
@@ -89,6 +91,8 @@ def run_record(
     record["flags"] = sorted(set(flags))
     if comm_step_ms_per_rank is not None:
         record["comm_step_ms_per_rank"] = [float(value) for value in comm_step_ms_per_rank]
+    if micro_batches is not None:
+        record["micro_batches"] = micro_batches
     record["status"] = OK
     check_run_record(record, "run record")
     return record
@@ -106,7 +110,7 @@ def check_run_record(record: Any, where: str) -> None:
     for name in ("engine", "model", "dtype"):
         if not isinstance(record[name], str) or not record[name]:
             raise InvalidInputError(f"{where}: {name} must be a non-empty string")
-    for name in _INT_FIELDS:
+    for name in (*_INT_FIELDS, *(["micro_batches"] if "micro_batches" in record else [])):
         value = record[name]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise InvalidInputError(f"{where}: {name} must be a positive integer, got {value!r}")
@@ -132,9 +136,11 @@ def measured_ok(record: Mapping[str, Any]) -> bool:
 
 def run_key(record: Mapping[str, Any]) -> str:
     """A readable unique name of a run configuration, e.g.
-    "ftbench gptj-6b fp16 tp=1 pp=1 batch=8 in=128 out=128"."""
+    "ftbench gptj-6b fp16 tp=1 pp=1 batch=8 in=128 out=128" (with " mb=M" after pp=P where a
+    pipeline step ran in M > 1 micro-batches)."""
+    micro = record.get("micro_batches", 1)
     return (
         f"{record['engine']} {record['model']} {record['dtype']} tp={record['tp']} "
-        f"pp={record['pp']} batch={record['batch']} in={record['input_len']} "
-        f"out={record['output_len']}"
+        f"pp={record['pp']}{f' mb={micro}' if micro > 1 else ''} batch={record['batch']} "
+        f"in={record['input_len']} out={record['output_len']}"
     )

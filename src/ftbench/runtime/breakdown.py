@@ -15,6 +15,10 @@ The communicator's calls (tensor-parallel `all_reduce` and `all_gather`, a pipel
 rank's step spends in communication, waiting for its peers included (for a pipeline stage,
 mostly the wait for the stages before it).
 
+With micro-batches (`Decoder(micro_batches=m)`) every layer runs m times a step: its places
+count m x layers operations, each attention's floor counts its micro-batch's sequences, and a
+micro-batch's receive (or embedding) opens a "start" place again.
+
 A parallel block's attention and MLP, which a real step overlaps on two streams
 (`Decoder._parallel_block`), run one after the other here: each operation's own time is what
 the table shows, so the parts add up to more than the overlapped step.
@@ -87,6 +91,7 @@ class OperationTime:
 @dataclass
 class _Operation:
     name: str
+    micro_batch: int
     layer: int | None
     bytes: int
     flops: int
@@ -104,9 +109,16 @@ def _array_bytes(values: Any) -> int:
 
 
 def _bytes_and_flops(
-    decoder: Decoder, name: str, args: tuple, kwargs: dict, lengths: list[int]
+    decoder: Decoder,
+    name: str,
+    args: tuple,
+    kwargs: dict,
+    lengths: list[int],
+    token_count: int | None = None,
 ) -> tuple[int, int]:
-    """Bytes moved and FLOPs of one operation; `lengths`: each sequence's cached tokens."""
+    """Bytes moved and FLOPs of one operation; `lengths`: the cached tokens of each sequence
+    of its micro-batch, `token_count`: the micro-batch's tokens in this step (None: every row
+    of the attention's q)."""
     spec, rank = decoder.spec, decoder.rank
     if name == "embed":  # the rows of its tokens (and positions), not the whole table
         tokens, _, table, positions, residual = args[:5]
@@ -121,8 +133,12 @@ def _bytes_and_flops(
     if name == "context_attention":
         pairs = sum(n * (n + 1) // 2 for n in lengths)
         kv = 2 * sum(lengths) * rank.kv_heads * spec.head_dim * 2
+        # q and out hold the step's rows up to the micro-batch's last; it reads and writes
+        # those of its own tokens.
         q = args[0]
-        return int(2 * q.nbytes + kv), 4 * pairs * rank.q_heads * spec.head_dim
+        rows = q.shape[0] if token_count is None else token_count
+        q_bytes = q.nbytes // max(q.shape[0], 1) * rows
+        return int(2 * q_bytes + kv), 4 * pairs * rank.q_heads * spec.head_dim
     return _array_bytes(args) + _array_bytes(kwargs.values()), 0
 
 
@@ -132,13 +148,16 @@ def _timed_operations(decoder: Decoder, lengths: list[int]):
     import cupy
 
     operations: list[_Operation] = []
-    layer: dict[str, int | None] = {"index": None}
+    # Where the step is: micro-batch, layer, the micro-batch's sequences.
+    layer: dict[str, Any] = {"micro_batch": -1, "index": None, "part": None}
 
     def timed(name: str, run: Callable, bytes_flops: Callable) -> Callable:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             result = run(*args, **kwargs)
             moved, flops = bytes_flops(args, kwargs)
-            operation = _Operation(name, layer["index"], moved, flops, cupy.cuda.Event())
+            operation = _Operation(
+                name, layer["micro_batch"], layer["index"], moved, flops, cupy.cuda.Event()
+            )
             _record_node(operation.event)
             operations.append(operation)
             return result
@@ -153,7 +172,11 @@ def _timed_operations(decoder: Decoder, lengths: list[int]):
             saved.append((module, name, original))
 
             def sizes(args, kwargs, name=name):
-                return _bytes_and_flops(decoder, name, args, kwargs, lengths)
+                part = layer["part"]
+                return _bytes_and_flops(
+                    decoder, name, args, kwargs, [lengths[b] for b in part.sequences],
+                    len(part.tokens),
+                )  # fmt: skip
 
             setattr(module, name, timed(name, original, sizes))
 
@@ -182,6 +205,14 @@ def _timed_operations(decoder: Decoder, lengths: list[int]):
         return attention(index, *args, **kwargs)
 
     decoder._attention = attention_of_layer
+    stage_pass = decoder._stage_pass
+
+    def pass_of_micro_batch(step: Any, part: Any, fold: bool) -> Any:
+        layer["micro_batch"] += 1
+        layer["index"], layer["part"] = None, part
+        return stage_pass(step, part, fold)
+
+    decoder._stage_pass = pass_of_micro_batch
     decoder.overlap_branches = False  # one operation after another, or the events mean nothing
     try:
         yield operations
@@ -191,6 +222,7 @@ def _timed_operations(decoder: Decoder, lengths: list[int]):
             setattr(module, name, original)
         del decoder.gemm.linear
         del decoder._attention
+        del decoder._stage_pass
         for comm, name in communicators:
             delattr(comm, name)
 
@@ -231,16 +263,20 @@ def breakdown(
 
 
 def _by_place(decoder, operations, times, bandwidth, peak_flops) -> list[OperationTime]:
-    """Sum operations at the same place of the layer pattern over the layers."""
+    """Sum operations at the same place of the layer pattern over the layers (and the
+    micro-batches)."""
     places: dict[str, list] = {}
-    position_in_layer: dict[int | None, int] = {}
+    position_in_layer: dict[tuple[int, int | None], int] = {}
     last_layer = len(decoder.weights.layers) - 1
     for operation, time_ms in zip(operations, times, strict=True):
-        position = position_in_layer.get(operation.layer, 0)
-        position_in_layer[operation.layer] = position + 1
+        where = (operation.micro_batch, operation.layer)
+        position = position_in_layer.get(where, 0)
+        position_in_layer[where] = position + 1
         if operation.layer is None:
             place = f"start {position:02d} {operation.name}"
-        elif operation.layer == last_layer and position >= position_in_layer.get(0, 0):
+        elif operation.layer == last_layer and position >= position_in_layer.get(
+            (operation.micro_batch, 0), 0
+        ):
             place = f"head {position:02d} {operation.name}"
         else:
             place = f"layer {position:02d} {operation.name}"

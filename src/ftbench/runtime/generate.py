@@ -12,7 +12,9 @@ captured once in a CUDA graph and replayed, so a step costs one graph launch fro
 Under pipeline parallelism every stage's rank runs the same `Generator` calls on its stage's
 decoder: the last stage samples and sends the tokens to the first (`Stage.share_tokens`, inside
 the captured step), stages before the last get no logits (None), and the generated tokens are
-known on the first and last stages only.
+known on the first and last stages only. With micro-batches (`Decoder(micro_batches=m)`) the
+last stage samples once per step, from the logits of every micro-batch, after the last one:
+the tokens travel to the first stage once per step, as with one micro-batch.
 """
 
 from __future__ import annotations
@@ -170,6 +172,7 @@ class Generator:
                 **{name: cupy.asarray(array) for name, array in host.items()},
                 decode=False,
                 max_q_len=int(lengths.max()),
+                host_cu_seqlens=tuple(cu_seqlens.tolist()),
             )
 
     def decode(self, tokens: Any) -> Any:

@@ -4,7 +4,7 @@ A step runs T tokens of up to B sequences at once, packed without padding (seque
 are rows cu_seqlens[b]..cu_seqlens[b+1]-1 of every activation), and returns the logits of the
 rows named in `last_rows`:
 
-    residual = embed(tokens) (+ learned positions)               fp32 [T, H]
+    residual = all_reduce(embed(tokens)) (+ learned positions)  fp32 [T, H]
     per layer:  h = norm1(residual (+ the previous layer's outputs and their biases))
                 q, k, v = rotary(h @ Wqkv^T + b)   k, v written into the KV cache in place
                 a = all_reduce(attention(q, cache) @ Wo^T)
@@ -14,10 +14,16 @@ rows named in `last_rows`:
     logits = all_gather(final_norm(residual at last_rows) @ Wlm^T (+ b))
 
 The all-reduces and the all-gather exist only under tensor parallelism (`runtime.parallel`);
-each rank holds its Megatron shard of the weights (`weights.shard`). Under pipeline
+each rank holds its Megatron shard of the weights (`weights.shard`): the embedding is split by
+vocabulary like the LM head, so each rank embeds the tokens in its rows (zeros for the others),
+rank 0 alone adds the learned positions, and the fp32 rows are summed. Under pipeline
 parallelism (`runtime.pipeline`) a decoder runs one stage's layers: the first stage embeds, the
 others receive the residual from the stage before; every stage but the last adds its pending
-deltas to the residual and sends it on, and only the last computes logits.
+deltas to the residual and sends it on, and only the last computes logits. With m micro-batches
+(`Decoder(micro_batches=m)`) the step's sequences go through the layers m contiguous groups at
+a time, each on its own rows of the activations and of the KV cache, received and sent one by
+one, so that stages work on different micro-batches at once; the last stage computes the logits
+once, after the last micro-batch.
 
 Residual additions are fused into the next norm (`residual_norm`), biases of QKV into the
 rotary kernel and of FFN-up into the activation. A parallel block runs its MLP on a second
@@ -29,6 +35,7 @@ captured in a CUDA graph (see `runtime.generate`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -39,8 +46,8 @@ from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import ModelSpec
 from ftbench.runtime.memory import Footprint, check_fits
 from ftbench.runtime.parallel import Communicator
-from ftbench.runtime.pipeline import Stage, whole_model
-from ftbench.runtime.weights import ModelWeights, check_shapes
+from ftbench.runtime.pipeline import MicroBatch, Stage, micro_batches, whole_model
+from ftbench.runtime.weights import ModelWeights, check_shapes, vocabulary_start
 
 DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
 MIN_LENGTH_BOUND = 128
@@ -63,7 +70,8 @@ class StepInputs:
     last_rows: [R], the rows whose logits are wanted. `decode` steps have exactly one token
     per sequence (T = B, token b is sequence b's); `max_q_len` bounds any sequence's tokens.
     max_length: a host bound on `lengths` that decode attention sizes its grid with (None: the
-    decoder's max_seq_len; see `length_bound`).
+    decoder's max_seq_len; see `length_bound`). host_cu_seqlens: cu_seqlens on the host, which
+    a prefill split into micro-batches needs (decode steps do not: token b is sequence b).
     """
 
     tokens: Any
@@ -76,6 +84,7 @@ class StepInputs:
     decode: bool
     max_q_len: int
     max_length: int | None = None
+    host_cu_seqlens: tuple[int, ...] | None = None
 
 
 class Decoder:
@@ -86,7 +95,8 @@ class Decoder:
     layer for a parallel block) and gathers the LM head's vocabulary slices. A communicator of
     one rank may be given with tp=1 (it then runs its collectives, which change nothing).
     With a pipeline `stage`, `weights` are that stage's (`weights.stage_weights`) and the KV
-    cache holds its layers only.
+    cache holds its layers only. `micro_batches` (m, at most max_batch): every step runs as m
+    micro-batches (`pipeline.micro_batches`; a step of fewer than m sequences is an error).
     """
 
     def __init__(
@@ -101,6 +111,7 @@ class Decoder:
         tp: int = 1,
         comm: Communicator | None = None,
         stage: Stage | None = None,
+        micro_batches: int = 1,
     ) -> None:
         import cupy
 
@@ -114,6 +125,10 @@ class Decoder:
         if dtype is None:
             raise InvalidInputError(f"the runtime runs fp16 or bf16 weights, not {weights.dtype}")
         stage = stage or whole_model(spec)
+        if not 1 <= micro_batches <= max_batch:
+            raise InvalidInputError(
+                f"micro_batches must be in 1..max_batch ({max_batch}), got {micro_batches}"
+            )
         check_shapes(weights, spec, tp, stage.layers)
         if (comm.world_size if comm is not None else 1) != tp:
             raise InvalidInputError(
@@ -131,11 +146,16 @@ class Decoder:
                 f"which is not implemented; use max_seq_len <= {spec.sliding_window}"
             )
         self.spec, self.dtype, self.tp, self.comm, self.stage = spec, dtype, tp, comm, stage
+        self.micro_batches = micro_batches
         # Parallel blocks run attention and MLP on two streams (see `_parallel_block`).
         self.overlap_branches = True
         self.max_batch, self.max_seq_len = max_batch, max_seq_len
         self.max_tokens = max_batch * max_seq_len if max_tokens is None else max_tokens
         self.rank = rank_shapes(spec, tp)
+        tp_rank = comm.rank if comm is not None else 0
+        self.vocab_start = vocabulary_start(spec, tp, tp_rank)
+        # Learned positions are added on one rank, before the embedding's all-reduce.
+        self.adds_positions = tp_rank == 0
         self.gemm = gemm or GemmDispatch()
         free_bytes, _ = cupy.cuda.runtime.memGetInfo()
         on_device = isinstance(weights.layers[0].qkv.weight, cupy.ndarray)
@@ -193,7 +213,7 @@ class Decoder:
         """Run one step; the logits [R, vocab_padded] of `step.last_rows` (a view of a buffer
         the next step overwrites; with tp > 1 gathered from every rank's vocabulary slice), or
         None on a pipeline stage before the last."""
-        from ftbench.kernels.decoder import embed, residual_norm
+        from ftbench.kernels.decoder import residual_norm
 
         spec, weights = self.spec, self.weights
         count = int(step.tokens.shape[0])
@@ -203,33 +223,18 @@ class Decoder:
                 f"a step of {count} tokens and {rows} sequences exceeds this decoder's buffers "
                 f"({self.max_tokens} tokens, batch {self.max_batch})"
             )
-        residual = self.residual[:count]
-        if self.stage.first:
-            embed(step.tokens, step.positions, weights.embed, weights.positions, residual)
-        else:
-            self.stage.receive_activations(residual)
-        pending: tuple[tuple[Any, ...], tuple[Any, ...]] = ((), ())
-        for index, layer in enumerate(weights.layers):
-            normed = self.normed[:count]
-            self._norm(residual, normed, layer.ln1, pending)
-            if spec.parallel_attn_mlp:
-                attention, mlp = self._parallel_block(index, layer, normed, step, count)
-                pending = (self._reduce(attention, mlp), (layer.attn_out.bias, layer.ffn_down.bias))
-                continue
-            attention = self._attention(index, normed, step, count)
-            attention_sum = self._reduce(attention)
-            self._norm(residual, normed, layer.ln2, (attention_sum, (layer.attn_out.bias,)))
-            pending = (self._reduce(self._mlp(layer, normed, count)), (layer.ffn_down.bias,))
+        parts = self._plan(step, count)
+        # With one micro-batch the last stage's pending deltas go into the final norm; with
+        # more, each micro-batch adds its own to its residual rows before the next runs.
+        fold = len(parts) > 1 or not self.stage.last
+        for part in parts:
+            pending = self._stage_pass(_part_of(step, part), part, fold)
         if not self.stage.last:
-            # Add the pending deltas to the residual (the norm's output is not used), so the
-            # residual alone goes to the next stage.
-            self._norm(residual, self.normed[:count], weights.layers[-1].ln1, pending)
-            self.stage.send_activations(residual)
             return None
         last = self.last_hidden[:rows]
         final = weights.final_norm
         residual_norm(
-            residual, last, final.weight, final.bias, spec.norm_eps, spec.norm,
+            self.residual[:count], last, final.weight, final.bias, spec.norm_eps, spec.norm,
             deltas=pending[0], delta_biases=pending[1], rows=step.last_rows,
         )  # fmt: skip
         logits = self.logits[:rows]
@@ -240,15 +245,73 @@ class Decoder:
             cupy.add(logits, weights.lm_head.bias, out=logits)
         return logits if self.comm is None else self._gather(logits)
 
+    def _plan(self, step: StepInputs, count: int) -> list[MicroBatch]:
+        """The step's micro-batches (host values only: nothing is read from the device)."""
+        batch = int(step.cu_seqlens.shape[0]) - 1
+        if self.micro_batches == 1:
+            return [MicroBatch(range(batch), range(count), step.max_q_len)]
+        if step.decode:
+            return micro_batches(range(batch + 1), self.micro_batches)
+        if step.host_cu_seqlens is None:
+            raise InvalidInputError(
+                "a prefill split into micro-batches needs StepInputs.host_cu_seqlens "
+                "(Generator.prefill_inputs fills it in)"
+            )
+        return micro_batches(step.host_cu_seqlens, self.micro_batches)
+
+    def _stage_pass(self, step: StepInputs, part: MicroBatch, fold: bool) -> tuple:
+        """One micro-batch (`step`: its part of the step, `_part_of`) through this stage's
+        layers, on its rows of the activations: embedded (first stage) or received, the layers
+        run, then, with `fold`, the last layer's pending deltas added to the residual, which
+        goes to the next stage (unless this is the last). Returns what is still pending.
+
+        Micro-batches use different rows of every buffer, and everything runs on one stream
+        (the parallel block's branch joins it before the block ends), so a micro-batch's send,
+        which NCCL reads asynchronously on that stream, is done before any later kernel, the
+        next step's included, runs."""
+        from ftbench.kernels.decoder import embed
+
+        spec, weights = self.spec, self.weights
+        tokens = slice(part.tokens.start, part.tokens.stop)
+        residual = self.residual[tokens]
+        if self.stage.first:
+            positions = weights.positions if self.adds_positions else None
+            embed(step.tokens, step.positions, weights.embed, positions, residual, self.vocab_start)
+            if self.tp > 1:
+                self.comm.all_reduce(residual)
+        else:
+            self.stage.receive_activations(residual)
+        pending: tuple[tuple[Any, ...], tuple[Any, ...]] = ((), ())
+        for index, layer in enumerate(weights.layers):
+            normed = self.normed[tokens]
+            self._norm(residual, normed, layer.ln1, pending)
+            if spec.parallel_attn_mlp:
+                attention, mlp = self._parallel_block(index, layer, normed, step, part)
+                pending = (self._reduce(attention, mlp), (layer.attn_out.bias, layer.ffn_down.bias))
+                continue
+            attention = self._attention(index, normed, step, part)
+            attention_sum = self._reduce(attention)
+            self._norm(residual, normed, layer.ln2, (attention_sum, (layer.attn_out.bias,)))
+            pending = (self._reduce(self._mlp(layer, normed, tokens)), (layer.ffn_down.bias,))
+        if fold:
+            # Add the pending deltas to the residual (the norm's output is not used), so the
+            # residual alone goes to the next stage or into the final norm.
+            self._norm(residual, self.normed[tokens], weights.layers[-1].ln1, pending)
+            pending = ((), ())
+        if not self.stage.last:
+            self.stage.send_activations(residual)
+        return pending
+
     def _parallel_block(
-        self, index: int, layer: Any, normed: Any, step: StepInputs, count: int
+        self, index: int, layer: Any, normed: Any, step: StepInputs, part: MicroBatch
     ) -> tuple[Any, Any]:
         """Attention and MLP of a parallel block, side by side: the MLP on the device's branch
         stream (`kernels.streams`), attention on the current one, which then waits for the
         MLP. Attention's small kernels so run while the MLP reads its weights. With
         `overlap_branches` False (the per-operation breakdown), one after the other."""
         if not self.overlap_branches:
-            return self._attention(index, normed, step, count), self._mlp(layer, normed, count)
+            rows = slice(part.tokens.start, part.tokens.stop)
+            return self._attention(index, normed, step, part), self._mlp(layer, normed, rows)
         import cupy
 
         from ftbench.kernels.streams import branch_stream
@@ -257,8 +320,8 @@ class Decoder:
         branch = branch_stream(cupy.cuda.Device().id)
         branch.wait_event(main.record())
         with branch:
-            mlp = self._mlp(layer, normed, count)
-        attention = self._attention(index, normed, step, count)
+            mlp = self._mlp(layer, normed, slice(part.tokens.start, part.tokens.stop))
+        attention = self._attention(index, normed, step, part)
         main.wait_event(branch.record())
         return attention, mlp
 
@@ -295,48 +358,79 @@ class Decoder:
             deltas=pending[0], delta_biases=pending[1],
         )  # fmt: skip
 
-    def _attention(self, index: int, normed: Any, step: StepInputs, count: int) -> Any:
-        """Attention of layer `index` (before attn_out's bias and any all-reduce)."""
+    def _attention(self, index: int, normed: Any, step: StepInputs, part: MicroBatch) -> Any:
+        """Attention of layer `index` for micro-batch `part` (`step`: its part of the step),
+        before attn_out's bias and any all-reduce."""
         from ftbench.kernels.attention import context_attention, decode_attention
         from ftbench.kernels.decoder import qkv_rotary
 
         spec, rank, layer = self.spec, self.rank, self.weights.layers[index]
-        qkv, queries, context = self.qkv[:count], self.queries[:count], self.context[:count]
+        rows, count = slice(part.tokens.start, part.tokens.stop), len(part.tokens)
+        qkv, queries, context = self.qkv[rows], self.queries[rows], self.context[rows]
         keys, values = self.kv_cache[index, 0], self.kv_cache[index, 1]
         self.gemm.linear(normed, layer.qkv.weight, qkv)
         rotary_dim = spec.rotary_dim if spec.position_embedding == "rotary" else 0
+        # seq_ids are cache rows of the whole cache.
         qkv_rotary(
             qkv, layer.qkv.bias, queries, keys, values, step.seq_ids, step.positions,
             num_q_heads=rank.q_heads, num_kv_heads=rank.kv_heads, head_dim=spec.head_dim,
             rotary_dim=rotary_dim, rotary_base=spec.rope_theta,
             interleaved=spec.rotary_interleaved,
         )  # fmt: skip
+        # The attention kernels read sequence b of the launch from cache row b: the
+        # micro-batch's cache rows, a contiguous slice of the batch axis.
+        sequences = slice(part.sequences.start, part.sequences.stop)
+        keys, values = keys[sequences], values[sequences]
         scale = 1.0 / math.sqrt(spec.head_dim)
         if step.decode:
+            # Token b is sequence b: the micro-batch's query rows are its sequences.
             decode_attention(
                 queries, keys, values, step.lengths, context, scale=scale,
                 max_length=step.max_length or self.max_seq_len,
                 workspace=self.decode_workspace,
             )  # fmt: skip
         else:
+            # cu_seqlens count rows from the step's first token: q and out start there too.
+            end = part.tokens.stop
             context_attention(
-                queries, keys, values, step.cu_seqlens, step.past_lens, context,
-                scale=scale, max_q_len=step.max_q_len,
+                self.queries[:end], keys, values, step.cu_seqlens, step.past_lens,
+                self.context[:end], scale=scale, max_q_len=step.max_q_len,
             )  # fmt: skip
-        out = self.attention_out[:count]
+        out = self.attention_out[rows]
         self.gemm.linear(context.reshape(count, -1), layer.attn_out.weight, out)
         return out
 
-    def _mlp(self, layer: Any, normed: Any, count: int) -> Any:
-        """The MLP of one layer (before ffn_down's bias and any all-reduce)."""
+    def _mlp(self, layer: Any, normed: Any, rows: slice) -> Any:
+        """The MLP of one layer on activation rows `rows` (before ffn_down's bias and any
+        all-reduce)."""
         from ftbench.kernels.decoder import bias_act
 
-        up, inner = self.ffn_up[:count], self.ffn_inner[:count]
+        up, inner = self.ffn_up[rows], self.ffn_inner[rows]
         self.gemm.linear(normed, layer.ffn_up.weight, up)
         bias_act(up, layer.ffn_up.bias, inner, self.spec.activation, self.spec.gated_ffn)
-        out = self.mlp_out[:count]
+        out = self.mlp_out[rows]
         self.gemm.linear(inner, layer.ffn_down.weight, out)
         return out
+
+
+def _part_of(step: StepInputs, part: MicroBatch) -> StepInputs:
+    """Micro-batch `part` of `step`, as views: its tokens' rows of tokens, seq_ids (cache rows,
+    still of the whole cache) and positions; its sequences' past_lens and lengths; cu_seqlens
+    [its sequences + 1] (token rows still counted from the step's first); its longest
+    sequence as max_q_len. last_rows stay the step's (the last stage uses them after every
+    micro-batch)."""
+    tokens = slice(part.tokens.start, part.tokens.stop)
+    sequences = slice(part.sequences.start, part.sequences.stop)
+    return dataclasses.replace(
+        step,
+        tokens=step.tokens[tokens],
+        seq_ids=step.seq_ids[tokens],
+        positions=step.positions[tokens],
+        cu_seqlens=step.cu_seqlens[part.sequences.start : part.sequences.stop + 1],
+        past_lens=step.past_lens[sequences],
+        lengths=step.lengths[sequences],
+        max_q_len=part.longest,
+    )
 
 
 def _weights_bytes(weights: ModelWeights) -> int:

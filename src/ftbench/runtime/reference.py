@@ -6,14 +6,19 @@ rotary positions, LayerNorm or RMSNorm, grouped-query attention, gated or plain 
 or parallel (GPT-J) blocks.
 
 Given the per-rank shards of `weights.shard()` instead of full weights, it runs every rank's part
-of each layer and sums the partial outputs where the tensor-parallel runtime all-reduces (after
-attention-out and after FFN-down, each followed by that layer's bias) and concatenates the LM
-head's vocabulary slices where it all-gathers. That is how the sharding is checked.
+of each layer and sums the partial outputs where the tensor-parallel runtime all-reduces (the
+embedding: each rank's rows for the tokens in its vocabulary slice, zeros for the others, then
+the learned positions once; after attention-out and after FFN-down, each followed by that
+layer's bias) and concatenates the LM head's vocabulary slices where it all-gathers. That is how
+the sharding is checked.
 
 Given one pipeline stage's weights (`weights.stage_weights`) and that stage's `layers`, it runs
 those layers only: a first stage takes token ids, a later one the hidden states [batch, seq,
 hidden] the stage before returned; a last stage returns logits, an earlier one hidden states.
-Chaining the stages' `prefill` and `decode` calls is the pipeline's math.
+Chaining the stages' `prefill` and `decode` calls is the pipeline's math. With `micro_batches`
+m, each call runs the batch's sequences m contiguous groups at a time
+(`pipeline.split_sequences`, as the runtime's stages do), each group on its own rows of the KV
+cache.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import numpy as np
 from ftbench.errors import InvalidInputError
 from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import ModelSpec
-from ftbench.runtime.weights import Linear, ModelWeights, Norm, check_shapes
+from ftbench.runtime.pipeline import split_sequences
+from ftbench.runtime.weights import Linear, ModelWeights, Norm, check_shapes, vocabulary_start
 
 COMPUTE_DTYPES = ("float32", "float64")
 
@@ -104,6 +110,14 @@ def causal_attention(
     return (probabilities @ values).transpose(0, 2, 1, 3)
 
 
+def embed(tokens: np.ndarray, table: np.ndarray, vocab_start: int) -> np.ndarray:
+    """One rank's part of the vocabulary-parallel embedding: table[token - vocab_start] for the
+    tokens in its rows [vocab_start, vocab_start + len(table)), zeros for the others."""
+    local = tokens - vocab_start
+    held = (local >= 0) & (local < len(table))
+    return np.where(held[..., None], table[np.where(held, local, 0)], 0)
+
+
 def all_reduce(partials: Iterable[np.ndarray]) -> np.ndarray:
     """What the tensor-parallel runtime's all-reduce does: sum the ranks' partial outputs."""
     return sum(partials)
@@ -124,18 +138,19 @@ class _KVCache:
         self.values = np.zeros_like(self.keys)
 
     def update(
-        self, positions: np.ndarray, keys: np.ndarray, values: np.ndarray
+        self, positions: np.ndarray, keys: np.ndarray, values: np.ndarray, rows: slice
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Store the new tokens' keys and values; return every position up to the last one."""
+        """Store the new tokens' keys and values of the sequences in cache rows `rows`; return
+        those rows' every position up to the last one."""
         needed = int(positions.max()) + 1
         capacity = self.keys.shape[1]
         if needed > capacity:
             grow = ((0, 0), (0, max(needed, 2 * capacity) - capacity), (0, 0), (0, 0))
             self.keys, self.values = np.pad(self.keys, grow), np.pad(self.values, grow)
-        rows = np.arange(len(positions))[:, None]
-        self.keys[rows, positions] = keys
-        self.values[rows, positions] = values
-        return self.keys[:, :needed], self.values[:, :needed]
+        indices = np.arange(rows.start, rows.stop)[:, None]
+        self.keys[indices, positions] = keys
+        self.values[indices, positions] = values
+        return self.keys[rows, :needed], self.values[rows, :needed]
 
 
 class ReferenceModel:
@@ -144,6 +159,7 @@ class ReferenceModel:
     `weights` is a `ModelWeights` or the list of per-rank shards from `shard()` (tp = its
     length), of the whole model or of the pipeline stage holding `layers` (see the module
     docstring). `dtype` (float64 or float32) is the compute dtype; weights are converted to it.
+    `micro_batches`: how many groups of sequences each call runs (see the module docstring).
     """
 
     def __init__(
@@ -152,6 +168,7 @@ class ReferenceModel:
         weights: ModelWeights | Sequence[ModelWeights],
         dtype: Any = np.float64,
         layers: range | None = None,
+        micro_batches: int = 1,
     ) -> None:
         ranks = [weights] if isinstance(weights, ModelWeights) else list(weights)
         if not ranks:
@@ -167,6 +184,7 @@ class ReferenceModel:
                 "rotary embeddings are"
             )
         self.spec = spec
+        self.micro_batches = micro_batches
         self.layers = range(spec.num_layers) if layers is None else layers
         self.tp = len(ranks)
         self.rank_shapes = rank_shapes(spec, self.tp)
@@ -247,7 +265,16 @@ class ReferenceModel:
 
     def _forward(self, tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Logits [batch, tokens, vocab] of tokens at positions [batch, tokens] (a pipeline
-        stage: hidden states in after the first stage, out before the last)."""
+        stage: hidden states in after the first stage, out before the last), micro-batch by
+        micro-batch."""
+        parts = [
+            slice(part.start, part.stop)
+            for part in split_sequences(len(tokens), self.micro_batches)
+        ]
+        return np.concatenate([self._micro_batch(tokens[r], positions[r], r) for r in parts])
+
+    def _micro_batch(self, tokens: np.ndarray, positions: np.ndarray, rows: slice) -> np.ndarray:
+        """`_forward` of the sequences in cache rows `rows`."""
         spec, weights = self.spec, self.ranks[0]
         if spec.sliding_window and positions.max() >= spec.sliding_window:
             raise InvalidInputError(
@@ -255,8 +282,11 @@ class ReferenceModel:
                 f"which is not implemented; position {positions.max()} is past it"
             )
         if self.layers.start > 0:
-            return self._stage(tokens, positions)
-        hidden = weights.embed[tokens]
+            return self._stage(tokens, positions, rows)
+        hidden = all_reduce(
+            embed(tokens, rank.embed, vocabulary_start(spec, self.tp, index))
+            for index, rank in enumerate(self.ranks)
+        )
         if weights.positions is not None:
             if positions.max() >= spec.max_positions:
                 raise InvalidInputError(
@@ -264,13 +294,13 @@ class ReferenceModel:
                     f"{positions.max()} is past the end"
                 )
             hidden = hidden + weights.positions[positions]
-        return self._stage(hidden, positions)
+        return self._stage(hidden, positions, rows)
 
-    def _stage(self, hidden: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    def _stage(self, hidden: np.ndarray, positions: np.ndarray, rows: slice) -> np.ndarray:
         """This stage's layers, then (on the last stage) the final norm and the LM head."""
         spec, weights = self.spec, self.ranks[0]
         for index in range(len(self.layers)):
-            hidden = self._layer(index, hidden, positions)
+            hidden = self._layer(index, hidden, positions, rows)
         if self.layers.stop < spec.num_layers:
             return hidden
         hidden = norm(hidden, weights.final_norm, spec.norm, spec.norm_eps)
@@ -278,13 +308,15 @@ class ReferenceModel:
         logits = np.concatenate([linear(hidden, rank.lm_head) for rank in self.ranks], axis=-1)
         return logits[..., : spec.vocab_size]
 
-    def _layer(self, index: int, hidden: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    def _layer(
+        self, index: int, hidden: np.ndarray, positions: np.ndarray, rows: slice
+    ) -> np.ndarray:
         """One pre-norm block: x + attn(ln1(x)), then x + mlp(ln2(x)); or, parallel (GPT-J),
         x + attn(ln1(x)) + mlp(ln1(x))."""
         spec, layer = self.spec, self.ranks[0].layers[index]
         normed = norm(hidden, layer.ln1, spec.norm, spec.norm_eps)
         attention = all_reduce(
-            self._attention(rank, index, normed, positions) for rank in range(self.tp)
+            self._attention(rank, index, normed, positions, rows) for rank in range(self.tp)
         )
         attention = _add_bias(attention, layer.attn_out)
         if spec.parallel_attn_mlp:
@@ -296,7 +328,7 @@ class ReferenceModel:
         return hidden + _add_bias(mlp, layer.ffn_down)
 
     def _attention(
-        self, rank: int, index: int, normed: np.ndarray, positions: np.ndarray
+        self, rank: int, index: int, normed: np.ndarray, positions: np.ndarray, rows: slice
     ) -> np.ndarray:
         """One rank's attention output before the all-reduce (and without attn_out's bias)."""
         spec, layer = self.spec, self.ranks[rank].layers[index]
@@ -310,7 +342,7 @@ class ReferenceModel:
         v = v.reshape(batch, tokens, kv_heads, head_dim)
         if spec.position_embedding == "rotary":
             q, k = rotary(q, positions, spec), rotary(k, positions, spec)
-        keys, values = self._caches[rank][index].update(positions, k, v)
+        keys, values = self._caches[rank][index].update(positions, k, v, rows)
         context = causal_attention(q, keys, values, positions)
         return context.reshape(batch, tokens, q_heads * head_dim) @ layer.attn_out.weight.T
 

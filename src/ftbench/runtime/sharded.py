@@ -4,12 +4,14 @@ Sharding at load time (`weights.shard`) reads the whole HF checkpoint on every r
 large models `ftbench convert` does that once: `save_sharded` writes, into one directory,
 
 - `rank-<r>-of-<tp>.safetensors`: rank r's arrays under ftbench names (`ModelWeights.
-  named_tensors`, docs/runtime/reference.md), exactly `shard(weights, spec, tp, r)`; replicated
-  arrays (embeddings, norms, row-split biases) are stored in every rank's file;
+  named_tensors`, docs/runtime/reference.md), exactly `shard(weights, spec, tp, r)`: the
+  embedding and LM head as the rank's vocabulary rows (a tied LM head is stored once, as
+  "embed"); replicated arrays (learned positions, norms, row-split biases) in every rank's file;
 - `ftbench-sharded.json`: schema, the model spec, tp, dtype and the file names.
 
 `load_sharded(directory, rank)` then reads one file per rank. bf16 arrays are stored as their
-raw 16-bit patterns (safetensors' NumPy side has no bf16) and viewed back on load.
+raw 16-bit patterns (safetensors' NumPy side has no bf16) and viewed back on load. Schema 1
+files (before the embedding was split by vocabulary) are refused: convert the checkpoint again.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from ftbench.runtime.weights import (
     shard,
 )
 
-SCHEMA = 1
+SCHEMA = 2
 MANIFEST = "ftbench-sharded.json"
 
 
@@ -58,8 +60,10 @@ def save_sharded(weights: ModelWeights, spec: ModelSpec, tp: int, directory: str
     check_shapes(weights, spec)
     files = []
     for rank in range(tp):
-        # A shard's LM head is a padded copy of its vocabulary rows, never the embedding itself.
-        named = shard(weights, spec, tp, rank).named_tensors()
+        part = shard(weights, spec, tp, rank)
+        named = part.named_tensors()
+        if part.tied_lm_head:
+            del named["lm_head.weight"]  # the same array as "embed"
         arrays = {
             name: np.ascontiguousarray(array.view(np.uint16) if dtype == "bf16" else array)
             for name, array in named.items()
@@ -82,6 +86,12 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
             "`ftbench convert`)"
         )
     manifest = read_json(path)
+    if manifest.get("schema") == 1:
+        raise InvalidInputError(
+            f"{path}: schema 1, written by an older ftbench that stored the whole embedding on "
+            "every rank; this ftbench splits it by vocabulary: convert the checkpoint again "
+            "with `ftbench convert`"
+        )
     if manifest.get("schema") != SCHEMA:
         raise InvalidInputError(
             f"{path}: schema {manifest.get('schema')!r}; this ftbench reads schema {SCHEMA}"
@@ -114,6 +124,8 @@ def load_sharded(
     if manifest["dtype"] == "bf16":
         bf16 = numpy_dtype("bf16")
         arrays = {name: array.view(bf16) for name, array in arrays.items()}
+    if stored.tie_word_embeddings and "embed" in arrays:
+        arrays["lm_head.weight"] = arrays["embed"]
     weights = from_named(arrays, stored.num_layers)
     check_shapes(weights, stored, tp)
     return stored, weights

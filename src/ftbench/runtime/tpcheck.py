@@ -1,14 +1,15 @@
 """Check tensor and pipeline parallelism on one GPU: emulated ranks against the TP=1 runtime.
 
-`compare_emulated(case, tp, pp=1)` draws random weights for a small model of `case` (GPT-J's
-parallel block with partial interleaved rotary and an LM-head bias; LLaMA with grouped-query
-attention, whose 4 KV heads are replicated at tp=8; 4 layers each), runs them through the CUDA
+`compare_emulated(case, tp, pp=1, micro_batches=1)` draws random weights for a small model of
+`case` (GPT-J's parallel block with partial interleaved rotary and an LM-head bias; LLaMA with
+grouped-query attention, whose 4 KV heads are replicated at tp=8; GPT-2's learned positions and
+LM head tied to the vocabulary-split embedding; 4 layers each), runs them through the CUDA
 runtime unsharded (TP=1) and as tp x pp emulated ranks in one process
 (`runtime.parallel.EmulatedGroup`: each rank its own `Decoder` with its stage's layers of its
 `weights.shard`, the all-reduce a sum of its stage's ranks' buffers, the LM head's vocabulary
 slices gathered, activations and sampled tokens passed between stages by emulated send and
-recv, every rank running the same `Generator` calls), and measures per position the relative
-logit error (of the last stage's ranks)
+recv, every rank running the same `Generator` calls, each step in `micro_batches`
+micro-batches), and measures per position the relative logit error (of the last stage's ranks)
 ‖tp − tp1‖ / ‖tp1‖ over every prompt token of a ragged prefill and `STEPS` teacher-forced
 decode steps. Both runs are also compared with the float64 NumPy reference
 (`runtime.reference`) of the unsharded weights, which says how large fp16 rounding is here.
@@ -36,10 +37,13 @@ from ftbench.runtime.weights import ModelWeights, random_weights, shard, stage_w
 TP_SIZES = (2, 4, 8)
 # (tp, pp) pairs of the pipeline check.
 PIPELINE_SIZES = ((1, 2), (1, 4), (2, 2))
+# (tp, pp, micro-batches) of the micro-batch check: the 3 prompts split 2 + 1 and 1 + 1 + 1.
+MICRO_BATCH_SIZES = ((1, 2, 2), (1, 2, 3), (2, 2, 2), (2, 2, 3))
 PROMPT_LENGTHS = (5, 17, 11)
 STEPS = 16
 SEED = 4321
-# Vocabularies not divisible by every tp, so the LM head's padding rows are exercised.
+# Vocabularies not divisible by every tp, so the padding rows of the vocabulary-split embedding
+# and LM head are exercised.
 CASES = {
     "gptj": dataclasses.replace(
         load_builtin("gptj-6b"), name="gptj-small", num_layers=4, hidden_size=1024,
@@ -50,6 +54,11 @@ CASES = {
         load_builtin("llama2-70b"), name="llama-gqa-small", num_layers=4, hidden_size=1024,
         num_heads=16, num_kv_heads=4, head_dim=64, rotary_dim=64, ffn_hidden_size=2816,
         vocab_size=1001, max_positions=256,
+    ),
+    "gpt2": dataclasses.replace(
+        load_builtin("gpt2-124m"), name="gpt2-small", num_layers=4, hidden_size=512,
+        num_heads=8, num_kv_heads=8, head_dim=64, ffn_hidden_size=2048, vocab_size=1003,
+        max_positions=256,
     ),
 }  # fmt: skip
 
@@ -62,6 +71,7 @@ class EmulatedResult:
     dtype: str
     tp: int
     pp: int
+    micro_batches: int
     kv_replicas: int
     max_rel_err: float
     prefill_max_rel_err: float
@@ -80,7 +90,8 @@ def _relative_errors(ours: np.ndarray, expected: np.ndarray) -> np.ndarray:
     return np.linalg.norm(ours - expected, axis=-1) / np.linalg.norm(expected, axis=-1)
 
 
-def _inputs(spec: ModelSpec) -> tuple[list[np.ndarray], np.ndarray]:
+def check_inputs(spec: ModelSpec) -> tuple[list[np.ndarray], np.ndarray]:
+    """The prompts (`PROMPT_LENGTHS` tokens) and the teacher-forced continuations [3, STEPS]."""
     rng = np.random.default_rng(SEED)
     prompts = [rng.integers(0, spec.vocab_size, length) for length in PROMPT_LENGTHS]
     return prompts, rng.integers(0, spec.vocab_size, (len(prompts), STEPS))
@@ -108,14 +119,28 @@ def _decoder_args(spec: ModelSpec) -> dict[str, Any]:
     return {"max_batch": sum(PROMPT_LENGTHS), "max_seq_len": max(PROMPT_LENGTHS) + STEPS + 1}
 
 
-def run_tp1(spec: ModelSpec, weights: ModelWeights, prompts, continuations) -> list[np.ndarray]:
-    """The unsharded runtime's logits for `prompts` and teacher-forced `continuations`."""
-    decoder = Decoder(spec, weights, **_decoder_args(spec))
-    return _run(Generator(decoder, use_graph=False), prompts, continuations)
+def run_logits(
+    spec: ModelSpec,
+    weights: ModelWeights,
+    prompts,
+    continuations,
+    micro_batches: int = 1,
+    use_graph: bool = False,
+) -> list[np.ndarray]:
+    """The unsharded runtime's logits for `prompts` and teacher-forced `continuations` (TP=1:
+    by default one micro-batch, no CUDA graphs)."""
+    decoder = Decoder(spec, weights, micro_batches=micro_batches, **_decoder_args(spec))
+    return _run(Generator(decoder, use_graph=use_graph), prompts, continuations)
 
 
 def run_emulated(
-    spec: ModelSpec, weights: ModelWeights, tp: int, prompts, continuations, pp: int = 1
+    spec: ModelSpec,
+    weights: ModelWeights,
+    tp: int,
+    prompts,
+    continuations,
+    pp: int = 1,
+    micro_batches: int = 1,
 ) -> list[list[np.ndarray]]:
     """The logits of every emulated rank of the last stage (each gathers the whole
     vocabulary), in tensor-parallel rank order."""
@@ -129,7 +154,7 @@ def run_emulated(
         decoder = Decoder(
             spec, stage_weights(shard(weights, spec, tp, tp_rank), spec, plan[index]), tp=tp,
             comm=group.communicator(rank, tensor_group(index, tp)), stage=stage,
-            **_decoder_args(spec),
+            micro_batches=micro_batches, **_decoder_args(spec),
         )  # fmt: skip
         generators.append(Generator(decoder, use_graph=False, stream=group.stream))
     ranks = group.run(lambda rank: _run(generators[rank], prompts, continuations))
@@ -153,15 +178,21 @@ def reference_logits(spec: ModelSpec, weights: ModelWeights, prompts, continuati
 
 
 def compare_emulated(
-    case: str, tp: int, dtype: str = "fp16", tp1: list[np.ndarray] | None = None, pp: int = 1
+    case: str,
+    tp: int,
+    dtype: str = "fp16",
+    tp1: list[np.ndarray] | None = None,
+    pp: int = 1,
+    micro_batches: int = 1,
 ) -> EmulatedResult:
-    """Emulated tp x pp ranks of `case` against TP=1 (see the module docstring). `tp1` may
-    pass the TP=1 logits of an earlier call (`run_tp1` on the same case and dtype)."""
+    """Emulated tp x pp ranks of `case`, each step in `micro_batches` micro-batches, against
+    TP=1 (see the module docstring). `tp1` may pass the TP=1 logits of an earlier call
+    (`run_logits` on the same case and dtype)."""
     spec = CASES[case]
     weights = random_weights(spec, dtype, seed=SEED)
-    prompts, continuations = _inputs(spec)
-    tp1 = tp1 if tp1 is not None else run_tp1(spec, weights, prompts, continuations)
-    ranks = run_emulated(spec, weights, tp, prompts, continuations, pp)
+    prompts, continuations = check_inputs(spec)
+    tp1 = tp1 if tp1 is not None else run_logits(spec, weights, prompts, continuations)
+    ranks = run_emulated(spec, weights, tp, prompts, continuations, pp, micro_batches)
     ours = ranks[0]
     errors = [_relative_errors(a, b) for a, b in zip(ours, tp1, strict=True)]
     agree = np.concatenate([a.argmax(-1) == b.argmax(-1) for a, b in zip(ours, tp1, strict=True)])
@@ -171,6 +202,7 @@ def compare_emulated(
         dtype=dtype,
         tp=tp,
         pp=pp,
+        micro_batches=micro_batches,
         kv_replicas=max(tp // spec.num_kv_heads, 1),
         max_rel_err=float(max(e.max() for e in errors)),
         prefill_max_rel_err=float(errors[0].max()),
@@ -185,10 +217,10 @@ def compare_emulated(
 
 
 def tp1_logits(case: str, dtype: str = "fp16") -> list[np.ndarray]:
-    """`run_tp1` for `case` with the weights and inputs `compare_emulated` uses."""
+    """`run_logits` for `case` with the weights and inputs `compare_emulated` uses."""
     spec = CASES[case]
-    prompts, continuations = _inputs(spec)
-    return run_tp1(spec, random_weights(spec, dtype, seed=SEED), prompts, continuations)
+    prompts, continuations = check_inputs(spec)
+    return run_logits(spec, random_weights(spec, dtype, seed=SEED), prompts, continuations)
 
 
 def _worst(ours: list[np.ndarray], expected: list[np.ndarray]) -> float:

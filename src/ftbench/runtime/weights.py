@@ -13,10 +13,13 @@ Layout (docs/runtime/reference.md shows it with shapes):
 - Every array has one dtype.
 
 `shard()` cuts these weights the Megatron way for tensor parallelism: QKV by heads and FFN-up by
-columns (output rows), attention-out and FFN-down by rows (input columns), the LM head by
-vocabulary rows (padded with zero rows up to a multiple of tp). Norms, embeddings and the biases
-of the row-split layers are replicated; a row-split layer's bias is added once, after the
-all-reduce of the partial outputs.
+columns (output rows), attention-out and FFN-down by rows (input columns), the token embedding
+and the LM head by vocabulary rows (padded with zero rows up to a multiple of tp; rank r holds
+the same rows of both, and a tied LM head is its embedding slice). Norms, learned positions and
+the biases of the row-split layers are replicated; a row-split layer's bias is added once, after
+the all-reduce of the partial outputs. Each rank embeds only the tokens in its vocabulary rows
+(zeros for the others) and the ranks' rows are all-reduced; learned positions are added by one
+rank only.
 
 `stage_weights()` keeps what one pipeline stage holds: its layers (renumbered from 0), the
 embeddings only on the first stage, the final norm and LM head only on the last (absent arrays
@@ -179,7 +182,8 @@ def weight_shapes(
     """The shape of every array one rank holds under tensor parallelism `tp`, by ftbench name;
     with `layers`, only what the pipeline stage of those layers holds (`stage_weights`).
 
-    With tp=1 these are the full weights (the LM head listed even when it is tied).
+    With tp=1 these are the full weights (the LM head listed even when it is tied); with tp > 1
+    the embedding and the LM head have the rank's vocabulary rows (`rank_shapes().lm_head_rows`).
     """
     _check_decoder(spec)
     layers = range(spec.num_layers) if layers is None else layers
@@ -190,7 +194,7 @@ def weight_shapes(
     norm_bias = spec.norm == "layernorm"
     shapes: dict[str, tuple[int, ...]] = {}
     if layers.start == 0:
-        shapes["embed"] = (spec.vocab_size, hidden)
+        shapes["embed"] = (rank.lm_head_rows, hidden)
         if spec.position_embedding == "learned":
             shapes["positions"] = (spec.max_positions, hidden)
     for index in range(len(layers)):
@@ -605,8 +609,10 @@ def shard(weights: ModelWeights, spec: ModelSpec, tp: int, rank: int) -> ModelWe
     those queries use: num_kv_heads / tp of them, or, with fewer KV heads than ranks, the one
     KV head r // (tp / num_kv_heads), replicated on tp / num_kv_heads ranks
     (`profiles.problems.rank_shapes`). Its QKV rows stay grouped [its q | its k | its v]; its
-    gate/up rows [its gate | its up]. The LM head is padded with zero rows to a multiple of tp
-    and split by rows; embeddings, norms and row-split biases are replicated (not copied).
+    gate/up rows [its gate | its up]. The token embedding and the LM head are padded with zero
+    rows to a multiple of tp and split by rows: rank r holds vocabulary rows [r * n, (r + 1) * n)
+    of both, n = `lm_head_rows` (a tied LM head is the rank's embedding slice itself). Learned
+    positions, norms and row-split biases are replicated (not copied).
     """
     shapes = rank_shapes(spec, tp)
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < tp:
@@ -636,26 +642,41 @@ def shard(weights: ModelWeights, spec: ModelSpec, tp: int, rank: int) -> ModelWe
         )
         for layer in weights.layers
     )
-    padding = shapes.vocab_padded - spec.vocab_size
-    lm_rows = slice(rank * shapes.lm_head_rows, (rank + 1) * shapes.lm_head_rows)
-    lm_weight = np.pad(weights.lm_head.weight, ((0, padding), (0, 0)))[lm_rows]
-    lm_bias = weights.lm_head.bias
-    if lm_bias is not None:
-        lm_bias = np.pad(lm_bias, (0, padding))[lm_rows]
+    embed = _vocabulary_rows(weights.embed, spec, tp, rank)
+    lm_head = weights.lm_head
+    lm_weight = embed if weights.tied_lm_head else _vocabulary_rows(lm_head.weight, spec, tp, rank)
+    lm_bias = None if lm_head.bias is None else _vocabulary_rows(lm_head.bias, spec, tp, rank)
     return ModelWeights(
-        embed=weights.embed,
+        embed=embed,
         positions=weights.positions,
         layers=layers,
         final_norm=weights.final_norm,
-        lm_head=Linear(np.ascontiguousarray(lm_weight), lm_bias),
+        lm_head=Linear(lm_weight, lm_bias),
     )
+
+
+def vocabulary_start(spec: ModelSpec, tp: int, rank: int) -> int:
+    """The first token id of tensor-parallel rank `rank`'s vocabulary rows (`shard`)."""
+    return rank * rank_shapes(spec, tp).lm_head_rows
+
+
+def _vocabulary_rows(array: np.ndarray, spec: ModelSpec, tp: int, rank: int) -> np.ndarray:
+    """Rank `rank`'s rows of a [vocab_size, ...] array, zero rows past the vocabulary (the
+    padding up to a multiple of tp); the rows themselves are not copied unless padded."""
+    rows = rank_shapes(spec, tp).lm_head_rows
+    start = vocabulary_start(spec, tp, rank)
+    stop = min(start + rows, spec.vocab_size)
+    held = array[min(start, stop) : stop]
+    padding = ((0, rows - len(held)),) + ((0, 0),) * (array.ndim - 1)
+    return np.pad(held, padding) if padding[0][1] else held
 
 
 def stage_weights(weights: ModelWeights, spec: ModelSpec, layers: range) -> ModelWeights:
     """The part of `weights` (whole or one tensor-parallel shard) that the pipeline stage of
     `layers` holds (`profiles.problems.stage_layers`): those layers, renumbered from 0; the
     embeddings only on the first stage; the final norm and the LM head only on the last (a
-    tied LM head stays the embedding array). Nothing is copied."""
+    tied LM head stays the embedding array, a shard's vocabulary rows under tensor
+    parallelism). Nothing is copied."""
     if not 0 <= layers.start < layers.stop <= len(weights.layers) or layers.step != 1:
         raise InvalidInputError(
             f"layers {layers} are not a stage of a model with {len(weights.layers)} layers"

@@ -117,22 +117,27 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
 
 using namespace ftb;
 
-// residual[t, :] = table[tokens[t], :] (+ pos_table[positions[t], :]) in fp32.
-// Grid (T), block: a multiple of 32 threads looping over the row. hidden % VEC == 0.
-// Token ids must be < V and positions < P: nothing is clamped.
+// residual[t, :] = table[tokens[t] - vocab_start, :] (+ pos_table[positions[t], :]) in fp32.
+// The table is one tensor-parallel rank's `rows` rows of the vocabulary, starting at token id
+// vocab_start (all of it, from 0, without tensor parallelism): a token outside them contributes
+// zeros, and the ranks' partial rows sum to the embedding. Grid (T), block: a multiple of 32
+// threads looping over the row. hidden % VEC == 0. Positions must be < P: nothing is clamped.
 template <typename T, int VEC, bool POSITIONS>
 __global__ void __launch_bounds__(256)
     ftb_embed(const int* __restrict__ tokens, const int* __restrict__ positions,
               const T* __restrict__ table, const T* __restrict__ pos_table,
-              float* __restrict__ residual, int hidden) {
+              float* __restrict__ residual, int hidden, int vocab_start, int rows) {
   ftb_pdl::begin();
   const int t = blockIdx.x;
-  const T* row = table + static_cast<size_t>(tokens[t]) * hidden;
+  // One unsigned comparison covers both ends: ids below vocab_start wrap to large values.
+  const unsigned local = static_cast<unsigned>(tokens[t] - vocab_start);
+  const bool held = local < static_cast<unsigned>(rows);
+  const T* row = table + static_cast<size_t>(held ? local : 0u) * hidden;
   const T* pos_row = POSITIONS ? pos_table + static_cast<size_t>(positions[t]) * hidden : nullptr;
   float* out = residual + static_cast<size_t>(t) * hidden;
   for (int i = threadIdx.x * VEC; i < hidden; i += blockDim.x * VEC) {
-    float x[VEC];
-    load(row + i, x);
+    float x[VEC] = {};
+    if (held) load(row + i, x);
     if (POSITIONS) add_if(x, pos_row + i);
     store(out + i, x);
   }
