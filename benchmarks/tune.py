@@ -11,7 +11,7 @@ In one run, with one method (`bench.timer.time_launch`, cold L2, graph-batched):
   (`torch.matmul(x, w.t(), out=y)`, the kernel `F.linear` runs), torch after TunableOp tuning,
   and the best of the cuBLASLt heuristic's top 8 (from the sweep's records).
 
-    python benchmarks/tune.py --out-dir DIR [--backends ...] [--quick]
+    python benchmarks/tune.py --out-dir DIR [--backends ...] [--quick] [--resume]
 
 Writes DIR/tune-cache.json, DIR/tune-cache.results.json, DIR/tune-peers-<time>.json and
 DIR/acceptance/tune.json.
@@ -156,6 +156,9 @@ def main() -> None:
     parser.add_argument("--device-kind", default=os.environ.get("FTBENCH_DEVICE_KIND", ""))
     parser.add_argument("--cold-build-s", type=float, default=None,
                         help="CUTLASS build time measured before (for the cold total)")  # fmt: skip
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the sweep of an interrupted run in --out-dir (its sweep "
+                             "time is added to this run's)")  # fmt: skip
     args = parser.parse_args()
     out_dir = Path(args.out_dir)
     environment = capture_environment()
@@ -168,8 +171,18 @@ def main() -> None:
 
     phases = gptj_problems(args.quick)
     problems = [p for group in phases.values() for p in group]
+    # The same probe over the smallest decode GEMM's bytes, timed as its candidates are: what
+    # one kernel that only reads that much reaches, launch and drain included.
+    small_bytes = min(p.bytes() for p in phases["generation"])
+    small_read = read_bandwidth(small_bytes)
+    print(f"HBM read of {small_bytes / 2**20:.0f} MiB: {small_read['bytes_per_s'] / 1e12:.3f} TB/s")
     cache_path = out_dir / "tune-cache.json"
-    cache_path.unlink(missing_ok=True)
+    # Seconds spent sweeping by earlier, interrupted runs (a resumed sweep adds them up).
+    spent_path = out_dir / "tune-sweep-seconds.json"
+    if not args.resume:
+        cache_path.unlink(missing_ok=True)
+        write_json_atomic(spent_path, {"seconds": 0.0})
+    earlier_s = json.loads(spent_path.read_text())["seconds"] if spent_path.exists() else 0.0
     options = SweepOptions(backends=tuple(args.backends.split(",")))
     if "cutlass" in options.backends:
         from ftbench.autotune.backends.cutlass import prebuild
@@ -179,8 +192,12 @@ def main() -> None:
         print(f"CUTLASS: {sum(r.error is None for r in built.values())} of {len(built)} kernels "
               f"ready in {time.monotonic() - started:.1f} s")  # fmt: skip
     started = time.monotonic()
-    report = run_sweep(problems, cache_path, options)
-    sweep_s = time.monotonic() - started
+    try:
+        report = run_sweep(problems, cache_path, options)
+    finally:
+        sweep_s = earlier_s + time.monotonic() - started
+        write_json_atomic(spent_path, {"seconds": sweep_s})
+    print(f"sweep: {report.tuned} problems tuned, {report.resumed} resumed, {sweep_s:.0f} s in all")
     from ftbench.reports.results import read_results
 
     records = read_results(report.results_path)["records"]
@@ -248,13 +265,16 @@ def main() -> None:
         if args.cold_build_s is None
         else (sweep_s + args.cold_build_s) / 60,
         "hbm_read_tb_per_s": bandwidth["bytes_per_s"] / 1e12,
+        "small_read": {"bytes": small_bytes, "tb_per_s": small_read["bytes_per_s"] / 1e12},
         "copy_tb_per_s": copy["bytes_per_s"] / 1e12,
         "gemm_peak_tflops": peak["flops_per_s"] / 1e12,
         "unavailable_backends": report.unavailable_backends,
         "utc_time": environment.utc_time,
     }
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    ceilings = {"ceilings": {"read": bandwidth, "copy": copy, "peak": peak}}
+    ceilings = {
+        "ceilings": {"read": bandwidth, "small_read": small_read, "copy": copy, "peak": peak}
+    }
     write_results(
         out_dir / f"tune-peers-{stamp}.json", "tune-peers", [ceilings, *rows], environment
     )

@@ -25,8 +25,9 @@ def test_source_compiles(source, arch, tmp_path):
 @pytest.mark.parametrize("source", SOURCES, ids=lambda path: path.name)
 def test_every_kernel_waits_for_the_previous_grid_first(source):
     """Inside graphs on Hopper kernels are launched with PDL (kernels/nvrtc.py `launch`): each
-    __global__ function must call ftb_pdl::begin() (first thing, or after prefetching weights
-    into L2 as the GEMVs do), and NVRTC sees the header inlined."""
+    __global__ function must call ftb_pdl::begin() (first thing), or wait for the previous
+    grid and later allow the next one (as the GEMVs do, after prefetching weights into L2 and
+    after their loads), and NVRTC sees the header inlined."""
     import re
 
     from ftbench.kernels.nvrtc import source_code
@@ -35,7 +36,14 @@ def test_every_kernel_waits_for_the_previous_grid_first(source):
     kernels = re.findall(r"__global__.*?\n}\n", source.read_text(), re.DOTALL)
     assert all(body.count("__global__") == 1 for body in kernels)
     launched = [body for body in kernels if "ftb_read_probe" not in body]  # never with PDL
-    assert launched and all("  ftb_pdl::begin();\n" in body for body in launched)
+
+    def waits_then_allows(body):
+        if "  ftb_pdl::begin();\n" in body:
+            return True
+        wait = body.find("ftb_pdl::wait_for_previous_grid();")
+        return 0 <= wait < body.find("ftb_pdl::allow_next_grid();")
+
+    assert launched and all(waits_then_allows(body) for body in launched)
     inlined = source_code(source)
     assert '#include "ftb_pdl.cuh"' not in inlined and "namespace ftb_pdl" in inlined
 

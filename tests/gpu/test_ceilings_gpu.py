@@ -26,3 +26,13 @@ def test_read_bandwidth_is_at_least_the_copy_bandwidth():
     read = read_bandwidth(2**31)["bytes_per_s"]
     copy = copy_bandwidth(2**31)["bytes_per_s"]
     assert read > 0.95 * copy
+
+
+def test_a_read_smaller_than_a_few_l2s_rotates_cold_copies_and_is_slower():
+    from ftbench.bench.ceilings import read_bandwidth
+
+    small = read_bandwidth(2**25)
+    large = read_bandwidth(2**31)
+    assert small["timing"]["cache"] == "cold-rotate" and small["timing"]["input_sets"] >= 2
+    assert large["timing"]["cache"] == "cold-flush"
+    assert 0 < small["bytes_per_s"] < 1.02 * large["bytes_per_s"]

@@ -17,6 +17,7 @@ from ftbench.bench.timer import TimingPolicy, time_launch
 PROBE_BYTES = 4 * 2**30
 POLICY = TimingPolicy(warmup_ms=20.0, min_time_s=0.05, budget_s=1.0, target_rel_ci=0.01)
 BLOCKS_PER_SM = (2, 4, 8)
+SMALL_READ_L2S = 4  # reads below this many L2 sizes rotate among cold copies
 
 
 def _source(cupy, nbytes: int) -> Any:
@@ -24,19 +25,30 @@ def _source(cupy, nbytes: int) -> Any:
 
 
 def read_bandwidth(nbytes: int = PROBE_BYTES, policy: TimingPolicy = POLICY) -> dict[str, Any]:
-    """Bytes per second of one read of `nbytes` (best grid), with each grid's timing."""
+    """Bytes per second of one read of `nbytes` (best grid), with each grid's timing.
+
+    Up to a few times the L2 size the reads rotate among enough copies to keep them cold, as
+    kernels are timed (`timer.cold_input_sets`): the ceiling of one kernel that reads that many
+    bytes, launch and drain included, which is below the large-read bandwidth. Larger reads
+    flush L2 before each launch, whose cost they dwarf.
+    """
     import cupy
 
+    from ftbench.bench.timer import cold_input_sets, device_facts
     from ftbench.kernels.gemv import read_probe
 
     sm_count = cupy.cuda.Device().attributes["MultiProcessorCount"]
-    source = _source(cupy, nbytes)
+    l2_bytes = device_facts(cupy)[0]
+    sets = cold_input_sets(nbytes, l2_bytes) if nbytes < SMALL_READ_L2S * l2_bytes else 1
+    sources = [_source(cupy, nbytes) for _ in range(sets)]
     sink = cupy.empty(256 * max(BLOCKS_PER_SM) * sm_count, dtype=cupy.uint32)
     timings = {
         per_sm: time_launch(
-            lambda _, blocks=per_sm * sm_count: read_probe(source, sink, blocks),
+            lambda i, blocks=per_sm * sm_count: read_probe(sources[i], sink, blocks),
             name=f"read {nbytes / 2**30:g} GiB, {per_sm} blocks/SM",
             cache="cold",
+            input_sets=sets,
+            set_bytes=nbytes,
             policy=policy,
         )  # fmt: skip
         for per_sm in BLOCKS_PER_SM

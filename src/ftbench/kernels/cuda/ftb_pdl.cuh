@@ -5,7 +5,9 @@
 // kernel on the stream is still finishing. So every kernel calls ftb_pdl::begin() before it
 // reads or writes memory that another kernel touches; its wait returns once the previous grid
 // has completed and its writes are visible, and its trigger lets the next kernel start early in
-// the same way (which is safe, because that kernel waits too). Waiting transitively covers
+// the same way (which is safe, because that kernel waits too). A kernel may instead wait first
+// and allow the next one later: the GEMVs do so after their loads, so that the next kernel's
+// early start overlaps their drain rather than their whole run. Waiting transitively covers
 // every earlier kernel: the previous one could not complete before its own wait returned. Both
 // instructions are no-ops in a plain launch and before sm_90.
 //

@@ -17,8 +17,9 @@
 //                 512 contiguous bytes per load), fp32 FMAs, warp-shuffle reduction. For M <= 4.
 // Both split K twice: among the WARPS warps of a block (combined through shared memory) and
 // among gridDim.y blocks (split-K, combined by the last block to finish; see finish_block).
-// Both support programmatic dependent launch: they prefetch their first chunk of W into L2,
-// then wait for the previous grid before reading X or writing anything.
+// Both support programmatic dependent launch: they ask L2 for the first piece of each of their
+// rows of W, then wait for the previous grid before reading X or writing anything, and let the
+// next grid start once their loads are done, so that its prefetches overlap their drain.
 //
 // Builds with NVRTC (CuPy RawModule) and with nvcc for sm_80 and newer.
 
@@ -57,10 +58,28 @@ __device__ __forceinline__ uint4 keep_if(bool keep, const uint4& v) {
   return make_uint4(keep ? v.x : 0u, keep ? v.y : 0u, keep ? v.z : 0u, keep ? v.w : 0u);
 }
 
-// Start fetching a line of W into L2 before waiting for the previous grid. Safe whatever that
+// Bytes of each of its rows a block asks L2 to fetch before it waits for the previous grid:
+// enough, over every block, to keep HBM busy while that grid drains (about 1 us of bandwidth
+// for 4096 rows), not so much that the prefetches evict each other. Measured: see
+// docs/kernels/gemv.md.
+constexpr unsigned kPrefetchRowBytes = 2048;
+
+// Start fetching the first kPrefetchRowBytes of rows [row0, row0 + rows) of W, from element
+// k_begin on (at most to k_end), into L2, one bulk prefetch per row. Safe whatever the previous
 // grid writes: L2 is the point of coherence, and nothing is read from it until after the wait.
-__device__ __forceinline__ void prefetch_l2(const void* pointer) {
-  asm volatile("prefetch.global.L2 [%0];" ::"l"(pointer));
+// Bulk prefetches need sm_90; older GPUs have no PDL to overlap either.
+template <typename T>
+__device__ __forceinline__ void prefetch_rows_l2(const T* w, int row0, int rows, int n, int k,
+                                                 int k_begin, int k_end) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (k_begin >= k_end) return;
+  const unsigned slice = static_cast<unsigned>((k_end - k_begin) * sizeof(T));
+  const unsigned bytes = min(slice, kPrefetchRowBytes);
+  for (int r = threadIdx.x; r < rows && row0 + r < n; r += blockDim.x) {
+    const T* start = w + static_cast<size_t>(row0 + r) * k + k_begin;
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(start), "r"(bytes) : "memory");
+  }
+#endif
 }
 
 template <typename T>
@@ -359,23 +378,8 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
     }
   }
   int kc = k_begin + warp * CHUNK;
-  if (kc + CHUNK <= k_end) {
-#pragma unroll
-    for (int u = 0; u < UNROLL; ++u) {
-#pragma unroll
-      for (int tile = 0; tile < TILES; ++tile) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-#pragma unroll
-          for (int j = 0; j < GROUP; ++j) {
-            const size_t row = min(first_rows[tile][h] + j, n - 1);
-            ftb::prefetch_l2(w_lane + row * k + kc + u * 32 * GROUP);
-          }
-        }
-      }
-    }
-  }
-  ftb_pdl::begin();
+  ftb::prefetch_rows_l2(w, row0, ROWS, n, k, k_begin, k_end);
+  ftb_pdl::wait_for_previous_grid();
   for (; kc + CHUNK <= k_end; kc += WARPS * CHUNK) {
     ftb::mma_chunk<T, M, TILES, GROUP, UNROLL, false>(acc, w_lane, first_rows, n, k, x_rows,
                                                       x_valid, kc, p, lane_k, k_end);
@@ -384,6 +388,8 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
     ftb::mma_chunk<T, M, TILES, GROUP, UNROLL, true>(acc, w_lane, first_rows, n, k, x_rows,
                                                      x_valid, kc, p, lane_k, k_end);
   }
+  // Let the next grid start (and prefetch) while this one drains; see ftb_pdl.cuh.
+  ftb_pdl::allow_next_grid();
 
   // Accumulator i of tile/mt holds row g + 8 * (i / 2), token mt * 8 + 2t + i % 2.
 #pragma unroll
@@ -434,18 +440,14 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
     for (int token = 0; token < M; ++token) acc[r][token] = 0.0f;
   }
   int kc = k_begin + warp * CHUNK;
-  if (kc + CHUNK <= k_end) {
-#pragma unroll
-    for (int u = 0; u < UNROLL; ++u) {
-#pragma unroll
-      for (int r = 0; r < ROWS; ++r) ftb::prefetch_l2(w_rows[r] + kc + u * 256);
-    }
-  }
-  ftb_pdl::begin();
+  ftb::prefetch_rows_l2(w, row0, ROWS, n, k, k_begin, k_end);
+  ftb_pdl::wait_for_previous_grid();
   for (; kc + CHUNK <= k_end; kc += WARPS * CHUNK) {
     ftb::fma_chunk<T, M, ROWS, UNROLL, false>(acc, w_rows, x_rows, kc, lane_k, k_end);
   }
   if (kc < k_end) ftb::fma_chunk<T, M, ROWS, UNROLL, true>(acc, w_rows, x_rows, kc, lane_k, k_end);
+  // Let the next grid start (and prefetch) while this one drains; see ftb_pdl.cuh.
+  ftb_pdl::allow_next_grid();
 
 #pragma unroll
   for (int r = 0; r < ROWS; ++r) {
