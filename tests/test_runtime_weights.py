@@ -471,3 +471,68 @@ def test_sharded_forward_equals_unsharded(config, overrides, tp):
     for token in (5, 77, 100):
         step = np.array([token, 3])
         np.testing.assert_allclose(parallel.decode(step), full.decode(step), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("profile", "tp"),
+    [(name, tp) for name in ("gptj-6b", "llama2-70b", "megatron-gpt-345m") for tp in (2, 4, 8)]
+    + [("gpt2-124m", 2), ("gpt2-124m", 4)],
+)  # fmt: skip
+def test_sharding_plan_of_the_builtin_profiles(profile, tp):
+    """The Megatron plan with each profile's real heads, KV heads, FFN split and vocabulary
+    (head_dim, widths and layers shrunk so the arrays are small; GPT-2 124M's 12 heads do not
+    split 8 ways, so Megatron-GPT 345M, the same architecture, stands for GPT-2 at TP 8), derived
+    here per head: rank r holds the query heads h with h // (H / tp) == r, the KV heads those
+    queries use (h // (H / KV)), the matching attention-out columns, FFN rows and columns
+    [r F / tp, (r + 1) F / tp) (of gate and of up), and token ids [r n, (r + 1) n) with
+    n = ceil(V / tp), zero rows past the vocabulary."""
+    import dataclasses
+    import math
+
+    real = load_builtin(profile)
+    head_dim = 2
+    spec = dataclasses.replace(
+        real, num_layers=1, head_dim=head_dim, hidden_size=real.num_heads * head_dim,
+        ffn_hidden_size=2 * 8 * tp,
+        rotary_dim=head_dim if real.rotary_dim else 0, max_positions=16,
+    )  # fmt: skip
+    weights = random_weights(spec, np.float64, seed=4)
+    heads, kv_heads, ffn, vocab = (
+        spec.num_heads,
+        spec.num_kv_heads,
+        spec.ffn_hidden_size,
+        spec.vocab_size,
+    )
+    q_width, kv_width = heads * head_dim, kv_heads * head_dim
+    layer = weights.layers[0]
+    held_ids = []
+    for rank in range(tp):
+        part = shard(weights, spec, tp, rank)
+        q_heads = [h for h in range(heads) if h // (heads // tp) == rank]
+        kv = sorted({h // (heads // kv_heads) for h in q_heads})
+        q_rows = [h * head_dim + d for h in q_heads for d in range(head_dim)]
+        kv_rows = [g * head_dim + d for g in kv for d in range(head_dim)]
+        qkv_rows = (
+            q_rows + [q_width + i for i in kv_rows] + [q_width + kv_width + i for i in kv_rows]
+        )
+        np.testing.assert_array_equal(part.layers[0].qkv.weight, layer.qkv.weight[qkv_rows])
+        np.testing.assert_array_equal(
+            part.layers[0].attn_out.weight, layer.attn_out.weight[:, q_rows]
+        )
+        ffn_rows = list(range(rank * ffn // tp, (rank + 1) * ffn // tp))
+        up_rows = ffn_rows + [ffn + i for i in ffn_rows] if spec.gated_ffn else ffn_rows
+        np.testing.assert_array_equal(part.layers[0].ffn_up.weight, layer.ffn_up.weight[up_rows])
+        np.testing.assert_array_equal(
+            part.layers[0].ffn_down.weight, layer.ffn_down.weight[:, ffn_rows]
+        )
+        n = math.ceil(vocab / tp)
+        ids = [i for i in range(rank * n, (rank + 1) * n) if i < vocab]
+        held_ids += ids
+        for got, full in (
+            (part.embed, weights.embed),
+            (part.lm_head.weight, weights.lm_head.weight),
+        ):
+            assert got.shape[0] == n
+            np.testing.assert_array_equal(got[: len(ids)], full[ids])
+            assert not got[len(ids) :].any()
+    assert held_ids == list(range(vocab))
