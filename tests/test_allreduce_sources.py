@@ -3,8 +3,6 @@ spills, its workspace layout matches the launcher's, the size/dtype/alignment ch
 one-shot kernel and NCCL, the peer records and the peer-access verdicts."""
 
 import re
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -19,13 +17,13 @@ from ftbench.runtime.ipc import (
     choose_path,
     peer_access_problem,
 )
+from nvcc import compile_object, needs_nvcc
 
-NVCC = shutil.which("nvcc")
 SIGNATURE = "(const {t}*, {t}*, const unsigned long long*, int, long long, unsigned long long, "
 SIGNATURE += "unsigned long long);"
 
 
-@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH (install the CUDA toolkit)")
+@needs_nvcc
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_every_instance_compiles_without_spills(tmp_path, arch):
     names = [allreduce.kernel_name(d, w) for d in allreduce.C_TYPES for w in range(1, 9)]
@@ -35,15 +33,10 @@ def test_every_instance_compiles_without_spills(tmp_path, arch):
         lines.append(f"template __global__ void {name}" + SIGNATURE.format(t=element))
     source = tmp_path / "instances.cu"
     source.write_text("\n".join(lines) + "\n")
-    done = subprocess.run(
-        [NVCC, "-c", f"-arch={arch}", "-std=c++17", "-Xptxas", "-v", str(source), "-o",
-         str(tmp_path / "instances.o")],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
-    reports = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores", done.stderr)
+    report = compile_object(source, tmp_path, arch, "-Xptxas", "-v")
+    reports = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores", report)
     assert len(reports) == len(names)
-    assert all(frame == "0" and spills == "0" for frame, spills in reports), done.stderr
+    assert all(frame == "0" and spills == "0" for frame, spills in reports), report
 
 
 def test_the_workspace_layout_is_the_same_in_cuda_and_python():

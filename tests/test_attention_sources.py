@@ -8,8 +8,6 @@ touching a GPU.
 
 import math
 import re
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -29,8 +27,8 @@ from ftbench.kernels.attention import (
     decode_workspace_floats,
     kernel_names,
 )
+from nvcc import compile_object, needs_nvcc
 
-NVCC = shutil.which("nvcc")
 CONTEXT_PARAMETERS = (
     "(const {t}*, const {t}*, const {t}*, const int*, const int*, {t}*, int, int, int, float)"
 )
@@ -52,22 +50,17 @@ def explicit_instantiations(names):
     return "\n".join(lines) + "\n"
 
 
-@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH (install the CUDA toolkit)")
+@needs_nvcc
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_every_instance_compiles_without_local_arrays(tmp_path, arch):
     names = [name for dtype in ("float16", "bfloat16") for d in HEAD_DIMS
              for name in kernel_names(dtype, d)]  # fmt: skip
     source = tmp_path / "instances.cu"
     source.write_text(explicit_instantiations(names))
-    done = subprocess.run(
-        [NVCC, "-c", f"-arch={arch}", "-std=c++17", "-Xptxas", "-v", str(source), "-o",
-         str(tmp_path / "instances.o")],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
-    frames = [int(frame) for frame in re.findall(r"(\d+) bytes stack frame", done.stderr)]
+    report = compile_object(source, tmp_path, arch, "-Xptxas", "-v")
+    frames = [int(frame) for frame in re.findall(r"(\d+) bytes stack frame", report)]
     assert len(frames) == len(names)
-    assert max(frames) <= MAX_STACK_BYTES, done.stderr
+    assert max(frames) <= MAX_STACK_BYTES, report
 
 
 @pytest.mark.parametrize("head_dim", HEAD_DIMS)

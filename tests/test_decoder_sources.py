@@ -7,8 +7,6 @@ Arrays here are NumPy arrays, or fakes that add the device pointer a CuPy array 
 """
 
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -27,8 +25,8 @@ from ftbench.kernels.decoder import (
     residual_norm,
     sample,
 )
+from nvcc import compile_object, needs_nvcc
 
-NVCC = shutil.which("nvcc")
 DTYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
 
 
@@ -62,7 +60,7 @@ def launches(monkeypatch):
     return recorded
 
 
-@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH (install the CUDA toolkit)")
+@needs_nvcc
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_every_instance_compiles_without_spills(tmp_path, arch):
     names = sorted(set(kernel_names("float16") + kernel_names("bfloat16")))
@@ -73,15 +71,10 @@ def test_every_instance_compiles_without_spills(tmp_path, arch):
         + "".join(f"    (void*)&{name},\n" for name in names)
         + "};\n"
     )
-    done = subprocess.run(
-        [NVCC, "-c", f"-arch={arch}", "-std=c++17", "-Xptxas", "-v", "-Werror", "all-warnings",
-         str(source), "-o", str(tmp_path / "instances.o")],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
-    reports = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", done.stderr)
+    report = compile_object(source, tmp_path, arch, "-Xptxas", "-v", "-Werror", "all-warnings")
+    reports = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
     assert len(reports) == len(names)
-    assert all(stores == "0" and loads == "0" for stores, loads in reports), done.stderr
+    assert all(stores == "0" and loads == "0" for stores, loads in reports), report
 
 
 def test_instance_list_covers_both_dtypes_and_float32_logits():

@@ -28,10 +28,10 @@ from ftbench.kernels.gemv import (
 )
 from ftbench.kernels.nvrtc import LaunchAttribute as _LaunchAttribute
 from ftbench.kernels.nvrtc import LaunchConfig as _LaunchConfig
+from nvcc import compile_object, needs_nvcc
 
 GPTJ_SHAPES = [(4096, 4096), (12288, 4096), (16384, 4096), (4096, 16384), (50400, 4096)]
 ODD_SHAPES = [(1, 8), (65, 136), (4096, 4104)]
-NVCC = shutil.which("nvcc")
 C_COMPILER = shutil.which("cc") or shutil.which("gcc")
 CUDA_INCLUDE = next(
     (
@@ -66,7 +66,7 @@ def explicit_instantiations(names):
     return "\n".join(lines) + "\n"
 
 
-@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH (install the CUDA toolkit)")
+@needs_nvcc
 @pytest.mark.parametrize(
     ("arch", "tokens", "dtype"),
     [("sm_90", (1, 16), "float16"), ("sm_90", (3,), "bfloat16"), ("sm_80", (2, 9), "bfloat16")],
@@ -75,15 +75,10 @@ def test_every_instance_compiles_without_spills(tmp_path, arch, tokens, dtype):
     names = instances(tokens, dtype)
     source = tmp_path / "instances.cu"
     source.write_text(explicit_instantiations(names))
-    done = subprocess.run(
-        [NVCC, "-c", f"-arch={arch}", "-std=c++17", "-Xptxas", "-v", str(source), "-o",
-         str(tmp_path / "instances.o")],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
-    reports = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores", done.stderr)
+    report = compile_object(source, tmp_path, arch, "-Xptxas", "-v")
+    reports = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores", report)
     assert len(reports) == len(names) + 1  # and the read probe
-    assert all(frame == "0" and spills == "0" for frame, spills in reports), done.stderr
+    assert all(frame == "0" and spills == "0" for frame, spills in reports), report
 
 
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8, 16])

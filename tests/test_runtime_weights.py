@@ -1,6 +1,8 @@
 """ftbench's weight layout: HF name maps, safetensors loading, random weights, TP sharding."""
 
+import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -486,9 +488,6 @@ def test_sharding_plan_of_the_builtin_profiles(profile, tp):
     queries use (h // (H / KV)), the matching attention-out columns, FFN rows and columns
     [r F / tp, (r + 1) F / tp) (of gate and of up), and token ids [r n, (r + 1) n) with
     n = ceil(V / tp), zero rows past the vocabulary."""
-    import dataclasses
-    import math
-
     real = load_builtin(profile)
     head_dim = 2
     spec = dataclasses.replace(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ftbench.bench.timer import TimingPolicy, time_launch
+from ftbench.bench.timer import TimingPolicy, cold_input_sets, device_facts, time_launch
 
 PROBE_BYTES = 4 * 2**30
 POLICY = TimingPolicy(warmup_ms=20.0, min_time_s=0.05, budget_s=1.0, target_rel_ci=0.01)
@@ -34,7 +34,6 @@ def read_bandwidth(nbytes: int = PROBE_BYTES, policy: TimingPolicy = POLICY) -> 
     """
     import cupy
 
-    from ftbench.bench.timer import cold_input_sets, device_facts
     from ftbench.kernels.gemv import read_probe
 
     sm_count = cupy.cuda.Device().attributes["MultiProcessorCount"]
