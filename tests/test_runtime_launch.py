@@ -157,3 +157,47 @@ def test_one_failing_rank_stops_the_others_at_once():
 def test_launch_main_explains_its_usage(capsys):
     assert main(["nonsense"]) == 2
     assert "usage" in capsys.readouterr().err
+
+
+def test_a_rank_watches_the_live_ranks_of_its_host_only():
+    from ftbench.runtime.launch import Peer, neighbours
+
+    peers = [Peer("a", 10), Peer("a", 11), Peer("b", 12), Peer("a", 13)]
+    alive = {10, 11, 12}.__contains__  # 13: another process namespace, say
+    assert neighbours(peers, 0, alive) == [1]
+    assert neighbours(peers, 2, alive) == []
+
+
+def test_peer_watch_reports_a_dead_neighbour_after_its_grace():
+    import threading
+
+    from ftbench.runtime.launch import Peer, PeerWatch
+
+    living = {10, 11}
+    said, done = [], threading.Event()
+    watch = PeerWatch([Peer("a", 10), Peer("a", 11)], 0, interval_s=0.01, grace_s=0.05,
+                      alive=lambda pid: pid in living,
+                      on_dead=lambda message: (said.append(message), done.set()))  # fmt: skip
+    watch.start()
+    living.discard(11)
+    assert done.wait(5.0)
+    assert said == [
+        "ftbench: rank 0 of 2 stopped: rank 1 (pid 11) on this host exited while the run went "
+        "on; the group cannot finish"
+    ]
+
+
+def test_peer_watch_stopped_within_the_grace_says_nothing():
+    import time
+
+    from ftbench.runtime.launch import Peer, PeerWatch
+
+    living, said = {10, 11}, []
+    watch = PeerWatch([Peer("a", 10), Peer("a", 11)], 1, interval_s=0.01, grace_s=0.5,
+                      alive=lambda pid: pid in living, on_dead=said.append)  # fmt: skip
+    watch.start()
+    living.discard(10)  # a peer that passed the last barrier and exited first
+    time.sleep(0.1)
+    watch.stop()
+    time.sleep(0.6)
+    assert said == []

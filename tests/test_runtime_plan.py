@@ -181,3 +181,24 @@ def test_breakdown_counts_the_embedding_rows_read_not_the_table():
         decoder, "embed", (tokens, tokens, table, learned, residual), {}, []
     )
     assert moved == 2 * 3 * 64 * 2 + 3 * 64 * 4
+
+
+def test_communication_calls_sum_each_kind_over_its_places():
+    from ftbench.runtime.breakdown import OperationTime, communication_calls, communication_ms
+
+    def op(name, per_step, ms):
+        return OperationTime(name, per_step, ms, 0.0, 0.0, 0, 0)
+
+    operations = [
+        op("start 01 all_reduce", 1, 0.01),
+        op("layer 05 all_reduce", 28, 0.28),
+        op("layer 06 residual_norm", 28, 0.1),
+        op("head 03 all_gather", 1, 0.02),
+        op("start 00 recv", 1, 0.5),
+    ]
+    calls = communication_calls(operations)
+    assert calls.keys() == {"all_reduce", "all_gather", "recv"}
+    assert calls["all_reduce"]["calls"] == 29
+    assert calls["all_reduce"]["ms"] == pytest.approx(0.29)
+    assert calls["recv"] == {"calls": 1, "ms": 0.5}
+    assert communication_ms(operations) == pytest.approx(0.81)

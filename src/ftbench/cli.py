@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ftbench.errors import FtbenchError
+from ftbench.runtime.parallel import DEFAULT_TIMEOUT_S
 
 app = typer.Typer(
     name="ftbench",
@@ -750,6 +751,15 @@ def run_command(
         Path | None,
         typer.Option("--out", help="Results file (JSON; a CSV is written beside it)."),
     ] = None,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout",
+            help="With --tp/--pp: seconds a rank waits at a collective or a step before it "
+            "decides a peer has died or hangs, aborts and stops with a message.",
+            min=1.0,
+        ),
+    ] = DEFAULT_TIMEOUT_S,
 ) -> None:
     """Measure text generation: time to first token, per-token latency, throughput, memory.
 
@@ -836,7 +846,9 @@ def run_command(
     out = out or Path(f"ftbench-run-{spec.name}-{stamp}.json")
     records: list[dict] = []
     if info.launcher != "single":
-        launch.run_rank(lambda info, world: _run_as_rank(run, info, world, out, environment))
+        launch.run_rank(
+            lambda info, world: _run_as_rank(run, info, world, out, environment), timeout
+        )
         return
     columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())  # fmt: skip
@@ -863,7 +875,7 @@ def _run_as_rank(run, info, world, out: Path, environment) -> None:
     from ftbench.runtime.launch import connect_groups
     from ftbench.runtime.pipeline import Stage, rank_place, stage_plan
 
-    tensor, pipeline = connect_groups(info, world, run.tp, run.pp)
+    tensor, pipeline = connect_groups(info, world, run.tp, run.pp, world.timeout_s)
     index, tp_rank = rank_place(info.rank, run.tp, run.pp)
     stage = Stage(index, run.pp, stage_plan(run.spec, run.pp)[index], pipeline)
     ranks = Ranks(info.rank, world, tensor, stage, tp_rank)

@@ -16,7 +16,8 @@ With tp x pp > 1 every rank runs `run_benchmark` at once with its `Ranks` (`ftbe
 spawns them, or mpirun/srun starts them): each builds its stage's shard of the weights and its
 decoder, all time the same requests (rank 0's records are the run's), and after each point
 every rank times one captured decode step operation by operation (`runtime.breakdown`); the
-time its communicator calls take is gathered to every rank as `comm_step_ms_per_rank`. A
+time its communicator calls take is gathered to every rank as `comm_step_ms_per_rank` (and
+rank 0's calls by kind, count and ms, are the record's `comm_calls`). A
 rank's error is not recorded: it stops the run (`launch.run_rank` aborts the communicators
 and the spawner stops the other ranks). A pipeline step runs in `micro_batches` micro-batches
 (`point_micro_batches`: 1 unless asked), which the records carry.
@@ -148,6 +149,7 @@ class Measured:
     comm_step_ms_per_rank: tuple[float, ...] | None = None
     compile_s: float | None = None
     micro_batches: int | None = None
+    comm_calls: dict[str, dict[str, float]] | None = None
 
 
 def point_record(
@@ -181,6 +183,8 @@ def point_record(
     )
     record["gemm_dispatch"] = measured.gemm
     record["compile_s"] = measured.compile_s
+    if measured.comm_calls is not None:
+        record["comm_calls"] = measured.comm_calls
     record["conditions"] = measured.conditions
     record["status"] = "ok"
     return record
@@ -456,22 +460,23 @@ def _measure_ftbench(
             raise  # the other ranks would wait for this one: stop the run (module docstring)
         return failed_record(engine, config, point, exc)
     conditions = monitor.conditions()
-    communication = None
+    communication = calls = None
     if ranks is not None:
-        communication = _communication_per_rank(decoder, generator, ranks, ceilings)
+        communication, calls = _communication_per_rank(decoder, generator, ranks, ceilings)
     return Measured(
         ttft, end_to_end, steps, int(pool.total_bytes()), gemm.stats.to_dict(),
         _conditions_dict(conditions), tuple(conditions.flags),
-        comm_step_ms_per_rank=communication, micro_batches=micro_batches,
+        comm_step_ms_per_rank=communication, micro_batches=micro_batches, comm_calls=calls,
     )  # fmt: skip
 
 
 def _communication_per_rank(decoder, generator, ranks: Ranks, ceilings: Ceilings):
-    """Every rank's time in communicator calls during one decode step (ms, by global rank):
-    each rank times its captured step (`runtime.breakdown`), then the ranks all-gather."""
+    """(every rank's time in communicator calls during one decode step, ms by global rank;
+    this rank's calls by kind, `breakdown.communication_calls`): each rank times its captured
+    step (`runtime.breakdown`), then the ranks all-gather their totals."""
     import cupy
 
-    from ftbench.runtime.breakdown import breakdown, communication_ms
+    from ftbench.runtime.breakdown import breakdown, communication_calls, communication_ms
 
     with generator.stream:
         operations, _ = breakdown(
@@ -481,7 +486,9 @@ def _communication_per_rank(decoder, generator, ranks: Ranks, ceilings: Ceilings
         mine = cupy.full(1, communication_ms(operations), cupy.float32)
         gathered = cupy.empty((ranks.world.world_size, 1), cupy.float32)
         ranks.world.all_gather(mine, gathered)
-        return tuple(float(value) for value in cupy.asnumpy(gathered).ravel())
+        ranks.world.synchronize("the ranks' communication times")
+        per_rank = tuple(float(value) for value in cupy.asnumpy(gathered).ravel())
+        return per_rank, communication_calls(operations)
 
 
 # Peers measured through torch, after ftbench's engines.

@@ -237,6 +237,7 @@ def breakdown(
     own tokens, nothing else."""
     import cupy
 
+    decoder.wait("the step before its breakdown")
     lengths = step.lengths.get().tolist()  # before the capture: no host copies inside it
     stream = cupy.cuda.Stream(non_blocking=True)
     stream.wait_event(cupy.cuda.get_current_stream().record())
@@ -253,7 +254,7 @@ def breakdown(
         samples = []
         for _ in range(replays + 1):
             graph.launch(stream)
-            stream.synchronize()
+            decoder.wait("a replay of the step's breakdown")
             marks = [start] + [operation.event for operation in operations]
             samples.append([cupy.cuda.get_elapsed_time(a, b) for a, b in itertools.pairwise(marks)])
     per_operation = np.median(np.array(samples[1:]), axis=0)
@@ -291,6 +292,19 @@ def _by_place(decoder, operations, times, bandwidth, peak_flops) -> list[Operati
     ]
 
 
+def communication_calls(operations: list[OperationTime]) -> dict[str, dict[str, float]]:
+    """Per kind of communicator call (`COMMUNICATION`) made in the step: {"calls", "ms"}, from
+    `breakdown`'s places."""
+    calls: dict[str, dict[str, float]] = {}
+    for op in operations:
+        name = op.name.rsplit(" ", 1)[-1]
+        if name in COMMUNICATION:
+            entry = calls.setdefault(name, {"calls": 0, "ms": 0.0})
+            entry["calls"] += op.per_step
+            entry["ms"] += op.step_ms
+    return calls
+
+
 def communication_ms(operations: list[OperationTime]) -> float:
     """The step's time in communicator calls (`COMMUNICATION`), from `breakdown`'s places."""
-    return sum(op.step_ms for op in operations if op.name.rsplit(" ", 1)[-1] in COMMUNICATION)
+    return sum(entry["ms"] for entry in communication_calls(operations).values())

@@ -232,6 +232,7 @@ class Generator:
                 self._step(key, body)
                 out[:, index] = state.next_tokens
                 marks.append(_mark(self.stream))
+            self.decoder.wait("a generation's steps")
             tokens = cupy.asnumpy(out)
         times = np.array([cupy.cuda.get_elapsed_time(a, b) for a, b in itertools.pairwise(marks)])
         return Generation(

@@ -25,7 +25,14 @@ travel the same way.
 Failure: `run_rank` aborts the rank's communicator on any error (releasing the other ranks'
 collectives, whose bounded waits then fail too) and, under MPI, calls MPI_Abort, which stops
 every rank; the spawner stops every rank as soon as one exits with an error (or on Ctrl-C) and
-says which rank failed. Under `srun`, use `--kill-on-bad-exit=1` for the same effect.
+says which rank failed. Under `srun`, use `--kill-on-bad-exit=1` for the same effect. A rank
+that a launcher stops (SIGTERM) aborts its communicator and says so. Without a launcher to stop
+it (ranks started by hand, or `srun` without that flag), a rank whose peer *on the same host*
+died ends itself with a message within about `WATCH_INTERVAL_S + WATCH_GRACE_S` (`PeerWatch`,
+a thread: the rank may be stuck in a kernel launch behind a collective that waits for the dead
+peer, where no timeout reaches); a peer on another host that died or hangs is found at the
+next host wait (`Decoder.wait`, the communicators' `synchronize` and `barrier`), which gives up
+after the communicator's timeout (`ftbench run --timeout`) and raises.
 
 `python -m ftbench.runtime.launch check` is a rank program that joins the group, checks an
 all-reduce, an all-gather and a barrier against the exact answers and prints one JSON line;
@@ -37,9 +44,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -63,12 +72,27 @@ RUN_ID_VARIABLE = "FTBENCH_RUN_ID"
 # After asking ranks to stop (SIGTERM), the spawner kills those still alive after this long.
 STOP_GRACE_S = 5.0
 SPAWN_POLL_S = 0.05
+# A rank looks this often whether the other ranks on its host are alive (`PeerWatch`), and
+# looks again this much later before it gives up on the group.
+WATCH_INTERVAL_S = 0.5
+WATCH_GRACE_S = 2.0
+PEER_HOST_BYTES = 64
 
 Result = TypeVar("Result")
 
 
 class RankFailedError(FtbenchError):
     """A rank of a multi-process run failed; the others were stopped."""
+
+
+class RankStoppedError(FtbenchError):
+    """The launcher asked this rank to stop (SIGTERM), as launchers do when another rank fails."""
+
+
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    raise RankStoppedError(
+        "stopped by its launcher (SIGTERM), which stops every rank once one has failed"
+    )
 
 
 @dataclass(frozen=True)
@@ -243,17 +267,124 @@ def connect(info: RankInfo | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) 
     return NcclCommunicator(info.world_size, info.rank, unique_id, timeout_s)
 
 
-def run_rank(fn: Callable[[RankInfo, Any], Result], timeout_s: float = DEFAULT_TIMEOUT_S) -> Result:
-    """Join the group, run fn(info, communicator), end with a barrier. On an error the
-    communicator is aborted (and, under MPI, every rank stopped) before it propagates."""
-    info = discover()
-    comm = connect(info, timeout_s)
+@dataclass(frozen=True)
+class Peer:
+    """Where a rank's process runs: its host and process id."""
+
+    host: str
+    pid: int
+
+
+def neighbours(peers: Sequence[Peer], rank: int, alive: Callable[[int], bool]) -> list[int]:
+    """The other ranks whose process `rank` can see: on its host, and `alive(pid)` now (ranks
+    on other hosts, or in another process namespace of this host, cannot be watched)."""
+    host = peers[rank].host
+    return [
+        peer
+        for peer, where in enumerate(peers)
+        if peer != rank and where.host == host and alive(where.pid)
+    ]
+
+
+def _process_alive(pid: int) -> bool:
     try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, owned by someone else
+    return True
+
+
+def gather_peers(comm: Any) -> list[Peer]:
+    """Every rank's `Peer`, by rank, exchanged over `comm` (collective)."""
+    import cupy
+    import numpy as np
+
+    host = socket.gethostname().encode()[:PEER_HOST_BYTES].ljust(PEER_HOST_BYTES, b"\0")
+    mine = np.concatenate([[os.getpid()], np.frombuffer(host, np.int32)]).astype(np.int32)
+    recv = cupy.empty((comm.world_size, mine.size), cupy.int32)
+    comm.all_gather(cupy.asarray(mine), recv)
+    comm.synchronize("the exchange of process ids")
+    rows = cupy.asnumpy(recv)
+    return [
+        Peer(row[1:].tobytes().rstrip(b"\0").decode(errors="replace"), int(row[0])) for row in rows
+    ]
+
+
+class PeerWatch:
+    """A thread that ends this process (exit code 1, with a message) soon after a rank it can
+    see (`neighbours`, at construction) has died: this rank may be stuck where no timeout
+    reaches (a kernel launch waiting for a GPU that waits, in a collective, for the dead
+    rank). A rank seen gone is looked at again after `grace_s`, so one that exits normally at
+    the end while this rank finishes its last barrier does not count once `stop` was called."""
+
+    def __init__(
+        self, peers: Sequence[Peer], rank: int, interval_s: float = WATCH_INTERVAL_S,
+        grace_s: float = WATCH_GRACE_S, alive: Callable[[int], bool] = _process_alive,
+        on_dead: Callable[[str], None] | None = None,
+    ) -> None:  # fmt: skip
+        self.peers, self.rank = list(peers), rank
+        self.interval_s, self.grace_s, self.alive = interval_s, grace_s, alive
+        self.on_dead = on_dead or _exit_now
+        self.watched = neighbours(peers, rank, alive)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="ftbench-peer-watch", daemon=True)
+
+    def start(self) -> PeerWatch:
+        if self.watched:
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def dead(self) -> list[int]:
+        """The watched ranks whose process has gone."""
+        return [peer for peer in self.watched if not self.alive(self.peers[peer].pid)]
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            if not self.dead():
+                continue
+            if self._stop.wait(self.grace_s):
+                return
+            dead = self.dead()
+            if dead:
+                names = ", ".join(f"rank {p} (pid {self.peers[p].pid})" for p in dead)
+                self.on_dead(
+                    f"ftbench: rank {self.rank} of {len(self.peers)} stopped: {names} on this "
+                    "host exited while the run went on; the group cannot finish"
+                )
+                return
+
+
+def _exit_now(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+    os._exit(1)
+
+
+def run_rank(fn: Callable[[RankInfo, Any], Result], timeout_s: float = DEFAULT_TIMEOUT_S) -> Result:
+    """Join the group, run fn(info, communicator), end with a barrier. On an error, or when
+    the launcher stops the rank (SIGTERM: `RankStoppedError`), the communicator is aborted
+    (and, under MPI, every rank stopped) before it propagates. Call it from the main thread."""
+    info = discover()
+    # A launcher stops the other ranks with SIGTERM when one fails: leave through the handler
+    # below (abort the communicator, say why) rather than silently.
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    comm = connect(info, timeout_s)
+    watch = None
+    try:
+        watch = PeerWatch(gather_peers(comm), info.rank).start()
         result = fn(info, comm)
         comm.barrier()
+        watch.stop()
     except BaseException as exc:
+        if watch is not None:
+            watch.stop()
         comm.abort()
-        print(f"ftbench: rank {info.rank} of {info.world_size} failed: {exc}", file=sys.stderr)
+        how = "stopped" if isinstance(exc, RankStoppedError) else "failed"
+        print(f"ftbench: rank {info.rank} of {info.world_size} {how}: {exc}", file=sys.stderr)
         if info.launcher == "mpi" and info.world_size > 1:
             sys.stderr.flush()
             _mpi_world().Abort(1)

@@ -209,6 +209,17 @@ class Decoder:
             batch, rank.q_heads, head_dim, bound, num_kv_heads=rank.kv_heads
         )
 
+    def wait(self, what: str) -> None:
+        """Wait for the current stream. With partner ranks the wait is the communicator's,
+        bounded by its timeout: a rank whose peer died raises instead of hanging."""
+        import cupy
+
+        comm = self.comm if self.comm is not None else self.stage.comm
+        if comm is None:
+            cupy.cuda.get_current_stream().synchronize()
+        else:
+            comm.synchronize(what)
+
     def forward(self, step: StepInputs) -> Any:
         """Run one step; the logits [R, vocab_padded] of `step.last_rows` (a view of a buffer
         the next step overwrites; with tp > 1 gathered from every rank's vocabulary slice), or

@@ -69,6 +69,10 @@ class Communicator(Protocol):
     def barrier(self) -> None:
         """Return once every rank has reached the barrier and its queued work has finished."""
 
+    def synchronize(self, what: str = "queued work") -> None:
+        """Wait for the current stream's work, which may wait for other ranks (bounded where
+        the ranks are processes: a dead peer raises `CollectiveTimeoutError`)."""
+
 
 def _check_contiguous(op: str, name: str, array: Any) -> None:
     if not array.flags.c_contiguous:
@@ -419,4 +423,8 @@ class EmulatedCommunicator:
 
     def barrier(self) -> None:
         self.group.exchange(self.subgroup, self.global_rank, None, lambda parts: None)
+        self.group.stream.synchronize()
+
+    def synchronize(self, what: str = "queued work") -> None:
+        """Wait for the group's stream: a rank's peers run in this process, none can die alone."""
         self.group.stream.synchronize()

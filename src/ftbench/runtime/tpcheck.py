@@ -14,7 +14,11 @@ micro-batches), and measures per position the relative logit error (of the last 
 decode steps. Both runs are also compared with the float64 NumPy reference
 (`runtime.reference`) of the unsharded weights, which says how large fp16 rounding is here.
 
-Used by the GPU tests and by `benchmarks/parallel_emulated.py`.
+On several GPUs, `check_rank` runs the same check with real ranks (one process per GPU, NCCL,
+CUDA graphs): `python -m ftbench.runtime.launch spawn 2 -- python -m ftbench.runtime.tpcheck
+gptj 2 1` (or under mpirun) prints each last-stage rank's logit digest and errors.
+
+Used by the GPU tests, `benchmarks/parallel_emulated.py` and `benchmarks/parallel.py`.
 """
 
 from __future__ import annotations
@@ -73,11 +77,11 @@ class EmulatedResult:
     pp: int
     micro_batches: int
     kv_replicas: int
+    ranks_identical: bool
     max_rel_err: float
     prefill_max_rel_err: float
     decode_max_rel_err: float
     argmax_agreement: float
-    ranks_identical: bool
     tp1_vs_reference_max_rel_err: float
     tp_vs_reference_max_rel_err: float
 
@@ -133,6 +137,20 @@ def run_logits(
     return _run(Generator(decoder, use_graph=use_graph), prompts, continuations)
 
 
+def rank_decoder(
+    spec: ModelSpec, weights: ModelWeights, tp: int, pp: int, rank: int, tensor: Any, pipe: Any,
+    micro_batches: int = 1,
+) -> Decoder:  # fmt: skip
+    """Global rank `rank`'s decoder of a tp x pp run: its stage's layers of its shard of
+    `weights`, with its tensor and pipeline communicators (either may be None)."""
+    index, tp_rank = rank_place(rank, tp, pp)
+    layers = stage_plan(spec, pp)[index]
+    return Decoder(
+        spec, stage_weights(shard(weights, spec, tp, tp_rank), spec, layers), tp=tp, comm=tensor,
+        stage=Stage(index, pp, layers, pipe), micro_batches=micro_batches, **_decoder_args(spec),
+    )  # fmt: skip
+
+
 def run_emulated(
     spec: ModelSpec,
     weights: ModelWeights,
@@ -145,17 +163,12 @@ def run_emulated(
     """The logits of every emulated rank of the last stage (each gathers the whole
     vocabulary), in tensor-parallel rank order."""
     group = EmulatedGroup(tp * pp)
-    plan = stage_plan(spec, pp)
     generators = []
     for rank in range(tp * pp):
         index, tp_rank = rank_place(rank, tp, pp)
         pipe = group.communicator(rank, pipeline_group(tp_rank, tp, pp)) if pp > 1 else None
-        stage = Stage(index, pp, plan[index], pipe)
-        decoder = Decoder(
-            spec, stage_weights(shard(weights, spec, tp, tp_rank), spec, plan[index]), tp=tp,
-            comm=group.communicator(rank, tensor_group(index, tp)), stage=stage,
-            micro_batches=micro_batches, **_decoder_args(spec),
-        )  # fmt: skip
+        tensor = group.communicator(rank, tensor_group(index, tp))
+        decoder = rank_decoder(spec, weights, tp, pp, rank, tensor, pipe, micro_batches)
         generators.append(Generator(decoder, use_graph=False, stream=group.stream))
     ranks = group.run(lambda rank: _run(generators[rank], prompts, continuations))
     return ranks[(pp - 1) * tp :]
@@ -194,9 +207,6 @@ def compare_emulated(
     tp1 = tp1 if tp1 is not None else run_logits(spec, weights, prompts, continuations)
     ranks = run_emulated(spec, weights, tp, prompts, continuations, pp, micro_batches)
     ours = ranks[0]
-    errors = [_relative_errors(a, b) for a, b in zip(ours, tp1, strict=True)]
-    agree = np.concatenate([a.argmax(-1) == b.argmax(-1) for a, b in zip(ours, tp1, strict=True)])
-    reference = reference_logits(spec, weights, prompts, continuations)
     return EmulatedResult(
         model=case,
         dtype=dtype,
@@ -204,16 +214,57 @@ def compare_emulated(
         pp=pp,
         micro_batches=micro_batches,
         kv_replicas=max(tp // spec.num_kv_heads, 1),
-        max_rel_err=float(max(e.max() for e in errors)),
-        prefill_max_rel_err=float(errors[0].max()),
-        decode_max_rel_err=float(max(e.max() for e in errors[1:])),
-        argmax_agreement=float(agree.mean()),
         ranks_identical=all(
             all(np.array_equal(a, b) for a, b in zip(rank, ours, strict=True)) for rank in ranks
         ),
-        tp1_vs_reference_max_rel_err=_worst(tp1, reference),
-        tp_vs_reference_max_rel_err=_worst(ours, reference),
+        **_agreement(spec, weights, ours, tp1),
     )
+
+
+def _agreement(spec: ModelSpec, weights: ModelWeights, ours: list, tp1: list) -> dict[str, float]:
+    """`EmulatedResult`'s error fields: `ours` against the TP=1 logits and both against the
+    float64 reference."""
+    prompts, continuations = check_inputs(spec)
+    errors = [_relative_errors(a, b) for a, b in zip(ours, tp1, strict=True)]
+    agree = np.concatenate([a.argmax(-1) == b.argmax(-1) for a, b in zip(ours, tp1, strict=True)])
+    reference = reference_logits(spec, weights, prompts, continuations)
+    return {
+        "max_rel_err": float(max(e.max() for e in errors)),
+        "prefill_max_rel_err": float(errors[0].max()),
+        "decode_max_rel_err": float(max(e.max() for e in errors[1:])),
+        "argmax_agreement": float(agree.mean()),
+        "tp1_vs_reference_max_rel_err": _worst(tp1, reference),
+        "tp_vs_reference_max_rel_err": _worst(ours, reference),
+    }
+
+
+def check_rank(info: Any, world: Any, case: str, tp: int, pp: int) -> dict[str, Any] | None:
+    """One rank (one process, one GPU, NCCL) of a real tp x pp run of `case`, decode steps in
+    CUDA graphs as `ftbench run` runs them. On a last-stage rank: the SHA-256 of its logits
+    (every last-stage rank, and the same run under another launcher, must have the same) and,
+    on the stage's first rank, `_agreement` with TP=1 run on that rank's GPU; None elsewhere.
+    `launch.run_rank` calls it (see `main`)."""
+    import hashlib
+
+    from ftbench.runtime.launch import connect_groups
+
+    tensor, pipe = connect_groups(info, world, tp, pp, world.timeout_s)
+    spec = CASES[case]
+    weights = random_weights(spec, "fp16", seed=SEED)
+    prompts, continuations = check_inputs(spec)
+    decoder = rank_decoder(spec, weights, tp, pp, info.rank, tensor, pipe)
+    ours = _run(Generator(decoder), prompts, continuations)  # its graphs are gone on return
+    for comm in (tensor, pipe):
+        if comm is not None and comm is not world:
+            comm.close()
+    if ours is None:
+        return None
+    digest = hashlib.sha256(b"".join(logits.tobytes() for logits in ours)).hexdigest()
+    result = {**info.to_dict(), "model": case, "tp": tp, "pp": pp, "logits_sha256": digest}
+    if rank_place(info.rank, tp, pp)[1] == 0:
+        tp1 = run_logits(spec, weights, prompts, continuations)
+        result.update(_agreement(spec, weights, ours, tp1))
+    return result
 
 
 def tp1_logits(case: str, dtype: str = "fp16") -> list[np.ndarray]:
@@ -225,3 +276,27 @@ def tp1_logits(case: str, dtype: str = "fp16") -> list[np.ndarray]:
 
 def _worst(ours: list[np.ndarray], expected: list[np.ndarray]) -> float:
     return float(max(_relative_errors(a, b).max() for a, b in zip(ours, expected, strict=True)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m ftbench.runtime.tpcheck CASE TP PP`: a rank program (any launcher, tp x pp
+    ranks) running `check_rank`; each last-stage rank prints its result as one JSON line."""
+    import json
+    import sys
+
+    from ftbench.runtime.launch import run_rank
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 3 or args[0] not in CASES:
+        print(f"usage: python -m ftbench.runtime.tpcheck {{{','.join(CASES)}}} TP PP",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    case, tp, pp = args[0], int(args[1]), int(args[2])
+    result = run_rank(lambda info, world: check_rank(info, world, case, tp, pp))
+    if result is not None:
+        print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
