@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -51,6 +52,7 @@ CHECK_SIZES = ((2, 1), (1, 2))  # (tp, pp)
 BATCHES = "1,64"
 LENGTH = "128"
 KILL_TIMEOUT_S = 20
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # A small LLaMA for the kill test: quick to build, steps short enough for many of them.
 KILL_CONFIG = {
     "model_type": "llama", "vocab_size": 32000, "hidden_size": 1024, "intermediate_size": 2816,
@@ -123,12 +125,16 @@ def tune(directory: Path) -> dict[str, Any]:
     return {"caches": {m: f"tuned-{m}.json" for m in MODELS}, "seconds": time.monotonic() - started}
 
 
-def run_command(directory: Path, model: str, tp: int, pp: int) -> list[str]:
+def run_name(model: str, tp: int, pp: int, allreduce: str = "nccl") -> str:
+    return f"run-{model}-tp{tp}-pp{pp}" + ("" if allreduce == "nccl" else f"-{allreduce}") + ".json"
+
+
+def run_command(directory: Path, model: str, tp: int, pp: int, allreduce: str = "nccl"):
     return [
         sys.executable, "-m", "ftbench", "run", "--profile", model, "--tp", str(tp), "--pp",
         str(pp), "--batch", BATCHES, "--input-len", LENGTH, "--output-len", LENGTH,
         "--repeats", "3", "--tuned", str(directory / f"tuned-{model}.json"),
-        "--out", str(directory / f"run-{model}-tp{tp}-pp{pp}.json"),
+        "--allreduce", allreduce, "--out", str(directory / run_name(model, tp, pp, allreduce)),
     ]  # fmt: skip
 
 
@@ -143,12 +149,12 @@ def runs_tp1(directory: Path) -> dict[str, Any]:
     codes = [lane.wait() for lane in lanes]
     if any(codes):
         raise SystemExit(f"ftbench run --tp 1 exited with {codes}")
-    return {model: f"run-{model}-tp1-pp1.json" for model in MODELS}
+    return {model: run_name(model, 1, 1) for model in MODELS}
 
 
-def runs_two_ranks(directory: Path, model: str, tp: int, pp: int) -> dict[str, Any]:
-    run(run_command(directory, model, tp, pp))
-    return {model: f"run-{model}-tp{tp}-pp{pp}.json"}
+def runs_two_ranks(directory: Path, model: str, tp: int, pp: int, allreduce: str = "nccl"):
+    run(run_command(directory, model, tp, pp, allreduce))
+    return {model: run_name(model, tp, pp, allreduce)}
 
 
 def allreduce(directory: Path) -> dict[str, Any]:
@@ -183,7 +189,7 @@ def kill(directory: Path, launcher: str) -> dict[str, Any]:
     command = [
         sys.executable, "-m", "ftbench", "run", "--config", str(config), "--tp", "2",
         "--batch", "1,2,4,8,16,32", "--input-len", "32", "--output-len", "2000",
-        "--repeats", "20", "--timeout", str(KILL_TIMEOUT_S),
+        "--repeats", "40", "--timeout", str(KILL_TIMEOUT_S),
         "--out", str(directory / f"kill-{launcher}-run.json"),
     ]  # fmt: skip
     if launcher == "alone":
@@ -269,7 +275,9 @@ class _Reader:
             sys.stdout.write(line)
 
     def text(self) -> str:
-        return "".join(self._parts)
+        """What it said so far, terminal escape codes (colour, which mpirun's pseudo-terminal
+        brings out) removed."""
+        return ANSI_ESCAPE.sub("", "".join(self._parts))
 
     def join(self) -> None:
         for thread in self._threads:
@@ -324,13 +332,12 @@ def summarize(directory: Path, done: dict[str, dict[str, Any]]) -> dict:
                 for r in checks[launcher]}  # fmt: skip
 
     models: dict[str, Any] = {}
+    configs = {"tp1": (1, 1, "nccl"), "tp2": (2, 1, "nccl"), "tp2_one_shot": (2, 1, "one-shot"),
+               "pp2": (1, 2, "nccl")}  # fmt: skip
     for model in MODELS:
-        tp1 = _records(directory, f"run-{model}-tp1-pp1.json")
         entry: dict[str, Any] = {}
-        for name, (tp, pp) in {"tp1": (1, 1), "tp2": (2, 1), "pp2": (1, 2)}.items():
-            records = (
-                tp1 if name == "tp1" else _records(directory, f"run-{model}-tp{tp}-pp{pp}.json")
-            )
+        for name, (tp, pp, allreduce) in configs.items():
+            records = _records(directory, run_name(model, tp, pp, allreduce))
             for batch in (1, 64):
                 record = _at_batch(records, batch)
                 point = {
@@ -346,13 +353,13 @@ def summarize(directory: Path, done: dict[str, dict[str, Any]]) -> dict:
                     point["comm_share"] = sum(comm) / len(comm) / point["decode_step_ms"]
                     point["comm_calls_rank0"] = record.get("comm_calls")
                 entry[f"{name}_b{batch}"] = point
-        entry["tp2_b1_speedup"] = (
-            entry["tp1_b1"]["decode_step_ms"] / entry["tp2_b1"]["decode_step_ms"]
-        )
-        reduce = entry["tp2_b1"]["comm_calls_rank0"]["all_reduce"]
-        entry["tp2_b1_allreduce_us_per_call"] = 1e3 * reduce["ms"] / reduce["calls"]
-        entry["tp2_b1_allreduce_calls_per_step"] = reduce["calls"]
-        entry["tp2_b1_allreduce_share"] = reduce["ms"] / entry["tp2_b1"]["decode_step_ms"]
+        for name in ("tp2", "tp2_one_shot"):
+            step_ms = entry[f"{name}_b1"]["decode_step_ms"]
+            reduce = entry[f"{name}_b1"]["comm_calls_rank0"]["all_reduce"]
+            entry[f"{name}_b1_speedup"] = entry["tp1_b1"]["decode_step_ms"] / step_ms
+            entry[f"{name}_b1_allreduce_us_per_call"] = 1e3 * reduce["ms"] / reduce["calls"]
+            entry[f"{name}_b1_allreduce_calls_per_step"] = reduce["calls"]
+            entry[f"{name}_b1_allreduce_share"] = reduce["ms"] / step_ms
         models[model] = entry
     bench = read_json(directory / done["allreduce"]["results"])["records"]
     micro = {
@@ -363,16 +370,37 @@ def summarize(directory: Path, done: dict[str, dict[str, Any]]) -> dict:
                     ("seconds_until_all_exited", "exit_codes", "collective_timeout_s")}
              for name in ("spawn", "mpirun", "alone")}  # fmt: skip
     gptj, llama = models["gptj-6b"], models["llama2-13b"]
+    # The headline: TP=2 with the all-reduce method that gave GPT-J the faster batch-1 step.
+    best = max(("tp2", "tp2_one_shot"), key=lambda name: gptj[f"{name}_b1_speedup"])
     return {
         "device": environment["device"],
         "commit": environment["commit"],
-        "gptj_tp2_b1_speedup": gptj["tp2_b1_speedup"],
-        "llama2_13b_tp2_b1_speedup": llama["tp2_b1_speedup"],
+        "tp2_allreduce_method": {"tp2": "nccl", "tp2_one_shot": "one-shot"}[best],
+        "gptj_tp2_b1_speedup": gptj[f"{best}_b1_speedup"],
+        "llama2_13b_tp2_b1_speedup": llama[f"{best}_b1_speedup"],
         # GPT-J's, the target model; LLaMA's beside it.
-        "allreduce_share_b1": gptj["tp2_b1_allreduce_share"],
-        "allreduce_us_per_call": gptj["tp2_b1_allreduce_us_per_call"],
-        "llama2_13b_allreduce_share_b1": llama["tp2_b1_allreduce_share"],
-        "llama2_13b_allreduce_us_per_call": llama["tp2_b1_allreduce_us_per_call"],
+        "allreduce_share_b1": gptj[f"{best}_b1_allreduce_share"],
+        "allreduce_us_per_call": gptj[f"{best}_b1_allreduce_us_per_call"],
+        "llama2_13b_allreduce_share_b1": llama[f"{best}_b1_allreduce_share"],
+        "llama2_13b_allreduce_us_per_call": llama[f"{best}_b1_allreduce_us_per_call"],
+        "tp2_b1_by_allreduce_method": {
+            model: {
+                method: {
+                    key: models[model][f"{name}_b1_{key}"]
+                    for key in ("speedup", "allreduce_us_per_call", "allreduce_share")
+                }
+                for method, name in (("nccl", "tp2"), ("one-shot", "tp2_one_shot"))
+            }
+            for model in MODELS
+        },  # fmt: skip
+        "throughput_128_128_tok_s": {
+            model: {
+                f"{name}_b{batch}": models[model][f"{name}_b{batch}"]["throughput_tok_s"]
+                for name in configs
+                for batch in (1, 64)
+            }
+            for model in MODELS
+        },  # fmt: skip
         "allreduce_microbenchmark_us": micro,
         "tp2_logit_max_rel_err": worst[(2, 1)],
         "pp2_logit_max_rel_err": worst[(1, 2)],
@@ -409,6 +437,9 @@ def main() -> None:
         "tune": lambda: tune(directory),
         "runs-tp1": lambda: runs_tp1(directory),
         **{f"runs-{model}-tp2": (lambda model=model: runs_two_ranks(directory, model, 2, 1))
+           for model in MODELS},
+        **{f"runs-{model}-tp2-one-shot":
+           (lambda model=model: runs_two_ranks(directory, model, 2, 1, "one-shot"))
            for model in MODELS},
         **{f"runs-{model}-pp2": (lambda model=model: runs_two_ranks(directory, model, 1, 2))
            for model in MODELS},

@@ -69,13 +69,14 @@ def test_capacity_rounds_up_to_whole_vectors():
         ("bfloat16", 8192, 256, ONE_SHOT),
         ("float16", 65536, 256, ONE_SHOT),  # exactly the limit
         ("float16", 65538, 256, NCCL),  # above it
-        ("float32", 4096, 256, NCCL),  # NCCL sums fp32
-        ("int32", 4096, 256, NCCL),
+        ("float32", 4096, 256, ONE_SHOT),  # the decoder's fp32 residual
+        ("float32", 65540, 256, NCCL),
+        ("int32", 4096, 256, NCCL),  # NCCL sums integers
         ("float16", 4096, 258, NCCL),  # not 16-byte aligned
         ("float16", 0, 256, NCCL),  # empty
     ],
 )
-def test_small_aligned_half_precision_arrays_take_the_one_shot_path(dtype, nbytes, pointer, path):
+def test_small_aligned_floating_point_arrays_take_the_one_shot_path(dtype, nbytes, pointer, path):
     assert choose_path(dtype, nbytes, pointer, max_one_shot_bytes=65536) == path
 
 
@@ -109,7 +110,7 @@ def test_the_launcher_refuses_bad_arguments_before_using_the_gpu(arguments, mess
 
 
 def test_the_launcher_names_what_the_kernel_cannot_take():
-    assert "float32" in allreduce.one_shot_error("float32", 64, 0, 4096)
+    assert "int32" in allreduce.one_shot_error("int32", 64, 0, 4096)
     assert "exceed" in allreduce.one_shot_error("float16", 8192, 0, 4096)
     assert "aligned" in allreduce.one_shot_error("float16", 64, 8, 4096)
     with pytest.raises(InvalidInputError, match="1 to 8 ranks"):

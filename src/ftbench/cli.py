@@ -15,6 +15,8 @@ from rich.table import Table
 from ftbench.errors import FtbenchError
 from ftbench.runtime.parallel import DEFAULT_TIMEOUT_S
 
+ALLREDUCE_METHODS = ("nccl", "one-shot")
+
 app = typer.Typer(
     name="ftbench",
     help="GPU inference performance toolkit for transformer models.",
@@ -751,6 +753,15 @@ def run_command(
         Path | None,
         typer.Option("--out", help="Results file (JSON; a CSV is written beside it)."),
     ] = None,
+    allreduce: Annotated[
+        str,
+        typer.Option(
+            "--allreduce",
+            help="With --tp: how the decoder's all-reduces run: nccl, or one-shot (those of up "
+            "to 256 KiB through ftbench's one-shot kernel reading the peers' memory over CUDA "
+            "IPC, for GPUs of one host with peer access; larger ones through NCCL).",
+        ),
+    ] = "nccl",
     timeout: Annotated[
         float,
         typer.Option(
@@ -801,6 +812,8 @@ def run_command(
         raise InvalidInputError(f"--compare: unknown {unknown}; use {', '.join(COMPARE_ENGINES)}")
     if tp * pp > 1 and compare:
         raise InvalidInputError("--compare runs peers on one GPU: use it with --tp 1 --pp 1")
+    if allreduce not in ALLREDUCE_METHODS:
+        raise InvalidInputError(f"--allreduce: {allreduce!r}; use {' or '.join(ALLREDUCE_METHODS)}")
     rank_shapes(spec, tp, pp)  # a split the model cannot take: an error before anything starts
     for size in [] if max_throughput else _int_list(batch, "--batch"):
         point_micro_batches(micro_batches, pp, size)
@@ -847,7 +860,8 @@ def run_command(
     records: list[dict] = []
     if info.launcher != "single":
         launch.run_rank(
-            lambda info, world: _run_as_rank(run, info, world, out, environment), timeout
+            lambda info, world: _run_as_rank(run, info, world, out, environment, allreduce),
+            timeout,
         )
         return
     columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
@@ -868,32 +882,39 @@ def run_command(
     _finish_run(records, out)
 
 
-def _run_as_rank(run, info, world, out: Path, environment) -> None:
+def _run_as_rank(run, info, world, out: Path, environment, allreduce: str) -> None:
     """One rank of a tp x pp `ftbench run`: join the stage's groups, measure; rank 0 writes."""
     from ftbench.bench.modelbench import Ranks, run_benchmark
     from ftbench.reports.results import write_results
+    from ftbench.runtime.ipc import IpcCommunicator
     from ftbench.runtime.launch import connect_groups
     from ftbench.runtime.pipeline import Stage, rank_place, stage_plan
 
     tensor, pipeline = connect_groups(info, world, run.tp, run.pp, world.timeout_s)
-    index, tp_rank = rank_place(info.rank, run.tp, run.pp)
-    stage = Stage(index, run.pp, stage_plan(run.spec, run.pp)[index], pipeline)
-    ranks = Ranks(info.rank, world, tensor, stage, tp_rank)
-    records: list[dict] = []
-
-    def on_record(record) -> None:
-        if info.rank == 0:
-            records.append(record)
-            write_results(out, "run", records, environment)
-            console.print(f"measured {len(records)} point(s)")
-
     groups = [comm for comm in (tensor, pipeline) if comm is not None and comm is not world]
+    one_shot = None
     try:
+        if allreduce == "one-shot" and tensor is not None:
+            one_shot = IpcCommunicator(tensor)
+        index, tp_rank = rank_place(info.rank, run.tp, run.pp)
+        stage = Stage(index, run.pp, stage_plan(run.spec, run.pp)[index], pipeline)
+        ranks = Ranks(info.rank, world, one_shot or tensor, stage, tp_rank)
+        records: list[dict] = []
+
+        def on_record(record) -> None:
+            if info.rank == 0:
+                records.append({**record, "allreduce": allreduce})
+                write_results(out, "run", records, environment)
+                console.print(f"measured {len(records)} point(s)")
+
         run_benchmark(run, on_record, ranks=ranks)
     except BaseException:
-        for comm in groups:
-            comm.abort()
+        for comm in (one_shot, *groups):
+            if comm is not None:
+                comm.abort()
         raise
+    if one_shot is not None:
+        one_shot.close_ipc()
     for comm in groups:
         comm.close()
     if info.rank == 0:

@@ -3,8 +3,8 @@
 Every rank owns a workspace (`workspace_bytes(capacity)`: arrival flags, epoch counters, a status
 word and two data buffers) and holds a table of every rank's workspace pointer in its own address
 space (`runtime.ipc` opens the peers' through CUDA IPC, or, to emulate ranks on one GPU, passes
-ordinary allocations). `one_shot_all_reduce` sums an fp16 or bf16 array over the ranks in place
-on CuPy's current stream: it allocates nothing, never synchronises and keeps no host state per
+ordinary allocations). `one_shot_all_reduce` sums an fp16, bf16 or fp32 array over the ranks in
+place on CuPy's current stream: it allocates nothing, never synchronises and keeps no host state per
 call, so it can be captured in a CUDA graph and replayed. Every call of one workspace must use the
 same `blocks` (the kernel's safety argument rests on it, see allreduce.cu).
 
@@ -24,7 +24,7 @@ from ftbench.errors import InvalidInputError
 from ftbench.kernels import nvrtc
 
 SOURCE_PATH = Path(__file__).parent / "cuda" / "allreduce.cu"
-C_TYPES = {"float16": "__half", "bfloat16": "__nv_bfloat16"}
+C_TYPES = {"float16": "__half", "bfloat16": "__nv_bfloat16", "float32": "float"}
 # The workspace layout and limits; allreduce.cu has the same numbers (a CPU test compares them).
 MAX_RANKS = 8
 MAX_BLOCKS = 64
@@ -55,7 +55,7 @@ def kernel_name(dtype: str, world_size: int) -> str:
 
 
 def prepare(world_size: int) -> None:
-    """Compile the fp16 and bf16 kernels for `world_size` ranks on the current device, in one
+    """Compile the fp16, bf16 and fp32 kernels for `world_size` ranks on the current device, in one
     NVRTC run (before CUDA-graph capture)."""
     _check_world(world_size)
     nvrtc.load(SOURCE_PATH, [kernel_name(dtype, world_size) for dtype in C_TYPES])
@@ -90,7 +90,7 @@ def one_shot_all_reduce(
     blocks: int,
     timeout_s: float,
 ) -> None:
-    """Sum `array` (C-contiguous fp16 or bf16, 16-byte aligned, at most `capacity` bytes) over
+    """Sum `array` (C-contiguous fp16, bf16 or fp32, 16-byte aligned, at most `capacity` bytes) over
     the ranks, in place, on the current stream. `workspaces`: a uint64 device array of every
     rank's workspace pointer (its length is the world size). A block waiting longer than
     `timeout_s` for a peer sets the status word and leaves (see `read_status`)."""

@@ -1,7 +1,7 @@
 """Small all-reduces over CUDA IPC peer memory: the one-shot kernel, with NCCL for the rest.
 
 At batch 1 the decoder's all-reduces are a few KB, and their latency, not bandwidth, sets what
-tensor parallelism gains. `IpcCommunicator` wraps an `NcclCommunicator`: an fp16 or bf16
+tensor parallelism gains. `IpcCommunicator` wraps an `NcclCommunicator`: an fp16, bf16 or fp32
 all-reduce of at most `max_one_shot_bytes` runs the one-shot kernel (kernels/allreduce.py: every
 rank copies its input into its own workspace, waits for every peer at a flag barrier, and reads
 and sums every rank's workspace over NVLink or PCIe); larger ones, other dtypes, the all-gather
@@ -34,8 +34,10 @@ from ftbench.errors import GpuError, InvalidInputError
 from ftbench.kernels import allreduce
 from ftbench.runtime.parallel import DEFAULT_TIMEOUT_S, CollectiveTimeoutError
 
-# Provisional: the one-shot path for messages up to this size. Set it from 2-GPU measurements
-# (benchmarks/allreduce.py) where the one-shot kernel stops beating NCCL.
+# The one-shot path for messages up to this size. On two NVLink-connected H200s
+# (benchmarks/allreduce.py, benchmarks/results/parallel-20261124/) it beat NCCL at every size
+# measured, 8 KiB to 1 MiB (5.2 against 6.7 us at 16 KiB); at more ranks each rank reads more
+# peers' data, so the limit stays below the largest size measured.
 DEFAULT_MAX_ONE_SHOT_BYTES = 256 * 1024
 # Blocks of 512 threads per one-shot launch: enough loads in flight to pull a few hundred KB
 # over NVLink, few enough to leave the GPU to the decoder's other work.
@@ -342,12 +344,17 @@ class IpcCommunicator:
         self.nccl.abort()
         self._release()
 
-    def close(self) -> None:
-        """Release the IPC memory and the NCCL communicator after a clean run (every rank)."""
+    def close_ipc(self) -> None:
+        """Release the IPC memory after a clean run (every rank; no graph that holds the
+        one-shot kernel may be alive), keeping the NCCL communicator (its owner closes it)."""
         self.nccl.barrier()
         self._close_peers()
         self.nccl.barrier()  # no rank frees its workspace while a peer still has it open
         self._release()
+
+    def close(self) -> None:
+        """Release the IPC memory and the NCCL communicator after a clean run (every rank)."""
+        self.close_ipc()
         self.nccl.close()
 
     def _close_peers(self) -> None:

@@ -1,5 +1,5 @@
-// One-shot all-reduce over peer memory (CUDA IPC) for small messages: fp16 or bf16 in and out,
-// fp32 sums. Every rank runs this kernel with the same grid at the same point of its stream;
+// One-shot all-reduce over peer memory (CUDA IPC) for small messages: fp16, bf16 or fp32 in and
+// out, fp32 sums. Every rank runs this kernel with the same grid at the same point of its stream;
 // each block of each rank
 //   1. copies its pieces of the input into its own workspace's data buffer,
 //   2. tells every peer's block of the same index that it has arrived (a release store of the
@@ -70,6 +70,7 @@ __device__ __forceinline__ unsigned long long now_ns() {
 
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_float(float x) { return x; }
 
 template <typename T>
 __device__ __forceinline__ T from_float(float x);
@@ -81,38 +82,45 @@ template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
   return __float2bfloat16_rn(x);
 }
+template <>
+__device__ __forceinline__ float from_float<float>(float x) {
+  return x;
+}
 
-// Eight elements as one 16-byte value.
+// 16 bytes of elements as one value: eight fp16/bf16 or four fp32.
 template <typename T>
 union Piece {
+  static constexpr int kCount = 16 / sizeof(T);
   uint4 bits;
-  T elements[8];
+  T elements[kCount];
 };
 
 // Piece v of `values` (count elements); past the end, zeros (the bits of +0.0).
 template <typename T>
 __device__ __forceinline__ uint4 load_piece(const T* values, long long v, long long count) {
-  if ((v + 1) * 8 <= count) return reinterpret_cast<const uint4*>(values)[v];
+  constexpr int n = Piece<T>::kCount;
+  if ((v + 1) * n <= count) return reinterpret_cast<const uint4*>(values)[v];
   Piece<T> piece;
   piece.bits = make_uint4(0u, 0u, 0u, 0u);
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    if (v * 8 + i < count) piece.elements[i] = values[v * 8 + i];
+  for (int i = 0; i < n; ++i) {
+    if (v * n + i < count) piece.elements[i] = values[v * n + i];
   }
   return piece.bits;
 }
 
 template <typename T>
 __device__ __forceinline__ void store_piece(T* values, long long v, long long count, uint4 bits) {
-  if ((v + 1) * 8 <= count) {
+  constexpr int n = Piece<T>::kCount;
+  if ((v + 1) * n <= count) {
     reinterpret_cast<uint4*>(values)[v] = bits;
     return;
   }
   Piece<T> piece;
   piece.bits = bits;
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    if (v * 8 + i < count) values[v * 8 + i] = piece.elements[i];
+  for (int i = 0; i < n; ++i) {
+    if (v * n + i < count) values[v * n + i] = piece.elements[i];
   }
 }
 
@@ -137,7 +145,8 @@ __global__ void __launch_bounds__(ftb::AR_THREADS, 1)
   unsigned* epochs = reinterpret_cast<unsigned*>(own + AR_EPOCHS_OFFSET);
   const unsigned epoch = epochs[blockIdx.x] + 1u;
   const unsigned long long data = AR_SIGNAL_BYTES + (epoch & 1u) * capacity;
-  const long long pieces = (count + 7) / 8;
+  constexpr int n = Piece<T>::kCount;
+  const long long pieces = (count + n - 1) / n;
   const long long first = static_cast<long long>(blockIdx.x) * AR_THREADS + threadIdx.x;
   const long long stride = static_cast<long long>(gridDim.x) * AR_THREADS;
 
@@ -176,17 +185,17 @@ __global__ void __launch_bounds__(ftb::AR_THREADS, 1)
     Piece<T> loaded[WORLD];
 #pragma unroll
     for (int p = 0; p < WORLD; ++p) loaded[p].bits = buffers[p][v];
-    float sums[8];
+    float sums[n];
 #pragma unroll
-    for (int i = 0; i < 8; ++i) sums[i] = to_float(loaded[0].elements[i]);
+    for (int i = 0; i < n; ++i) sums[i] = to_float(loaded[0].elements[i]);
 #pragma unroll
     for (int p = 1; p < WORLD; ++p) {
 #pragma unroll
-      for (int i = 0; i < 8; ++i) sums[i] += to_float(loaded[p].elements[i]);
+      for (int i = 0; i < n; ++i) sums[i] += to_float(loaded[p].elements[i]);
     }
     Piece<T> total;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) total.elements[i] = from_float<T>(sums[i]);
+    for (int i = 0; i < n; ++i) total.elements[i] = from_float<T>(sums[i]);
     store_piece(output, v, count, total.bits);
   }
   if (threadIdx.x == 0) epochs[blockIdx.x] = epoch;
