@@ -36,6 +36,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -190,7 +191,7 @@ def kill(directory: Path, launcher: str) -> dict[str, Any]:
         sys.executable, "-m", "ftbench", "run", "--config", str(config), "--tp", "2",
         "--batch", "1,2,4,8,16,32", "--input-len", "32", "--output-len", "2000",
         "--repeats", "40", "--timeout", str(KILL_TIMEOUT_S),
-        "--out", str(directory / f"kill-{launcher}-run.json"),
+        "--out", str(Path(tempfile.mkdtemp(prefix="ftbench-kill-")) / "run.json"),
     ]  # fmt: skip
     if launcher == "alone":
         rendezvous = directory / f"rendezvous-{uuid.uuid4().hex[:8]}"
