@@ -39,7 +39,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -194,8 +193,7 @@ def kill(directory: Path, launcher: str) -> dict[str, Any]:
         "--out", str(Path(tempfile.mkdtemp(prefix="ftbench-kill-")) / "run.json"),
     ]  # fmt: skip
     if launcher == "alone":
-        rendezvous = directory / f"rendezvous-{uuid.uuid4().hex[:8]}"
-        rendezvous.mkdir()
+        rendezvous = tempfile.mkdtemp(prefix="ftbench-rendezvous-")
         job = str(os.getpid())
         processes = [
             subprocess.Popen(
@@ -206,7 +204,7 @@ def kill(directory: Path, launcher: str) -> dict[str, Any]:
                     SLURM_LOCALID=str(rank),
                     SLURM_STEP_ID="0",
                     SLURM_JOB_ID=job,
-                    FTBENCH_RENDEZVOUS=str(rendezvous),
+                    FTBENCH_RENDEZVOUS=rendezvous,
                 ),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
