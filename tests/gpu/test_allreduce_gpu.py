@@ -82,16 +82,18 @@ def test_world_size_one_goes_through_the_ipc_path():
 
     comm = IpcCommunicator(connect(RankInfo(0, 1, 0, "single"), timeout_s=30.0),
                            max_one_shot_bytes=2**16, spin_timeout_s=5.0)  # fmt: skip
+    one_shot_calls = 0
     for dtype in DTYPES:
         for count in (1, 9, 4099, 2**14, 2**14 + 1, 2**15, 2**15 + 1):
             values = cupy.asarray(random_parts(1, count, dtype)[0])
             expected = cupy.asnumpy(values)
             assert comm.path(values) == (ONE_SHOT if values.nbytes <= 2**16 else NCCL)
+            one_shot_calls += comm.path(values) == ONE_SHOT
             comm.all_reduce(values)
             comm.synchronize()
             np.testing.assert_array_equal(cupy.asnumpy(values), expected)
     calls = int(epochs(comm.one_shot)[0])
-    assert calls == 2 * 6 + 5  # the one-shot calls above: 6 sizes of fp16 and bf16, 5 of fp32
+    assert calls == one_shot_calls == 6 + 6 + 4  # fp16, bf16 (2-byte) and fp32 sizes <= 64 KiB
     values = cupy.asarray(random_parts(1, 4099, "float16")[0])
     expected = cupy.asnumpy(values)
     stream = cupy.cuda.Stream(non_blocking=True)
