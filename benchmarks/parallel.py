@@ -9,7 +9,8 @@ was cut short (or spread over several device calls, DIR carried along) resumes w
   logit error against TP=1 on the same GPU. The two launchers must give the same digests.
 - `tune`: `ftbench tune --backends cublas,ftbench` for each model's batch-1 decode and 128-token
   context GEMMs at tp 1 and 2 (one cache per model; the two models on the two GPUs at once).
-- `run-<model>-tp1` (both models at once, one per GPU), `run-<model>-tp2`, `run-<model>-pp2`:
+- `runs-tp1` (both models at once, one per GPU), then per model `runs-<model>-tp2`,
+  `-tp2-one-shot` (`--allreduce one-shot`), `-pp2` and `-pp2-mb2` (batch 64 in 2 micro-batches):
   `ftbench run` at 128/128, batches 1 and 64, with the model's cache; each file names the
   run's results file, which holds the decode-step times, throughput and, for 2 ranks, each
   rank's communication time per step and rank 0's calls by kind (`comm_calls`).
@@ -125,16 +126,31 @@ def tune(directory: Path) -> dict[str, Any]:
     return {"caches": {m: f"tuned-{m}.json" for m in MODELS}, "seconds": time.monotonic() - started}
 
 
-def run_name(model: str, tp: int, pp: int, allreduce: str = "nccl") -> str:
-    return f"run-{model}-tp{tp}-pp{pp}" + ("" if allreduce == "nccl" else f"-{allreduce}") + ".json"
+# The runs per model: name -> (tp, pp, all-reduce method, micro-batches, batches). PP=2 in two
+# micro-batches overlaps the stages, which only a batch of several sequences can do.
+CONFIGS = {
+    "tp1": (1, 1, "nccl", 1, (1, 64)),
+    "tp2": (2, 1, "nccl", 1, (1, 64)),
+    "tp2_one_shot": (2, 1, "one-shot", 1, (1, 64)),
+    "pp2": (1, 2, "nccl", 1, (1, 64)),
+    "pp2_mb2": (1, 2, "nccl", 2, (64,)),
+}
 
 
-def run_command(directory: Path, model: str, tp: int, pp: int, allreduce: str = "nccl"):
+def run_name(model: str, config: str) -> str:
+    tp, pp, allreduce, micro, _ = CONFIGS[config]
+    suffix = ("" if allreduce == "nccl" else f"-{allreduce}") + (f"-mb{micro}" if micro > 1 else "")
+    return f"run-{model}-tp{tp}-pp{pp}{suffix}.json"
+
+
+def run_command(directory: Path, model: str, config: str) -> list[str]:
+    tp, pp, allreduce, micro, batches = CONFIGS[config]
     return [
         sys.executable, "-m", "ftbench", "run", "--profile", model, "--tp", str(tp), "--pp",
-        str(pp), "--batch", BATCHES, "--input-len", LENGTH, "--output-len", LENGTH,
-        "--repeats", "3", "--tuned", str(directory / f"tuned-{model}.json"),
-        "--allreduce", allreduce, "--out", str(directory / run_name(model, tp, pp, allreduce)),
+        str(pp), "--micro-batches", str(micro), "--batch", ",".join(map(str, batches)),
+        "--input-len", LENGTH, "--output-len", LENGTH, "--repeats", "3",
+        "--tuned", str(directory / f"tuned-{model}.json"), "--allreduce", allreduce,
+        "--out", str(directory / run_name(model, config)),
     ]  # fmt: skip
 
 
@@ -142,19 +158,19 @@ def runs_tp1(directory: Path) -> dict[str, Any]:
     """Both models' TP=1 runs at once, one GPU each (each run alone on its GPU)."""
     lanes = [
         subprocess.Popen(
-            run_command(directory, model, 1, 1), env=clean_env(CUDA_VISIBLE_DEVICES=str(gpu))
+            run_command(directory, model, "tp1"), env=clean_env(CUDA_VISIBLE_DEVICES=str(gpu))
         )  # fmt: skip
         for gpu, model in enumerate(MODELS)
     ]
     codes = [lane.wait() for lane in lanes]
     if any(codes):
         raise SystemExit(f"ftbench run --tp 1 exited with {codes}")
-    return {model: run_name(model, 1, 1) for model in MODELS}
+    return {model: run_name(model, "tp1") for model in MODELS}
 
 
-def runs_two_ranks(directory: Path, model: str, tp: int, pp: int, allreduce: str = "nccl"):
-    run(run_command(directory, model, tp, pp, allreduce))
-    return {model: run_name(model, tp, pp, allreduce)}
+def runs_two_ranks(directory: Path, model: str, config: str) -> dict[str, Any]:
+    run(run_command(directory, model, config))
+    return {model: run_name(model, config)}
 
 
 def allreduce(directory: Path) -> dict[str, Any]:
@@ -331,13 +347,11 @@ def summarize(directory: Path, done: dict[str, dict[str, Any]]) -> dict:
                 for r in checks[launcher]}  # fmt: skip
 
     models: dict[str, Any] = {}
-    configs = {"tp1": (1, 1, "nccl"), "tp2": (2, 1, "nccl"), "tp2_one_shot": (2, 1, "one-shot"),
-               "pp2": (1, 2, "nccl")}  # fmt: skip
     for model in MODELS:
         entry: dict[str, Any] = {}
-        for name, (tp, pp, allreduce) in configs.items():
-            records = _records(directory, run_name(model, tp, pp, allreduce))
-            for batch in (1, 64):
+        for name, (*_, batches) in CONFIGS.items():
+            records = _records(directory, run_name(model, name))
+            for batch in batches:
                 record = _at_batch(records, batch)
                 point = {
                     "decode_step_ms": record["decode_step_ms"]["median_ms"],
@@ -395,8 +409,8 @@ def summarize(directory: Path, done: dict[str, dict[str, Any]]) -> dict:
         "throughput_128_128_tok_s": {
             model: {
                 f"{name}_b{batch}": models[model][f"{name}_b{batch}"]["throughput_tok_s"]
-                for name in configs
-                for batch in (1, 64)
+                for name, (*_, batches) in CONFIGS.items()
+                for batch in batches
             }
             for model in MODELS
         },  # fmt: skip
@@ -435,13 +449,9 @@ def main() -> None:
         "check-mpirun": lambda: check("mpirun"),
         "tune": lambda: tune(directory),
         "runs-tp1": lambda: runs_tp1(directory),
-        **{f"runs-{model}-tp2": (lambda model=model: runs_two_ranks(directory, model, 2, 1))
-           for model in MODELS},
-        **{f"runs-{model}-tp2-one-shot":
-           (lambda model=model: runs_two_ranks(directory, model, 2, 1, "one-shot"))
-           for model in MODELS},
-        **{f"runs-{model}-pp2": (lambda model=model: runs_two_ranks(directory, model, 1, 2))
-           for model in MODELS},
+        **{f"runs-{model}-{config.replace('_', '-')}":
+           (lambda model=model, config=config: runs_two_ranks(directory, model, config))
+           for config in CONFIGS if config != "tp1" for model in MODELS},
         "allreduce": lambda: allreduce(directory),
         **{f"kill-{name}": (lambda name=name: kill(directory, name))
            for name in ("spawn", "mpirun", "alone")},
