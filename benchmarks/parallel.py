@@ -22,7 +22,7 @@ was cut short (or spread over several device calls, DIR carried along) resumes w
   started by hand (a simulated Slurm step with a shared rendezvous directory), no launcher to
   stop rank 0, which must find out at its collective timeout.
 
-`machine` records the device and commit first. Once every step has its file,
+`machine` records the device and commit first; every step file records its commit too. Once every step has its file,
 `benchmarks/results/acceptance/parallel.json` (or --acceptance) is written from the files.
 
     python benchmarks/parallel.py --dir benchmarks/results/parallel-<time>
@@ -44,7 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ftbench.bench.environment import capture_environment
+from ftbench.bench.environment import capture_environment, git_commit
 from ftbench.files import read_json, write_json_atomic
 
 MODELS = ("gptj-6b", "llama2-13b")
@@ -306,7 +306,7 @@ def step(directory: Path, name: str, fn: Callable[[], dict[str, Any]]) -> dict[s
         print(f"{name}: done before ({path})", flush=True)
         return read_json(path)
     started = time.monotonic()
-    result = {**fn(), "step_seconds": time.monotonic() - started}
+    result = {**fn(), "step_seconds": time.monotonic() - started, "commit": git_commit()[0]}
     write_json_atomic(path, result)
     print(f"{name}: {time.monotonic() - started:.0f} s", flush=True)
     return result
@@ -425,6 +425,10 @@ def summarize(directory: Path, done: dict[str, dict[str, Any]]) -> dict:
         "all-reduce time in a batch-1 step timed operation by operation (waits for the peer "
         "included) over its calls, and over the measured step; comm_share: every call kind, "
         "mean over ranks",
+        # A run spread over several calls may span commits: each step's own.
+        "step_commits": {
+            name: result.get("commit", environment["commit"]) for name, result in done.items()
+        },
         "directory": str(directory),
         "utc_time": environment["utc_time"],
     }
