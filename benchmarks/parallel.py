@@ -20,10 +20,12 @@ was cut short (or spread over several device calls, DIR carried along) resumes w
   with long requests; once rank 0 has finished a point, rank 1 gets SIGKILL. Recorded: how long
   until every process had exited, exit codes and what they said. `alone`: the two ranks
   started by hand (a simulated Slurm step with a shared rendezvous directory), no launcher to
-  stop rank 0, which must find out at its collective timeout.
+  stop rank 0, which must find out by itself (`launch.PeerWatch`, or at the latest its
+  collective timeout).
 
-`machine` records the device and commit first; every step file records its commit too. Once every step has its file,
-`benchmarks/results/acceptance/parallel.json` (or --acceptance) is written from the files.
+`machine` records the device and commit first; every step file records its commit too. Once
+every step has its file, `benchmarks/results/acceptance/parallel.json` (or --acceptance) is
+written from the files.
 
     python benchmarks/parallel.py --dir benchmarks/results/parallel-<time>
 """
