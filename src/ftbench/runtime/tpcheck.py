@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ftbench.errors import InvalidInputError
 from ftbench.profiles.catalog import load_builtin
 from ftbench.profiles.spec import ModelSpec
 from ftbench.runtime.generate import Generator
@@ -65,6 +66,23 @@ CASES = {
         max_positions=256,
     ),
 }  # fmt: skip
+# Real-rank checks only (`check_rank`): LLaMA-2 70B's layer shapes (64 query heads, 8 KV heads,
+# hidden 8192, FFN 28672, vocabulary 32000) with 2 layers, for tp up to 8 (each rank then holds
+# one KV head). Too large for the many emulated runs of the one-GPU tests.
+LARGE_CASES = {
+    "llama2-70b-2l": dataclasses.replace(
+        load_builtin("llama2-70b"), name="llama2-70b-2-layers", num_layers=2, max_positions=256,
+    ),
+}  # fmt: skip
+
+
+def case_spec(case: str) -> ModelSpec:
+    """The model of a check case (`CASES` or `LARGE_CASES`)."""
+    if case in CASES:
+        return CASES[case]
+    if case in LARGE_CASES:
+        return LARGE_CASES[case]
+    raise InvalidInputError(f"unknown check case {case!r}; use one of {[*CASES, *LARGE_CASES]}")
 
 
 @dataclass(frozen=True)
@@ -201,7 +219,7 @@ def compare_emulated(
     """Emulated tp x pp ranks of `case`, each step in `micro_batches` micro-batches, against
     TP=1 (see the module docstring). `tp1` may pass the TP=1 logits of an earlier call
     (`run_logits` on the same case and dtype)."""
-    spec = CASES[case]
+    spec = case_spec(case)
     weights = random_weights(spec, dtype, seed=SEED)
     prompts, continuations = check_inputs(spec)
     tp1 = tp1 if tp1 is not None else run_logits(spec, weights, prompts, continuations)
@@ -249,7 +267,7 @@ def check_rank(info: Any, world: Any, case: str, tp: int, pp: int) -> dict[str, 
     from ftbench.runtime.launch import connect_groups
 
     tensor, pipe = connect_groups(info, world, tp, pp, world.timeout_s)
-    spec = CASES[case]
+    spec = case_spec(case)
     weights = random_weights(spec, "fp16", seed=SEED)
     prompts, continuations = check_inputs(spec)
     decoder = rank_decoder(spec, weights, tp, pp, info.rank, tensor, pipe)
@@ -269,7 +287,7 @@ def check_rank(info: Any, world: Any, case: str, tp: int, pp: int) -> dict[str, 
 
 def tp1_logits(case: str, dtype: str = "fp16") -> list[np.ndarray]:
     """`run_logits` for `case` with the weights and inputs `compare_emulated` uses."""
-    spec = CASES[case]
+    spec = case_spec(case)
     prompts, continuations = check_inputs(spec)
     return run_logits(spec, random_weights(spec, dtype, seed=SEED), prompts, continuations)
 
@@ -287,8 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     from ftbench.runtime.launch import run_rank
 
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 3 or args[0] not in CASES:
-        print(f"usage: python -m ftbench.runtime.tpcheck {{{','.join(CASES)}}} TP PP",
+    cases = [*CASES, *LARGE_CASES]
+    if len(args) != 3 or args[0] not in cases:
+        print(f"usage: python -m ftbench.runtime.tpcheck {{{','.join(cases)}}} TP PP",
               file=sys.stderr)  # fmt: skip
         return 2
     case, tp, pp = args[0], int(args[1]), int(args[2])
