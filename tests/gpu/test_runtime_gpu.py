@@ -96,17 +96,24 @@ def test_prompts_past_the_cache_are_refused():
         generator.prefill([np.array([1, TINY.vocab_size])])
 
 
-def test_breakdown_times_each_operation_of_a_decode_step_in_its_graph():
-    from ftbench.kernels import decoder as decoder_kernels
+def _breakdown_of_a_step(generator):
+    """`breakdown` of the decode step after a short generation: (parts, whole ms, the parts'
+    operation names)."""
     from ftbench.runtime.breakdown import breakdown
 
-    generator = _generator()
-    embed = decoder_kernels.embed
     generator.generate(_prompts(), 4)
     state = generator.state
     state.lengths[...] = state.positions + 1
     parts, whole_ms = breakdown(generator.decoder, state.step, bandwidth=4e12, peak_flops=7e14)
-    names = [part.name.split(" ", 2)[2] for part in parts]
+    return parts, whole_ms, [part.name.split(" ", 2)[2] for part in parts]
+
+
+def test_breakdown_times_each_operation_of_a_decode_step_in_its_graph():
+    from ftbench.kernels import decoder as decoder_kernels
+
+    generator = _generator()
+    embed = decoder_kernels.embed
+    parts, whole_ms, names = _breakdown_of_a_step(generator)
     # embedding and the first norm; one layer's period (QKV to the next layer's norm); LM head
     assert names == [
         "embed", "residual_norm", "gemm", "qkv_rotary", "decode_attention", "gemm",
@@ -121,14 +128,7 @@ def test_breakdown_times_each_operation_of_a_decode_step_in_its_graph():
 
 
 def test_breakdown_counts_every_micro_batch():
-    from ftbench.runtime.breakdown import breakdown
-
-    generator = _generator(micro_batches=2)
-    generator.generate(_prompts(), 4)
-    state = generator.state
-    state.lengths[...] = state.positions + 1
-    parts, whole_ms = breakdown(generator.decoder, state.step, bandwidth=4e12, peak_flops=7e14)
-    names = [part.name.split(" ", 2)[2] for part in parts]
+    parts, whole_ms, names = _breakdown_of_a_step(_generator(micro_batches=2))
     # Each micro-batch embeds, runs every layer and adds its last deltas to the residual (the
     # last layer's "next norm"); the final norm and the LM head run once, after both.
     assert names == [

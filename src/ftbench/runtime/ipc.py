@@ -32,7 +32,7 @@ from typing import Any
 
 from ftbench.errors import GpuError, InvalidInputError
 from ftbench.kernels import allreduce
-from ftbench.runtime.parallel import DEFAULT_TIMEOUT_S, CollectiveTimeoutError
+from ftbench.runtime.parallel import DEFAULT_TIMEOUT_S, CollectiveTimeoutError, all_gather_bytes
 
 # The one-shot path for messages up to this size. On two NVLink-connected H200s
 # (benchmarks/allreduce.py, benchmarks/results/parallel-20261124/) it beat NCCL at every size
@@ -274,18 +274,8 @@ class IpcCommunicator:
             raise
 
     def _gather(self, mine: PeerRecord) -> list[PeerRecord]:
-        import cupy
-        import numpy as np
-
-        send = cupy.asarray(np.frombuffer(mine.encode(), np.int32))
-        recv = cupy.empty((self.world_size, send.size), cupy.int32)
-        self.nccl.all_gather(send, recv)
-        self.nccl.synchronize("the exchange of IPC handles")
-        data = cupy.asnumpy(recv).tobytes()
-        return [
-            PeerRecord.decode(data[p * RECORD_BYTES : (p + 1) * RECORD_BYTES])
-            for p in range(self.world_size)
-        ]
+        parts = all_gather_bytes(self.nccl, mine.encode(), "the exchange of IPC handles")
+        return [PeerRecord.decode(part) for part in parts]
 
     def _everyone_ok(self, ok: bool) -> bool:
         """True if `ok` on every rank (an all-reduce of the failures)."""

@@ -58,7 +58,7 @@ from typing import Any, TypeVar
 
 from ftbench.errors import FtbenchError, InvalidInputError
 from ftbench.files import write_json_atomic
-from ftbench.runtime.parallel import DEFAULT_TIMEOUT_S, CollectiveTimeoutError
+from ftbench.runtime.parallel import DEFAULT_TIMEOUT_S, CollectiveTimeoutError, all_gather_bytes
 
 # (launcher, rank, world size, local rank) variables, in the order they are tried.
 LAUNCHER_VARIABLES = (
@@ -298,17 +298,11 @@ def _process_alive(pid: int) -> bool:
 
 def gather_peers(comm: Any) -> list[Peer]:
     """Every rank's `Peer`, by rank, exchanged over `comm` (collective)."""
-    import cupy
-    import numpy as np
-
     host = socket.gethostname().encode()[:PEER_HOST_BYTES].ljust(PEER_HOST_BYTES, b"\0")
-    mine = np.concatenate([[os.getpid()], np.frombuffer(host, np.int32)]).astype(np.int32)
-    recv = cupy.empty((comm.world_size, mine.size), cupy.int32)
-    comm.all_gather(cupy.asarray(mine), recv)
-    comm.synchronize("the exchange of process ids")
-    rows = cupy.asnumpy(recv)
+    mine = os.getpid().to_bytes(4, "little") + host
     return [
-        Peer(row[1:].tobytes().rstrip(b"\0").decode(errors="replace"), int(row[0])) for row in rows
+        Peer(part[4:].rstrip(b"\0").decode(errors="replace"), int.from_bytes(part[:4], "little"))
+        for part in all_gather_bytes(comm, mine, "the exchange of process ids")
     ]
 
 

@@ -89,6 +89,19 @@ def _check_gather(send: Any, recv: Any, world_size: int) -> None:
         )
 
 
+def all_gather_bytes(comm: Any, data: bytes, what: str) -> list[bytes]:
+    """Every rank's `data`, by rank, through `comm.all_gather` (collective; `data` has the same
+    length on every rank, a multiple of 4 bytes). Waits for it with `comm.synchronize`."""
+    import cupy
+    import numpy as np
+
+    send = cupy.asarray(np.frombuffer(data, np.int32))
+    recv = cupy.empty((comm.world_size, send.size), cupy.int32)
+    comm.all_gather(send, recv)
+    comm.synchronize(what)
+    return [row.tobytes() for row in cupy.asnumpy(recv)]
+
+
 class NcclCommunicator:
     """One rank of an NCCL group on the current GPU.
 

@@ -235,14 +235,15 @@ def compare_emulated(
         ranks_identical=all(
             all(np.array_equal(a, b) for a, b in zip(rank, ours, strict=True)) for rank in ranks
         ),
-        **_agreement(spec, weights, ours, tp1),
+        **_agreement(spec, weights, prompts, continuations, ours, tp1),
     )
 
 
-def _agreement(spec: ModelSpec, weights: ModelWeights, ours: list, tp1: list) -> dict[str, float]:
+def _agreement(
+    spec: ModelSpec, weights: ModelWeights, prompts, continuations, ours: list, tp1: list
+) -> dict[str, float]:
     """`EmulatedResult`'s error fields: `ours` against the TP=1 logits and both against the
-    float64 reference."""
-    prompts, continuations = check_inputs(spec)
+    float64 reference (of `prompts` and `continuations`)."""
     errors = [_relative_errors(a, b) for a, b in zip(ours, tp1, strict=True)]
     agree = np.concatenate([a.argmax(-1) == b.argmax(-1) for a, b in zip(ours, tp1, strict=True)])
     reference = reference_logits(spec, weights, prompts, continuations)
@@ -281,7 +282,7 @@ def check_rank(info: Any, world: Any, case: str, tp: int, pp: int) -> dict[str, 
     result = {**info.to_dict(), "model": case, "tp": tp, "pp": pp, "logits_sha256": digest}
     if rank_place(info.rank, tp, pp)[1] == 0:
         tp1 = run_logits(spec, weights, prompts, continuations)
-        result.update(_agreement(spec, weights, ours, tp1))
+        result.update(_agreement(spec, weights, prompts, continuations, ours, tp1))
     return result
 
 

@@ -1,0 +1,115 @@
+"""What tensor parallelism's communication costs inside a batch-1 decode step, on one GPU.
+
+For GPT-J 6B and LLaMA-2 13B (random fp16 weights, the tuned caches `tuned-<model>.json` in
+`--caches`), the median decode step (128-token prompt, 128 steps, CUDA graphs, the first of
+`REQUESTS` requests a warm-up) of:
+
+- `--measure free`: rank 0's shard at tp=1 and tp=2, the tp=2 one with a communicator whose
+  all-reduce does nothing and whose all-gather copies only its own slice. The logits are wrong,
+  the time is what a TP=2 step costs apart from communication: TP=2's measured step minus this
+  is what its all-reduces cost in the real step (`benchmarks/parallel.py`), and TP=1's step
+  over this bounds TP=2's speed-up.
+- `--measure one-rank`: TP=1 with no communicator, with NCCL of one rank, with the one-shot IPC
+  kernel of one rank (`runtime.ipc.IpcCommunicator`), then none again. The decoder calls the
+  communicator at every all-reduce point (29 a step for GPT-J, 81 for LLaMA-2 13B), so the
+  step's growth over "none" is those calls' own cost inside the graph, waiting for no one.
+
+    python benchmarks/comm_cost.py --measure free --caches DIR --out FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+MODELS = ("gptj-6b", "llama2-13b")
+REQUESTS = 4  # the first is a warm-up
+
+
+class FreeCommunicator:
+    """A communicator of `world_size` ranks whose calls move nothing (timing only)."""
+
+    def __init__(self, world_size: int) -> None:
+        self.rank, self.world_size = 0, world_size
+
+    def all_reduce(self, array) -> None:
+        pass
+
+    def all_gather(self, send, recv) -> None:
+        recv[0] = send
+
+    def synchronize(self, what: str = "") -> None:
+        import cupy
+
+        cupy.cuda.get_current_stream().synchronize()
+
+
+def step_ms(spec, weights, gemm, comm, tp: int = 1) -> float:
+    """The median batch-1 decode step (ms) of a decoder of `weights` with `comm`."""
+    from ftbench.runtime.generate import Generator
+    from ftbench.runtime.model import Decoder
+
+    decoder = Decoder(spec, weights, max_batch=1, max_seq_len=256, gemm=gemm, tp=tp, comm=comm)
+    generator = Generator(decoder)
+    prompt = [np.random.default_rng(0).integers(0, spec.vocab_size, 128)]
+    steps = [generator.generate(prompt, 128).step_ms for _ in range(REQUESTS)]
+    return float(np.median(np.concatenate(steps[1:])))
+
+
+def free(spec, gemm) -> Iterator[tuple[str, float]]:
+    import cupy
+
+    from ftbench.runtime.weights import random_weights
+
+    for tp in (1, 2):
+        weights = random_weights(spec, "fp16", seed=0, tp=tp, xp=cupy)
+        yield f"tp{tp}", step_ms(spec, weights, gemm, FreeCommunicator(tp) if tp > 1 else None, tp)
+        del weights
+        cupy.get_default_memory_pool().free_all_blocks()
+
+
+def one_rank(spec, gemm) -> Iterator[tuple[str, float]]:
+    import cupy
+
+    from ftbench.runtime.ipc import IpcCommunicator
+    from ftbench.runtime.launch import RankInfo, connect
+    from ftbench.runtime.weights import random_weights
+
+    weights = random_weights(spec, "fp16", seed=0, xp=cupy)
+    nccl = connect(RankInfo(0, 1, 0, "single"), timeout_s=60.0)
+    one_shot = IpcCommunicator(nccl)
+    for name, comm in (("none", None), ("nccl", nccl), ("one-shot", one_shot),
+                       ("none again", None)):  # fmt: skip
+        yield name, step_ms(spec, weights, gemm, comm)
+    one_shot.close()
+    del weights
+    cupy.get_default_memory_pool().free_all_blocks()
+
+
+def main() -> None:
+    from ftbench.autotune.cache import load_cache
+    from ftbench.kernels.gemm import GemmDispatch
+    from ftbench.profiles.catalog import load_builtin
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--measure", choices=("free", "one-rank"), required=True)
+    parser.add_argument("--caches", type=Path, required=True, help="holds tuned-<model>.json")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    measure = {"free": free, "one-rank": one_rank}[args.measure]
+    results = {}
+    for model in MODELS:
+        spec = load_builtin(model)
+        gemm = GemmDispatch(load_cache(args.caches / f"tuned-{model}.json"))
+        for name, ms in measure(spec, gemm):
+            results[f"{model} {name}"] = ms
+            print(model, name, ms, flush=True)
+    args.out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
