@@ -21,8 +21,8 @@ def default_cache_dir() -> Path:
     return Path(base) / "ftbench"
 
 
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write `data` to `path` through a temp file and a rename.
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write `text` (UTF-8) to `path` through a temp file and a rename.
 
     A reader never sees a half-written file, and an interrupted write leaves the old file intact.
     """
@@ -31,8 +31,8 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         os.chmod(tmp_name, FILE_MODE)  # mkstemp makes 0600; results and pages are for sharing
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(data)
+        with os.fdopen(fd, "w", encoding="utf-8") as tmp:
+            tmp.write(text)
             tmp.flush()
             os.fsync(tmp.fileno())
         os.replace(tmp_name, target)
@@ -40,11 +40,6 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return target
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write `text` (UTF-8) to `path` atomically (see `write_bytes_atomic`)."""
-    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
