@@ -191,7 +191,7 @@ def config_error(config: GemvConfig, m: int, n: int, k: int) -> str | None:
 def _shapes(m: int) -> list[tuple[str, int, int, int, int]]:
     """(kernel, rows, warps, unroll, row_bytes) tuples worth timing for m tokens.
 
-    Chosen from a wider sweep on an H200 (docs/kernels/gemv.md): each was the best or within a
+    Chosen from wider sweeps on an H200 (docs/kernels/gemv.md): each was the best or within a
     few per cent of it for some GPT-J decode shape and m.
     """
     mma = [
@@ -203,6 +203,8 @@ def _shapes(m: int) -> list[tuple[str, int, int, int, int]]:
             (16, 8, 2, 128),
             (16, 4, 2, 128),
             (32, 4, 2, 128),
+            (32, 8, 2, 128),
+            (32, 16, 1, 128),
             (16, 8, 1, 256),
             (16, 4, 1, 256),
             (16, 8, 2, 256),
