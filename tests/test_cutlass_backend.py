@@ -8,6 +8,7 @@ import ctypes
 import importlib.util
 import json
 import os
+from dataclasses import replace
 
 import pytest
 
@@ -47,13 +48,36 @@ def test_kernel_names_spell_out_their_configuration():
 
 
 def test_curated_sets_cover_small_and_large_m():
-    sm90 = cutlass_build.kernels_for(90)
+    sm90 = cutlass_build.kernels_for(90, ("fp16",))
     assert 12 <= len(sm90) <= 24
     assert {spec.schedule for spec in sm90} == {"pingpong", "cooperative"}
     assert any(spec.tile_scheduler == "stream_k" for spec in sm90)
     assert any(spec.swap_operands and spec.tile[1] == 16 for spec in sm90)
     assert any(spec.cluster != (1, 1, 1) for spec in sm90)
     assert all(spec.arch == 80 for spec in cutlass_build.kernels_for(80))
+
+
+@pytest.mark.parametrize("arch", [90, 80])
+def test_every_kernel_exists_in_every_element(arch):
+    by_element = {e: cutlass_build.kernels_for(arch, (e,)) for e in cutlass_build.ELEMENTS}
+    assert all(spec.element == e for e, specs in by_element.items() for spec in specs)
+    fp16 = [replace(spec, element="bf16") for spec in by_element["fp16"]]
+    assert fp16 == list(by_element["bf16"])
+    assert set(cutlass_build.kernels_for(arch)) == {s for v in by_element.values() for s in v}
+
+
+def test_bf16_kernels_are_named_after_their_element():
+    bf16 = replace(SMALL_SM90, element="bf16")
+    assert bf16.name == "sm90_bf16_swap_64x16x128_c1x1_pingpong"
+    assert cutlass_build.spec_by_name(bf16.name) == bf16
+    with pytest.raises(InvalidInputError, match="CUTLASS kernels take elements"):
+        replace(SMALL_SM90, element="fp8")
+
+
+def test_a_record_from_before_elements_is_an_fp16_kernel():
+    config = SMALL_SM90.config()
+    del config["element"]
+    assert KernelSpec.from_config(config) == SMALL_SM90
 
 
 def test_cooperative_tiles_are_whole_warpgroup_pairs():
@@ -101,10 +125,12 @@ def test_gpu_capability_picks_the_kernel_set(capability, arch):
         (GemmProblem(m=1, n=4096, k=4096), True),
         (GemmProblem(m=1, n=4096, k=4096, transb=False), False),
         (GemmProblem(m=16, n=64, k=64, batch_count=8), False),
-        (GemmProblem(m=1, n=64, k=64, a_dtype="bf16", b_dtype="bf16", c_dtype="bf16"), False),
+        (GemmProblem(m=1, n=64, k=64, a_dtype="bf16", b_dtype="bf16", c_dtype="bf16"), True),
+        (GemmProblem(m=1, n=64, k=64, a_dtype="bf16", b_dtype="bf16", c_dtype="fp16"), False),
+        (GemmProblem(m=1, n=64, k=64, a_dtype="fp32", b_dtype="fp32", c_dtype="fp32"), False),
     ],
 )
-def test_only_fp16_nt_single_batch_problems_are_covered(problem, supported):
+def test_only_fp16_or_bf16_nt_single_batch_problems_are_covered(problem, supported):
     assert backend.supports(problem) is supported
 
 

@@ -281,7 +281,9 @@ def tune_command(
     config: Annotated[
         Path | None, typer.Option("--config", help="A local HF config.json instead of --profile.")
     ] = None,
-    dtype: Annotated[str, typer.Option("--dtype", help="fp16 (bf16 is not tunable yet).")] = "fp16",
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="Activation and weight dtype of the GEMMs: fp16 or bf16.")
+    ] = "fp16",
     tp: Annotated[
         int, typer.Option("--tp", help="Tensor-parallel size: tune per-rank shapes.")
     ] = 1,
@@ -347,8 +349,6 @@ def tune_command(
     from ftbench.errors import InvalidInputError
 
     spec = _spec(profile, config)
-    if dtype != "fp16":
-        raise InvalidInputError("only fp16 GEMMs can be tuned so far (bf16 needs CuPy bf16 arrays)")
     workload = _workload(batch, input_len, output_len, dtype, tp, pp, beam)
     counted = tuning_problems(spec, workload, fused=not unfused, attention=attention)
     names = [name.strip() for name in backends.split(",") if name.strip()]
@@ -381,7 +381,7 @@ def tune_command(
                TimeElapsedColumn())  # fmt: skip
     with Progress(*columns, console=console) as progress:
         if "cutlass" in names:
-            _prebuild_cutlass(progress)
+            _prebuild_cutlass(progress, dtype)
         report = run_sweep(
             [item.problem for item in counted], out, options, results_path=results,
             force=force, progress=progress,
@@ -395,12 +395,12 @@ def tune_command(
     )
 
 
-def _prebuild_cutlass(progress) -> None:
-    """Compile (or find cached) the CUTLASS kernels for this GPU before any timing starts."""
+def _prebuild_cutlass(progress, dtype: str) -> None:
+    """Compile (or find cached) this GPU's CUTLASS kernels for `dtype` before any timing."""
     from ftbench.autotune.backends.cutlass import prebuild
 
     try:
-        built = prebuild(progress=progress)
+        built = prebuild(progress=progress, elements=(dtype,))
     except FtbenchError as exc:
         console.print(f"[yellow]CUTLASS kernels not built:[/] {exc}")
         return

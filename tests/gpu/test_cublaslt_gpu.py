@@ -17,6 +17,7 @@ from ftbench.autotune.problem import GemmProblem
 
 pytestmark = pytest.mark.gpu
 
+BF16 = {"a_dtype": "bf16", "b_dtype": "bf16", "c_dtype": "bf16"}
 PROBLEMS = {
     "decode-1x4096x4096": GemmProblem(m=1, n=4096, k=4096),
     "decode-16x12288x4096": GemmProblem(m=16, n=12288, k=4096),
@@ -25,6 +26,8 @@ PROBLEMS = {
     "odd-7x65x136": GemmProblem(m=7, n=65, k=136),
     "batched-NN-odd-33x200x136x3": GemmProblem(m=33, n=200, k=136, transb=False, batch_count=3),
     "TN-odd-7x65x136": GemmProblem(m=7, n=65, k=136, transa=True, transb=False),
+    "bf16-decode-16x4096x4096": GemmProblem(m=16, n=4096, k=4096, **BF16),
+    "bf16-context-128x4096x4096": GemmProblem(m=128, n=4096, k=4096, **BF16),
 }
 PROBLEM_IDS = list(PROBLEMS)
 
@@ -54,8 +57,7 @@ def error_of(problem, runner):
     """Relative error of one run on fresh random operands, the output poisoned with NaN."""
     import cupy
 
-    a, b, c = make_operands(problem)[0]
-    c.fill(cupy.nan)
+    a, b, c = make_operands(problem)[0]  # C starts as NaN
     cupy.cuda.get_current_stream().synchronize()
     runner(a, b, c)
     return relative_error(problem, a, b, c)
@@ -77,7 +79,8 @@ def test_every_candidate_matches_the_reference(backend, candidates_of, problem_i
     errors = {
         c.name: error_of(problem, backend.prepare(c, problem)) for c in candidates_of(problem)
     }
-    wrong = {name: error for name, error in errors.items() if not error < TOLERANCE["fp16"]}
+    tolerance = TOLERANCE[problem.c_dtype]
+    wrong = {name: error for name, error in errors.items() if not error < tolerance}
     assert not wrong, f"{len(wrong)} of {len(errors)} candidates are wrong: {wrong}"
 
 

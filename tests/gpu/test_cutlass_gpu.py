@@ -4,12 +4,14 @@ Kernels come from the cache (FTBENCH_CACHE_DIR); build them first with
 `python benchmarks/build_cutlass.py --arch 90 --out-dir DIR`. A kernel not built is skipped.
 """
 
+from dataclasses import replace
+
 import pytest
 
 from ftbench.autotune.backends.base import CandidateUnsupported
 from ftbench.autotune.backends.cutlass import BACKEND, gpu_build_arch
 from ftbench.autotune.candidate import Candidate
-from ftbench.autotune.operands import make_operands, relative_error
+from ftbench.autotune.operands import TOLERANCE, make_operands, relative_error
 from ftbench.autotune.problem import GemmProblem
 from ftbench.kernels import cutlass_build
 
@@ -23,6 +25,11 @@ PROBLEMS = [
     GemmProblem(m=2048, n=4096, k=4096),
     GemmProblem(m=7, n=72, k=136),
 ]
+
+
+def in_element(problem, spec):
+    """`problem` with A, B and C in `spec`'s element type."""
+    return replace(problem, a_dtype=spec.element, b_dtype=spec.element, c_dtype=spec.element)
 
 
 def built_candidate(spec):
@@ -44,18 +51,27 @@ def test_some_kernels_are_built_for_this_gpu():
 def test_kernel_matches_the_fp32_reference(spec, problem):
     import cupy
 
+    problem = in_element(problem, spec)
     runner = BACKEND.prepare(built_candidate(spec), problem)
     ((a, b, c),) = make_operands(problem)  # C starts as NaN: unwritten outputs fail
     cupy.cuda.get_current_stream().synchronize()
     runner(a, b, c)
-    assert relative_error(problem, a, b, c) < 2e-3
+    assert relative_error(problem, a, b, c) < TOLERANCE[spec.element]
+
+
+@pytest.mark.parametrize("spec", ALL_SPECS[:1] + cutlass_build.kernels_for(90, ("bf16",))[:1])
+def test_a_kernel_of_another_element_is_unsupported(spec):
+    other = "bf16" if spec.element == "fp16" else "fp16"
+    problem = GemmProblem(m=16, n=4096, k=4096, a_dtype=other, b_dtype=other, c_dtype=other)
+    with pytest.raises(CandidateUnsupported, match=f"computes {spec.element}"):
+        BACKEND.prepare(built_candidate(spec), problem)
 
 
 @pytest.mark.parametrize("spec", ALL_SPECS, ids=lambda spec: spec.name)
 def test_misaligned_k_is_unsupported_not_a_crash(spec):
     # Rows of 129 fp16 values are not 16-byte aligned: no align-8 kernel can load them.
     with pytest.raises(CandidateUnsupported, match="cannot run"):
-        BACKEND.prepare(built_candidate(spec), GemmProblem(m=7, n=72, k=129))
+        BACKEND.prepare(built_candidate(spec), in_element(GemmProblem(m=7, n=72, k=129), spec))
 
 
 def test_runner_allocates_nothing_per_call():

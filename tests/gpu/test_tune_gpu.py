@@ -5,6 +5,7 @@ import pytest
 from ftbench.autotune.problem import GemmProblem
 
 pytestmark = pytest.mark.gpu
+BF16 = {"a_dtype": "bf16", "b_dtype": "bf16", "c_dtype": "bf16"}
 
 
 @pytest.mark.parametrize(
@@ -14,16 +15,53 @@ pytestmark = pytest.mark.gpu
         GemmProblem(m=1, n=4096, k=4096),
         GemmProblem(m=64, n=128, k=64, batch_count=12),  # attention scores: NT, batched
         GemmProblem(m=64, n=64, k=128, transb=False, batch_count=12),  # attention context: NN
+        GemmProblem(m=7, n=65, k=136, **BF16),
+        GemmProblem(m=64, n=128, k=64, batch_count=12, **BF16),
     ],
     ids=lambda p: p.key(),
 )
 def test_cublas_gemm_matches_the_fp32_reference(problem):
-    from ftbench.autotune.operands import make_operands, relative_error
+    from ftbench.autotune.operands import TOLERANCE, make_operands, relative_error
     from ftbench.kernels.cublas import gemm
 
     ((a, b, c),) = make_operands(problem)
     gemm(problem, a, b, c)
-    assert relative_error(problem, a, b, c) < 2e-3
+    assert relative_error(problem, a, b, c) < TOLERANCE[problem.c_dtype]
+
+
+def test_bf16_operands_round_to_nearest_even_and_widen_exactly():
+    import cupy
+    import numpy as np
+
+    from ftbench.autotune.operands import from_float32, nan_array, to_float32
+    from ftbench.runtime.weights import numpy_dtype
+
+    values = np.random.default_rng(0).standard_normal(4096).astype(np.float32) * 100
+    values[:4] = [1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8, np.inf, -0.0]  # ties go to even
+    rounded = from_float32(cupy.asarray(values), "bf16")
+    assert str(rounded.dtype) == "bfloat16"
+    expected = values.astype(numpy_dtype("bf16"))  # ml_dtypes rounds to nearest even
+    assert np.array_equal(cupy.asnumpy(rounded).view(np.uint16), expected.view(np.uint16))
+    assert np.array_equal(cupy.asnumpy(to_float32(rounded)), expected.astype(np.float32))
+    assert bool(cupy.isnan(to_float32(nan_array((3, 5), "bf16"))).all())
+
+
+def test_a_bf16_sweep_verifies_every_backend_against_the_reference():
+    from ftbench.autotune.backends import get_backend
+    from ftbench.autotune.backends.cutlass import prebuild
+    from ftbench.autotune.sweep import SweepOptions, tune_problem
+
+    names = ("cublas", "cublaslt", "ftbench", "cutlass")
+    prebuild(elements=("bf16",))  # cached kernels load; missing ones are built
+    problem = GemmProblem(m=16, n=4096, k=4096, **BF16)
+    backends = [get_backend(name) for name in names]
+    outcome = tune_problem(problem, backends, SweepOptions(backends=names))
+    ok = {name: 0 for name in names}
+    for record in outcome.records:
+        assert record["status"] != "wrong", record
+        ok[record["candidate"]["backend"]] += record["status"] == "ok"
+    assert all(ok.values()), ok
+    assert outcome.entry.winner is not None
 
 
 def test_tune_problem_verifies_times_and_keeps_the_default_unless_beaten():

@@ -1,4 +1,9 @@
-"""Device operands for a GEMM problem: random inputs, poisoned outputs, and the fp32 reference."""
+"""Device operands for a GEMM problem: random inputs, poisoned outputs, and the fp32 reference.
+
+bf16 arrays are CuPy arrays of ml_dtypes' bfloat16 (CuPy stores them; it has no arithmetic for
+them), made and read through their 16-bit patterns: rounding from fp32 to nearest even, and
+widening back exactly (a bf16 is the top half of an fp32).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,11 @@ from typing import Any
 from ftbench.autotune.problem import GemmProblem
 from ftbench.errors import InvalidInputError
 
-CUPY_DTYPES = {"fp16": "float16", "fp32": "float32"}
+CUPY_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 # Largest relative (Frobenius) error against the fp32-accumulated reference, by output dtype:
-# a few units of the output format's rounding (fp16: 2^-11 ~ 4.9e-4).
-TOLERANCE = {"fp16": 2e-3, "fp32": 1e-5}
+# a few units of the output format's rounding (fp16: 2^-11 ~ 4.9e-4; bf16: 2^-8 ~ 3.9e-3).
+TOLERANCE = {"fp16": 2e-3, "bf16": 1.6e-2, "fp32": 1e-5}
+_BF16_NAN = 0x7FC0
 
 
 def operand_shapes(problem: GemmProblem) -> tuple[tuple[int, ...], ...]:
@@ -23,10 +29,64 @@ def operand_shapes(problem: GemmProblem) -> tuple[tuple[int, ...], ...]:
     return a, b, c
 
 
-def _cupy_dtype(cupy, dtype: str):
+def _check_dtype(dtype: str) -> None:
     if dtype not in CUPY_DTYPES:
-        raise InvalidInputError(f"GEMMs in {dtype} cannot be run here yet (supported: fp16)")
-    return getattr(cupy, CUPY_DTYPES[dtype])
+        raise InvalidInputError(
+            f"GEMMs in {dtype} cannot be run here (supported: {', '.join(CUPY_DTYPES)})"
+        )
+
+
+def _bf16() -> Any:
+    from ftbench.runtime.weights import numpy_dtype
+
+    return numpy_dtype("bf16")
+
+
+def from_float32(array: Any, dtype: str) -> Any:
+    """A CuPy fp32 array rounded to `dtype` ("fp16", "bf16" or "fp32")."""
+    import cupy
+
+    _check_dtype(dtype)
+    if dtype != "bf16":
+        return array.astype(getattr(cupy, CUPY_DTYPES[dtype]))
+    bits = cupy.ascontiguousarray(array, dtype=cupy.float32).view(cupy.uint32)
+    # Round to nearest even on the 16 bits dropped; NaN stays a (quiet) NaN.
+    rounded = (bits + (cupy.uint32(0x7FFF) + ((bits >> 16) & 1))) >> 16
+    nan = cupy.isnan(array)
+    halves = cupy.where(nan, cupy.uint32(_BF16_NAN), rounded).astype(cupy.uint16)
+    return halves.view(_bf16())
+
+
+def to_float32(array: Any) -> Any:
+    """A CuPy fp16, bf16 or fp32 array widened to fp32 (exactly)."""
+    import cupy
+
+    if str(array.dtype) != "bfloat16":
+        return array.astype(cupy.float32)
+    bits = cupy.ascontiguousarray(array).view(cupy.uint16).astype(cupy.uint32) << 16
+    return bits.view(cupy.float32)
+
+
+def poison(array: Any) -> None:
+    """Fill a CuPy fp16, bf16 or fp32 array with NaN (an output no kernel has written yet)."""
+    import cupy
+
+    if str(array.dtype) == "bfloat16":
+        array.view(cupy.uint16).fill(_BF16_NAN)
+    else:
+        array.fill(cupy.nan)
+
+
+def nan_array(shape: tuple[int, ...], dtype: str) -> Any:
+    """A CuPy array of `dtype` full of NaN."""
+    import cupy
+
+    _check_dtype(dtype)
+    storage = cupy.uint16 if dtype == "bf16" else getattr(cupy, CUPY_DTYPES[dtype])
+    array = cupy.empty(shape, dtype=storage)
+    array = array.view(_bf16()) if dtype == "bf16" else array
+    poison(array)
+    return array
 
 
 def make_operands(problem: GemmProblem, sets: int = 1) -> list[tuple[Any, Any, Any]]:
@@ -38,12 +98,11 @@ def make_operands(problem: GemmProblem, sets: int = 1) -> list[tuple[Any, Any, A
     for _ in range(sets):
         a = cupy.random.standard_normal(a_shape, dtype=cupy.float32)
         b = cupy.random.standard_normal(b_shape, dtype=cupy.float32) * problem.k**-0.5
-        c = cupy.full(c_shape, cupy.nan, dtype=_cupy_dtype(cupy, problem.c_dtype))
         triples.append(
             (
-                a.astype(_cupy_dtype(cupy, problem.a_dtype)),
-                b.astype(_cupy_dtype(cupy, problem.b_dtype)),
-                c,
+                from_float32(a, problem.a_dtype),
+                from_float32(b, problem.b_dtype),
+                nan_array(c_shape, problem.c_dtype),
             )
         )
     return triples
@@ -53,8 +112,8 @@ def reference(problem: GemmProblem, a: Any, b: Any) -> Any:
     """C in fp32 from fp32 copies of A and B (CuPy's fp32 GEMM: no TF32 unless CUPY_TF32=1)."""
     import cupy
 
-    a32 = a.astype(cupy.float32)
-    b32 = b.astype(cupy.float32)
+    a32 = to_float32(a)
+    b32 = to_float32(b)
     if problem.transa:
         a32 = a32.swapaxes(-1, -2)
     if problem.transb:
@@ -73,7 +132,7 @@ def relative_error(
 
     if expected is None:
         expected = reference(problem, a, b)
-    got = c.astype(cupy.float32)
+    got = to_float32(c)
     if not bool(cupy.isfinite(got).all()):
         return float("inf")
     return float(cupy.linalg.norm(got - expected) / cupy.linalg.norm(expected))

@@ -34,7 +34,13 @@ from ftbench.autotune.backends import get_backend
 from ftbench.autotune.backends.base import Backend, CandidateUnsupported
 from ftbench.autotune.cache import CacheHeader, TimeSummary, TunedCache, TunedEntry, load_cache
 from ftbench.autotune.candidate import Candidate
-from ftbench.autotune.operands import TOLERANCE, make_operands, reference, relative_error
+from ftbench.autotune.operands import (
+    TOLERANCE,
+    make_operands,
+    poison,
+    reference,
+    relative_error,
+)
 from ftbench.autotune.problem import GemmProblem
 from ftbench.bench.timer import (
     TimingPolicy,
@@ -121,7 +127,7 @@ class ProblemTuner:
         import cupy
 
         a, b, c = self.operands[0]
-        c.fill(cupy.nan)
+        poison(c)
         cupy.cuda.get_current_stream().synchronize()
         runner(a, b, c)
         return relative_error(self.problem, a, b, c, self.expected)

@@ -11,7 +11,8 @@ point called through ctypes:
                    void* workspace, size_t workspace_bytes, cudaStream_t stream);
     const char* ftb_status_string(int status);         // cutlass::Status as text
 
-All compute the linear layer C[m, n] = A[m, k] @ B[n, k]^T (row-major fp16, fp32 accumulation):
+All compute the linear layer C[m, n] = A[m, k] @ B[n, k]^T (row-major, fp16 or bf16 in and out as
+the kernel's `element` says, fp32 accumulation):
 in CUTLASS terms A is RowMajor and B is ColumnMajor (both K-major, CUTLASS's "TN"), C RowMajor.
 A spec with `swap_operands` computes C^T = B @ A^T instead (C ColumnMajor), so that a small m
 sits on the tile's narrow N side: wgmma tiles are at least 64 rows tall, far more than m = 1..16.
@@ -45,7 +46,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,8 @@ ARCH_FLAGS = {
 COMPILE_TIMEOUT_S = 1800
 # SASS built for sm_80 runs on every 8.x GPU; sm_90a runs on 9.0 only.
 BUILD_ARCH_BY_CAPABILITY = {90: 90, 80: 80, 86: 80, 87: 80, 89: 80}
+# Element types of A, B and C a KernelSpec may name (ftbench's dtype names).
+ELEMENTS = ("fp16", "bf16")
 # Per arch: the schedules and the tile schedulers a KernelSpec may name.
 _SCHEDULES = {
     90: (("pingpong", "cooperative"), ("persistent", "stream_k")),
@@ -83,6 +86,7 @@ class KernelSpec:
     "multistage" (SM80 cp.async); `tile_scheduler` is "persistent" or "stream_k" on SM90 and
     "data_parallel" (one CTA per output tile) on SM80. `stages` 0 lets CUTLASS fill shared memory.
     `warps` is the SM80 warp arrangement (CUTLASS's warp_count); SM90 kernels use (4, 1, 1).
+    `element` is the dtype of A, B and C: "fp16" or "bf16".
     """
 
     arch: int
@@ -94,8 +98,13 @@ class KernelSpec:
     warps: tuple[int, int, int] = (4, 1, 1)
     swap_operands: bool = False
     alignment: int = 8
+    element: str = "fp16"
 
     def __post_init__(self) -> None:
+        if self.element not in ELEMENTS:
+            raise InvalidInputError(
+                f"CUTLASS kernels take elements {ELEMENTS}, not {self.element!r}"
+            )
         schedules, tile_schedulers = _SCHEDULES.get(self.arch, ((), ()))
         if self.schedule not in schedules or self.tile_scheduler not in tile_schedulers:
             raise InvalidInputError(
@@ -110,16 +119,18 @@ class KernelSpec:
 
     @property
     def name(self) -> str:
-        """Short unique name, e.g. "sm90_swap_128x16x128_c1x1_cooperative_streamk"."""
+        """Short unique name, e.g. "sm90_swap_128x16x128_c1x1_cooperative_streamk"; kernels of
+        other elements than fp16 name it after the arch ("sm90_bf16_swap_...")."""
         tile = "x".join(map(str, self.tile))
+        prefix = f"sm{self.arch}_" + ("" if self.element == "fp16" else f"{self.element}_")
         swap = "swap_" if self.swap_operands else ""
         if self.arch < 90:
             warps = "x".join(map(str, self.warps[:2]))
-            return f"sm{self.arch}_{swap}{tile}_s{self.stages}_w{warps}"
+            return f"{prefix}{swap}{tile}_s{self.stages}_w{warps}"
         stages = f"_s{self.stages}" if self.stages else ""
         stream_k = "_streamk" if self.tile_scheduler == "stream_k" else ""
         cluster = f"c{self.cluster[0]}x{self.cluster[1]}"
-        return f"sm{self.arch}_{swap}{tile}_{cluster}{stages}_{self.schedule}{stream_k}"
+        return f"{prefix}{swap}{tile}_{cluster}{stages}_{self.schedule}{stream_k}"
 
     def config(self) -> dict[str, Any]:
         """JSON-ready description (the `Candidate.config` of this kernel)."""
@@ -134,11 +145,15 @@ class KernelSpec:
             "tile_scheduler": self.tile_scheduler,
             "swap_operands": self.swap_operands,
             "alignment": self.alignment,
+            "element": self.element,
         }
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> KernelSpec:
-        """Inverse of `config`; a record whose name does not match its fields is an error."""
+        """Inverse of `config`; a record whose name does not match its fields is an error.
+
+        A record without "element" (written before bf16 kernels existed) is an fp16 kernel.
+        """
         try:
             spec = cls(
                 arch=int(config["arch"]),
@@ -150,6 +165,7 @@ class KernelSpec:
                 tile_scheduler=config["tile_scheduler"],
                 swap_operands=bool(config["swap_operands"]),
                 alignment=int(config["alignment"]),
+                element=str(config.get("element", "fp16")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidInputError(f"malformed CUTLASS kernel record {config!r}") from exc
@@ -164,28 +180,35 @@ def _sm90(tile, schedule, tile_scheduler="persistent", cluster=(1, 1, 1), swap=F
     return KernelSpec(90, tile, schedule, tile_scheduler, cluster=cluster, swap_operands=swap)
 
 
+def _in_every_element(specs: tuple[KernelSpec, ...]) -> tuple[KernelSpec, ...]:
+    """`specs` (fp16) followed by the same kernels for each other element."""
+    return specs + tuple(replace(s, element=e) for e in ELEMENTS if e != "fp16" for s in specs)
+
+
 # Hopper. Small m (decode, m <= 64): operands swapped so m lies on the tile's N side (16..64
 # wide), with narrow ping-pong tiles for many CTAs and stream-K cooperative tiles that split K
 # when the output has fewer tiles than the GPU has SMs (1x4096 out of 128x16 tiles: 32 tiles).
 # Large m (prefill): the classic cooperative 128x128 / 128x256 / 256x128 tiles with 2-CTA
 # clusters (TMA multicast halves L2 reads of the shared operand), ping-pong 64x128 / 128x128.
-SM90_KERNELS = (
-    _sm90((64, 16, 128), "pingpong", swap=True),
-    _sm90((64, 32, 128), "pingpong", swap=True),
-    _sm90((64, 64, 128), "pingpong", swap=True),
-    _sm90((128, 16, 128), "cooperative", swap=True),
-    _sm90((128, 16, 128), "cooperative", "stream_k", swap=True),
-    _sm90((128, 32, 128), "cooperative", "stream_k", swap=True),
-    _sm90((128, 64, 64), "cooperative", "stream_k", swap=True),
-    _sm90((64, 128, 64), "pingpong"),
-    _sm90((128, 128, 64), "pingpong", cluster=(1, 2, 1)),
-    _sm90((128, 128, 64), "cooperative"),
-    _sm90((128, 128, 64), "cooperative", cluster=(2, 1, 1)),
-    _sm90((128, 128, 64), "cooperative", "stream_k"),
-    _sm90((128, 256, 64), "cooperative"),
-    _sm90((128, 256, 64), "cooperative", cluster=(2, 1, 1)),
-    _sm90((128, 256, 64), "cooperative", "stream_k"),
-    _sm90((256, 128, 64), "cooperative", cluster=(1, 2, 1)),
+SM90_KERNELS = _in_every_element(
+    (
+        _sm90((64, 16, 128), "pingpong", swap=True),
+        _sm90((64, 32, 128), "pingpong", swap=True),
+        _sm90((64, 64, 128), "pingpong", swap=True),
+        _sm90((128, 16, 128), "cooperative", swap=True),
+        _sm90((128, 16, 128), "cooperative", "stream_k", swap=True),
+        _sm90((128, 32, 128), "cooperative", "stream_k", swap=True),
+        _sm90((128, 64, 64), "cooperative", "stream_k", swap=True),
+        _sm90((64, 128, 64), "pingpong"),
+        _sm90((128, 128, 64), "pingpong", cluster=(1, 2, 1)),
+        _sm90((128, 128, 64), "cooperative"),
+        _sm90((128, 128, 64), "cooperative", cluster=(2, 1, 1)),
+        _sm90((128, 128, 64), "cooperative", "stream_k"),
+        _sm90((128, 256, 64), "cooperative"),
+        _sm90((128, 256, 64), "cooperative", cluster=(2, 1, 1)),
+        _sm90((128, 256, 64), "cooperative", "stream_k"),
+        _sm90((256, 128, 64), "cooperative", cluster=(1, 2, 1)),
+    )
 )
 
 
@@ -196,14 +219,16 @@ def _sm80(tile, stages, warps):
 # Ampere (also runs on sm_86 / sm_89): tiles and stage counts from CUTLASS's own SM80 16816
 # generator list, from 64x64 for small m to 256x128 for prefill. Tiles run over m: CUTLASS 2.x
 # epilogues write row-major only, so the swapped form of the SM90 set does not exist here.
-SM80_KERNELS = (
-    _sm80((64, 64, 64), 5, (2, 2, 1)),
-    _sm80((64, 128, 64), 3, (2, 2, 1)),
-    _sm80((128, 64, 64), 3, (2, 2, 1)),
-    _sm80((128, 128, 32), 5, (2, 2, 1)),
-    _sm80((128, 128, 64), 4, (2, 2, 1)),
-    _sm80((128, 256, 64), 3, (2, 4, 1)),
-    _sm80((256, 128, 64), 3, (4, 2, 1)),
+SM80_KERNELS = _in_every_element(
+    (
+        _sm80((64, 64, 64), 5, (2, 2, 1)),
+        _sm80((64, 128, 64), 3, (2, 2, 1)),
+        _sm80((128, 64, 64), 3, (2, 2, 1)),
+        _sm80((128, 128, 32), 5, (2, 2, 1)),
+        _sm80((128, 128, 64), 4, (2, 2, 1)),
+        _sm80((128, 256, 64), 3, (2, 4, 1)),
+        _sm80((256, 128, 64), 3, (4, 2, 1)),
+    )
 )
 
 KERNELS = {90: SM90_KERNELS, 80: SM80_KERNELS}
@@ -214,11 +239,11 @@ def build_arch(compute_capability: int) -> int | None:
     return BUILD_ARCH_BY_CAPABILITY.get(compute_capability)
 
 
-def kernels_for(arch: int) -> tuple[KernelSpec, ...]:
-    """The curated kernels of build arch 90 or 80."""
+def kernels_for(arch: int, elements: Sequence[str] = ELEMENTS) -> tuple[KernelSpec, ...]:
+    """The curated kernels of build arch 90 or 80 for the given elements (default all)."""
     if arch not in KERNELS:
         raise InvalidInputError(f"no CUTLASS kernel set for sm{arch}; choose 90 or 80")
-    return KERNELS[arch]
+    return tuple(spec for spec in KERNELS[arch] if spec.element in elements)
 
 
 def spec_by_name(name: str) -> KernelSpec:
@@ -251,6 +276,10 @@ def cutlass_include_dirs() -> list[Path]:
     return [source / "include", source / "tools" / "util" / "include"]
 
 
+# cutlass_library's DataType name of each element.
+DATA_TYPES = {"fp16": "f16", "bf16": "bf16"}
+
+
 def cutlass_operation(spec: KernelSpec) -> Any:
     """The `cutlass_library` GemmOperation that `spec` describes."""
     from cutlass_library import library
@@ -261,15 +290,15 @@ def cutlass_operation(spec: KernelSpec) -> Any:
 def _sm90_operation(spec: KernelSpec, lib: Any) -> Any:
     from cutlass_library.gemm_operation import GemmOperation
 
-    f16, f32 = lib.DataType.f16, lib.DataType.f32
+    element, f32 = getattr(lib.DataType, DATA_TYPES[spec.element]), lib.DataType.f32
     output_layout = lib.LayoutType.ColumnMajor if spec.swap_operands else lib.LayoutType.RowMajor
-    a = lib.TensorDescription(f16, lib.LayoutType.RowMajor, spec.alignment)
-    b = lib.TensorDescription(f16, lib.LayoutType.ColumnMajor, spec.alignment)
+    a = lib.TensorDescription(element, lib.LayoutType.RowMajor, spec.alignment)
+    b = lib.TensorDescription(element, lib.LayoutType.ColumnMajor, spec.alignment)
     # C is void: beta is always 0, so the epilogue never reads a source tensor.
     c = lib.TensorDescription(lib.DataType.void, output_layout, spec.alignment)
-    d = lib.TensorDescription(f16, output_layout, spec.alignment)
+    d = lib.TensorDescription(element, output_layout, spec.alignment)
     math = lib.MathInstruction(
-        [64, spec.tile[1], 16], f16, f16, f32, lib.OpcodeClass.TensorOp,
+        [64, spec.tile[1], 16], element, element, f32, lib.OpcodeClass.TensorOp,
         lib.MathOperation.multiply_add,
     )  # fmt: skip
     tile = lib.TileDescription(
@@ -302,14 +331,14 @@ def _sm80_operation(spec: KernelSpec, lib: Any) -> Any:
     # arguments to match, and the entry template passes them in the transposed problem's terms.
     from cutlass_library.gemm_operation import GemmOperation
 
-    f16, f32 = lib.DataType.f16, lib.DataType.f32
+    element, f32 = getattr(lib.DataType, DATA_TYPES[spec.element]), lib.DataType.f32
     math = lib.MathInstruction(
-        [16, 8, 16], f16, f16, f32, lib.OpcodeClass.TensorOp, lib.MathOperation.multiply_add
+        [16, 8, 16], element, element, f32, lib.OpcodeClass.TensorOp, lib.MathOperation.multiply_add
     )
     tile = lib.TileDescription(list(spec.tile), spec.stages, list(spec.warps), math, 80, 1024)
-    b_first = lib.TensorDescription(f16, lib.LayoutType.RowMajor, spec.alignment)
-    a_second = lib.TensorDescription(f16, lib.LayoutType.ColumnMajor, spec.alignment)
-    c_transposed = lib.TensorDescription(f16, lib.LayoutType.ColumnMajor, spec.alignment)
+    b_first = lib.TensorDescription(element, lib.LayoutType.RowMajor, spec.alignment)
+    a_second = lib.TensorDescription(element, lib.LayoutType.ColumnMajor, spec.alignment)
+    c_transposed = lib.TensorDescription(element, lib.LayoutType.ColumnMajor, spec.alignment)
     return GemmOperation(lib.GemmKind.Universal, 80, tile, b_first, a_second, c_transposed, f32)
 
 

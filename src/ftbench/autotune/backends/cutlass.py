@@ -6,12 +6,14 @@ inside a sweep: `prebuild()` builds the current GPU's kernel set first (the CLI 
 sweeping), and `candidates()` offers only kernels already built. A library built on one machine
 runs on another of the same GPU architecture, without nvcc or nvidia-cutlass there.
 
-Only the linear-layer problem is covered: fp16 A, B and C, fp32 accumulation, layout "NT",
-one batch. CUTLASS defines no default kernel, so `default()` is None.
+Only the linear-layer problem is covered: A, B and C all fp16 or all bf16 (each element has its
+own kernels), fp32 accumulation, layout "NT", one batch. CUTLASS defines no default kernel, so
+`default()` is None.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +26,12 @@ from ftbench.kernels.cutlass_build import BuildResult, KernelSpec
 
 
 def supports(problem: GemmProblem) -> bool:
-    """Whether the curated kernels compute `problem` (fp16 NT linear layer, one batch)."""
+    """Whether the curated kernels compute `problem` (fp16 or bf16 NT linear layer, one batch)."""
     return (
         problem.layout == "NT"
         and problem.batch_count == 1
-        and (problem.a_dtype, problem.b_dtype, problem.c_dtype) == ("fp16", "fp16", "fp16")
+        and problem.a_dtype == problem.b_dtype == problem.c_dtype
+        and problem.a_dtype in cutlass_build.ELEMENTS
         and problem.compute_dtype == "fp32"
     )
 
@@ -58,9 +61,13 @@ def _candidate(spec: KernelSpec) -> Candidate:
 
 
 def prebuild(
-    arch: int | None = None, jobs: int | None = None, progress: Any | None = None
+    arch: int | None = None,
+    jobs: int | None = None,
+    progress: Any | None = None,
+    elements: Sequence[str] = ("fp16",),
 ) -> dict[str, BuildResult]:
-    """Build (or find in the cache) every curated kernel of `arch`, default the current GPU's.
+    """Build (or find in the cache) the curated kernels of `arch` (default the current GPU's)
+    for `elements` (the dtypes of the problems to tune).
 
     Call before a sweep, outside any timing; `progress` is a rich Progress. Kernels that fail to
     compile are left out of `candidates()` and named in the result with their nvcc log.
@@ -68,7 +75,7 @@ def prebuild(
     arch = arch or gpu_build_arch()
     if arch is None:
         return {}
-    names = [spec.name for spec in cutlass_build.kernels_for(arch)]
+    names = [spec.name for spec in cutlass_build.kernels_for(arch, elements)]
     return cutlass_build.build_kernels(names, arch, jobs, progress=progress)
 
 
@@ -93,7 +100,7 @@ class CutlassBackend:
         arch = gpu_build_arch()
         if not supports(problem) or arch is None:
             return []
-        specs = cutlass_build.kernels_for(arch)
+        specs = cutlass_build.kernels_for(arch, (problem.a_dtype,))
         return [_candidate(spec) for spec in specs if cutlass_build.built_library(spec)]
 
     def default(self, problem: GemmProblem) -> None:
@@ -103,7 +110,11 @@ class CutlassBackend:
         spec = KernelSpec.from_config(candidate.config)
         if not supports(problem):
             raise CandidateUnsupported(
-                f"CUTLASS kernels compute fp16 NT single-batch GEMMs, not {problem.key()}"
+                f"CUTLASS kernels compute fp16 or bf16 NT single-batch GEMMs, not {problem.key()}"
+            )
+        if spec.element != problem.a_dtype:
+            raise CandidateUnsupported(
+                f"{spec.name} computes {spec.element}, not {problem.a_dtype}"
             )
         path = cutlass_build.built_library(spec)
         if path is None:
