@@ -65,3 +65,33 @@ def test_ftbench_errors_become_one_line_and_exit_2(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.strip() == "error: profile 'nope' not found; try: gptj-6b"
     assert "Traceback" not in err
+
+
+def test_unexpected_errors_are_one_line_and_exit_3(monkeypatch, capsys):
+    def broken():
+        raise ZeroDivisionError("float division by zero")
+
+    monkeypatch.setattr(cli, "app", broken)
+    monkeypatch.delenv("FTBENCH_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 3
+    assert capsys.readouterr().err.strip() == (
+        "ftbench: internal error: ZeroDivisionError: float division by zero "
+        "(set FTBENCH_DEBUG=1 for the traceback)"
+    )
+
+
+def test_ftbench_debug_re_raises_unexpected_errors(monkeypatch):
+    def broken():
+        raise ZeroDivisionError("float division by zero")
+
+    monkeypatch.setattr(cli, "app", broken)
+    monkeypatch.setenv("FTBENCH_DEBUG", "1")
+    with pytest.raises(ZeroDivisionError):
+        cli.main()
+
+
+def test_help_states_the_exit_codes():
+    result = ftbench("--help")
+    assert "3: an internal error" in " ".join(result.stdout.split())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -10,16 +11,23 @@ from typing import Annotated
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ftbench.errors import FtbenchError
 from ftbench.runtime.parallel import DEFAULT_TIMEOUT_S
 
 ALLREDUCE_METHODS = ("nccl", "one-shot")
+EXIT_CODES = (
+    "Exit codes: 0: success; 1: a command's own verdict (`compare`: a significant regression; "
+    "`cache validate`: tuned elsewhere); 2: bad input, or a failure ftbench explains; 3: an "
+    "internal error (a bug; FTBENCH_DEBUG=1 shows its traceback); 130: interrupted."
+)
 
 app = typer.Typer(
     name="ftbench",
     help="GPU inference performance toolkit for transformer models.",
+    epilog=EXIT_CODES,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -954,12 +962,25 @@ def _print_run_table(table) -> None:
 
 
 def main() -> None:
-    """Console-script entry point: FtbenchError becomes one line on stderr and exit code 2."""
+    """Console-script entry point: FtbenchError becomes one line on stderr and exit code 2; any
+    other exception is a bug: one line naming it and exit code 3 (FTBENCH_DEBUG=1 re-raises it,
+    for the traceback)."""
     try:
         app()
     except FtbenchError as exc:
-        error_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        error_console.print(
+            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         sys.exit(2)
     except KeyboardInterrupt:
         error_console.print("[yellow]interrupted[/]")
         sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("FTBENCH_DEBUG") == "1":
+            raise
+        error_console.print(
+            f"ftbench: internal error: {type(exc).__name__}: {exc} "
+            "(set FTBENCH_DEBUG=1 for the traceback)",
+            markup=False, highlight=False, soft_wrap=True,
+        )  # fmt: skip
+        sys.exit(3)
