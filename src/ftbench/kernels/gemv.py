@@ -37,12 +37,10 @@ from ftbench.kernels.cublas import check_linear_operands
 from ftbench.kernels.streams import scratch_slot
 
 SOURCE_PATH = Path(__file__).parent / "cuda" / "gemv.cu"
-KERNELS = ("mma", "mma_sx", "fma")
+KERNELS = ("mma", "fma")
 MAX_M = 16
 MAX_FMA_M = 4
 MMA_ROWS = (16, 32, 64)
-SHARED_X_ROWS = (64, 128, 256)
-SHARED_X_PAD = 32  # elements after each row of X in shared memory (gemv.cu kSharedXPad)
 FMA_ROWS = (1, 2, 4, 8)
 MMA_ROW_BYTES = (64, 128, 256, 512)
 FMA_ROW_BYTES = 512
@@ -63,12 +61,9 @@ C_TYPES = {"float16": "__half", "bfloat16": "__nv_bfloat16"}
 class GemvConfig:
     """One kernel configuration.
 
-    kernel:    "mma" (tensor cores, any m), "mma_sx" (tensor cores, X staged in shared memory
-               once per block, for larger m) or "fma" (CUDA cores, m <= 4).
-    rows:      rows of W (outputs) per block: 16, 32 or 64 for mma, 64, 128 or 256 for mma_sx
-               (16 or 32 per warp), 1..8 for fma.
-    warps:     warps per block; for mma and fma they split the block's K range and add up in
-               shared memory, for mma_sx each takes its own rows over the whole range.
+    kernel:    "mma" (tensor cores, any m) or "fma" (CUDA cores, m <= 4).
+    rows:      rows of W (outputs) per block: 16, 32 or 64 for mma, 1..8 for fma.
+    warps:     warps per block; they split the block's K range and add up in shared memory.
     unroll:    steps of K each warp loads at once (all its loads of a step are in flight
                together); a step is row_bytes / 2 elements of K for every row of the block.
     row_bytes: contiguous bytes of one W row that one warp load instruction reads: 64, 128, 256
@@ -101,24 +96,11 @@ class GemvConfig:
         return self.row_bytes // 2 * self.unroll
 
     @property
-    def tiles(self) -> int:
-        """16-row tiles of W each warp multiplies (tensor-core kernels)."""
-        return self.rows // 16 // (self.warps if self.kernel == "mma_sx" else 1)
-
-    @property
     def w_loads(self) -> int:
         """16-byte loads of W each thread has in flight per loop iteration."""
-        if self.kernel == "fma":
-            return self.rows * self.unroll
-        return self.tiles * self.row_bytes // 32 * self.unroll
-
-    def shared_bytes(self, m: int, k: int) -> tuple[int, int]:
-        """(static, dynamic) shared memory of one block for m rows of X and K = k."""
-        static = 4 * m * self.rows * (1 if self.kernel == "mma_sx" else self.warps)
-        dynamic = 0
-        if self.kernel == "mma_sx":
-            dynamic = 2 * m * (k_per_split(self, k) + SHARED_X_PAD)
-        return static, dynamic
+        if self.kernel == "mma":
+            return self.rows // 16 * self.row_bytes // 32 * self.unroll
+        return self.rows * self.unroll
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -144,13 +126,11 @@ def structure_error(config: GemvConfig) -> str | None:
     """Why `config` is not a point of the tuning space, or None if it is."""
     if config.kernel not in KERNELS:
         return f"kernel must be one of {KERNELS}, not {config.kernel!r}"
-    fma = config.kernel == "fma"
-    allowed_rows = {"mma": MMA_ROWS, "mma_sx": SHARED_X_ROWS, "fma": FMA_ROWS}[config.kernel]
+    mma = config.kernel == "mma"
+    allowed_rows = MMA_ROWS if mma else FMA_ROWS
     if config.rows not in allowed_rows:
         return f"rows for the {config.kernel} kernel must be one of {allowed_rows}"
-    if config.kernel == "mma_sx" and config.rows not in (16 * config.warps, 32 * config.warps):
-        return "the mma_sx kernel gives each warp 16 or 32 rows: rows must be 16 or 32 x warps"
-    allowed_bytes = (FMA_ROW_BYTES,) if fma else MMA_ROW_BYTES
+    allowed_bytes = MMA_ROW_BYTES if mma else (FMA_ROW_BYTES,)
     if config.row_bytes not in allowed_bytes:
         return f"row_bytes for the {config.kernel} kernel must be one of {allowed_bytes}"
     if config.warps not in WARPS:
@@ -191,7 +171,7 @@ def config_error(config: GemvConfig, m: int, n: int, k: int) -> str | None:
         return error
     if config.kernel == "fma" and m > MAX_FMA_M:
         return f"the fma kernel takes m <= {MAX_FMA_M}, got m = {m}"
-    shared = sum(config.shared_bytes(m, k))
+    shared = 4 * config.warps * m * config.rows
     if shared > SHARED_BYTES:
         return f"needs {shared} bytes of shared memory for m = {m}; at most {SHARED_BYTES}"
     if config.split_k == 1:
@@ -280,15 +260,10 @@ def gemv_configs(m: int, n: int, k: int, sm_count: int = PLANNING_SM_COUNT) -> l
 
 def kernel_name(config: GemvConfig, m: int, dtype: str) -> str:
     """The C++ name of the template instance that runs `config` (an NVRTC name expression)."""
-    group = config.row_bytes // 64
     if config.kernel == "mma":
+        group = config.row_bytes // 64
         return (
             f"ftb_gemv_mma<{C_TYPES[dtype]}, {m}, {config.rows}, {config.warps}, {group}, "
-            f"{config.unroll}>"
-        )
-    if config.kernel == "mma_sx":
-        return (
-            f"ftb_gemv_mma_sx<{C_TYPES[dtype]}, {m}, {config.tiles}, {config.warps}, {group}, "
             f"{config.unroll}>"
         )
     return f"ftb_gemv_fma<{C_TYPES[dtype]}, {m}, {config.rows}, {config.warps}, {config.unroll}>"
@@ -329,18 +304,13 @@ def prepare(configs: list[GemvConfig], m: int, dtype: str) -> float:
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan(
-    config: GemvConfig, m: int, n: int, k: int, dtype: str
-) -> tuple[str, tuple, tuple, int, int]:
-    """(kernel name, grid, block, k per split, dynamic shared bytes) of one launch; refuses what
-    cannot run."""
+def _plan(config: GemvConfig, m: int, n: int, k: int, dtype: str) -> tuple[str, tuple, tuple, int]:
+    """(kernel name, grid, block, k per split) of one launch; refuses what cannot run."""
     reason = supports(m, n, k, dtype) or config_error(config, m, n, k)
     if reason:
         raise InvalidInputError(f"gemv {config.name} for m={m}, n={n}, k={k} ({dtype}): {reason}")
     grid = (math.ceil(n / config.rows), config.split_k, 1)
-    block = (config.threads, 1, 1)
-    dynamic = config.shared_bytes(m, k)[1]
-    return kernel_name(config, m, dtype), grid, block, k_per_split(config, k), dynamic
+    return kernel_name(config, m, dtype), grid, (config.threads, 1, 1), k_per_split(config, k)
 
 
 def gemv(x: Any, w: Any, y: Any, config: GemvConfig, *, pdl: bool | None = None) -> None:
@@ -355,7 +325,7 @@ def gemv(x: Any, w: Any, y: Any, config: GemvConfig, *, pdl: bool | None = None)
     """
     m, n, k = check_linear_operands(x, w, y)
     dtype = "float16" if str(x.dtype) == "float16" else "bfloat16"
-    name, grid, block, split_k_elements, shared_bytes = _plan(config, m, n, k, dtype)
+    name, grid, block, split_k_elements = _plan(config, m, n, k, dtype)
     import cupy
 
     if x.data.ptr % 16 or w.data.ptr % 16:
@@ -371,7 +341,7 @@ def gemv(x: Any, w: Any, y: Any, config: GemvConfig, *, pdl: bool | None = None)
         np.int32(k),
         np.int32(split_k_elements),
     ]
-    nvrtc.launch(kernel, grid, block, arguments, shared_mem=shared_bytes, pdl=pdl)
+    nvrtc.launch(kernel, grid, block, arguments, pdl=pdl)
 
 
 def read_probe(source: Any, sink: Any, blocks: int) -> None:

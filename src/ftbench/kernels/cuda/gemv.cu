@@ -53,25 +53,6 @@ __device__ __forceinline__ uint4 load_cached(const void* pointer) {
   return v;
 }
 
-// 16 bytes of X staged in shared memory (the shared-X kernel).
-__device__ __forceinline__ uint4 load_shared(const void* pointer) {
-  uint4 v;
-  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(pointer));
-  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "r"(address)
-               : "memory");
-  return v;
-}
-
-// Copy 16 bytes from global to shared memory without passing through registers (sm_80+).
-__device__ __forceinline__ void copy_async_16(void* shared, const void* global) {
-  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(shared));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(address), "l"(global) : "memory");
-}
-
-__device__ __forceinline__ void wait_copies() { asm volatile("cp.async.wait_all;" ::: "memory"); }
-
 // v if keep, else zeros: a select, not a branch.
 __device__ __forceinline__ uint4 keep_if(bool keep, const uint4& v) {
   return make_uint4(keep ? v.x : 0u, keep ? v.y : 0u, keep ? v.z : 0u, keep ? v.w : 0u);
@@ -158,7 +139,7 @@ __device__ __forceinline__ void widen8(const uint4& v, float (&out)[8]) {
   out[7] = Ops<T>::high(v.w);
 }
 
-// Combine the block's per-warp sums, red[w][token][row] for w < WARPS, and write Y.
+// Combine the block's per-warp sums, red[warp][token][row], and write Y.
 //
 // With one block along K the sums go straight to Y. With split-K (gridDim.y > 1) each block
 // writes its sums to partial[split][token][n], and the last block of its row range to arrive
@@ -172,7 +153,7 @@ __device__ __forceinline__ void finish_block(const float (&red)[WARPS][M][ROWS],
   __shared__ unsigned arrival;
   __syncthreads();
   const int splits = gridDim.y;
-  for (int i = threadIdx.x; i < M * ROWS; i += blockDim.x) {
+  for (int i = threadIdx.x; i < M * ROWS; i += WARPS * 32) {
     const int token = i / ROWS, row = row0 + i % ROWS;
     float sum = 0.0f;
 #pragma unroll
@@ -195,7 +176,7 @@ __device__ __forceinline__ void finish_block(const float (&red)[WARPS][M][ROWS],
   }
   __syncthreads();
   if (arrival != static_cast<unsigned>(splits - 1)) return;
-  for (int i = threadIdx.x; i < M * ROWS; i += blockDim.x) {
+  for (int i = threadIdx.x; i < M * ROWS; i += WARPS * 32) {
     const int token = i / ROWS, row = row0 + i % ROWS;
     if (row >= n) continue;
     float sum = 0.0f;
@@ -241,17 +222,15 @@ __device__ __forceinline__ void transpose_groups(uint4 (&v)[GROUP], int p) {
 // reads 8 rows x 64 bytes. Wider pieces of a row per instruction stream better from HBM: with
 // GROUP = 2, 4, 8 the GROUP lane groups g = base + p load the same row together (64 * GROUP
 // bytes, group p taking chunk p) and transpose_groups hands each row back to its owner.
-// X (the B fragment) is loaded at the same K offsets for token g (and g + 8 when M > 8), from
-// global memory, or with SHARED_X from the block's copy in shared memory, whose rows start at
-// element x_base of K.
+// X (the B fragment) is loaded at the same K offsets for token g (and g + 8 when M > 8).
 // Row addresses are recomputed per load (clamped to the last row, which is read but never
 // written) rather than held: TILES * 2 * GROUP pointers would crowd out the loaded data.
-template <typename T, int M, int TILES, int GROUP, int UNROLL, bool CHECK, bool SHARED_X = false>
+template <typename T, int M, int TILES, int GROUP, int UNROLL, bool CHECK>
 __device__ __forceinline__ void mma_chunk(float (&acc)[TILES][(M + 7) / 8][4], const T* w_lane,
                                           const int (&first_rows)[TILES][2], int n, int k,
                                           const T* const (&x_rows)[(M + 7) / 8],
                                           const bool (&x_valid)[(M + 7) / 8], int kc, int p,
-                                          int lane_k, int k_end, int x_base = 0) {
+                                          int lane_k, int k_end) {
   constexpr int MT = (M + 7) / 8;
   constexpr int STEP = 32 * GROUP;
   uint4 wv[UNROLL][TILES][2][GROUP];
@@ -276,12 +255,11 @@ __device__ __forceinline__ void mma_chunk(float (&acc)[TILES][(M + 7) / 8][4], c
 #pragma unroll
     for (int c = 0; c < GROUP; ++c) {
       const bool x_in_range = !CHECK || kc + u * STEP + c * 32 + lane_k < k_end;
-      const int x_offset = x_in_range ? kc + u * STEP + c * 32 - x_base : -lane_k;
+      const int x_offset = x_in_range ? kc + u * STEP + c * 32 : -lane_k;
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         const bool valid = x_in_range && (M % 8 == 0 || x_valid[mt]);
-        const T* piece = x_rows[mt] + x_offset;
-        xv[u][c][mt] = keep_if(valid, SHARED_X ? load_shared(piece) : load_cached(piece));
+        xv[u][c][mt] = keep_if(valid, load_cached(x_rows[mt] + x_offset));
       }
     }
   }
@@ -426,105 +404,6 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
     }
   }
   ftb::finish_block<T, M, ROWS, WARPS>(red, y, partial, counters, n, row0);
-}
-
-// Elements of padding after each row of X in shared memory: 64 bytes, so that the rows of
-// tokens g and g + 1, read together by one quarter of a warp, fall in different banks.
-constexpr int kSharedXPad = 32;
-
-// Tensor-core GEMV with X in shared memory, for m = 5..16, where X is as large as the W a block
-// streams per step: reading X from L2 once per block rather than per warp and step cuts the L2
-// traffic that then limits the GEMV. Block: WARPS warps, each on its own TILES 16-row tiles
-// (WARPS * TILES * 16 rows), each over the block's whole K range [blockIdx.y * k_per_split, ...);
-// the block first copies X's M rows of that range into shared memory (dynamic, M * (k_per_split
-// + kSharedXPad) elements), so split-K (gridDim.y) keeps that copy small. Grid: (ceil(n / rows),
-// split_k). Same W loads, mma and split-K epilogue as ftb_gemv_mma.
-template <typename T, int M, int TILES, int WARPS, int GROUP, int UNROLL>
-__global__ void __launch_bounds__(WARPS * 32, 1)
-    ftb_gemv_mma_sx(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
-                    float* __restrict__ partial, unsigned* __restrict__ counters, int n, int k,
-                    int k_per_split) {
-  static_assert(M >= 1 && M <= 16, "M must be 1..16");
-  static_assert(GROUP == 1 || GROUP == 2 || GROUP == 4 || GROUP == 8, "GROUP: 1, 2, 4 or 8");
-  constexpr int ROWS = WARPS * TILES * 16;
-  constexpr int MT = (M + 7) / 8;
-  constexpr int CHUNK = 32 * GROUP * UNROLL;
-  extern __shared__ uint4 x_shared[];
-  __shared__ float red[1][M][ROWS];
-
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int g = lane / 4, t = lane % 4;
-  const int p = g % GROUP, group_base = g - p;
-  const int lane_k = t * 8;
-  const int block_row0 = blockIdx.x * ROWS;
-  const int row0 = block_row0 + warp * TILES * 16;
-  const int k_begin = blockIdx.y * k_per_split;
-  const int k_end = min(k, k_begin + k_per_split);
-  const int x_stride = k_per_split + kSharedXPad;
-  T* xs = reinterpret_cast<T*>(x_shared);
-
-  const T* w_lane = w + p * 32 + lane_k;
-  int first_rows[TILES][2];
-#pragma unroll
-  for (int tile = 0; tile < TILES; ++tile) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) first_rows[tile][h] = row0 + tile * 16 + h * 8 + group_base;
-  }
-  const T* x_rows[MT];
-  bool x_valid[MT];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-    const int token = mt * 8 + g;
-    x_valid[mt] = token < M;
-    x_rows[mt] = xs + (x_valid[mt] ? token : 0) * x_stride + lane_k;
-  }
-  float acc[TILES][MT][4];
-#pragma unroll
-  for (int tile = 0; tile < TILES; ++tile) {
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[tile][mt][i] = 0.0f;
-    }
-  }
-
-  ftb::prefetch_rows_l2(w, block_row0, ROWS, n, k, k_begin, k_end);
-  ftb_pdl::wait_for_previous_grid();
-  if (k_begin < k_end) {  // k_end - k_begin is a multiple of 8 (k is, and k_per_split of 64)
-    const int pieces = (k_end - k_begin) / 8;
-    for (int i = threadIdx.x; i < M * pieces; i += blockDim.x) {
-      const int token = i / pieces, piece = i % pieces;
-      ftb::copy_async_16(xs + token * x_stride + piece * 8,
-                         x + static_cast<size_t>(token) * k + k_begin + piece * 8);
-    }
-  }
-  ftb::wait_copies();
-  __syncthreads();
-  int kc = k_begin;
-  for (; kc + CHUNK <= k_end; kc += CHUNK) {
-    ftb::mma_chunk<T, M, TILES, GROUP, UNROLL, false, true>(acc, w_lane, first_rows, n, k, x_rows,
-                                                            x_valid, kc, p, lane_k, k_end, k_begin);
-  }
-  if (kc < k_end) {
-    ftb::mma_chunk<T, M, TILES, GROUP, UNROLL, true, true>(acc, w_lane, first_rows, n, k, x_rows,
-                                                           x_valid, kc, p, lane_k, k_end, k_begin);
-  }
-  ftb_pdl::allow_next_grid();
-
-  // Accumulator i of tile/mt holds row g + 8 * (i / 2), token mt * 8 + 2t + i % 2.
-#pragma unroll
-  for (int tile = 0; tile < TILES; ++tile) {
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int token = mt * 8 + 2 * t + i % 2;
-        const int row = warp * TILES * 16 + tile * 16 + g + 8 * (i / 2);
-        if (token < M) red[0][token][row] = acc[tile][mt][i];
-      }
-    }
-  }
-  ftb::finish_block<T, M, ROWS, 1>(red, y, partial, counters, n, block_row0);
 }
 
 // CUDA-core GEMV for small M. Block: WARPS warps on the same ROWS rows, splitting the block's
