@@ -4,7 +4,7 @@ import pytest
 
 from ftbench.bench.environment import capture_environment
 from ftbench.errors import InvalidInputError
-from ftbench.files import read_json, write_json_atomic
+from ftbench.files import positive_number, positive_numbers, read_json, write_json_atomic
 from ftbench.reports.results import read_results, write_results
 
 
@@ -49,6 +49,7 @@ def test_results_round_trip(tmp_path):
         ([1, 2], "top level is not an object"),
         ({"schema": 1, "kind": "x"}, "missing environment, records"),
         ({"schema": 99, "kind": "x", "environment": {}, "records": []}, "schema 99"),
+        ({"schema": 1, "kind": ["x"], "environment": {}, "records": []}, "'kind' must be a string"),
     ],
 )
 def test_wrong_result_files_are_refused(tmp_path, content, message):
@@ -56,3 +57,20 @@ def test_wrong_result_files_are_refused(tmp_path, content, message):
     path.write_text(json.dumps(content))
     with pytest.raises(InvalidInputError, match=message):
         read_results(path)
+
+
+@pytest.mark.parametrize(
+    "value", [0, -1.5, "1.0", None, True, [1.0], float("nan"), float("inf"), 10**400]
+)
+def test_positive_number_refuses_anything_but_a_finite_number_above_zero(value):
+    with pytest.raises(InvalidInputError, match=r"^timing\.median_ms must be a finite number > 0"):
+        positive_number(value, "timing.median_ms")
+
+
+def test_positive_numbers():
+    assert positive_number(0, "rel_noise", zero_ok=True) == 0.0
+    assert positive_numbers([1, 2.5], "samples_ms") == [1.0, 2.5]
+    with pytest.raises(InvalidInputError, match=r"samples_ms\[1\] must be a finite number > 0"):
+        positive_numbers([1.0, 0.0], "samples_ms")
+    with pytest.raises(InvalidInputError, match="samples_ms must be a list of numbers"):
+        positive_numbers("1.0", "samples_ms")

@@ -230,3 +230,60 @@ def test_threshold_parsing():
             parse_threshold(text)
     with pytest.raises(InvalidInputError, match="--format"):
         render(compare_files(FOUNDATION, FOUNDATION), "html")
+
+
+@pytest.mark.parametrize(
+    ("sample", "message"),
+    [
+        (0.0, r"samples_ms\[0\] must be a finite number > 0, got 0.0"),
+        (-0.04, r"samples_ms\[0\] must be a finite number > 0, got -0.04"),
+        ("0.04", r"samples_ms\[0\] must be a finite number > 0, got '0.04'"),
+        (float("nan"), r"samples_ms\[0\] must be a finite number > 0, got nan"),
+        ([0.04], r"samples_ms\[0\] must be a finite number > 0, got \[0.04\]"),
+    ],
+)
+def test_samples_that_are_not_finite_positive_numbers_are_refused(tmp_path, sample, message):
+    def poison(document):
+        timing = foundation_probe(document, "gemv_cold")
+        timing["samples_ms"] = [sample] * len(timing["samples_ms"])
+
+    bad = variant(tmp_path, FOUNDATION, poison)
+    with pytest.raises(InvalidInputError, match=rf"^{bad}: .*gemv_cold\.{message}"):
+        compare_files(bad, FOUNDATION)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda timing: timing.update(samples_ms=None), "samples_ms must be a list of numbers"),
+        (lambda timing: timing.update(median_ms="fast"), "median_ms must be a finite number > 0"),
+        (lambda timing: timing.update(ci_low_ms=0), "ci_low_ms must be a finite number > 0"),
+        (lambda timing: timing.pop("rel_noise"), "lacks rel_noise"),
+    ],
+)
+def test_foundation_timings_with_bad_fields_are_refused(tmp_path, edit, message):
+    bad = variant(tmp_path, FOUNDATION, lambda d: edit(foundation_probe(d, "copy")))
+    with pytest.raises(InvalidInputError, match=message):
+        compare_files(FOUNDATION, bad)
+
+
+def test_a_zero_baseline_is_bad_input_not_a_crash(tmp_path):
+    def zero(document):
+        timing = foundation_probe(document, "gemm_hot")
+        timing["samples_ms"] = [0.0] * len(timing["samples_ms"])
+
+    result = ftbench("compare", variant(tmp_path, FOUNDATION, zero), FOUNDATION)
+    assert result.returncode == 2, result.stderr
+    assert "gemm_hot.samples_ms[0] must be a finite number > 0" in result.stderr
+
+
+def test_a_tune_timing_of_zero_is_refused(tmp_path):
+    bad = variant(tmp_path, TUNE, lambda d: tune_winner(d, TUNED_PROBLEM).update(median_ms=0))
+    with pytest.raises(InvalidInputError, match=rf"{TUNED_PROBLEM} .*median_ms must be a finite"):
+        compare_files(TUNE, bad)
+
+
+def test_a_kind_that_is_not_a_string_is_refused(tmp_path):
+    bad = variant(tmp_path, FOUNDATION, lambda d: d.update(kind=["foundation"]))
+    with pytest.raises(InvalidInputError, match=rf"^{bad}: 'kind' must be a string"):
+        compare_files(bad, FOUNDATION)

@@ -141,3 +141,26 @@ def test_bad_files_and_databases_are_refused_by_name(tmp_path):
 def test_default_path_follows_the_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("FTBENCH_CACHE_DIR", str(tmp_path))
     assert default_history_path() == tmp_path / "history.sqlite3"
+
+
+def test_a_file_with_zero_samples_is_never_stored(tmp_path):
+    document = json.loads(FOUNDATIONS[1].read_text())
+    timing = document["records"][0]["timings"]["copy"]
+    timing["samples_ms"] = [0.0] * len(timing["samples_ms"])
+    poisoned = tmp_path / "poisoned.json"
+    poisoned.write_text(json.dumps(document))
+    db = tmp_path / "h.sqlite3"
+    with pytest.raises(InvalidInputError, match=rf"^{poisoned}: .*copy\.samples_ms\[0\] must be"):
+        add_files(db, [FOUNDATIONS[0], poisoned])
+    assert not db.exists()
+
+
+def test_the_dashboard_refuses_a_history_poisoned_before_checks(tmp_path):
+    from ftbench.reports.dashboard import write_dashboard
+
+    db = tmp_path / "h.sqlite3"
+    add_files(db, FOUNDATIONS[:2])
+    with sqlite3.connect(db) as connection:
+        connection.execute("UPDATE metrics SET samples_ms = '[0.0, 0.0]' WHERE run_id = 1")
+    with pytest.raises(InvalidInputError, match=rf"^{db}: run 1 \w+: samples_ms\[0\] must be"):
+        write_dashboard(db, tmp_path / "site")

@@ -68,3 +68,31 @@ def test_a_configuration_that_did_not_run_needs_a_reason_and_no_timings():
     del skipped["reason"]
     with pytest.raises(InvalidInputError, match="record 3: run record lacks reason"):
         check_run_record(skipped, "record 3")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("ttft_ms", {**summary(1.0), "samples_ms": [0.0] * 5},
+         r"ttft_ms: samples_ms\[0\] must be a finite number > 0, got 0.0"),
+        ("ttft_ms", {**summary(1.0), "median_ms": "1.0"}, "ttft_ms: median_ms must be a finite"),
+        ("decode_step_ms", {**summary(1.0), "ci_high_ms": float("inf")},
+         "decode_step_ms: ci_high_ms must be a finite number > 0"),
+        ("throughput_tok_s", "fast", "throughput_tok_s must be a finite number > 0"),
+        ("roofline_fraction", 0, "roofline_fraction must be a finite number > 0"),
+        ("peak_memory_bytes", "big", "peak_memory_bytes must be a non-negative integer"),
+        ("gemm_cache_misses", -1, "gemm_cache_misses must be a non-negative integer"),
+        ("flags", "power-capped", "flags must be a list of strings"),
+        ("flags", [1], "flags must be a list of strings"),
+    ],
+)  # fmt: skip
+def test_records_with_bad_numbers_are_refused(field, value, message):
+    with pytest.raises(InvalidInputError, match=f"^record 3: {message}"):
+        check_run_record({**record(), field: value}, "record 3")
+
+
+def test_optional_fields_may_be_null_or_absent():
+    built = record()
+    for name in ("throughput_tok_s", "peak_memory_bytes", "roofline_fraction", "flags"):
+        check_run_record({**built, name: None}, "record")
+        check_run_record({key: value for key, value in built.items() if key != name}, "record")

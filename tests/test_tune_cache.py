@@ -238,3 +238,60 @@ def test_a_winner_is_confirmed_against_the_default_in_every_round(monkeypatch, m
     assert best_timing.median_ms == expected[winner][-1]
     for candidate in [default, *finalists]:
         assert records[candidate.key()]["confirm_median_ms"] == expected[candidate.name]
+
+
+def _corrupt(data, key, field, value):
+    """Set `field` ("winner_time.median_ms" reaches inside) of one entry, or of the header."""
+    target = data["header"] if key == "header" else data["entries"][key]
+    *inside, name = field.split(".")
+    for step in inside:
+        target = target[step]
+    target[name] = value
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("winner", None, "winner must be a candidate object, got None"),
+        ("default", [1], "default must be a candidate object"),
+        ("winner_time", None, "winner_time must be an object with median_ms"),
+        ("winner_time.median_ms", 0, r"winner_time.median_ms must be a finite number > 0, got 0"),
+        ("default_time.median_ms", "0.5", "default_time.median_ms must be a finite number > 0"),
+        ("winner_time.ci_low_ms", float("nan"), "winner_time.ci_low_ms must be a finite number"),
+        ("winner_time.median_ms", -1.0, "winner_time.median_ms must be a finite number > 0"),
+        ("winner_time.median_ms", float("inf"), "winner_time.median_ms must be a finite"),
+        ("winner_time.rel_noise", -0.1, r"winner_time.rel_noise must be a finite number >= 0"),
+        ("runner_up_time.median_ms", [1.0], "runner_up_time.median_ms must be a finite number"),
+        ("winner.name", ["algo"], "winner.name must be a string"),
+        ("candidates_timed", "many", "candidates_timed must be a non-negative integer"),
+        ("candidates_failed", 1.5, "candidates_failed must be a non-negative integer"),
+        ("measured_utc", "yesterday", "measured_utc must be an ISO 8601 time with a time zone"),
+        ("measured_utc", "2026-11-24T16:48:53", "measured_utc must be an ISO 8601 time with"),
+        ("measured_utc", 20261124, "measured_utc must be an ISO 8601 time with a time zone"),
+    ],
+)  # fmt: skip
+def test_entries_with_bad_values_are_corrupt_and_named(tmp_path, field, value, message):
+    data = cache_with(entry(PROBLEMS[0])).to_dict()
+    _corrupt(data, PROBLEMS[0].key(), field, value)
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps(data))
+    where = rf"^{path}: entry {PROBLEMS[0].key()}: "
+    with pytest.raises(InvalidInputError, match=where + message):
+        load_cache(path)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("gpu_name", ["NVIDIA H200"], "gpu_name must be a string"),
+        ("cublas", None, "cublas must be a string"),
+        ("created_utc", "x", "created_utc must be an ISO 8601 time with a time zone"),
+    ],
+)
+def test_headers_with_bad_values_are_corrupt_and_named(tmp_path, field, value, message):
+    data = cache_with(entry(PROBLEMS[0])).to_dict()
+    _corrupt(data, "header", field, value)
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(InvalidInputError, match=rf"^{path}: header\.{message}"):
+        load_cache(path)

@@ -115,3 +115,16 @@ def test_cache_merge_and_prune(tmp_path):
     assert result.exit_code == 0, result.output
     assert "dropped 1, kept 2" in result.output
     assert len(load_cache(merged).entries) == 2
+
+
+def test_a_cache_with_a_zero_time_is_invalid_everywhere(tmp_path):
+    path = saved_cache(tmp_path / "c.json", 1, 8)
+    data = json.loads(path.read_text())
+    next(iter(data["entries"].values()))["winner_time"]["median_ms"] = 0
+    path.write_text(json.dumps(data))
+    for command in (["validate"], ["show"], ["prune", "--min-speedup", "1.1"],
+                    ["merge", str(tmp_path / "m.json")]):  # fmt: skip
+        result = runner.invoke(app, ["cache", *command, str(path)])
+        assert isinstance(result.exception, InvalidInputError), (command, result.output)
+        assert "winner_time.median_ms must be a finite number > 0" in str(result.exception)
+        assert "valid" not in result.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -64,3 +65,22 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise InvalidInputError(
             f"{source} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
         ) from exc
+
+
+def positive_number(value: Any, where: str, zero_ok: bool = False) -> float:
+    """`value` read from a file, as a float, if it is a finite number above zero (or zero, with
+    `zero_ok`); a string, list, null, bool, NaN or infinity is an InvalidInputError naming
+    `where`."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    finite = is_number and abs(value) <= sys.float_info.max
+    if not finite or value < 0 or (value == 0 and not zero_ok):
+        bound = ">= 0" if zero_ok else "> 0"
+        raise InvalidInputError(f"{where} must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
+def positive_numbers(values: Any, where: str) -> list[float]:
+    """A list of finite numbers above zero read from a file (see `positive_number`)."""
+    if not isinstance(values, list):
+        raise InvalidInputError(f"{where} must be a list of numbers, got {values!r}")
+    return [positive_number(value, f"{where}[{index}]") for index, value in enumerate(values)]

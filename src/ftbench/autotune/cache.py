@@ -11,7 +11,9 @@ One JSON file per GPU kind and library set:
 
 Loading checks the header against the running GPU and libraries; a mismatch warns and gives an
 empty cache (the way PyTorch TunableOp's validators work), so stale tuning is never applied.
-A file that is not a tuned cache, or is corrupt, is an InvalidInputError naming the file.
+A file that is not a tuned cache, or is corrupt (a missing field, a time that is not a finite
+positive number, a timestamp without a time zone, ...), is an InvalidInputError naming the file,
+the entry and the field.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from ftbench.autotune.candidate import Candidate
 from ftbench.autotune.problem import GemmProblem
 from ftbench.bench.environment import EnvironmentRecord
 from ftbench.errors import InvalidInputError
-from ftbench.files import read_json, write_json_atomic
+from ftbench.files import positive_number, read_json, write_json_atomic
 
 SCHEMA = 1
 KIND = "ftbench-tuned-cache"
@@ -40,6 +42,27 @@ CHECKED_FIELDS = (
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _aware_time(value: Any, where: str) -> str:
+    """`value` if it is an ISO 8601 time with a time zone (what `utc_now` writes)."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise InvalidInputError(
+            f"{where} must be an ISO 8601 time with a time zone (e.g. 2026-11-24T16:44:16+00:00), "
+            f"got {value!r}"
+        )
+    return value
+
+
+def _object_with(data: Any, names: list[str], where: str) -> dict[str, Any]:
+    """`data` if it is a JSON object with exactly the fields `names`."""
+    if not isinstance(data, dict) or sorted(data) != sorted(names):
+        raise InvalidInputError(f"{where} must be an object with {', '.join(names)}, got {data!r}")
+    return data
 
 
 @dataclass(frozen=True)
@@ -55,6 +78,17 @@ class CacheHeader:
     cutlass: str
     ftbench: str
     created_utc: str = field(default_factory=utc_now, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> CacheHeader:
+        """A header as the cache stores it: every field a string, created_utc a time."""
+        names = [f.name for f in fields(cls)]
+        _object_with(data, names, "header")
+        for name in names:
+            if not isinstance(data[name], str):
+                raise InvalidInputError(f"header.{name} must be a string, got {data[name]!r}")
+        _aware_time(data["created_utc"], "header.created_utc")
+        return cls(**data)
 
     @classmethod
     def from_environment(cls, environment: EnvironmentRecord, gpu_index: int = 0) -> CacheHeader:
@@ -96,6 +130,16 @@ class TimeSummary:
         """From a `bench.timer.Timing`."""
         return cls(timing.median_ms, timing.ci_low_ms, timing.ci_high_ms, timing.rel_noise)
 
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> TimeSummary:
+        """A summary as the cache stores it: finite times above zero, a noise of zero or more."""
+        names = [f.name for f in fields(cls)]
+        _object_with(data, names, where)
+        return cls(
+            *(positive_number(data[name], f"{where}.{name}") for name in names[:3]),
+            positive_number(data["rel_noise"], f"{where}.rel_noise", zero_ok=True),
+        )
+
     def faster_beyond_noise(self, other: TimeSummary, min_gain: float = 0.0) -> bool:
         """True when the 95% intervals do not overlap, this one is lower, and it gains at least
         `min_gain` (a fraction of the other's median; drift between runs is not in the CIs)."""
@@ -133,25 +177,39 @@ class TunedEntry:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TunedEntry:
-        def candidate(value):
-            return None if value is None else Candidate.from_dict(value)
-
-        def summary(value):
-            return None if value is None else TimeSummary(**value)
-
+    def from_dict(cls, data: Any) -> TunedEntry:
+        """An entry as `to_dict` writes it; a missing or malformed field is an error naming it."""
+        _object_with(data, [f.name for f in fields(cls)], "the entry")
+        runner_up, runner_up_time = data["runner_up"], data["runner_up_time"]
         return cls(
             problem=GemmProblem.from_dict(data["problem"]),
-            winner=candidate(data["winner"]),
-            winner_time=summary(data["winner_time"]),
-            default=candidate(data["default"]),
-            default_time=summary(data["default_time"]),
-            runner_up=candidate(data["runner_up"]),
-            runner_up_time=summary(data["runner_up_time"]),
-            candidates_timed=int(data["candidates_timed"]),
-            candidates_failed=int(data["candidates_failed"]),
-            measured_utc=data["measured_utc"],
-        )
+            winner=_candidate(data["winner"], "winner"),
+            winner_time=TimeSummary.from_dict(data["winner_time"], "winner_time"),
+            default=_candidate(data["default"], "default"),
+            default_time=TimeSummary.from_dict(data["default_time"], "default_time"),
+            runner_up=None if runner_up is None else _candidate(runner_up, "runner_up"),
+            runner_up_time=(
+                None if runner_up_time is None
+                else TimeSummary.from_dict(runner_up_time, "runner_up_time")
+            ),
+            candidates_timed=_count(data["candidates_timed"], "candidates_timed"),
+            candidates_failed=_count(data["candidates_failed"], "candidates_failed"),
+            measured_utc=_aware_time(data["measured_utc"], "measured_utc"),
+        )  # fmt: skip
+
+
+def _candidate(data: Any, where: str) -> Candidate:
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{where} must be a candidate object, got {data!r}")
+    if not isinstance(data.get("name"), str):
+        raise InvalidInputError(f"{where}.name must be a string, got {data.get('name')!r}")
+    return Candidate.from_dict(data)
+
+
+def _count(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInputError(f"{where} must be a non-negative integer, got {value!r}")
+    return value
 
 
 @dataclass
@@ -199,17 +257,22 @@ def parse_cache(document: Any, source: str) -> TunedCache:
             f"(this ftbench reads schema {SCHEMA})"
         )
     try:
-        header = CacheHeader(**document["header"])
-        entries = {}
-        for key, value in document["entries"].items():
-            entry = TunedEntry.from_dict(value)
-            if entry.problem.key() != key:
-                raise ValueError(f"entry {key!r} holds problem {entry.problem.key()!r}")
-            entries[key] = entry
+        header = CacheHeader.from_dict(document.get("header"))
     except InvalidInputError as exc:
-        raise InvalidInputError(f"{source}: corrupt cache entry: {exc}") from exc
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise InvalidInputError(f"{source}: corrupt tuned-config cache ({exc!r})") from exc
+        raise InvalidInputError(f"{source}: {exc}") from exc
+    if not isinstance(document.get("entries"), dict):
+        raise InvalidInputError(f"{source}: 'entries' must be an object of entries by problem key")
+    entries = {}
+    for key, value in document["entries"].items():
+        try:
+            entry = TunedEntry.from_dict(value)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"{source}: entry {key}: {exc}") from exc
+        except TypeError as exc:  # e.g. a list where GemmProblem expects a dtype name
+            raise InvalidInputError(f"{source}: entry {key}: corrupt ({exc})") from exc
+        if entry.problem.key() != key:
+            raise InvalidInputError(f"{source}: entry {key} holds problem {entry.problem.key()}")
+        entries[key] = entry
     return TunedCache(header=header, entries=entries)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ftbench.errors import InvalidInputError
-from ftbench.files import write_text_atomic
+from ftbench.files import positive_numbers, write_text_atomic
 from ftbench.reports import plots
 from ftbench.reports.compare import DEFAULT_THRESHOLD, FASTER, SLOWER, judge
 from ftbench.reports.history import metrics_table, open_history, runs_table
@@ -137,6 +137,8 @@ def write_dashboard(
         raise InvalidInputError(
             f"{db}: the history holds no runs yet (add some with `ftbench history add`)"
         )
+    for row in metrics.itertuples():  # `history add` checks them; older versions did not
+        positive_numbers(row.samples_ms, f"{db}: run {row.run_id} {row.name}: samples_ms")
     return write_text_atomic(
         Path(out_dir) / "index.html", build_dashboard(runs, metrics, threshold)
     )

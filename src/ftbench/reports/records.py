@@ -29,7 +29,7 @@ from ftbench.autotune.cache import TunedCache, parse_cache
 from ftbench.autotune.problem import GemmProblem
 from ftbench.bench.environment import EnvironmentRecord
 from ftbench.errors import InvalidInputError
-from ftbench.files import read_json
+from ftbench.files import positive_number, positive_numbers, read_json
 from ftbench.reports import runs
 from ftbench.reports.results import parse_results
 
@@ -123,10 +123,21 @@ def gpu_label(environment: EnvironmentRecord | None) -> str:
     return names[0] if count == 1 else f"{count}x {' + '.join(names)}"
 
 
-def _timing(value: Any) -> dict[str, Any]:
-    """A timer summary with its median (samples optional: not every record keeps them)."""
-    if not isinstance(value, dict) or not isinstance(value.get("median_ms"), (int, float)):
-        raise ValueError("timing has no median_ms")
+def _timing(value: Any, where: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A timer summary at `where`: a median_ms and the `required` fields; its times (samples
+    optional: not every record keeps them) finite numbers above zero, its noise zero or more."""
+    if not isinstance(value, dict):
+        raise InvalidInputError(f"{where} must be a timing object, got {value!r}")
+    missing = [name for name in ("median_ms", *required) if name not in value]
+    if missing:
+        raise InvalidInputError(f"{where} lacks {', '.join(missing)}")
+    for name in ("median_ms", "ci_low_ms", "ci_high_ms"):
+        if name in value:
+            positive_number(value[name], f"{where}.{name}")
+    if "rel_noise" in value:
+        positive_number(value["rel_noise"], f"{where}.rel_noise", zero_ok=True)
+    if "samples_ms" in value:
+        positive_numbers(value["samples_ms"], f"{where}.samples_ms")
     return value
 
 
@@ -153,7 +164,8 @@ def _tune(records: list[dict[str, Any]]) -> list[TuneOutcome]:
             raise ValueError(f"problem_key {key!r} does not match its problem {problem.key()!r}")
         sampled = [r for r in others if r["status"] == "ok" and "samples_ms" in r.get("timing", {})]
         winner = sampled[-1] if sampled else default
-        default_timing, winner_timing = _timing(default["timing"]), _timing(winner["timing"])
+        default_timing = _timing(default["timing"], f"{key} default: timing")
+        winner_timing = _timing(winner["timing"], f"{key} {winner['candidate']['name']}: timing")
         outcomes.append(
             TuneOutcome(
                 problem=problem,
@@ -179,21 +191,30 @@ def _peers(records: list[dict[str, Any]]) -> Peers:
         for name in ("phase", "problem", "m", "n", "k", "default_ms", "chosen_ms", "chosen"):
             if name not in row:
                 raise ValueError(f"peer row lacks {name!r}")
+        for name in ("m", "n", "k", "default_ms", "chosen_ms", "hbm_fraction", "roofline_fraction"):
+            positive_number(row.get(name), f"{row['problem']}: {name}")
+        for name in ("torch_ms", "tunableop_ms"):
+            if row.get(name) is not None:
+                positive_number(row[name], f"{row['problem']}: {name}")
     return Peers(
-        read_bytes_per_s=float(ceilings[0]["read"]["bytes_per_s"]),
-        peak_flops_per_s=float(ceilings[0]["peak"]["flops_per_s"]),
+        read_bytes_per_s=positive_number(ceilings[0]["read"]["bytes_per_s"], "read bytes_per_s"),
+        peak_flops_per_s=positive_number(ceilings[0]["peak"]["flops_per_s"], "peak flops_per_s"),
         rows=rows,
     )
 
 
 def _foundation(records: list[dict[str, Any]]) -> Foundation:
     probes, ncu_ms = [], None
-    for record in records:
+    for index, record in enumerate(records):
         if "ncu" in record:
             ncu_ms = record["ncu"].get("median_ms")
+            if ncu_ms is not None:
+                ncu_ms = positive_number(ncu_ms, f"record {index}: ncu.median_ms")
             continue
         for probe, timing in record["timings"].items():
-            probes.append(ProbeTiming(int(record["run"]), probe, _timing(timing)))
+            where = f"record {index}: timings.{probe}"
+            checked = _timing(timing, where, required=("ci_low_ms", "ci_high_ms", "rel_noise"))
+            probes.append(ProbeTiming(int(record["run"]), probe, checked))
     if not probes:
         raise ValueError("no probe timings")
     return Foundation(probes, ncu_ms)
@@ -201,18 +222,23 @@ def _foundation(records: list[dict[str, Any]]) -> Foundation:
 
 def _gemv(records: list[dict[str, Any]]) -> list[GemvShape]:
     shapes = []
-    for record in records:
+    for index, record in enumerate(records):
         if "ceilings" in record:
             continue
-        best = min(record["configs"], key=lambda c: _timing(c["timing"])["median_ms"])
+        where = f"record {index}"
+        for config in record["configs"]:
+            _timing(config["timing"], f"{where}: {config['name']}: timing")
+        best = min(record["configs"], key=lambda c: c["timing"]["median_ms"])
         pdl = record.get("best_pdl")
+        pdl_timing = None if pdl is None else _timing(pdl["timing"], f"{where}: best_pdl: timing")
         shapes.append(
             GemvShape(
                 m=int(record["m"]), n=int(record["n"]), k=int(record["k"]),
-                bytes=int(record["bytes"]), read_tb_per_s=float(record["read_tb_per_s"]),
+                bytes=int(positive_number(record["bytes"], f"{where}: bytes")),
+                read_tb_per_s=positive_number(record["read_tb_per_s"], f"{where}: read_tb_per_s"),
                 best_name=best["name"], best=best["timing"],
-                cublas=_timing(record["cublas"]["timing"]),
-                best_pdl=None if pdl is None else _timing(pdl["timing"]),
+                cublas=_timing(record["cublas"]["timing"], f"{where}: cublas: timing"),
+                best_pdl=pdl_timing,
             )
         )  # fmt: skip
     return shapes

@@ -47,6 +47,8 @@ def parse_results(document: Any, path: str) -> dict[str, Any]:
             f"{path}: result schema {document['schema']} is not supported (this ftbench reads "
             f"schema {SCHEMA})"
         )
+    if not isinstance(document["kind"], str):
+        raise InvalidInputError(f"{path}: 'kind' must be a string, got {document['kind']!r}")
     if not isinstance(document["records"], list):
         raise InvalidInputError(f"{path}: 'records' must be a list")
     try:

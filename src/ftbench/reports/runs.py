@@ -10,15 +10,17 @@ One record per configuration (engine, model, dtype, tp, pp, batch, input_len, ou
      "gemm_cache_misses": 0, "flags": ["power-capped"], "status": "ok"}
 
 TIMING is the timer's summary (`bench.timer.Timing.to_dict()`): at least median_ms, ci_low_ms,
-ci_high_ms and samples_ms. Derived numbers are computed here, once: throughput_tok_s is the
-tokens generated (batch x output_len) over the median end-to-end time; roofline_fraction is the
-floor of a decode step over its median time. Runs of several ranks (tp x pp > 1, or one rank
-started by a launcher) add "comm_step_ms_per_rank": per global rank, the ms one decode step
-spends in communicator calls (all-reduce, all-gather, send, recv; optional, absent in older
-records and single-process runs) and "micro_batches": how many micro-batches each pipeline step
-ran in (optional, absent in older records: 1). Fields a peer cannot report are null. A
-configuration that could not run has the key fields, a status other than "ok" (e.g. "does not
-fit") and a "reason", and no timings. Writers may add fields of their own; readers ignore them.
+ci_high_ms and samples_ms, finite numbers above zero. Derived numbers are computed here, once:
+throughput_tok_s is the tokens generated (batch x output_len) over the median end-to-end time;
+roofline_fraction is the floor of a decode step over its median time. Runs of several ranks (tp x
+pp > 1, or one rank started by a launcher) add "comm_step_ms_per_rank": per global rank, the ms one
+decode step spends in communicator calls (all-reduce, all-gather, send, recv; optional, absent in
+older records and single-process runs) and "micro_batches": how many micro-batches each pipeline
+step ran in (optional, absent in older records: 1). Fields a peer cannot report are null (or
+absent: throughput_tok_s, peak_memory_bytes, floor_decode_step_ms, roofline_fraction,
+gemm_cache_misses, flags). A configuration that could not run has the key fields, a status other
+than "ok" (e.g. "does not fit") and a "reason", and no timings. Writers may add fields of their
+own; readers ignore them.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ftbench.errors import InvalidInputError
+from ftbench.files import positive_number, positive_numbers
 
 KIND = "run"
 # Known engines, in the order plots and tables show them; others are accepted as they are.
@@ -35,6 +38,9 @@ KEY_FIELDS = ("engine", "model", "dtype", "tp", "pp", "batch", "input_len", "out
 TIMING_METRICS = ("ttft_ms", "decode_step_ms", "end_to_end_ms")
 TIMING_FIELDS = ("median_ms", "ci_low_ms", "ci_high_ms", "samples_ms")
 _INT_FIELDS = ("tp", "pp", "batch", "input_len", "output_len")
+# Optional: absent or null where an engine cannot report them.
+_OPTIONAL_NUMBERS = ("throughput_tok_s", "floor_decode_step_ms", "roofline_fraction")
+_OPTIONAL_COUNTS = ("peak_memory_bytes", "gemm_cache_misses")
 OK = "ok"
 
 
@@ -44,7 +50,9 @@ def timing_summary(timing: Any) -> dict[str, Any]:
     missing = [name for name in TIMING_FIELDS if name not in summary]
     if missing:
         raise InvalidInputError(f"timing summary lacks {', '.join(missing)}")
-    summary["samples_ms"] = [float(value) for value in summary["samples_ms"]]
+    for name in TIMING_FIELDS[:3]:
+        summary[name] = positive_number(summary[name], name)
+    summary["samples_ms"] = positive_numbers(summary["samples_ms"], "samples_ms")
     if not summary["samples_ms"]:
         raise InvalidInputError("timing summary has no samples")
     return summary
@@ -119,6 +127,22 @@ def check_run_record(record: Any, where: str) -> None:
             timing_summary(record[name])
         except (InvalidInputError, TypeError, ValueError) as exc:
             raise InvalidInputError(f"{where}: {name}: {exc}") from exc
+    for name in _OPTIONAL_NUMBERS:
+        if record.get(name) is not None:
+            positive_number(record[name], f"{where}: {name}")
+    for name in _OPTIONAL_COUNTS:
+        value = record.get(name)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 0
+        ):
+            raise InvalidInputError(
+                f"{where}: {name} must be a non-negative integer, got {value!r}"
+            )
+    flags = record.get("flags")
+    if flags is not None and not (
+        isinstance(flags, list) and all(isinstance(f, str) for f in flags)
+    ):
+        raise InvalidInputError(f"{where}: flags must be a list of strings, got {flags!r}")
     communication = record.get("comm_step_ms_per_rank")
     if communication is not None and (
         not isinstance(communication, list)
