@@ -1,8 +1,10 @@
 """The command line without a GPU: help, env, and the one-line error path."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -95,3 +97,26 @@ def test_ftbench_debug_re_raises_unexpected_errors(monkeypatch):
 def test_help_states_the_exit_codes():
     result = ftbench("--help")
     assert "3: an internal error" in " ".join(result.stdout.split())
+
+
+def test_failed_writes_exit_2_with_one_line(tmp_path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("mine")
+    cache = tmp_path / "c.json"
+    cache.write_text((Path(__file__).parent / "data" / "results" / "tune-cache.json").read_text())
+    env = {**os.environ, "FTBENCH_CACHE_DIR": str(tmp_path / "cache")}
+    commands = [
+        ["env", "--out", tmp_path / "folder"],
+        ["env", "--out", "/proc/ftbench-test.json"],
+        ["cache", "prune", cache, "--out", tmp_path / "folder"],
+        ["cache", "merge", tmp_path / "folder", cache, "--force"],
+        ["report", cache, "--out", tmp_path / "file"],
+    ]
+    for command in commands:
+        result = subprocess.run(
+            [sys.executable, "-m", "ftbench", *map(str, command)],
+            capture_output=True, text=True, timeout=120, env=env,
+        )  # fmt: skip
+        assert result.returncode == 2, (command, result.stderr)
+        assert result.stderr.startswith("error: cannot write") and result.stderr.count("\n") == 1
+    assert (tmp_path / "file").read_text() == "mine"

@@ -4,7 +4,13 @@ import pytest
 
 from ftbench.bench.environment import capture_environment
 from ftbench.errors import InvalidInputError
-from ftbench.files import positive_number, positive_numbers, read_json, write_json_atomic
+from ftbench.files import (
+    positive_number,
+    positive_numbers,
+    read_json,
+    write_json_atomic,
+    write_text_atomic,
+)
 from ftbench.reports.results import read_results, write_results
 
 
@@ -74,3 +80,22 @@ def test_positive_numbers():
         positive_numbers([1.0, 0.0], "samples_ms")
     with pytest.raises(InvalidInputError, match="samples_ms must be a list of numbers"):
         positive_numbers("1.0", "samples_ms")
+
+
+def test_writing_over_a_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "out").mkdir()
+    with pytest.raises(InvalidInputError, match=rf"^cannot write {tmp_path}/out: Is a directory"):
+        write_json_atomic(tmp_path / "out", {})
+    assert list((tmp_path / "out").iterdir()) == []  # no temp file left behind
+
+
+def test_writing_below_a_file_is_a_clear_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    target = tmp_path / "notes.txt" / "report.html"
+    with pytest.raises(InvalidInputError, match=rf"^cannot write {target}: .*notes.txt is a file"):
+        write_text_atomic(target, "<html>")
+
+
+def test_writing_where_files_cannot_be_made_is_a_clear_error():
+    with pytest.raises(InvalidInputError, match="^cannot write /proc/ftbench-test.json: "):
+        write_json_atomic("/proc/ftbench-test.json", {})

@@ -44,6 +44,9 @@ def test_history_defaults_to_the_cache_dir_and_feeds_the_dashboard(tmp_path):
     site = ftbench("dashboard", "--out", tmp_path / "site", env=env)
     assert site.returncode == 0, site.stderr
     assert (tmp_path / "site" / "index.html").stat().st_size > 10_000
+    onto_a_file = ftbench("dashboard", "--out", tmp_path / "cache" / "history.sqlite3", env=env)
+    assert onto_a_file.returncode == 2
+    assert "history.sqlite3 is a file, not a folder" in onto_a_file.stderr
 
 
 def test_dashboard_without_history_exits_2(tmp_path):

@@ -26,9 +26,22 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     """Write `text` (UTF-8) to `path` through a temp file and a rename.
 
     A reader never sees a half-written file, and an interrupted write leaves the old file intact.
+    A path that cannot be written (a folder, below a file, no permission, a full disk) is an
+    InvalidInputError saying why.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    for folder in target.parents:
+        if folder.exists() and not folder.is_dir():
+            raise InvalidInputError(f"cannot write {target}: {folder} is a file, not a folder")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _write_through_temp_file(target, text)
+    except OSError as exc:
+        raise InvalidInputError(f"cannot write {target}: {exc.strerror or exc}") from exc
+    return target
+
+
+def _write_through_temp_file(target: Path, text: str) -> None:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         os.chmod(tmp_name, FILE_MODE)  # mkstemp makes 0600; results and pages are for sharing
@@ -40,7 +53,6 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    return target
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
