@@ -128,3 +128,17 @@ def test_a_cache_with_a_zero_time_is_invalid_everywhere(tmp_path):
         assert isinstance(result.exception, InvalidInputError), (command, result.output)
         assert "winner_time.median_ms must be a finite number > 0" in str(result.exception)
         assert "valid" not in result.output
+
+
+@pytest.mark.parametrize("days", ["-1", "nan", "inf", "1e9"])
+def test_prune_refuses_an_age_that_is_not_a_sane_number_of_days(tmp_path, days):
+    path = saved_cache(tmp_path / "c.json", 1)
+    result = runner.invoke(app, ["cache", "prune", str(path), "--older-than-days", days])
+    assert isinstance(result.exception, InvalidInputError), result.output
+    assert "--older-than-days takes a number of days from 0 to 36500" in str(result.exception)
+
+
+def test_prune_drops_entries_older_than_the_age(tmp_path):
+    path = saved_cache(tmp_path / "c.json", 1, 8)
+    result = runner.invoke(app, ["cache", "prune", str(path), "--older-than-days", "0"])
+    assert "dropped 2, kept 0" in result.output

@@ -521,6 +521,9 @@ def cache_merge_command(
     console.print(f"{out}: {len(merged.entries)} problems from {len(inputs)} caches")
 
 
+MAX_AGE_DAYS = 36500  # a century: any older entry is older than CUDA
+
+
 @cache_app.command("prune")
 def cache_prune_command(
     path: Annotated[Path, typer.Argument(help="A tuned cache file (rewritten in place).")],
@@ -528,7 +531,11 @@ def cache_prune_command(
         float, typer.Option("--min-speedup", help="Drop entries that gain less than this.")
     ] = 0.0,
     older_than_days: Annotated[
-        float | None, typer.Option("--older-than-days", help="Drop entries measured earlier.")
+        float | None,
+        typer.Option(
+            "--older-than-days",
+            help=f"Drop entries measured more than this many days ago (0 to {MAX_AGE_DAYS}).",
+        ),
     ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="Write the result here instead of in place.")
@@ -538,7 +545,13 @@ def cache_prune_command(
     from datetime import datetime, timedelta, timezone
 
     from ftbench.autotune.cache import load_cache, prune_cache
+    from ftbench.errors import InvalidInputError
 
+    if older_than_days is not None and not 0 <= older_than_days <= MAX_AGE_DAYS:
+        raise InvalidInputError(
+            f"--older-than-days takes a number of days from 0 to {MAX_AGE_DAYS}, "
+            f"got {older_than_days}"
+        )
     cache = load_cache(path)
     cutoff = None
     if older_than_days is not None:
