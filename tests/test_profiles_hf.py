@@ -140,6 +140,13 @@ def test_missing_model_type_is_named(tmp_path):
         ("gpt2.json", {"n_layer": "12"}, "field 'n_layer' must be a positive integer"),
         ("gpt2.json", {"n_head": 7}, "field 'n_embd' \\(768\\) is not divisible by 'n_head'"),
         ("t5-base.json", {"feed_forward_proj": "gated-tanh"}, "field 'feed_forward_proj'"),
+        ("llama-2-7b.json", {"model_type": ["llama"]}, "model_type \\['llama'\\] is not supported"),
+        ("llama-2-7b.json", {"hidden_act": ["silu"]}, "field 'hidden_act' is \\['silu'\\]"),
+        (
+            "t5-base.json",
+            {"feed_forward_proj": ["relu"]},
+            "field 'feed_forward_proj' is \\['relu'\\]",
+        ),
         (
             "bert-base-uncased.json",
             {"position_embedding_type": "relative_key"},

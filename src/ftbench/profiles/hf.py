@@ -73,7 +73,7 @@ class _Fields:
 
     def activation(self, key: str, default: str) -> str:
         value = self._get(key, default)
-        if value not in _ACTIVATIONS:
+        if not isinstance(value, str) or value not in _ACTIVATIONS:
             raise InvalidInputError(
                 f"{self.origin}: field {key!r} is {value!r}, which ftbench does not support; "
                 f"supported: {', '.join(_ACTIVATIONS)}"
@@ -243,7 +243,7 @@ def _t5(f: _Fields) -> dict[str, Any]:
     # HF turns "gated-gelu" into the tanh-approximated gelu_new.
     if act_name == "gelu" and gated:
         act_name = "gelu_new"
-    if act_name not in _ACTIVATIONS:
+    if not isinstance(act_name, str) or act_name not in _ACTIVATIONS:
         raise InvalidInputError(
             f"{f.origin}: field 'feed_forward_proj' is {projection!r}; expected 'relu', 'gelu', "
             "'gated-gelu' or 'gated-silu'"
@@ -311,7 +311,7 @@ def spec_from_hf_config(config: str | Path | dict[str, Any], name: str | None = 
         raise InvalidInputError(
             f"{origin}: missing field 'model_type'; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
-    if model_type not in _BUILDERS:
+    if not isinstance(model_type, str) or model_type not in _BUILDERS:
         raise InvalidInputError(
             f"{origin}: model_type {model_type!r} is not supported; supported: "
             f"{', '.join(SUPPORTED_MODEL_TYPES)}"
