@@ -142,3 +142,20 @@ def test_prune_drops_entries_older_than_the_age(tmp_path):
     path = saved_cache(tmp_path / "c.json", 1, 8)
     result = runner.invoke(app, ["cache", "prune", str(path), "--older-than-days", "0"])
     assert "dropped 2, kept 0" in result.output
+
+
+def test_config_is_a_path_never_a_profile_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["tune", "--config", "gptj-6b", "--dry-run"])
+    assert isinstance(result.exception, InvalidInputError), result.output
+    assert str(result.exception).startswith("cannot read config file gptj-6b")
+
+
+def test_profile_is_a_name_never_a_path(tmp_path):
+    config = {"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12,
+              "n_positions": 1024, "vocab_size": 50257}  # fmt: skip
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    result = runner.invoke(app, ["tune", "--profile", str(path), "--dry-run"])
+    assert isinstance(result.exception, InvalidInputError), result.output
+    assert "no built-in profile" in str(result.exception)

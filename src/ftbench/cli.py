@@ -108,13 +108,21 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
 
 
 def _spec(profile: str | None, config: Path | None):
-    """The model of --profile NAME or --config PATH (exactly one of them)."""
+    """The model of --profile NAME (a built-in profile) or --config PATH (a file or its folder),
+    exactly one of them."""
     from ftbench.errors import InvalidInputError
-    from ftbench.profiles.catalog import load_profile
+    from ftbench.profiles.catalog import load_builtin, load_profile
 
     if (profile is None) == (config is None):
         raise InvalidInputError("give exactly one of --profile NAME or --config PATH")
-    return load_profile(profile if profile is not None else config)
+    if profile is not None:
+        return load_builtin(profile)
+    if not config.exists():
+        raise InvalidInputError(
+            f"cannot read config file {config}: no such file or folder "
+            "(built-in profiles are given with --profile NAME)"
+        )
+    return load_profile(config)
 
 
 def _workload(batch: str, input_len: str, output_len: str, dtype: str, tp: int, pp: int, beam: int):
