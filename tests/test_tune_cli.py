@@ -159,3 +159,21 @@ def test_profile_is_a_name_never_a_path(tmp_path):
     result = runner.invoke(app, ["tune", "--profile", str(path), "--dry-run"])
     assert isinstance(result.exception, InvalidInputError), result.output
     assert "no built-in profile" in str(result.exception)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--l2", "warm"], "--l2 must be cold or hot, got 'warm'"),
+        (["--budget", "0m"], "--budget must be more than zero, got '0m'"),
+        (["--budget", "soon"], "a duration is a number with s, m or h"),
+        (["--backends", ""], "--backends: name at least one of cublas, cublaslt, cutlass, ftbench"),
+        (["--backends", " , "], "--backends: name at least one of"),
+        (["--backends", "cublas,magic"], "unknown backend 'magic'"),
+        (["--backends", "cublas,cutlass,cublas"], "--backends lists cublas twice"),
+    ],
+)
+def test_dry_run_checks_the_options_a_real_run_checks(options, message):
+    result = runner.invoke(app, ["tune", "--profile", "gpt2-124m", *options, "--dry-run"])
+    assert isinstance(result.exception, InvalidInputError), result.output
+    assert message in str(result.exception)

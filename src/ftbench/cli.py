@@ -14,10 +14,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ftbench.errors import FtbenchError
+from ftbench.errors import FtbenchError, InvalidInputError
 from ftbench.runtime.parallel import DEFAULT_TIMEOUT_S
 
 ALLREDUCE_METHODS = ("nccl", "one-shot")
+L2_MODES = ("cold", "hot")
 EXIT_CODES = (
     "Exit codes: 0: success; 1: a command's own verdict (`compare`: a significant regression; "
     "`cache validate`: tuned elsewhere); 2: bad input, or a failure ftbench explains; 3: an "
@@ -355,19 +356,15 @@ def tune_command(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from ftbench.autotune.plan import (
-        candidate_counts,
-        default_cache_path,
-        parse_duration,
-        tuning_problems,
-    )
-    from ftbench.autotune.sweep import SweepOptions, run_sweep
+    from ftbench.autotune.plan import candidate_counts, default_cache_path, tuning_problems
+    from ftbench.autotune.sweep import run_sweep
     from ftbench.errors import InvalidInputError
 
     spec = _spec(profile, config)
     workload = _workload(batch, input_len, output_len, dtype, tp, pp, beam)
+    options = _sweep_options(backends, budget, l2)
+    names = list(options.backends)
     counted = tuning_problems(spec, workload, fused=not unfused, attention=attention)
-    names = [name.strip() for name in backends.split(",") if name.strip()]
     if dry_run:
         table = Table(title=f"{spec.name}: {len(counted)} problems to tune", box=box.SIMPLE_HEAD)
         for header in ("problem", "calls/step", "roles", *names):
@@ -382,11 +379,6 @@ def tune_command(
         for name, reason in reasons.items():
             console.print(f"{name}: n/a here: {reason}")
         return
-    options = SweepOptions(
-        backends=tuple(names),
-        cache=l2,
-        budget_s=None if budget is None else parse_duration(budget),
-    )
     from ftbench.bench.environment import capture_environment
 
     environment = capture_environment()
@@ -409,6 +401,34 @@ def tune_command(
         f"tuned {report.tuned} problems, resumed {report.resumed}; cache: {out}; "
         f"every candidate: {report.results_path}"
     )
+
+
+def _sweep_options(backends: str, budget: str | None, l2: str):
+    """The `SweepOptions` of `tune --backends --budget --l2`, checked (for --dry-run too)."""
+    from ftbench.autotune.backends import get_backend
+    from ftbench.autotune.candidate import BACKEND_NAMES
+    from ftbench.autotune.plan import parse_duration
+    from ftbench.autotune.sweep import SweepOptions
+
+    names = _names(backends)
+    if not names:
+        raise InvalidInputError(f"--backends: name at least one of {', '.join(BACKEND_NAMES)}")
+    for name in names:
+        get_backend(name)  # an unknown name is an error listing the known ones
+    _check_unique(names, "--backends")
+    if l2 not in L2_MODES:
+        raise InvalidInputError(f"--l2 must be {' or '.join(L2_MODES)}, got {l2!r}")
+    budget_s = None if budget is None else parse_duration(budget)
+    if budget_s is not None and budget_s <= 0:
+        raise InvalidInputError(f"--budget must be more than zero, got {budget!r}")
+    return SweepOptions(backends=tuple(names), cache=l2, budget_s=budget_s)
+
+
+def _check_unique(values: list, option: str) -> None:
+    """Refuse a list given to `option` that names a value twice."""
+    for value in values:
+        if values.count(value) > 1:
+            raise InvalidInputError(f"{option} lists {value} twice")
 
 
 def _prebuild_cutlass(progress, dtype: str) -> None:
