@@ -195,6 +195,16 @@ def test_run_without_a_gpu_is_a_one_line_error(monkeypatch, capsys):
         ),
         (["--profile", "nope"], "nope"),
         ([], "exactly one of --profile"),
+        (
+            ["--profile", "gptj-6b", "--dtype", "fp8"],
+            "ftbench run measures fp16 or bf16, not 'fp8'",
+        ),
+        (["--profile", "gptj-6b", "--repeats", "0"], "--repeats must be at least 1, got 0"),
+        (["--profile", "gptj-6b", "--output-len", "1"], "output lengths must be at least 2"),
+        (["--profile", "gptj-6b", "--max-throughput", "--output-len", "1"], "at least 2"),
+        (["--profile", "gptj-6b", "--input-len", "0"], "--input-len takes comma-separated"),
+        (["--profile", "gptj-6b", "--checkpoint", "/no/such/dir"], "--checkpoint /no/such/dir: no"),
+        (["--profile", "gptj-6b", "--tuned", "/no/such.json"], "--tuned /no/such.json: no such"),
     ],
 )
 def test_run_refuses_bad_options_before_touching_a_gpu(monkeypatch, capsys, arguments, message):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -843,13 +844,10 @@ def run_command(
         RunPoint,
         free_memory_for_runs,
         max_batch,
-        point_micro_batches,
         run_benchmark,
         run_grid,
         throughput_batches,
     )
-    from ftbench.errors import InvalidInputError
-    from ftbench.profiles.problems import rank_shapes
     from ftbench.reports.results import write_results
     from ftbench.runtime import launch
 
@@ -863,9 +861,16 @@ def run_command(
         raise InvalidInputError("--compare runs peers on one GPU: use it with --tp 1 --pp 1")
     if allreduce not in ALLREDUCE_METHODS:
         raise InvalidInputError(f"--allreduce: {allreduce!r}; use {' or '.join(ALLREDUCE_METHODS)}")
-    rank_shapes(spec, tp, pp)  # a split the model cannot take: an error before anything starts
-    for size in [] if max_throughput else _int_list(batch, "--batch"):
-        point_micro_batches(micro_batches, pp, size)
+    inputs, outputs = _int_list(input_len, "--input-len"), _int_list(output_len, "--output-len")
+    # --max-throughput finds its batches on the GPU, from --micro-batches (or 1) up
+    batches = [micro_batches or 1] if max_throughput else _int_list(batch, "--batch")
+    engines = ("ftbench", *(COMPARE_ENGINES[name] for name in _names(compare)))
+    # every option checked here, before a rank is started or a GPU looked for
+    run = RunConfig(
+        spec, dtype, tuple(run_grid(batches, inputs, outputs)), engines,
+        None if tuned is None else str(tuned), None if checkpoint is None else str(checkpoint),
+        repeats, tp=tp, pp=pp, micro_batches=micro_batches,
+    )  # fmt: skip
     info = launch.discover()
     if info.launcher == "single" and tp * pp > 1:
         gpus = launch.visible_gpus()
@@ -885,8 +890,9 @@ def run_command(
     if not environment.gpus:
         raise InvalidInputError(f"ftbench run needs a GPU: {environment.no_gpu_reason}")
     if tuned is None and default_cache_path(environment.gpus[0].name).exists():
-        tuned = default_cache_path(environment.gpus[0].name)
-    inputs, outputs = _int_list(input_len, "--input-len"), _int_list(output_len, "--output-len")
+        run = dataclasses.replace(
+            run, tuned_cache=str(default_cache_path(environment.gpus[0].name))
+        )
     if max_throughput:
         free = free_memory_for_runs()
         points = [
@@ -896,14 +902,7 @@ def run_command(
             for b in throughput_batches(max_batch(spec, i, o, dtype, free))
             if micro_batches is None or b >= micro_batches  # a batch needs m sequences
         ]
-    else:
-        points = run_grid(_int_list(batch, "--batch"), inputs, outputs)
-    engines = ("ftbench", *(COMPARE_ENGINES[name] for name in _names(compare)))
-    run = RunConfig(
-        spec, dtype, tuple(points), engines, None if tuned is None else str(tuned),
-        None if checkpoint is None else str(checkpoint), repeats, tp=tp, pp=pp,
-        micro_batches=micro_batches,
-    )  # fmt: skip
+        run = dataclasses.replace(run, points=tuple(points))
     stamp = environment.utc_time.replace(":", "").replace("-", "")[:15]
     out = out or Path(f"ftbench-run-{spec.name}-{stamp}.json")
     records: list[dict] = []
@@ -916,7 +915,7 @@ def run_command(
     columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())  # fmt: skip
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task("measuring", total=len(points) * len(engines))
+        task = progress.add_task("measuring", total=len(run.points) * len(engines))
 
         def on_point(engine, point) -> None:
             progress.update(task, description=f"{engine} b={point.batch} "

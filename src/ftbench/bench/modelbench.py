@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -239,7 +240,13 @@ class RunConfig:
         if self.dtype not in ("fp16", "bf16"):
             raise InvalidInputError(f"ftbench run measures fp16 or bf16, not {self.dtype!r}")
         if self.repeats < 1:
-            raise InvalidInputError("repeats must be at least 1")
+            raise InvalidInputError(f"--repeats must be at least 1, got {self.repeats}")
+        if self.checkpoint is not None and not Path(self.checkpoint).is_dir():
+            raise InvalidInputError(
+                f"--checkpoint {self.checkpoint}: no such folder (a local HF safetensors directory)"
+            )
+        if self.tuned_cache is not None and not Path(self.tuned_cache).is_file():
+            raise InvalidInputError(f"--tuned {self.tuned_cache}: no such file")
         rank_shapes(self.spec, self.tp, self.pp)  # a tp or pp the model cannot split: an error
         peers = [engine for engine in self.engines if not engine.startswith("ftbench")]
         if self.tp * self.pp > 1 and peers:
