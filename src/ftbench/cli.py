@@ -20,6 +20,7 @@ from ftbench.runtime.parallel import DEFAULT_TIMEOUT_S
 
 ALLREDUCE_METHODS = ("nccl", "one-shot")
 L2_MODES = ("cold", "hot")
+MAX_SIZE = 2**31  # a batch or a length above this is a typo, not a workload
 EXIT_CODES = (
     "Exit codes: 0: success; 1: a command's own verdict (`compare`: a significant regression; "
     "`cache validate`: tuned elsewhere); 2: bad input, or a failure ftbench explains; 3: an "
@@ -98,15 +99,19 @@ app.add_typer(profiles_app)
 
 
 def _int_list(text: str, option: str) -> tuple[int, ...]:
-    """Parse a comma-separated list such as "1,8,32" given to `option`."""
-    from ftbench.errors import InvalidInputError
-
+    """Parse a comma-separated list such as "1,8,32" given to `option`: distinct positive
+    integers in ASCII digits, none above MAX_SIZE."""
     parts = [part.strip() for part in text.split(",")]
-    if not all(part.isdigit() and int(part) > 0 for part in parts):
+    if not all(part.isascii() and part.isdigit() and int(part) > 0 for part in parts):
         raise InvalidInputError(
             f"{option} takes comma-separated positive integers (e.g. 1,8,32), got {text!r}"
         )
-    return tuple(int(part) for part in parts)
+    values = [int(part) for part in parts]
+    for value in values:
+        if value > MAX_SIZE:
+            raise InvalidInputError(f"{option}: {value} is above {MAX_SIZE} (2**31)")
+    _check_unique(values, option)
+    return tuple(values)
 
 
 def _spec(profile: str | None, config: Path | None):
