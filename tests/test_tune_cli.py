@@ -1,6 +1,8 @@
 """`ftbench tune --dry-run` and `ftbench cache ...` without a GPU."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -177,3 +179,12 @@ def test_dry_run_checks_the_options_a_real_run_checks(options, message):
     result = runner.invoke(app, ["tune", "--profile", "gpt2-124m", *options, "--dry-run"])
     assert isinstance(result.exception, InvalidInputError), result.output
     assert message in str(result.exception)
+
+
+def test_help_shows_the_default_cache_path_whole():
+    result = subprocess.run(
+        [sys.executable, "-m", "ftbench", "tune", "--help"],
+        capture_output=True, text=True, timeout=120, env={"COLUMNS": "300", "PATH": ""},
+    )  # fmt: skip
+    line = next(line for line in result.stdout.splitlines() if "--out " in line)
+    assert "$FTBENCH_CACHE_DIR/tuned/GPU-NAME.json (e.g. tuned/nvidia-h200.json)" in line

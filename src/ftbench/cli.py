@@ -333,8 +333,8 @@ def tune_command(
         Path | None,
         typer.Option(
             "--out",
-            help="Tuned cache to write or resume (default: "
-            "$FTBENCH_CACHE_DIR/tuned/<gpu>.json, the file the runtime reads).",
+            help="Tuned cache to write or resume (default: $FTBENCH_CACHE_DIR/tuned/GPU-NAME.json "
+            "(e.g. tuned/nvidia-h200.json), the file the runtime reads).",
         ),
     ] = None,
     results: Annotated[
