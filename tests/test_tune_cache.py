@@ -92,7 +92,7 @@ def test_entry_filed_under_the_wrong_key_is_corrupt(tmp_path):
 def test_merge_keeps_the_faster_winner_per_problem():
     first = cache_with(entry(PROBLEMS[0], winner_ms=0.9), entry(PROBLEMS[1], winner_ms=0.5))
     second = cache_with(entry(PROBLEMS[0], winner_ms=0.7, algo=7), entry(PROBLEMS[2]))
-    merged = merge_caches([first, second])
+    merged = merge_caches({"first.json": first, "second.json": second})
     assert len(merged.entries) == 3
     assert merged.entries[PROBLEMS[0].key()].winner.config == {"algo": 7}
     assert merged.entries[PROBLEMS[1].key()].winner_time.median_ms == 0.5
@@ -100,8 +100,13 @@ def test_merge_keeps_the_faster_winner_per_problem():
 
 def test_merge_refuses_caches_from_different_gpus():
     other = CacheHeader.from_environment(fake_environment(gpu_name="NVIDIA H100 80GB HBM3"))
-    with pytest.raises(InvalidInputError, match="gpu_name"):
-        merge_caches([cache_with(entry(PROBLEMS[0])), cache_with(header=other)])
+    caches = {"a.json": cache_with(entry(PROBLEMS[0])), "b.json": cache_with(header=other)}
+    with pytest.raises(InvalidInputError) as info:
+        merge_caches(caches)
+    assert str(info.value) == (
+        "cannot merge caches tuned apart: gpu_name: a.json NVIDIA H200, "
+        "b.json NVIDIA H100 80GB HBM3"
+    )
 
 
 def test_prune_drops_selected_entries():

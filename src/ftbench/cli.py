@@ -550,7 +550,7 @@ def cache_merge_command(
 
     if out.exists() and not force and out.resolve() not in {p.resolve() for p in inputs}:
         raise InvalidInputError(f"{out} exists; pass --force to overwrite it, or name it as input")
-    merged = merge_caches(load_cache(path) for path in inputs)
+    merged = merge_caches({str(path): load_cache(path) for path in inputs})
     merged.save(out)
     console.print(f"{out}: {len(merged.entries)} problems from {len(inputs)} caches")
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -107,12 +107,16 @@ class CacheHeader:
             ftbench=environment.ftbench_version,
         )
 
-    def mismatches(self, running: CacheHeader) -> list[str]:
-        """Checked fields that differ, as 'field: file X, running Y'."""
+    def mismatches(
+        self, other: CacheHeader, labels: tuple[str, str] = ("file", "running")
+    ) -> list[str]:
+        """Checked fields that differ, as 'field: file X, running Y' (or other `labels` of this
+        header and the other)."""
+        mine, theirs = labels
         return [
-            f"{name}: file {getattr(self, name)}, running {getattr(running, name)}"
+            f"{name}: {mine} {getattr(self, name)}, {theirs} {getattr(other, name)}"
             for name in CHECKED_FIELDS
-            if getattr(self, name) != getattr(running, name)
+            if getattr(self, name) != getattr(other, name)
         ]
 
 
@@ -292,14 +296,15 @@ def load_cache(path: str | os.PathLike[str], running: CacheHeader | None = None)
     return TunedCache(header=running, ignored_reason=reason)
 
 
-def merge_caches(caches: Iterable[TunedCache]) -> TunedCache:
-    """One cache from several of the same GPU and libraries; per problem the faster winner."""
-    caches = list(caches)
+def merge_caches(caches: dict[str, TunedCache]) -> TunedCache:
+    """One cache from several (by file name) of the same GPU and libraries; per problem the
+    faster winner."""
     if not caches:
         raise InvalidInputError("nothing to merge")
-    merged = TunedCache(header=caches[0].header)
-    for cache in caches:
-        problems = cache.header.mismatches(merged.header)
+    (first_name, first), *_ = caches.items()
+    merged = TunedCache(header=first.header)
+    for name, cache in caches.items():
+        problems = first.header.mismatches(cache.header, (first_name, name))
         if problems:
             raise InvalidInputError(f"cannot merge caches tuned apart: {'; '.join(problems)}")
         for key, entry in cache.entries.items():
