@@ -209,3 +209,17 @@ def test_report_and_dashboard_render_in_chromium(tmp_path):
     assert "gemv_cold" in regressions and "+5.00%" in regressions
     assert "gemm_hot" not in regressions
     assert_plots_rendered(site / "index.html", tmp_path, 1800)
+
+
+def test_run_report_shows_n_a_for_optional_fields_a_record_lacks(tmp_path):
+    path = synthetic_run_file(tmp_path / "run.json")
+    document = json.loads(path.read_text())
+    for record in document["records"]:
+        record.pop("throughput_tok_s", None)
+        record["flags"] = None
+    path.write_text(json.dumps(document))
+    page_path, markdown_path = write_report([path], tmp_path / "out")
+    lines = markdown_path.read_text().splitlines()
+    rows = [line for line in lines if line.startswith("| ftbench | synthetic-gptj")]
+    assert rows and all("| n/a |" in row for row in rows)
+    assert "latency vs batch" in embedded_images(page_path.read_text())

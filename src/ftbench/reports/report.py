@@ -46,6 +46,10 @@ def _text(value: object) -> str:
     return "n/a" if value is None else str(value)
 
 
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
 def _gib(size: int | None) -> float | None:
     return None if size is None else round(size / 2**30, 2)
 
@@ -236,7 +240,7 @@ def run_section(result_set: ResultSet) -> Section:
             point[metric] = timing["median_ms"]
             point[f"{metric}_low"] = timing["ci_low_ms"]
             point[f"{metric}_high"] = timing["ci_high_ms"]
-        point["throughput_tok_s"] = r["throughput_tok_s"]
+        point["throughput_tok_s"] = r.get("throughput_tok_s")
         point["by_batch"] = _scenario(r, without="batch")
         point["by_input"] = _scenario(r, without="input_len")
         points.append(point)
@@ -268,14 +272,14 @@ def run_section(result_set: ResultSet) -> Section:
             "TTFT ms": [round(r["ttft_ms"]["median_ms"], 3) for r in records],
             "decode step ms": [round(r["decode_step_ms"]["median_ms"], 4) for r in records],
             "end-to-end ms": [round(r["end_to_end_ms"]["median_ms"], 2) for r in records],
-            "tokens/s": [round(r["throughput_tok_s"], 1) for r in records],
+            "tokens/s": [_rounded(r.get("throughput_tok_s"), 1) for r in records],
             "roofline": [
                 None if r.get("roofline_fraction") is None else f"{r['roofline_fraction']:.0%}"
                 for r in records
             ],
             "peak GiB": [_gib(r.get("peak_memory_bytes")) for r in records],
             "GEMM cache misses": [_text(r.get("gemm_cache_misses")) for r in records],
-            "flags": [", ".join(r.get("flags", ())) for r in records],
+            "flags": [", ".join(r.get("flags") or ()) for r in records],
         }
     )
     summary = f"{len(records)} measured configurations on {result_set.gpu}"
