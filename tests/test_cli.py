@@ -120,3 +120,13 @@ def test_failed_writes_exit_2_with_one_line(tmp_path):
         assert result.returncode == 2, (command, result.stderr)
         assert result.stderr.startswith("error: cannot write") and result.stderr.count("\n") == 1
     assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_convert_names_the_dtypes_its_help_lists(tmp_path):
+    result = runner.invoke(
+        cli.app, ["convert", str(tmp_path), str(tmp_path / "out"), "--dtype", "fp8"]
+    )
+    assert isinstance(result.exception, InvalidInputError)
+    assert str(result.exception) == "--dtype must be fp16, bf16 or fp32, got 'fp8'"
+    help_text = " ".join(ftbench("convert", "--help").stdout.split())
+    assert "Stored dtype: fp16, bf16 or fp32." in help_text

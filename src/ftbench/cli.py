@@ -709,6 +709,14 @@ COMPARE_ENGINES = {
 }  # fmt: skip
 
 
+CONVERT_DTYPES = ("fp16", "bf16", "fp32")
+
+
+def _choices(values: tuple[str, ...]) -> str:
+    """("a", "b", "c") -> "a, b or c"."""
+    return ", ".join(values[:-1]) + " or " + values[-1]
+
+
 @app.command("convert")
 def convert_command(
     checkpoint: Annotated[
@@ -716,9 +724,9 @@ def convert_command(
     ],
     out: Annotated[Path, typer.Argument(help="Directory for the pre-sharded checkpoint.")],
     tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel size to shard for.")] = 1,
-    dtype: Annotated[str, typer.Option("--dtype", help="Stored dtype: fp16, bf16 or fp32.")] = (
-        "fp16"
-    ),
+    dtype: Annotated[
+        str, typer.Option("--dtype", help=f"Stored dtype: {_choices(CONVERT_DTYPES)}.")
+    ] = "fp16",
 ) -> None:
     """Shard an HF checkpoint once for --tp ranks: each rank then reads only its own file.
 
@@ -728,6 +736,8 @@ def convert_command(
     from ftbench.runtime.sharded import save_sharded
     from ftbench.runtime.weights import load_hf_weights
 
+    if dtype not in CONVERT_DTYPES:
+        raise InvalidInputError(f"--dtype must be {_choices(CONVERT_DTYPES)}, got {dtype!r}")
     spec = spec_from_hf_config(checkpoint / "config.json")
     weights = load_hf_weights(checkpoint, spec, dtype)
     manifest = save_sharded(weights, spec, tp, out)
