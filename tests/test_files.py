@@ -1,3 +1,4 @@
+import gzip
 import json
 
 import pytest
@@ -38,6 +39,18 @@ def test_truncated_json_names_the_file_and_position(tmp_path):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(InvalidInputError, match="cannot read"):
         read_json(tmp_path / "nope.json")
+
+
+def test_gzip_compressed_json_is_read_and_a_corrupt_one_refused(tmp_path):
+    path = tmp_path / "big.json.gz"
+    path.write_bytes(gzip.compress(b'{"records": [1, 2]}'))
+    assert read_json(path) == {"records": [1, 2]}
+    path.write_bytes(gzip.compress(b'{"records": [1, 2]}')[:-9])  # truncated
+    with pytest.raises(InvalidInputError, match="cannot read .*big.json.gz"):
+        read_json(path)
+    path.write_bytes(b'{"records": []}')  # not compressed at all
+    with pytest.raises(InvalidInputError, match="cannot read .*big.json.gz"):
+        read_json(path)
 
 
 def test_results_round_trip(tmp_path):

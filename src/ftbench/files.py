@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import sys
@@ -61,12 +62,16 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
-    """Read a JSON file; a missing, unreadable or malformed file is an InvalidInputError."""
+    """Read a JSON file, gzip-compressed if its name ends in ".gz" (large result files are kept
+    so); a missing, unreadable or malformed file is an InvalidInputError."""
     source = Path(path)
     try:
-        text = source.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read {source}: {exc.strerror or exc}") from exc
+        data = source.read_bytes()
+        text = (gzip.decompress(data) if source.suffix == ".gz" else data).decode("utf-8")
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise InvalidInputError(
+            f"cannot read {source}: {getattr(exc, 'strerror', None) or exc}"
+        ) from exc
     except UnicodeDecodeError as exc:
         raise InvalidInputError(
             f"{source} is not a text file ({exc.reason} at byte {exc.start})"
