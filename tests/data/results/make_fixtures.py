@@ -7,6 +7,8 @@ repository root:  python tests/data/results/make_fixtures.py
 import json
 from pathlib import Path
 
+from ftbench.files import read_json
+
 SOURCE = Path("benchmarks/results")
 TARGET = Path(__file__).parent
 TUNE_STAMP = "20261124T165020Z"
@@ -46,7 +48,7 @@ def tune_records(records: list[dict]) -> list[dict]:
 
 
 def main() -> None:
-    candidates = json.loads((SOURCE / f"tune-{TUNE_STAMP}-candidates.json").read_text())
+    candidates = read_json(SOURCE / f"tune-{TUNE_STAMP}-candidates.json.gz")
     candidates["records"] = tune_records(candidates["records"])
     write("tune-candidates.json", candidates)
 
