@@ -227,19 +227,20 @@ __device__ __forceinline__ void transpose_groups(uint4 (&v)[GROUP], int p) {
 // reads 8 rows x 64 bytes. Wider pieces of a row per instruction stream better from HBM: with
 // GROUP = 2, 4, 8 the GROUP lane groups g = base + p load the same row together (64 * GROUP
 // bytes, group p taking chunk p) and transpose_groups hands each row back to its owner.
-// X (the B fragment) is loaded at the same K offsets for token g (and g + 8 when M > 8).
+// X (the B fragment) is loaded the same way, for tokens g (and g + 8 when M > 8): the lane
+// groups of a token load 64 * GROUP contiguous bytes of it together (at m = 16 as many bytes as
+// W, so the wide loads halve the L1 requests at GROUP = 2), tokens past M zeroed.
 // Row addresses are recomputed per load (clamped to the last row, which is read but never
 // written) rather than held: TILES * 2 * GROUP pointers would crowd out the loaded data.
 template <typename T, int M, int TILES, int GROUP, int UNROLL, bool CHECK>
 __device__ __forceinline__ void mma_chunk(float (&acc)[TILES][(M + 7) / 8][4], const T* w_lane,
                                           const int (&first_rows)[TILES][2], int n, int k,
-                                          const T* const (&x_rows)[(M + 7) / 8],
-                                          const bool (&x_valid)[(M + 7) / 8], int kc, int p,
+                                          const T* x_lane, int group_base, int kc, int p,
                                           int lane_k, int k_end) {
   constexpr int MT = (M + 7) / 8;
   constexpr int STEP = 32 * GROUP;
   uint4 wv[UNROLL][TILES][2][GROUP];
-  uint4 xv[UNROLL][GROUP][MT];
+  uint4 xv[UNROLL][MT][GROUP];
 #pragma unroll
   for (int u = 0; u < UNROLL; ++u) {
     // Out of range (the tail only), load the row's first vector and zero it: no branches, so
@@ -258,13 +259,12 @@ __device__ __forceinline__ void mma_chunk(float (&acc)[TILES][(M + 7) / 8][4], c
       }
     }
 #pragma unroll
-    for (int c = 0; c < GROUP; ++c) {
-      const bool x_in_range = !CHECK || kc + u * STEP + c * 32 + lane_k < k_end;
-      const int x_offset = x_in_range ? kc + u * STEP + c * 32 : -lane_k;
+    for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        const bool valid = x_in_range && (M % 8 == 0 || x_valid[mt]);
-        xv[u][c][mt] = keep_if(valid, load_cached(x_rows[mt] + x_offset));
+      for (int j = 0; j < GROUP; ++j) {
+        const int token = mt * 8 + group_base + j;
+        const size_t row = min(token, M - 1);
+        xv[u][mt][j] = keep_if(in_range && token < M, load_cached(x_lane + row * k + offset));
       }
     }
   }
@@ -273,6 +273,8 @@ __device__ __forceinline__ void mma_chunk(float (&acc)[TILES][(M + 7) / 8][4], c
   __syncwarp();
 #pragma unroll
   for (int u = 0; u < UNROLL; ++u) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) transpose_groups<GROUP>(xv[u][mt], p);
 #pragma unroll
     for (int tile = 0; tile < TILES; ++tile) {
 #pragma unroll
@@ -283,7 +285,7 @@ __device__ __forceinline__ void mma_chunk(float (&acc)[TILES][(M + 7) / 8][4], c
         const uint4& bottom = wv[u][tile][1][c];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
-          const uint4& b = xv[u][c][mt];
+          const uint4& b = xv[u][mt][c];
           Ops<T>::mma(acc[tile][mt], top.x, bottom.x, top.y, bottom.y, b.x, b.y);
           Ops<T>::mma(acc[tile][mt], top.z, bottom.z, top.w, bottom.w, b.z, b.w);
         }
@@ -364,14 +366,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
 #pragma unroll
     for (int h = 0; h < 2; ++h) first_rows[tile][h] = row0 + tile * 16 + h * 8 + group_base;
   }
-  const T* x_rows[MT];
-  bool x_valid[MT];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-    const int token = mt * 8 + g;
-    x_valid[mt] = token < M;
-    x_rows[mt] = x + static_cast<size_t>(x_valid[mt] ? token : 0) * k + lane_k;
-  }
+  const T* x_lane = x + p * 32 + lane_k;
 
   float acc[TILES][MT][4];
 #pragma unroll
@@ -386,12 +381,12 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
   ftb::prefetch_rows_l2(w, row0, ROWS, n, k, k_begin, k_end);
   ftb_pdl::wait_for_previous_grid();
   for (; kc + CHUNK <= k_end; kc += WARPS * CHUNK) {
-    ftb::mma_chunk<T, M, TILES, GROUP, UNROLL, false>(acc, w_lane, first_rows, n, k, x_rows,
-                                                      x_valid, kc, p, lane_k, k_end);
+    ftb::mma_chunk<T, M, TILES, GROUP, UNROLL, false>(acc, w_lane, first_rows, n, k, x_lane,
+                                                      group_base, kc, p, lane_k, k_end);
   }
   if (kc < k_end) {
-    ftb::mma_chunk<T, M, TILES, GROUP, UNROLL, true>(acc, w_lane, first_rows, n, k, x_rows,
-                                                     x_valid, kc, p, lane_k, k_end);
+    ftb::mma_chunk<T, M, TILES, GROUP, UNROLL, true>(acc, w_lane, first_rows, n, k, x_lane,
+                                                     group_base, kc, p, lane_k, k_end);
   }
   // Let the next grid start (and prefetch) while this one drains; see ftb_pdl.cuh.
   ftb_pdl::allow_next_grid();
