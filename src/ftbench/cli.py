@@ -21,6 +21,8 @@ from ftbench.runtime.parallel import DEFAULT_TIMEOUT_S
 ALLREDUCE_METHODS = ("nccl", "one-shot")
 L2_MODES = ("cold", "hot")
 MAX_SIZE = 2**31  # a batch or a length above this is a typo, not a workload
+MAX_AGE_DAYS = 36500  # a century: any older cache entry is older than CUDA
+CONVERT_DTYPES = ("fp16", "bf16", "fp32")
 EXIT_CODES = (
     "Exit codes: 0: success; 1: a command's own verdict (`compare`: a significant regression; "
     "`cache validate`: tuned elsewhere); 2: bad input, or a failure ftbench explains; 3: an "
@@ -117,7 +119,6 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
 def _spec(profile: str | None, config: Path | None):
     """The model of --profile NAME (a built-in profile) or --config PATH (a file or its folder),
     exactly one of them."""
-    from ftbench.errors import InvalidInputError
     from ftbench.profiles.catalog import load_builtin, load_profile
 
     if (profile is None) == (config is None):
@@ -364,7 +365,6 @@ def tune_command(
 
     from ftbench.autotune.plan import candidate_counts, default_cache_path, tuning_problems
     from ftbench.autotune.sweep import run_sweep
-    from ftbench.errors import InvalidInputError
 
     spec = _spec(profile, config)
     workload = _workload(batch, input_len, output_len, dtype, tp, pp, beam)
@@ -546,16 +546,12 @@ def cache_merge_command(
 ) -> None:
     """Merge caches tuned on the same GPU and libraries; per problem the faster winner wins."""
     from ftbench.autotune.cache import load_cache, merge_caches
-    from ftbench.errors import InvalidInputError
 
     if out.exists() and not force and out.resolve() not in {p.resolve() for p in inputs}:
         raise InvalidInputError(f"{out} exists; pass --force to overwrite it, or name it as input")
     merged = merge_caches({str(path): load_cache(path) for path in inputs})
     merged.save(out)
     console.print(f"{out}: {len(merged.entries)} problems from {len(inputs)} caches")
-
-
-MAX_AGE_DAYS = 36500  # a century: any older entry is older than CUDA
 
 
 @cache_app.command("prune")
@@ -579,7 +575,6 @@ def cache_prune_command(
     from datetime import datetime, timedelta, timezone
 
     from ftbench.autotune.cache import load_cache, prune_cache
-    from ftbench.errors import InvalidInputError
 
     if older_than_days is not None and not 0 <= older_than_days <= MAX_AGE_DAYS:
         raise InvalidInputError(
@@ -707,9 +702,6 @@ COMPARE_ENGINES = {
     "untuned": "ftbench-untuned", "hf": "hf-eager", "hf-compile": "hf-compile",
     "gpt-fast": "gpt-fast",
 }  # fmt: skip
-
-
-CONVERT_DTYPES = ("fp16", "bf16", "fp32")
 
 
 def _choices(values: tuple[str, ...]) -> str:
