@@ -247,6 +247,36 @@ def _variant(tmp_path, fixture, **changes):
     return path
 
 
+def test_old_style_rope_scaling_type_is_carried_so_the_runtime_can_refuse_it():
+    # deepseek-coder writes {"factor": 4.0, "type": "linear"}; HF reads "type" as "rope_type"
+    spec = spec_from_hf_config(CONFIGS / "deepseek-coder-6.7b-base.json")
+    assert json.loads(spec.rope_scaling) == {"factor": 4.0, "type": "linear"}
+
+
+def test_rope_scaling_nested_in_rope_parameters_is_carried(tmp_path):
+    scaling = json.loads((CONFIGS / "llama-3.1-8b.json").read_text())["rope_scaling"]
+    path = _variant(
+        tmp_path,
+        "llama-3.1-8b.json",
+        rope_scaling=None,
+        rope_theta=None,
+        rope_parameters={**scaling, "rope_theta": 500000.0},
+    )
+    spec = spec_from_hf_config(path)
+    assert (json.loads(spec.rope_scaling), spec.rope_theta) == (scaling, 500000.0)
+
+
+def test_default_rope_parameters_mean_no_scaling(tmp_path):
+    path = _variant(
+        tmp_path,
+        "tinyllama-1.1b-chat-v1.0.json",
+        rope_scaling=None,
+        rope_theta=None,
+        rope_parameters={"rope_theta": 10000.0, "rope_type": "default"},
+    )
+    assert spec_from_hf_config(path).rope_scaling == ""
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [

@@ -153,8 +153,14 @@ def _gptj(f: _Fields) -> dict[str, Any]:
 
 
 def _rope_scaling(value: Any) -> str:
-    """HF's rope_scaling as canonical JSON ("" when absent or the default rotary)."""
-    if not value or (isinstance(value, dict) and value.get("rope_type", "default") == "default"):
+    """HF's rope_scaling (or the rope_parameters of newer transformers, less their rope_theta)
+    as canonical JSON; "" when absent or the default rotary. Older configs name the type "type",
+    which HF reads as "rope_type"."""
+    if isinstance(value, dict):
+        value = {key: item for key, item in value.items() if key != "rope_theta"}
+        if value.get("type", value.get("rope_type", "default")) == "default":
+            return ""
+    if not value:
         return ""
     return json.dumps(value, sort_keys=True)
 
@@ -165,13 +171,17 @@ def _llama(f: _Fields) -> dict[str, Any]:
         head_dim = f.integer("head_dim")
     else:
         head_dim = f.head_dim("hidden_size", "num_attention_heads")
-    rope_parameters = f.data.get("rope_parameters")  # newer transformers nest rope_theta here
+    # newer transformers nest rope_theta and the scaling in rope_parameters
+    rope_parameters = f.data.get("rope_parameters")
     if f.data.get("rope_theta") is None and isinstance(rope_parameters, dict):
         rope_theta = _Fields(rope_parameters, f"{f.origin} rope_parameters", f.model_type).number(
             "rope_theta", 10000.0
         )
     else:
         rope_theta = f.number("rope_theta", 10000.0)
+    rope_scaling = f.data.get("rope_scaling")
+    if rope_scaling is None and isinstance(rope_parameters, dict):
+        rope_scaling = rope_parameters
     attention_bias = f.flag("attention_bias", False)
     return {
         "family": "llama",
@@ -191,7 +201,7 @@ def _llama(f: _Fields) -> dict[str, Any]:
         "rotary_dim": head_dim,
         "rope_theta": rope_theta,
         "rotary_interleaved": False,
-        "rope_scaling": _rope_scaling(f.data.get("rope_scaling")),
+        "rope_scaling": _rope_scaling(rope_scaling),
         "sliding_window": f.data.get("sliding_window") or 0,
         "tie_word_embeddings": f.flag("tie_word_embeddings", False),
         "parallel_attn_mlp": False,
