@@ -280,6 +280,11 @@ def test_default_rope_parameters_mean_no_scaling(tmp_path):
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
+        ({"rms_norm_eps": float("nan")}, "field 'rms_norm_eps' must be a positive number, got nan"),
+        ({"rope_theta": float("inf")}, "field 'rope_theta' must be a positive number, got inf"),
+        ({"rope_theta": 10**400}, "field 'rope_theta' must be a positive number"),
+        ({"hidden_size": 2**40}, "hidden_size 1099511627776 is above 2147483648"),
+        ({"vocab_size": 10**30}, "vocab_size 1000000000000000000000000000000 is above"),
         ({"num_hidden_layers": 0}, "field 'num_hidden_layers' must be a positive integer, got 0"),
         ({"intermediate_size": -5632}, "field 'intermediate_size' must be a positive integer"),
         ({"num_key_value_heads": 0}, "field 'num_key_value_heads' must be a positive integer"),

@@ -9,6 +9,7 @@ get the same defaults here, so a config the `transformers` library accepts is ac
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,9 @@ class _Fields:
 
     def number(self, key: str, default: Any = _MISSING) -> float:
         value = self._get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        # NaN and inf compare out of range
+        in_range = isinstance(value, (int, float)) and 0 < value <= sys.float_info.max
+        if isinstance(value, bool) or not in_range:
             raise InvalidInputError(
                 f"{self.origin}: field {key!r} must be a positive number, got {value!r}"
             )

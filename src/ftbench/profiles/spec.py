@@ -6,6 +6,7 @@ same `ModelSpec`, so the shapes tuned are the shapes run.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
@@ -19,6 +20,7 @@ ACTIVATIONS = ("gelu_new", "gelu", "silu", "relu")
 NORMS = ("layernorm", "rmsnorm")
 POSITION_EMBEDDINGS = ("learned", "rotary", "relative")
 DTYPES = ("fp16", "bf16")
+MAX_SIZE = 2**31  # GEMM libraries take 32-bit sizes: a larger width or count is a typo
 
 # Families whose reference implementation derives the head size as hidden_size / num_heads.
 _HEAD_DIM_FROM_HIDDEN = ("gpt2", "megatron-gpt", "gptj", "bert")
@@ -28,6 +30,8 @@ def _check_int(owner: str, name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise InvalidInputError(f"{owner}: {name} must be {kind}, got {value!r}")
+    if value > MAX_SIZE:
+        raise InvalidInputError(f"{owner}: {name} {value} is above {MAX_SIZE} (2**31)")
 
 
 def _check_bool(owner: str, name: str, value: Any) -> None:
@@ -43,7 +47,9 @@ def _check_choice(owner: str, name: str, value: Any, choices: tuple[str, ...]) -
 
 
 def _check_positive_number(owner: str, name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    # NaN and inf compare out of range
+    in_range = isinstance(value, (int, float)) and 0 < value <= sys.float_info.max
+    if isinstance(value, bool) or not in_range:
         raise InvalidInputError(f"{owner}: {name} must be a positive number, got {value!r}")
 
 
