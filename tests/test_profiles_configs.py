@@ -277,6 +277,20 @@ def test_default_rope_parameters_mean_no_scaling(tmp_path):
     assert spec_from_hf_config(path).rope_scaling == ""
 
 
+def test_mistral_keys_absent_get_mistral_config_defaults(tmp_path):
+    # MistralConfig defaults num_key_value_heads to 8 and sliding_window to 4096; null means
+    # as many KV heads as heads and no window
+    absent = _variant(
+        tmp_path, "mistral-7b-v0.1.json", num_key_value_heads=None, sliding_window=None
+    )
+    spec = spec_from_hf_config(absent)
+    assert (spec.num_kv_heads, spec.sliding_window) == (8, 4096)
+    config = json.loads(absent.read_text())
+    config.update(num_key_value_heads=None, sliding_window=None)
+    spec = spec_from_hf_config(config)
+    assert (spec.num_kv_heads, spec.sliding_window) == (32, 0)
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [

@@ -301,6 +301,10 @@ _BUILDERS: dict[str, Callable[[_Fields], dict[str, Any]]] = {
 
 SUPPORTED_MODEL_TYPES = tuple(_BUILDERS)
 
+# Defaults of HF config classes that differ from their family's, for keys absent from the file
+# (an explicit null keeps its meaning: as many KV heads as heads, no sliding window).
+_ABSENT_KEY_DEFAULTS = {"mistral": {"num_key_value_heads": 8, "sliding_window": 4096}}
+
 
 def spec_from_hf_config(config: str | Path | dict[str, Any], name: str | None = None) -> ModelSpec:
     """Build a `ModelSpec` from an HF `config.json` path (or the already-parsed dict).
@@ -329,6 +333,7 @@ def spec_from_hf_config(config: str | Path | dict[str, Any], name: str | None = 
             f"{origin}: model_type {model_type!r} is not supported; supported: "
             f"{', '.join(SUPPORTED_MODEL_TYPES)}"
         )
+    data = {**_ABSENT_KEY_DEFAULTS.get(model_type, {}), **data}
     values = _BUILDERS[model_type](_Fields(data, origin, model_type))
     values["name"] = name or f"hf-{model_type}"
     values["source"] = source
