@@ -287,3 +287,19 @@ def test_a_kind_that_is_not_a_string_is_refused(tmp_path):
     bad = variant(tmp_path, FOUNDATION, lambda d: d.update(kind=["foundation"]))
     with pytest.raises(InvalidInputError, match=rf"^{bad}: 'kind' must be a string"):
         compare_files(bad, FOUNDATION)
+
+
+@pytest.mark.parametrize("source", [FOUNDATION, TUNE])
+def test_an_empty_list_of_samples_is_refused_not_dropped(tmp_path, source):
+    # A timer never writes an empty samples_ms: a metric with one is refused, not silently left
+    # out of the comparison (or, for a tune file, listed as only in the baseline).
+    def empty(document):
+        if source == FOUNDATION:
+            foundation_probe(document, "gemv_cold")["samples_ms"] = []
+        else:
+            tune_winner(document, TUNED_PROBLEM)["samples_ms"] = []
+
+    bad = variant(tmp_path, source, empty)
+    result = ftbench("compare", source, bad)
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.count("\n") == 1 and "samples_ms is empty" in result.stderr

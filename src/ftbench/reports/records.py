@@ -125,7 +125,8 @@ def gpu_label(environment: EnvironmentRecord | None) -> str:
 
 def _timing(value: Any, where: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
     """A timer summary at `where`: a median_ms and the `required` fields; its times (samples
-    optional: not every record keeps them) finite numbers above zero, its noise zero or more."""
+    optional: not every record keeps them, but a record that keeps them keeps at least one)
+    finite numbers above zero, its noise zero or more."""
     if not isinstance(value, dict):
         raise InvalidInputError(f"{where} must be a timing object, got {value!r}")
     missing = [name for name in ("median_ms", *required) if name not in value]
@@ -136,8 +137,8 @@ def _timing(value: Any, where: str, required: tuple[str, ...] = ()) -> dict[str,
             positive_number(value[name], f"{where}.{name}")
     if "rel_noise" in value:
         positive_number(value["rel_noise"], f"{where}.rel_noise", zero_ok=True)
-    if "samples_ms" in value:
-        positive_numbers(value["samples_ms"], f"{where}.samples_ms")
+    if "samples_ms" in value and not positive_numbers(value["samples_ms"], f"{where}.samples_ms"):
+        raise InvalidInputError(f"{where}.samples_ms is empty")
     return value
 
 
