@@ -164,3 +164,22 @@ def test_the_dashboard_refuses_a_history_poisoned_before_checks(tmp_path):
         connection.execute("UPDATE metrics SET samples_ms = '[0.0, 0.0]' WHERE run_id = 1")
     with pytest.raises(InvalidInputError, match=rf"^{db}: run 1 \w+: samples_ms\[0\] must be"):
         write_dashboard(db, tmp_path / "site")
+
+
+def test_another_file_claiming_a_stored_run_is_refused_not_dropped(tmp_path):
+    # A copy of a run with other samples (a planted regression, a re-measurement that kept the
+    # environment) would otherwise be "already stored" and never reach the dashboard.
+    document = json.loads(FOUNDATIONS[1].read_text())
+    timing = document["records"][0]["timings"]["copy"]
+    timing["samples_ms"] = [sample * 1.1 for sample in timing["samples_ms"]]
+    slower = tmp_path / "slower.json"
+    slower.write_text(json.dumps(document))
+    db = tmp_path / "h.sqlite3"
+    add_files(db, [FOUNDATIONS[1]])
+    with pytest.raises(InvalidInputError, match=rf"^{slower}: foundation at commit 11ea820"):
+        add_files(db, [slower])
+    with pytest.raises(InvalidInputError, match=rf"already in {FOUNDATIONS[1]} with other"):
+        add_files(tmp_path / "other.sqlite3", [FOUNDATIONS[1], slower])
+    assert not (tmp_path / "other.sqlite3").exists()
+    assert stored(db) == (1, 3)
+    assert add_files(db, [FOUNDATIONS[1]])[0][1].new is False

@@ -125,20 +125,11 @@ def add_run(
     no-op. A set without samples (tune-peers, tuned caches) is refused."""
     found = _storable_metrics(result_set)
     environment = result_set.environment
-    key = (
-        benchmark or result_set.kind,
-        environment.git_commit,
-        environment.utc_time,
-        result_set.gpu,
-    )
+    key = _run_key(result_set, benchmark)
     with transaction(connection):
-        row = connection.execute(
-            "SELECT id FROM runs WHERE benchmark = ? AND git_commit = ? AND utc_time = ?"
-            " AND gpu = ?",
-            key,
-        ).fetchone()
-        if row is not None:
-            return Added(row[0], False, len(found))
+        run_id = _stored_run(connection, key, found, result_set.path)
+        if run_id is not None:
+            return Added(run_id, False, len(found))
         cursor = connection.execute(
             "INSERT INTO runs (benchmark, kind, git_commit, utc_time, gpu, source, environment,"
             " added_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -154,6 +145,42 @@ def add_run(
     return Added(run_id, True, len(found))
 
 
+def _run_key(result_set: ResultSet, benchmark: str | None) -> tuple[str, str, str, str]:
+    environment = result_set.environment
+    return (benchmark or result_set.kind, environment.git_commit, environment.utc_time,
+            result_set.gpu)  # fmt: skip
+
+
+def _same_key_error(path: str, key: tuple[str, str, str, str], other: str) -> InvalidInputError:
+    benchmark, commit, utc_time, gpu = key
+    return InvalidInputError(
+        f"{path}: {benchmark} at commit {commit[:12]}, {utc_time} on {gpu} is already {other} "
+        "with other samples; a run is named by the commit and time in its environment, so "
+        "another measurement needs its own"
+    )
+
+
+def _stored_run(
+    connection: sqlite3.Connection,
+    key: tuple[str, str, str, str],
+    found: dict[str, tuple[float, ...]],
+    path: str,
+) -> int | None:
+    """The id of the run stored under `key` (None if none); one stored there with other metrics
+    or samples than `found` (another file claiming the same run) is an InvalidInputError."""
+    row = connection.execute(
+        "SELECT id, source FROM runs WHERE benchmark = ? AND git_commit = ? AND utc_time = ?"
+        " AND gpu = ?",
+        key,
+    ).fetchone()
+    if row is None:
+        return None
+    stored = connection.execute("SELECT name, samples_ms FROM metrics WHERE run_id = ?", row[:1])
+    if dict(stored.fetchall()) != {name: json.dumps(list(v)) for name, v in found.items()}:
+        raise _same_key_error(path, key, f"stored as run {row[0]} (from {row[1]})")
+    return row[0]
+
+
 def _storable_metrics(result_set: ResultSet) -> dict[str, tuple[float, ...]]:
     found = metrics(result_set)
     if not found or result_set.environment is None:
@@ -166,12 +193,18 @@ def _storable_metrics(result_set: ResultSet) -> dict[str, tuple[float, ...]]:
 def add_files(
     db: str | os.PathLike[str], paths: list[str | os.PathLike[str]], benchmark: str | None = None
 ) -> list[tuple[str, Added]]:
-    """Read every file first (a bad one stops everything before any write), then store each as
-    a run, one transaction per file."""
+    """Read every file first (a bad one, or one claiming the run of another with other samples,
+    stops everything before any write), then store each as a run, one transaction per file."""
     result_sets = [load_result_set(path) for path in paths]
+    claimed: dict[tuple[str, str, str, str], tuple[str, dict[str, tuple[float, ...]]]] = {}
     for result_set in result_sets:
-        _storable_metrics(result_set)
+        key, found = _run_key(result_set, benchmark), _storable_metrics(result_set)
+        if key in claimed and claimed[key][1] != found:
+            raise _same_key_error(result_set.path, key, f"in {claimed[key][0]}")
+        claimed[key] = (result_set.path, found)
     with open_history(db) as connection:
+        for key, (path, found) in claimed.items():
+            _stored_run(connection, key, found, path)
         return [(rs.path, add_run(connection, rs, benchmark)) for rs in result_sets]
 
 
