@@ -303,3 +303,33 @@ def test_an_empty_list_of_samples_is_refused_not_dropped(tmp_path, source):
     result = ftbench("compare", source, bad)
     assert result.returncode == 2, result.stdout
     assert result.stderr.count("\n") == 1 and "samples_ms is empty" in result.stderr
+
+
+def test_a_metric_kept_without_samples_is_listed_with_its_change_not_dropped(tmp_path):
+    # Only the timer's summary of the copy probe is kept (no samples_ms): its 50% slowdown cannot
+    # be judged by the rules, but it is named with the change of its medians, not left out.
+    def summary_only(factor):
+        def edit(document):
+            for record in document["records"]:
+                if "timings" in record:
+                    timing = record["timings"]["copy"]
+                    del timing["samples_ms"]
+                    for name in ("median_ms", "ci_low_ms", "ci_high_ms"):
+                        timing[name] *= factor
+
+        return edit
+
+    baseline = variant(tmp_path, FOUNDATION, summary_only(1.0), "baseline.json")
+    current = variant(tmp_path, FOUNDATION, summary_only(1.5), "current.json")
+    comparison = compare_files(baseline, current)
+    assert verdicts(comparison) == {"gemm_hot": UNCHANGED, "gemv_cold": UNCHANGED}
+    assert comparison.only_in_baseline == comparison.only_in_current == []
+    [(name, change)] = comparison.without_samples
+    assert name == "copy" and change == pytest.approx(0.5)
+    result = ftbench("compare", baseline, current, "--format", "md")
+    assert result.returncode == 0
+    assert "not judged, no samples on a side (change of the medians): copy +50.00%" in result.stdout
+    assert "(2 unchanged, 1 not judged (no samples))" in result.stdout
+    against_samples = compare_files(FOUNDATION, current)
+    assert against_samples.only_in_baseline == []
+    assert [name for name, _ in against_samples.without_samples] == ["copy"]

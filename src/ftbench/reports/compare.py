@@ -25,7 +25,13 @@ import numpy as np
 from ftbench.bench.environment import EnvironmentRecord
 from ftbench.bench.stats import bootstrap_ratio_ci
 from ftbench.errors import InvalidInputError
-from ftbench.reports.records import ResultSet, gpu_label, load_result_set, metrics
+from ftbench.reports.records import (
+    ResultSet,
+    gpu_label,
+    load_result_set,
+    metrics,
+    unsampled_medians,
+)
 
 DEFAULT_THRESHOLD = 0.03
 MIN_SAMPLES = 5
@@ -119,6 +125,8 @@ class Comparison:
     changes: list[MetricChange]
     only_in_baseline: list[str] = field(default_factory=list)
     only_in_current: list[str] = field(default_factory=list)
+    # In both files, without samples on a side: (name, change of the medians), not judged.
+    without_samples: list[tuple[str, float]] = field(default_factory=list)
     environment_mismatches: list[str] = field(default_factory=list)
 
     @property
@@ -164,15 +172,26 @@ def compare_result_sets(
     shared = [name for name in before if name in after]
     if not shared:
         raise InvalidInputError(f"{baseline.path} and {current.path} share no metric to compare")
+    medians_before = {**_medians(before), **unsampled_medians(baseline)}
+    medians_after = {**_medians(after), **unsampled_medians(current)}
     return Comparison(
         baseline=baseline,
         current=current,
         threshold=threshold,
         changes=[judge(name, before[name], after[name], threshold) for name in shared],
-        only_in_baseline=[name for name in before if name not in after],
-        only_in_current=[name for name in after if name not in before],
+        only_in_baseline=[name for name in medians_before if name not in medians_after],
+        only_in_current=[name for name in medians_after if name not in medians_before],
+        without_samples=[
+            (name, medians_after[name] / median - 1.0)
+            for name, median in medians_before.items()
+            if name in medians_after and name not in shared
+        ],
         environment_mismatches=mismatches,
     )
+
+
+def _medians(found: dict[str, tuple[float, ...]]) -> dict[str, float]:
+    return {name: float(np.median(samples)) for name, samples in found.items()}
 
 
 def compare_files(
@@ -201,6 +220,8 @@ def _origin(result_set: ResultSet) -> str:
 def summary_line(comparison: Comparison) -> str:
     """One line: the outcome and the verdict counts."""
     counts = ", ".join(f"{n} {verdict}" for verdict, n in comparison.counts().items() if n)
+    if comparison.without_samples:
+        counts += f", {len(comparison.without_samples)} not judged (no samples)"
     threshold = f"{comparison.threshold:.1%}"
     slower = len(comparison.regressions)
     if slower:
@@ -230,6 +251,9 @@ def _notes(comparison: Comparison) -> list[str]:
         notes.append(f"only in baseline: {', '.join(comparison.only_in_baseline)}")
     if comparison.only_in_current:
         notes.append(f"only in current: {', '.join(comparison.only_in_current)}")
+    if comparison.without_samples:
+        changes = ", ".join(f"{name} {change:+.2%}" for name, change in comparison.without_samples)
+        notes.append(f"not judged, no samples on a side (change of the medians): {changes}")
     return notes
 
 
@@ -285,6 +309,9 @@ def render_json(comparison: Comparison) -> str:
         "changes": [asdict(change) for change in comparison.changes],
         "only_in_baseline": comparison.only_in_baseline,
         "only_in_current": comparison.only_in_current,
+        "without_samples": [
+            {"name": name, "change": change} for name, change in comparison.without_samples
+        ],
         "environment_mismatches": comparison.environment_mismatches,
     }
     return json.dumps(document, indent=2)

@@ -20,6 +20,7 @@ quantity with its samples, by a stable name, for comparisons and the history:
 from __future__ import annotations
 
 import os
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -299,25 +300,53 @@ def load_result_set(path: str | os.PathLike[str]) -> ResultSet:
     return ResultSet(source, kind, parsed["environment"], data)
 
 
-def metrics(result_set: ResultSet) -> dict[str, tuple[float, ...]]:
-    """Every timed quantity of `result_set` with samples, by name (all in ms per launch)."""
-    found: dict[str, tuple[float, ...]] = {}
+def _timed(result_set: ResultSet) -> dict[str, tuple[tuple[float, ...], list[float]]]:
+    """Every timed quantity of `result_set` by name: its samples (pooled over runs; none where
+    the file kept none) and its medians (one per run), in ms per launch."""
+    found: dict[str, tuple[tuple[float, ...], list[float]]] = {}
+
+    def add(name: str, timing: dict[str, Any]) -> None:
+        samples, medians = found.get(name, ((), []))
+        found[name] = (samples + _samples(timing), [*medians, float(timing["median_ms"])])
+
     kind, data = result_set.kind, result_set.data
     if kind == "tune":
         for outcome in data:
-            found[f"{outcome.problem.key()} tuned"] = outcome.winner_samples_ms
-            found[f"{outcome.problem.key()} default"] = outcome.default_samples_ms
+            key = outcome.problem.key()
+            add(
+                f"{key} tuned",
+                {"median_ms": outcome.winner_ms, "samples_ms": outcome.winner_samples_ms},
+            )
+            add(
+                f"{key} default",
+                {"median_ms": outcome.default_ms, "samples_ms": outcome.default_samples_ms},
+            )
     elif kind == "foundation":
         for probe in data.probes:
-            found[probe.probe] = found.get(probe.probe, ()) + _samples(probe.timing)
+            add(probe.probe, probe.timing)
     elif kind == "gemv":
         for shape in data:
-            found[f"{shape.label} best"] = _samples(shape.best)
-            found[f"{shape.label} cublas"] = _samples(shape.cublas)
+            add(f"{shape.label} best", shape.best)
+            add(f"{shape.label} cublas", shape.cublas)
             if shape.best_pdl is not None:
-                found[f"{shape.label} best+pdl"] = _samples(shape.best_pdl)
+                add(f"{shape.label} best+pdl", shape.best_pdl)
     elif kind == runs.KIND:
         for record in filter(runs.measured_ok, data):
             for name in runs.TIMING_METRICS:
-                found[f"{runs.run_key(record)} {name}"] = _samples(record[name])
-    return {name: samples for name, samples in found.items() if samples}
+                add(f"{runs.run_key(record)} {name}", record[name])
+    return found
+
+
+def metrics(result_set: ResultSet) -> dict[str, tuple[float, ...]]:
+    """Every timed quantity of `result_set` with samples, by name (all in ms per launch)."""
+    return {name: samples for name, (samples, _) in _timed(result_set).items() if samples}
+
+
+def unsampled_medians(result_set: ResultSet) -> dict[str, float]:
+    """The timed quantities of `result_set` kept without samples (a summary only), by name: the
+    median of their medians, in ms per launch."""
+    return {
+        name: statistics.median(medians)
+        for name, (samples, medians) in _timed(result_set).items()
+        if not samples
+    }
