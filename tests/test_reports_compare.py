@@ -333,3 +333,30 @@ def test_a_metric_kept_without_samples_is_listed_with_its_change_not_dropped(tmp
     against_samples = compare_files(FOUNDATION, current)
     assert against_samples.only_in_baseline == []
     assert [name for name, _ in against_samples.without_samples] == ["copy"]
+
+
+@pytest.mark.parametrize(
+    ("gpu", "message"),
+    [
+        ({"sm_count": 114, "memory_total_mib": 81559}, "GPU 0 sm_count: baseline 132, current 114"),
+        ({"memory_total_mib": 16384}, "GPU 0 memory_total_mib: baseline 143771, current 16384"),
+        ({"compute_capability": "10.0"}, "GPU 0 compute_capability: baseline 9.0, current 10.0"),
+        ({"power_limit_w": 450.0}, "GPU 0 power_limit_w: baseline 700.0, current 450.0"),
+    ],
+)
+def test_a_gpu_of_the_same_name_but_other_properties_is_another_environment(tmp_path, gpu, message):
+    elsewhere = variant(tmp_path, FOUNDATION, lambda d: d["environment"]["gpus"][0].update(gpu))
+    result = ftbench("compare", FOUNDATION, elsewhere)
+    assert result.returncode == 2 and message in result.stderr
+    allowed = ftbench("compare", FOUNDATION, elsewhere, "--allow-env-mismatch")
+    assert allowed.returncode == 0 and f"environments differ: {message}" in allowed.stdout
+
+
+def test_another_gpu_of_the_same_kind_or_an_unknown_property_is_the_same_environment(tmp_path):
+    # Every real run got a fresh machine (another UUID); some records lack the SM count.
+    def another_gpu(document):
+        document["environment"]["gpus"][0].update(
+            uuid="GPU-00000000-0000-0000-0000-000000000000", sm_count=None, sm_clock_mhz=1755
+        )
+
+    assert compare_files(FOUNDATION, variant(tmp_path, FOUNDATION, another_gpu)).exit_code == 0

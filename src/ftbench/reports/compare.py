@@ -42,6 +42,9 @@ PERFORMANCE_SOFTWARE = (
     "cuda_runtime", "cuda_driver", "cublas", "cublaslt", "cutlass", "nccl", "cupy", "torch",
     "transformers",
 )  # fmt: skip
+# What sets a GPU's speed beyond its name (a MIG slice or a variant can share it; the power limit
+# caps the clocks); a property one record does not know (None) is not compared.
+GPU_PROPERTIES = ("compute_capability", "sm_count", "memory_total_mib", "power_limit_w")
 
 
 def parse_threshold(text: str) -> float:
@@ -104,6 +107,12 @@ def environment_mismatches(baseline: EnvironmentRecord, current: EnvironmentReco
     found = []
     if gpu_label(baseline) != gpu_label(current):
         found.append(f"GPU: baseline {gpu_label(baseline)}, current {gpu_label(current)}")
+    else:
+        for was, now in zip(baseline.gpus, current.gpus, strict=True):
+            for name in GPU_PROPERTIES:
+                before, after = getattr(was, name), getattr(now, name)
+                if None not in (before, after) and before != after:
+                    found.append(f"GPU {was.index} {name}: baseline {before}, current {after}")
     if baseline.driver_version != current.driver_version:
         found.append(
             f"driver: baseline {baseline.driver_version}, current {current.driver_version}"
