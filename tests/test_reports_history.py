@@ -183,3 +183,23 @@ def test_another_file_claiming_a_stored_run_is_refused_not_dropped(tmp_path):
     assert not (tmp_path / "other.sqlite3").exists()
     assert stored(db) == (1, 3)
     assert add_files(db, [FOUNDATIONS[1]])[0][1].new is False
+
+
+def test_the_dashboard_marks_a_planted_regression_and_names_an_environment_change(tmp_path):
+    from ftbench.reports.dashboard import write_dashboard
+
+    document = json.loads(FOUNDATIONS[1].read_text())
+    timing = document["records"][0]["timings"]["gemv_cold"]
+    timing["samples_ms"] = [sample * 1.1 for sample in timing["samples_ms"]]
+    document["environment"].update(git_commit="f" * 40, utc_time="2026-11-30T00:00:00+00:00")
+    document["environment"]["software"]["cublas"] = "13.2.0"
+    later = tmp_path / "later.json"
+    later.write_text(json.dumps(document))
+    db = tmp_path / "h.sqlite3"
+    add_files(db, [FOUNDATIONS[1], later])
+    page = write_dashboard(db, tmp_path / "site").read_text()
+    regressions = page.split('<h3 class="slower">Regressions</h3>')[1]
+    assert "gemv_cold" in regressions and "+10.00%" in regressions
+    runs = page.split("<h3>Runs</h3>")[1].split("</table>")[0]
+    assert "environment change" in runs
+    assert "cublas: baseline 13.1.0, current 13.2.0" in runs

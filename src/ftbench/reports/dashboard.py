@@ -9,15 +9,23 @@ tables. A selector filters the sections by GPU (inline script; the page needs no
 from __future__ import annotations
 
 import html
+import json
 import os
 from pathlib import Path
 
 import pandas as pd
 
+from ftbench.bench.environment import EnvironmentRecord
 from ftbench.errors import InvalidInputError
 from ftbench.files import positive_numbers, write_text_atomic
 from ftbench.reports import plots
-from ftbench.reports.compare import DEFAULT_THRESHOLD, FASTER, SLOWER, judge
+from ftbench.reports.compare import (
+    DEFAULT_THRESHOLD,
+    FASTER,
+    SLOWER,
+    environment_mismatches,
+    judge,
+)
 from ftbench.reports.history import metrics_table, open_history, runs_table
 from ftbench.reports.html import figure_html, page, table_html
 
@@ -57,6 +65,15 @@ def judged_points(metrics: pd.DataFrame, threshold: float) -> pd.DataFrame:
     return pd.DataFrame(points).sort_values(["run", "name"], kind="stable")
 
 
+def _environment_changes(environments: pd.Series) -> list[str]:
+    """Per run (in order), what changed in its environment since the run before (`ftbench
+    compare` refuses such pairs; the dashboard judges them, so it says so)."""
+    records = [EnvironmentRecord.from_dict(json.loads(text)) for text in environments]
+    pairs = zip(records, records[1:], strict=False)
+    changes = [environment_mismatches(was, now) for was, now in pairs]
+    return ["", *("; ".join(change) for change in changes)]
+
+
 def _series_section(benchmark: str, gpu: str, runs: pd.DataFrame, points: pd.DataFrame) -> str:
     title = f"{benchmark} on {gpu}"
     figure = plots.history_lines(points, title)
@@ -73,6 +90,7 @@ def _series_section(benchmark: str, gpu: str, runs: pd.DataFrame, points: pd.Dat
             "slower": counts["slower"].reindex(range(len(run_rows)), fill_value=0).to_numpy(),
             "faster": counts["faster"].reindex(range(len(run_rows)), fill_value=0).to_numpy(),
             "source": run_rows["source"],
+            "environment change": _environment_changes(run_rows["environment"]),
         }
     )
     parts = [

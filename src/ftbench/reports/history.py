@@ -217,10 +217,12 @@ def _insert_metric(connection: sqlite3.Connection, run_id: int, name: str, sampl
 
 
 def runs_table(connection: sqlite3.Connection) -> pd.DataFrame:
-    """Every run: id, benchmark, kind, git_commit, utc_time, gpu, source, metrics (count)."""
+    """Every run: id, benchmark, kind, git_commit, utc_time, gpu, source, environment (JSON),
+    metrics (count)."""
     return pd.read_sql_query(
         "SELECT r.id, r.benchmark, r.kind, r.git_commit, r.utc_time, r.gpu, r.source,"
-        " count(m.name) AS metrics FROM runs r LEFT JOIN metrics m ON m.run_id = r.id"
+        " r.environment, count(m.name) AS metrics"
+        " FROM runs r LEFT JOIN metrics m ON m.run_id = r.id"
         " GROUP BY r.id ORDER BY r.benchmark, r.gpu, r.utc_time",
         connection,
     )
