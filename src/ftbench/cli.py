@@ -801,7 +801,7 @@ def run_command(
         int,
         typer.Option(
             "--repeats",
-            help="Timed requests per point, after one warm-up (each gives one TTFT and one "
+            help="Timed requests per point, after two warm-ups (each gives one TTFT and one "
             "end-to-end sample and output-len - 1 decode-step samples; `ftbench compare` "
             "judges a metric from 5 samples on).",
         ),
@@ -831,7 +831,7 @@ def run_command(
 ) -> None:
     """Measure text generation: time to first token, per-token latency, throughput, memory.
 
-    Every grid point (batch x input length x output length) runs one warm-up request and then
+    Every grid point (batch x input length x output length) runs two warm-up requests and then
     `--repeats` timed ones with random prompts, generating exactly `--output-len` tokens. Results
     are written after every point, so Ctrl-C keeps what finished; a point that does not fit in
     memory is recorded as such and the sweep goes on.

@@ -41,6 +41,28 @@ def test_graph_replay_gives_the_eager_tokens():
     assert graphed.step_ms.shape == (23,) and graphed.ttft_ms > 0
 
 
+def test_prefill_graphs_replay_with_new_tokens(monkeypatch):
+    # Prompts of the same lengths with new tokens every call: the first prefill runs eagerly,
+    # the second is captured, later ones replay; each gives an eager generator's logits. With
+    # room for two prefill graphs, a third set of lengths drops the oldest.
+    import ftbench.runtime.generate as generate
+
+    monkeypatch.setattr(generate, "PREFILL_GRAPHS", 2)
+    graphed, eager = _generator(), _generator(use_graph=False)
+    rng = np.random.default_rng(5)
+    for lengths in [(7, 12, 3)] * 4 + [(5,), (5,), (9, 9)] * 2 + [(7, 12, 3)] * 2:
+        prompts = [rng.integers(0, TINY.vocab_size, length) for length in lengths]
+        expected = eager.prefill(prompts).get()
+        np.testing.assert_array_equal(graphed.prefill(prompts).get(), expected)
+    kept = sorted(key[1] for key in graphed._graphs if key[0] == "prefill")
+    assert kept == [(7, 12, 3), (9, 9)] and len(graphed._prefill_steps) == 2
+    # generation after a replayed prefill continues from the replayed KV cache
+    prompts = [rng.integers(0, TINY.vocab_size, 9) for _ in range(2)]
+    np.testing.assert_array_equal(
+        graphed.generate(prompts, 12).tokens, eager.generate(prompts, 12).tokens
+    )
+
+
 def test_a_stop_token_ends_its_sequence_only():
     generator = _generator()
     free = generator.generate(_prompts(), 16)

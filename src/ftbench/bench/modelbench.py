@@ -1,13 +1,14 @@
 """Model-level benchmarks (`ftbench run`): generation latency and throughput over a grid.
 
-For each grid point (batch, input length, output length) and each engine, one warm-up request,
-then `repeats` timed requests of `batch` random prompts of `input_len` tokens generating exactly
-`output_len` tokens each (no stop token). The times come from CUDA events on the engine's stream
-(`runtime.generate.Generation`): time to first token (prefill and the first sampled token), every
-decode step after it, and the end-to-end request. Derived: per-output-token latency percentiles,
-output and total tokens per second, the decode step's floor (weights plus the average KV cache
-read once at the HBM read bandwidth) and the prefill's (FLOPs at the GEMM peak), peak memory,
-GEMM cache hits and misses, and the GPU's clocks and power while it ran.
+For each grid point (batch, input length, output length) and each engine, two warm-up requests (the
+second captures ftbench's prefill graph), then `repeats` timed requests of `batch` random prompts
+of `input_len` tokens generating exactly `output_len` tokens each (no stop token). The times come
+from CUDA events on the engine's stream (`runtime.generate.Generation`): time to first token
+(prefill and the first sampled token), every decode step after it, and the end-to-end request.
+Derived: per-output-token latency percentiles, output and total tokens per second, the decode
+step's floor (weights plus the average KV cache read once at the HBM read bandwidth) and the
+prefill's (FLOPs at the GEMM peak), peak memory, GEMM cache hits and misses, and the GPU's clocks
+and power while it ran.
 
 A point that does not fit in memory is recorded as such and the sweep goes on; results are
 written after every point, so Ctrl-C keeps the finished ones.
@@ -203,8 +204,10 @@ def not_fitting_record(engine: str, model: str, dtype: str, tp: int, point: RunP
 def measure_requests(
     generate: Callable[[], Any], repeats: int, monitor: Any
 ) -> tuple[list[float], list[float], list[float]]:
-    """Run `generate` once to warm up, then `repeats` times; (TTFT, end-to-end, steps) in ms.
-    `generate` returns a `Generation` (or anything with ttft_ms and step_ms)."""
+    """Run `generate` twice to warm up (ftbench's runtime runs a prefill of new lengths
+    eagerly, then captures it in a CUDA graph), then `repeats` times; (TTFT, end-to-end,
+    steps) in ms. `generate` returns a `Generation` (or anything with ttft_ms and step_ms)."""
+    generate()
     generate()
     ttft, end_to_end, steps = [], [], []
     for _ in range(repeats):

@@ -7,7 +7,12 @@ at positions 0..len-1 of its own KV-cache row, exactly where an unpadded run wou
 After the prefill everything stays on the GPU: the sampled tokens are written straight into the
 next step's input, positions and lengths advance on the device, and finished sequences (those
 that produced a stop token) keep emitting `pad_token`. The decode step (embedding to sampling) is
-captured once in a CUDA graph and replayed, so a step costs one graph launch from Python.
+captured once in a CUDA graph and replayed, so a step costs one graph launch from Python. A
+prefill is graphed the same way per batch of prompt lengths (its kernels' shapes depend on them
+only): the first prefill of given lengths runs eagerly, the second is captured, later ones copy
+their tokens into the captured inputs and replay it, so the time to the first token is the GPU's
+and not Python's launch overhead. At most `PREFILL_GRAPHS` prefill graphs are kept; the ranks
+of a tensor- or pipeline-parallel run prefill eagerly.
 
 Under pipeline parallelism every stage's rank runs the same `Generator` calls on its stage's
 decoder: the last stage samples and sends the tokens to the first (`Stage.share_tokens`, inside
@@ -34,6 +39,8 @@ from ftbench.runtime.model import Decoder, StepInputs, length_bound
 METHODS = ("greedy", "sample")
 # With stop tokens, the host asks whether every sequence has finished this often (a sync).
 FINISHED_CHECK_STEPS = 16
+# Prefill graphs kept (one per batch of prompt lengths seen twice), oldest dropped first.
+PREFILL_GRAPHS = 8
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,8 @@ class Generator:
         self._graphs: dict[tuple, tuple[Any, Any]] = {}
         self._stop_arrays: dict[tuple[int, ...], Any] = {}
         self._warm: set[tuple] = set()
+        # The captured prefills' inputs, by key: a replay refills only their tokens.
+        self._prefill_steps: dict[tuple, StepInputs] = {}
         self._longest = 0
 
     def prefill(self, prompts: Sequence[Sequence[int]], all_logits: bool = False) -> Any:
@@ -122,11 +131,22 @@ class Generator:
         prompt (for checking; needs no more tokens in all than the decoder's max_batch)."""
         import cupy
 
-        step = self.prefill_inputs(prompts, all_logits)
         lengths = [len(prompt) for prompt in prompts]
         batch = len(prompts)
+        # Graphed on one GPU only: ranks of a parallel run prefill eagerly, as they always did.
+        graphed = self.decoder.comm is None and self.decoder.stage.count == 1
+        key = ("prefill", tuple(lengths), all_logits) if graphed else None
+        step = self._prefill_steps.get(key)
+        if step is None:
+            step = self.prefill_inputs(prompts, all_logits)
+        else:
+            with self._on_stream():
+                step.tokens.set(self._prefill_host(prompts, all_logits)[0]["tokens"])
         with self._on_stream():
-            logits = self.decoder.forward(step)
+            if key is None:
+                logits = self.decoder.forward(step)
+            else:
+                logits = self._replay(key, lambda: self.decoder.forward(step), step)
             if batch not in self._states:
                 self._states[batch] = _DecodeState.allocate(cupy, batch)
             self.state = self._states[batch]
@@ -139,6 +159,19 @@ class Generator:
         """The `StepInputs` of a prefill of `prompts` (checked), on the device."""
         import cupy
 
+        host, max_q_len = self._prefill_host(prompts, all_logits)
+        with self._on_stream():
+            return StepInputs(
+                **{name: cupy.asarray(array) for name, array in host.items()},
+                decode=False,
+                max_q_len=max_q_len,
+                host_cu_seqlens=tuple(host["cu_seqlens"].tolist()),
+            )
+
+    def _prefill_host(
+        self, prompts: Sequence[Sequence[int]], all_logits: bool
+    ) -> tuple[dict[str, np.ndarray], int]:
+        """A prefill's `StepInputs` arrays on the host (checked), and its longest prompt."""
         decoder, vocab = self.decoder, self.decoder.spec.vocab_size
         lengths = np.array([len(prompt) for prompt in prompts], dtype=np.int32)
         if not 1 <= len(prompts) <= decoder.max_batch or lengths.min() < 1:
@@ -167,13 +200,7 @@ class Generator:
             if all_logits
             else cu_seqlens[1:] - 1,
         }
-        with self._on_stream():
-            return StepInputs(
-                **{name: cupy.asarray(array) for name, array in host.items()},
-                decode=False,
-                max_q_len=int(lengths.max()),
-                host_cu_seqlens=tuple(cu_seqlens.tolist()),
-            )
+        return host, int(lengths.max())
 
     def decode(self, tokens: Any) -> Any:
         """One step with the given next token per sequence (teacher forcing); the logits."""
@@ -308,24 +335,44 @@ class Generator:
             )
         self._longest += 1
         bound = length_bound(self._longest, self.decoder.max_seq_len)
-        key = (*key, bound)
+        return self._replay((*key, bound), lambda: body(bound))
+
+    def _replay(self, key: tuple, body: Any, prefill: StepInputs | None = None) -> Any:
+        """`body()` on the stream: eagerly the first time for `key` (compiling kernels,
+        resolving GEMMs), captured in a CUDA graph the second time, then replayed. A prefill
+        passes its inputs, which are kept with its graph (see `prefill`)."""
         if not self.use_graph:
-            return body(bound)
+            return body()
         if key in self._graphs:
             graph, result = self._graphs[key]
             graph.launch(self.stream)
             return result
         if key not in self._warm:
             self._warm.add(key)
-            return body(bound)
+            return body()
+        if prefill is not None:
+            self._drop_old_prefills()
         self.stream.begin_capture()
         try:
-            result = body(bound)
+            result = body()
         finally:
             graph = self.stream.end_capture()
         self._graphs[key] = (graph, result)
+        if prefill is not None:
+            self._prefill_steps[key] = prefill
         graph.launch(self.stream)
         return result
+
+    def _drop_old_prefills(self) -> None:
+        """Make room for one more prefill graph, dropping the oldest (after the stream has
+        finished any launch of it)."""
+        kept = [key for key in self._graphs if key[0] == "prefill"]
+        if len(kept) < PREFILL_GRAPHS:
+            return
+        self.stream.synchronize()
+        for key in kept[: len(kept) - PREFILL_GRAPHS + 1]:
+            del self._graphs[key], self._prefill_steps[key]
+            self._warm.discard(key)
 
 
 @dataclass
