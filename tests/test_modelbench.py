@@ -205,6 +205,19 @@ def test_run_without_a_gpu_is_a_one_line_error(monkeypatch, capsys):
         (["--profile", "gptj-6b", "--input-len", "0"], "--input-len takes comma-separated"),
         (["--profile", "gptj-6b", "--checkpoint", "/no/such/dir"], "--checkpoint /no/such/dir: no"),
         (["--profile", "gptj-6b", "--tuned", "/no/such.json"], "--tuned /no/such.json: no such"),
+        (["--profile", "bert-base"], "bert-base: the runtime runs decoder models only"),
+        (
+            ["--profile", "gpt2-124m", "--input-len", "128,1000", "--output-len", "32"],
+            "input length 1000 + output length 32: gpt2-124m has 1024 learned positions",
+        ),
+        (
+            ["--config", "tests/data/hf_configs/mistral-7b-v0.1.json", "--input-len", "4090"],
+            "sliding window of 4096 tokens",
+        ),
+        (
+            ["--config", "tests/data/hf_configs/llama-3.1-8b.json"],
+            'rope_scaling {"factor": 8.0',
+        ),
     ],
 )
 def test_run_refuses_bad_options_before_touching_a_gpu(monkeypatch, capsys, arguments, message):

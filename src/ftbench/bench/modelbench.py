@@ -254,8 +254,17 @@ class RunConfig:
         peers = [engine for engine in self.engines if not engine.startswith("ftbench")]
         if self.tp * self.pp > 1 and peers:
             raise InvalidInputError(f"peers {peers} run on one GPU; compare them at tp=pp=1")
+        from ftbench.runtime.model import check_runnable
+
+        check_runnable(self.spec, 1)  # the model itself, then each point's lengths
         for point in self.points:
             point_micro_batches(self.micro_batches, self.pp, point.batch)
+            try:
+                check_runnable(self.spec, point.max_seq_len)
+            except InvalidInputError as exc:
+                raise InvalidInputError(
+                    f"input length {point.input_len} + output length {point.output_len}: {exc}"
+                ) from exc
         short = [point for point in self.points if point.output_len < 2]
         if short:
             raise InvalidInputError(

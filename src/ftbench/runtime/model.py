@@ -61,6 +61,25 @@ def length_bound(length: int, max_seq_len: int) -> int:
     return min(max_seq_len, max(MIN_LENGTH_BOUND, 1 << (max(length, 1) - 1).bit_length()))
 
 
+def check_runnable(spec: ModelSpec, max_seq_len: int) -> None:
+    """Refuse what the runtime does not implement for `spec` with sequences of up to
+    `max_seq_len` tokens (needs no GPU, so callers can check before looking for one)."""
+    if spec.architecture != "decoder":
+        raise InvalidInputError(f"{spec.name}: the runtime runs decoder models only")
+    if spec.rope_scaling:
+        raise InvalidInputError(f"{spec.name}: rope_scaling {spec.rope_scaling} is not implemented")
+    if spec.position_embedding == "learned" and max_seq_len > spec.max_positions:
+        raise InvalidInputError(
+            f"{spec.name} has {spec.max_positions} learned positions; max_seq_len "
+            f"{max_seq_len} is longer"
+        )
+    if spec.sliding_window and max_seq_len > spec.sliding_window:
+        raise InvalidInputError(
+            f"{spec.name} attends over a sliding window of {spec.sliding_window} tokens, "
+            f"which is not implemented; use max_seq_len <= {spec.sliding_window}"
+        )
+
+
 @dataclass(frozen=True)
 class StepInputs:
     """One step's token layout, as int32 device arrays (see the module docstring).
@@ -115,12 +134,7 @@ class Decoder:
     ) -> None:
         import cupy
 
-        if spec.architecture != "decoder":
-            raise InvalidInputError(f"{spec.name}: the runtime runs decoder models only")
-        if spec.rope_scaling:
-            raise InvalidInputError(
-                f"{spec.name}: rope_scaling {spec.rope_scaling} is not implemented"
-            )
+        check_runnable(spec, max_seq_len)
         dtype = {v: k for k, v in DTYPES.items()}.get(str(weights.dtype))
         if dtype is None:
             raise InvalidInputError(f"the runtime runs fp16 or bf16 weights, not {weights.dtype}")
@@ -134,16 +148,6 @@ class Decoder:
             raise InvalidInputError(
                 f"tp={tp} needs a communicator of {tp} ranks, got "
                 f"{'none' if comm is None else comm.world_size}"
-            )
-        if spec.position_embedding == "learned" and max_seq_len > spec.max_positions:
-            raise InvalidInputError(
-                f"{spec.name} has {spec.max_positions} learned positions; max_seq_len "
-                f"{max_seq_len} is longer"
-            )
-        if spec.sliding_window and max_seq_len > spec.sliding_window:
-            raise InvalidInputError(
-                f"{spec.name} attends over a sliding window of {spec.sliding_window} tokens, "
-                f"which is not implemented; use max_seq_len <= {spec.sliding_window}"
             )
         self.spec, self.dtype, self.tp, self.comm, self.stage = spec, dtype, tp, comm, stage
         self.micro_batches = micro_batches
