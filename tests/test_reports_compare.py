@@ -217,9 +217,35 @@ def test_judge_rules():
     # significant but only 2%: within the threshold, yet the interval reaches past it
     wide = rng.normal(1.0, 0.05, size=200)
     assert judge("m", wide, wide * 1.025).verdict == NOISY
-    assert judge("m", tight[:4], tight[:4] * 1.2).verdict == NOISY  # too few samples
+    # fewer than 5 samples a side: slower or faster only when the samples separate beyond t
+    few = np.array([1.00, 1.02, 0.99])
+    assert judge("m", few, few * 1.2).verdict == SLOWER
+    assert judge("m", few, few * 0.8).verdict == FASTER
+    assert judge("m", few, few * 1.02).verdict == NOISY  # separated by less than 3%
+    assert judge("m", few, few[[0, 2, 1]] * 1.01).verdict == NOISY  # overlapping
+    assert judge("m", few, few * 1.01, threshold=0.0).verdict == NOISY  # overlapping
+    assert judge("m", few, few * 1.05, threshold=0.0).verdict == SLOWER
+    assert judge("m", few[:2], few[:2] * 1.5).verdict == NOISY  # two samples say nothing
+    assert judge("m", tight[:4], tight[:4] * 1.01).verdict == NOISY  # never "unchanged"
     assert judge("m", tight, tight * 1.05, threshold=0.10).verdict == UNCHANGED
     assert judge("m", tight, tight * 1.05) == judge("m", tight, tight * 1.05)
+
+
+def test_a_planted_ttft_regression_in_a_run_file_fails_compare(tmp_path):
+    # `ftbench run` keeps 3 TTFT and end-to-end samples a point: a 20% slower TTFT on one
+    # point fails; the file against itself does not.
+    run = RESULTS / "run-llama2-7b-bf16.json"
+
+    def slower_ttft(document):
+        timing = document["records"][0]["ttft_ms"]
+        timing["samples_ms"] = [value * 1.2 for value in timing["samples_ms"]]
+        timing["median_ms"] *= 1.2
+
+    assert ftbench("compare", run, run).returncode == 0
+    result = ftbench("compare", run, variant(tmp_path, run, slower_ttft))
+    assert result.returncode == 1, result.stdout
+    slower = [line for line in result.stdout.splitlines() if line.endswith("slower")]
+    assert len(slower) == 1 and "ftbench llama2-7b bf16" in slower[0] and "ttft_ms" in slower[0]
 
 
 def test_threshold_parsing():

@@ -803,7 +803,7 @@ def run_command(
             "--repeats",
             help="Timed requests per point, after two warm-ups (each gives one TTFT and one "
             "end-to-end sample and output-len - 1 decode-step samples; `ftbench compare` "
-            "judges a metric from 5 samples on).",
+            "judges a metric of fewer than 5 samples a side only when they do not overlap).",
         ),
     ] = 3,
     out: Annotated[

@@ -8,7 +8,12 @@ Method, stated once (`docs/reports.md` explains it):
     slower             the interval lies above 0 and the change is above +t,
     faster             the interval lies below 0 and the change is below -t,
     unchanged          the whole interval lies within [-t, +t],
-    too noisy to tell  anything else, or fewer than MIN_SAMPLES samples on a side;
+    too noisy to tell  anything else;
+  with fewer than MIN_SAMPLES samples on a side (`ftbench run` keeps 3 TTFT and end-to-end
+  samples a point by default) the bootstrap says little, so the verdict is slower only when every
+  current sample is above every baseline sample by more than t (at least MIN_SEPARATED samples a
+  side; by chance 1 in 20 at 3 against 3 before the margin), faster the other way round, and too
+  noisy to tell otherwise;
 - a run fails (exit code 1) when any metric is slower; results from another GPU or library set
   are refused unless the caller allows it.
 """
@@ -35,6 +40,7 @@ from ftbench.reports.records import (
 
 DEFAULT_THRESHOLD = 0.03
 MIN_SAMPLES = 5
+MIN_SEPARATED = 3
 SLOWER, FASTER, UNCHANGED, NOISY = "slower", "faster", "unchanged", "too noisy to tell"
 VERDICTS = (FASTER, SLOWER, UNCHANGED, NOISY)
 # Versions whose change can change performance; others (python, numpy, nvml...) cannot.
@@ -87,7 +93,7 @@ def judge(
     low, high = bootstrap_ratio_ci(base, now)
     change, ci_low, ci_high = ratio - 1.0, low - 1.0, high - 1.0
     if min(base.size, now.size) < MIN_SAMPLES:
-        verdict = NOISY
+        verdict = _separated(base, now, threshold)
     elif ci_low > 0.0 and change > threshold:
         verdict = SLOWER
     elif ci_high < 0.0 and change < -threshold:
@@ -100,6 +106,18 @@ def judge(
         name, base_median, now_median, change, ci_low, ci_high, int(base.size), int(now.size),
         verdict,
     )  # fmt: skip
+
+
+def _separated(base: np.ndarray, now: np.ndarray, threshold: float) -> str:
+    """The verdict from few samples: every sample of one side beyond every sample of the
+    other by more than the threshold, or too noisy to tell."""
+    if min(base.size, now.size) < MIN_SEPARATED:
+        return NOISY
+    if now.min() > base.max() * (1.0 + threshold):
+        return SLOWER
+    if now.max() < base.min() * (1.0 - threshold):
+        return FASTER
+    return NOISY
 
 
 def environment_mismatches(baseline: EnvironmentRecord, current: EnvironmentRecord) -> list[str]:
