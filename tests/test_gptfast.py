@@ -38,6 +38,12 @@ SPECS = {
         num_kv_heads=2, head_dim=16, rotary_dim=16, ffn_hidden_size=96, vocab_size=100,
         rope_theta=5000.0,
     ),
+    "llama3-rope": dataclasses.replace(
+        load_builtin("llama3-8b"), name="tiny-llama3", num_layers=2, hidden_size=64, num_heads=4,
+        num_kv_heads=2, head_dim=16, rotary_dim=16, ffn_hidden_size=96, vocab_size=100,
+        rope_theta=5000.0, rope_scaling='{"factor": 4.0, "high_freq_factor": 4.0, '
+        '"low_freq_factor": 1.0, "original_max_position_embeddings": 16, "rope_type": "llama3"}',
+    ),
 }  # fmt: skip
 
 

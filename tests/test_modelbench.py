@@ -214,10 +214,6 @@ def test_run_without_a_gpu_is_a_one_line_error(monkeypatch, capsys):
             ["--config", "tests/data/hf_configs/mistral-7b-v0.1.json", "--input-len", "4090"],
             "sliding window of 4096 tokens",
         ),
-        (
-            ["--config", "tests/data/hf_configs/llama-3.1-8b.json"],
-            'rope_scaling {"factor": 8.0',
-        ),
     ],
 )
 def test_run_refuses_bad_options_before_touching_a_gpu(monkeypatch, capsys, arguments, message):

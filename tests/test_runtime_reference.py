@@ -71,6 +71,41 @@ CONFIGS = {
             **_common(),
         )
     ),
+    # LLaMA 3.1's rope scaling, with an original context of 16 so that positions up to 20 see
+    # all three bands (kept, blended, divided); and the older "linear" type.
+    "llama3-rope": lambda: transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            rope_theta=5000.0,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 4.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16,
+            },
+            max_position_embeddings=64,
+            **_common(),
+        )
+    ),
+    "llama-linear-rope": lambda: transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            rope_scaling={"rope_type": "linear", "factor": 2.5},
+            max_position_embeddings=64,
+            **_common(),
+        )
+    ),
 }
 
 
@@ -199,9 +234,13 @@ def test_reference_refuses_what_it_does_not_implement():
         head_dim=16, rotary_dim=16, ffn_hidden_size=96, vocab_size=50,
     )  # fmt: skip
     weights = random_weights(spec, "fp32", seed=0)
-    scaled = dataclasses.replace(spec, rope_scaling='{"factor": 8.0, "rope_type": "llama3"}')
-    with pytest.raises(InvalidInputError, match="rope_scaling"):
-        ReferenceModel(scaled, weights)
+    for scaling, message in [
+        ('{"factor": 8.0, "rope_type": "llama3"}', r"rope_scaling \(llama3\) needs a positive"),
+        ('{"factor": 2.0, "rope_type": "yarn"}', "is not implemented"),
+        ('{"factor": 0, "type": "linear"}', "needs a positive factor, got 0"),
+    ]:
+        with pytest.raises(InvalidInputError, match=message):
+            ReferenceModel(dataclasses.replace(spec, rope_scaling=scaling), weights)
     windowed = ReferenceModel(dataclasses.replace(spec, sliding_window=4), weights)
     windowed.prefill(np.zeros((1, 4), dtype=np.int64))
     with pytest.raises(InvalidInputError, match="sliding window of 4"):

@@ -176,16 +176,32 @@ ROTARY_CASES = {  # q heads, kv heads, head_dim, rotary_dim, base, interleaved
     "halves-20-of-80": (3, 3, 80, 20, 10000.0, False),
     "gpt2-none": (4, 4, 64, 0, 10000.0, False),
 }
+# LLaMA 3.1's rope scaling with an original context of 64: of the frequencies of a base of 10^4
+# or more, some are kept (wavelength < 16), some blended, the rest divided by 8 (> 64)
+LLAMA3_SCALING = (
+    '{"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0, '
+    '"original_max_position_embeddings": 64, "rope_type": "llama3"}'
+)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", sorted(ROTARY_CASES))
 @pytest.mark.parametrize("count", [1, 37])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_qkv_rotary(dtype, case, count, with_bias):
+@pytest.mark.parametrize("scaling", ["", LLAMA3_SCALING], ids=["plain", "llama3"])
+def test_qkv_rotary(dtype, case, count, with_bias, scaling):
     import cupy
 
     q_heads, kv_heads, dim, rotary_dim, base, interleaved = ROTARY_CASES[case]
+    if scaling and not rotary_dim:
+        pytest.skip("no rotary dims to scale")
+    spec = SimpleNamespace(
+        name=case, rotary_dim=rotary_dim, rope_theta=base, rotary_interleaved=interleaved,
+        rope_scaling=scaling,
+    )  # fmt: skip
+    inv_freqs = None
+    if scaling:
+        inv_freqs = cupy.asarray(reference.rope_inverse_frequencies(spec).astype(np.float32))
     batch, max_length = 3, 512
     heads = q_heads + 2 * kv_heads
     rng = np.random.default_rng()
@@ -204,16 +220,13 @@ def test_qkv_rotary(dtype, case, count, with_bias):
         device(qkv, dtype), None if bias is None else device(bias, dtype), q_out, k_cache,
         v_cache, cupy.asarray(seq_ids), cupy.asarray(positions), num_q_heads=q_heads,
         num_kv_heads=kv_heads, head_dim=dim, rotary_dim=rotary_dim, rotary_base=base,
-        interleaved=interleaved,
+        interleaved=interleaved, inv_freqs=inv_freqs,
     )  # fmt: skip
 
     x = qkv + (0 if bias is None else bias)
     q, k, v = np.split(x, [q_heads * dim, (q_heads + kv_heads) * dim], axis=1)
     q, k, v = (a.reshape(count, -1, dim) for a in (q, k, v))
     if rotary_dim:
-        spec = SimpleNamespace(
-            rotary_dim=rotary_dim, rope_theta=base, rotary_interleaved=interleaved
-        )
         q = reference.rotary(q[None], positions[None], spec)[0]
         k = reference.rotary(k[None], positions[None], spec)[0]
     tolerance = TOLERANCE[dtype]

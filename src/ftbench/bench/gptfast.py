@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from ftbench.bench.peers import PeerGeneration
 from ftbench.errors import GpuError, InvalidInputError
 from ftbench.profiles.spec import ModelSpec
+from ftbench.runtime.reference import rope_inverse_frequencies
 from ftbench.runtime.weights import LayerWeights, Linear, ModelWeights, Norm, check_shapes
 
 # Dtypes the model computes in: half types on the GPU, fp32 and fp64 for the CPU tests.
@@ -162,9 +163,9 @@ class StaticCacheDecoder(torch.nn.Module):
                 f"{spec.name}: the gpt-fast peer runs decoders; {spec.family} is an "
                 f"{spec.architecture} model"
             )
-        if spec.rope_scaling:
-            raise InvalidInputError(f"{spec.name}: rope_scaling is not implemented in the peer")
         check_shapes(weights, spec)
+        if spec.position_embedding == "rotary":
+            rope_inverse_frequencies(spec)  # a rope scaling it does not implement: an error
         if weights.embed.dtype not in DTYPES:
             raise InvalidInputError(f"the gpt-fast peer computes in {DTYPES}, not {weights.dtype}")
         self.spec = spec
@@ -197,9 +198,9 @@ class StaticCacheDecoder(torch.nn.Module):
             layer.v_cache = torch.zeros(shape, dtype=dtype, device=device)
         self.causal_mask = torch.ones(max_seq_len, max_seq_len, device=device).tril().bool()
         if spec.position_embedding == "rotary":
-            exponents = torch.arange(0, spec.rotary_dim, 2, dtype=torch.float64) / spec.rotary_dim
             angles = torch.outer(
-                torch.arange(max_seq_len, dtype=torch.float64), spec.rope_theta**-exponents
+                torch.arange(max_seq_len, dtype=torch.float64),
+                torch.from_numpy(rope_inverse_frequencies(spec)),
             )
             wide = torch.promote_types(dtype, torch.float32)
             self.cos = angles.cos().to(device=device, dtype=wide)

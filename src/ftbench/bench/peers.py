@@ -14,6 +14,7 @@ generation; where it fails its error is the peer's result.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +52,9 @@ def hf_config(spec: ModelSpec) -> dict[str, Any]:
             "intermediate_size": spec.ffn_hidden_size, "hidden_act": spec.activation,
             "rms_norm_eps": spec.norm_eps, "rope_theta": spec.rope_theta,
             "max_position_embeddings": spec.max_positions,
-            "attention_bias": spec.qkv_bias, "mlp_bias": spec.ffn_bias, **common,
+            "attention_bias": spec.qkv_bias, "mlp_bias": spec.ffn_bias,
+            "rope_scaling": json.loads(spec.rope_scaling) if spec.rope_scaling else None,
+            **common,
         }  # fmt: skip
     raise InvalidInputError(f"no HF peer for family {spec.family!r} (gpt2, gptj, llama)")
 

@@ -323,6 +323,7 @@ def qkv_rotary(
     rotary_dim: int,
     rotary_base: float,
     interleaved: bool,
+    inv_freqs: Any = None,
 ) -> None:
     """Add the QKV bias, rotate q and k, write q to q_out and k, v into the KV cache.
 
@@ -330,8 +331,10 @@ def qkv_rotary(
     [(Hq + 2 Hkv) * D] or None; q_out: DT [T, Hq, D]; k_cache, v_cache: DT [B, Hkv, Lmax, D];
     seq_ids, positions: int32 [T] (cache row; rotary angle index and cache slot).
     The first rotary_dim dims of each q and k head turn (rotary_dim = 0: no rotary); pair i by
-    position * rotary_base^(-2i / rotary_dim) in fp32. interleaved=True pairs (x[2i], x[2i+1])
-    (GPT-J), False pairs (x[i], x[i + rotary_dim / 2]) (GPT-NeoX, LLaMA).
+    position * rotary_base^(-2i / rotary_dim) in fp32, or by position * inv_freqs[i] when
+    inv_freqs (float32 [rotary_dim / 2], a scaled rope's frequencies) is given.
+    interleaved=True pairs (x[2i], x[2i+1]) (GPT-J), False pairs (x[i], x[i + rotary_dim / 2])
+    (GPT-NeoX, LLaMA).
     """
     op = "qkv_rotary"
     q_heads = _integer(op, "num_q_heads", num_q_heads, 1, INT32_MAX)
@@ -361,6 +364,8 @@ def qkv_rotary(
     _check(op, "v_cache", v_cache, cache_shape, [dtype])
     _check(op, "seq_ids", seq_ids, (count,), ["int32"])
     _check(op, "positions", positions, (count,), ["int32"])
+    if inv_freqs is not None:
+        _check(op, "inv_freqs", inv_freqs, (rotary // 2,), ["float32"])
     if count == 0:
         return
     interleaved = bool(interleaved) and rotary > 0
@@ -383,7 +388,8 @@ def qkv_rotary(
     slots = max(1, min(q_heads + 2 * kv_heads, BLOCK_THREADS // chunks))
     args = (
         _pointer(qkv), _pointer(bias), _pointer(q_out), _pointer(k_cache), _pointer(v_cache),
-        _pointer(seq_ids), _pointer(positions), np.int32(q_heads), np.int32(kv_heads),
+        _pointer(seq_ids), _pointer(positions), _pointer(inv_freqs if rotary else None),
+        np.int32(q_heads), np.int32(kv_heads),
         np.int32(dim), np.int32(rotary), np.float32(rotary_base if rotary else 1.0),
         np.int32(max_length),
     )  # fmt: skip

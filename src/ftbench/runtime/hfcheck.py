@@ -63,6 +63,19 @@ CASES = {
             rms_norm_eps=1e-5, max_position_embeddings=256, **_common(),
         )
     ),
+    # LLaMA 3.1's rope scaling with an original context of 16, so that the prompts and steps
+    # (up to 48 positions) turn through all three bands of frequencies
+    "llama3-rope": lambda tf: tf.LlamaForCausalLM(
+        tf.LlamaConfig(
+            vocab_size=VOCAB, hidden_size=512, intermediate_size=1376, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, rope_theta=500000.0,
+            rope_scaling={
+                "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 16,
+            },
+            rms_norm_eps=1e-5, max_position_embeddings=256, **_common(),
+        )
+    ),
 }  # fmt: skip
 
 

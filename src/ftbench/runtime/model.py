@@ -40,6 +40,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ftbench.errors import InvalidInputError
 from ftbench.kernels.gemm import GemmDispatch
 from ftbench.profiles.problems import rank_shapes
@@ -47,6 +49,7 @@ from ftbench.profiles.spec import ModelSpec
 from ftbench.runtime.memory import Footprint, check_fits
 from ftbench.runtime.parallel import Communicator
 from ftbench.runtime.pipeline import MicroBatch, Stage, micro_batches, whole_model
+from ftbench.runtime.reference import rope_inverse_frequencies
 from ftbench.runtime.weights import ModelWeights, check_shapes, vocabulary_start
 
 DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
@@ -66,8 +69,8 @@ def check_runnable(spec: ModelSpec, max_seq_len: int) -> None:
     `max_seq_len` tokens (needs no GPU, so callers can check before looking for one)."""
     if spec.architecture != "decoder":
         raise InvalidInputError(f"{spec.name}: the runtime runs decoder models only")
-    if spec.rope_scaling:
-        raise InvalidInputError(f"{spec.name}: rope_scaling {spec.rope_scaling} is not implemented")
+    if spec.position_embedding == "rotary":
+        rope_inverse_frequencies(spec)  # a rope scaling it does not implement: an error
     if spec.position_embedding == "learned" and max_seq_len > spec.max_positions:
         raise InvalidInputError(
             f"{spec.name} has {spec.max_positions} learned positions; max_seq_len "
@@ -199,6 +202,10 @@ class Decoder:
         if self.comm is not None:
             self.gathered = cupy.empty(self.tp * batch * rank.lm_head_rows, dt)
             self.all_logits = cupy.empty((batch, rank.vocab_padded), dt)
+        # Rotary angles per position of a scaled rope (None: the kernel computes the plain ones).
+        self.inv_freqs = None
+        if spec.position_embedding == "rotary" and spec.rope_scaling:
+            self.inv_freqs = cupy.asarray(rope_inverse_frequencies(spec).astype(np.float32))
         # The workspace of the length bound that needs the most.
         bounds = {
             length_bound(1 << i, self.max_seq_len) for i in range(self.max_seq_len.bit_length() + 1)
@@ -390,7 +397,7 @@ class Decoder:
             qkv, layer.qkv.bias, queries, keys, values, step.seq_ids, step.positions,
             num_q_heads=rank.q_heads, num_kv_heads=rank.kv_heads, head_dim=spec.head_dim,
             rotary_dim=rotary_dim, rotary_base=spec.rope_theta,
-            interleaved=spec.rotary_interleaved,
+            interleaved=spec.rotary_interleaved, inv_freqs=self.inv_freqs,
         )  # fmt: skip
         # The attention kernels read sequence b of the launch from cache row b: the
         # micro-batch's cache rows, a contiguous slice of the batch axis.

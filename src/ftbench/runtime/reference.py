@@ -23,6 +23,7 @@ cache.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -66,15 +67,53 @@ def activation(x: np.ndarray, name: str) -> np.ndarray:
     return np.maximum(x, 0)
 
 
+def rope_inverse_frequencies(spec: ModelSpec) -> np.ndarray:
+    """Pair i's angle per position, float64 [rotary_dim / 2]: rope_theta ** (-2i / rotary_dim),
+    scaled as `spec.rope_scaling` says (HF's rope types "linear": all divided by the factor;
+    "llama3": wavelengths past original_max_position_embeddings / low_freq_factor divided by the
+    factor, those under original / high_freq_factor kept, the ones between blended). Other
+    types are an InvalidInputError."""
+    inverse = spec.rope_theta ** (-np.arange(0, spec.rotary_dim, 2) / spec.rotary_dim)
+    if not spec.rope_scaling:
+        return inverse
+    scaling = json.loads(spec.rope_scaling)
+    kind = scaling.get("rope_type", scaling.get("type"))
+
+    def number(key: str) -> float:
+        value = scaling.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise InvalidInputError(
+                f"{spec.name}: rope_scaling ({kind}) needs a positive {key}, got {value!r}"
+            )
+        return float(value)
+
+    if kind == "linear":
+        return inverse / number("factor")
+    if kind == "llama3":
+        factor, low, high = number("factor"), number("low_freq_factor"), number("high_freq_factor")
+        original = number("original_max_position_embeddings")
+        if not high > low:
+            raise InvalidInputError(
+                f"{spec.name}: rope_scaling (llama3) needs high_freq_factor > low_freq_factor"
+            )
+        wavelength = 2 * math.pi / inverse
+        smooth = np.clip((original / wavelength - low) / (high - low), 0.0, 1.0)
+        return (1 - smooth) * inverse / factor + smooth * inverse
+    raise InvalidInputError(
+        f"{spec.name}: rope_scaling {spec.rope_scaling} is not implemented (rope types: linear, "
+        "llama3)"
+    )
+
+
 def rotary(x: np.ndarray, positions: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """Rotate the first `rotary_dim` dims of every head of x [batch, tokens, heads, head_dim].
 
-    Pair i (of rotary_dim / 2) turns by angle position * rope_theta ** (-2i / rotary_dim).
+    Pair i (of rotary_dim / 2) turns by angle position * `rope_inverse_frequencies(spec)`[i].
     Interleaved (GPT-J) pairs are dims (2i, 2i + 1); otherwise (LLaMA, GPT-NeoX) the pairs are
     (i, i + rotary_dim / 2), the "rotate half" layout. Dims past rotary_dim pass through.
     """
     rotary_dim = spec.rotary_dim
-    inverse_frequencies = spec.rope_theta ** (-np.arange(0, rotary_dim, 2) / rotary_dim)
+    inverse_frequencies = rope_inverse_frequencies(spec)
     angles = positions[:, :, None, None] * inverse_frequencies  # [batch, tokens, 1, pairs]
     cos, sin = np.cos(angles).astype(x.dtype), np.sin(angles).astype(x.dtype)
     rotated, passed = x[..., :rotary_dim], x[..., rotary_dim:]
@@ -178,11 +217,7 @@ class ReferenceModel:
             raise InvalidInputError(
                 f"reference compute dtype must be float32 or float64, got {self.dtype}"
             )
-        if spec.rope_scaling:
-            raise InvalidInputError(
-                f"{spec.name}: rope_scaling {spec.rope_scaling} is not implemented; only plain "
-                "rotary embeddings are"
-            )
+        rope_inverse_frequencies(spec)  # a rope scaling it does not implement: an error
         self.spec = spec
         self.micro_batches = micro_batches
         self.layers = range(spec.num_layers) if layers is None else layers

@@ -212,7 +212,8 @@ __global__ void __launch_bounds__(512)
 //   interleaved (GPT-J):  chunk dims d0..d0+VEC-1 < rotary_dim hold VEC/2 pairs (2i, 2i+1);
 //   halves (NeoX/LLaMA):  chunk d0 < rotary_dim/2 pairs dim d0+j with d0+j+rotary_dim/2 and
 //                         writes both; chunks in [rotary_dim/2, rotary_dim) have nothing to do.
-// Pair i turns by position * base^(-2i/rotary_dim) (fp32, as HF computes it). q goes to
+// Pair i turns by position * base^(-2i/rotary_dim) (fp32, as HF computes it), or by position *
+// inv_freqs[i] when given (a scaled rope's frequencies, computed on the host). q goes to
 // q_out[t], k and v to the caches at [seq_ids[t], h, positions[t], :].
 // blockDim.x = (head_dim / VEC) * slots; VEC divides head_dim and rotary_dim (interleaved) or
 // rotary_dim / 2 (halves).
@@ -221,8 +222,8 @@ __global__ void __launch_bounds__(256)
     ftb_qkv_rotary(const T* __restrict__ qkv, const T* __restrict__ bias, T* __restrict__ q_out,
                    T* __restrict__ k_cache, T* __restrict__ v_cache,
                    const int* __restrict__ seq_ids, const int* __restrict__ positions,
-                   int q_heads, int kv_heads, int head_dim, int rotary_dim, float rotary_base,
-                   int max_length) {
+                   const float* __restrict__ inv_freqs, int q_heads, int kv_heads,
+                   int head_dim, int rotary_dim, float rotary_base, int max_length) {
   ftb_pdl::begin();
   constexpr int PAIRS = INTERLEAVED ? VEC / 2 : VEC;
   const int t = blockIdx.x;
@@ -241,7 +242,9 @@ __global__ void __launch_bounds__(256)
     for (int j = 0; j < PAIRS; ++j) {
       const int pair = INTERLEAVED ? d0 / 2 + j : d0 + j;
       const float inv_freq =
-          1.0f / powf(rotary_base, static_cast<float>(2 * pair) / static_cast<float>(rotary_dim));
+          inv_freqs ? inv_freqs[pair]
+                    : 1.0f / powf(rotary_base,
+                                  static_cast<float>(2 * pair) / static_cast<float>(rotary_dim));
       sincosf(static_cast<float>(position) * inv_freq, &sine[j], &cosine[j]);
     }
   }
