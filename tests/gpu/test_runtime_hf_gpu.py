@@ -29,8 +29,7 @@ def test_runtime_matches_hf(case, dtype, tmp_path):
     assert np.isfinite(result.max_rel_logit_err)
     assert result.max_rel_logit_err < TOLERANCE[dtype], result
     assert result.teacher_forced_agreement >= MIN_TEACHER_FORCED_AGREEMENT, result
-    if dtype == "fp16":
-        assert result.greedy_token_agreement == 1.0, result
     # Free-running greedy may part from HF only at a near-tie, never where HF clearly preferred
-    # its token.
+    # its token (on nvidia-h200, llama3-rope in fp16 agreed on 84 of 96 greedy tokens: it parted
+    # where HF's two best logits were 8e-5 of the largest apart, its logit error being 7e-3).
     assert result.greedy_divergence_margin <= 2 * result.max_rel_logit_err, result
