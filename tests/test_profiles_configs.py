@@ -27,6 +27,8 @@ PARAMETERS = {
     "codellama-7b-hf.json": 6_738_546_688,
     "deepseek-coder-6.7b-base.json": 6_740_512_768,
     "mistral-7b-v0.1.json": 7_241_732_096,
+    "qwen2-7b.json": 7_615_616_512,
+    "qwen2.5-0.5b.json": 494_032_768,
     "t5-small.json": 60_506_624,
     "flan-t5-base.json": 247_577_856,
     "bert-large-uncased.json": 335_141_888,
@@ -34,8 +36,6 @@ PARAMETERS = {
 
 UNSUPPORTED = {
     "mixtral-8x7b-v0.1.json": "mixtral",
-    "qwen2-7b.json": "qwen2",
-    "qwen2.5-0.5b.json": "qwen2",
     "phi-3-mini-4k-instruct.json": "phi3",
     "gemma-2b.json": "gemma",
     "gemma-7b.json": "gemma",
@@ -217,7 +217,7 @@ def test_refusal_is_one_line_and_exit_code_2(args):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: {CONFIGS / 'mixtral-8x7b-v0.1.json'}: model_type 'mixtral' is not supported; "
-        "supported: gpt2, gptj, llama, mistral, bert, t5"
+        "supported: gpt2, gptj, llama, mistral, qwen2, bert, t5"
     ]
 
 

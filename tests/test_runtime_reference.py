@@ -93,6 +93,21 @@ CONFIGS = {
             **_common(),
         )
     ),
+    # Qwen2: biases on q, k and v only, tied embeddings
+    "qwen2-tied": lambda: transformers.Qwen2ForCausalLM(
+        transformers.Qwen2Config(
+            vocab_size=VOCAB,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            rope_theta=1000000.0,
+            tie_word_embeddings=True,
+            max_position_embeddings=64,
+            **_common(),
+        )
+    ),
     "llama-linear-rope": lambda: transformers.LlamaForCausalLM(
         transformers.LlamaConfig(
             vocab_size=VOCAB,

@@ -45,8 +45,10 @@ def hf_config(spec: ModelSpec) -> dict[str, Any]:
             **common,
         }  # fmt: skip
     if spec.family in ("llama", "mistral"):
+        # biases on q, k and v only: Qwen2's layout (LlamaConfig's attention_bias sets all four)
+        qwen2 = spec.qkv_bias and not spec.attn_out_bias
         return {
-            "model_type": "llama", "hidden_size": spec.hidden_size,
+            "model_type": "qwen2" if qwen2 else "llama", "hidden_size": spec.hidden_size,
             "num_hidden_layers": spec.num_layers, "num_attention_heads": spec.num_heads,
             "num_key_value_heads": spec.num_kv_heads, "head_dim": spec.head_dim,
             "intermediate_size": spec.ffn_hidden_size, "hidden_act": spec.activation,

@@ -1,4 +1,5 @@
-"""`ModelSpec` from a local Hugging Face `config.json` (gpt2, gptj, llama, mistral, bert, t5).
+"""`ModelSpec` from a local Hugging Face `config.json` (gpt2, gptj, llama, mistral, qwen2, bert,
+t5).
 
 The fields that fix the shapes (widths, layer and head counts, vocabulary, positions) must be
 present; a missing one is an error naming the field and the file. Fields that Hugging Face
@@ -290,11 +291,21 @@ def _t5(f: _Fields) -> dict[str, Any]:
     }
 
 
+def _qwen2(f: _Fields) -> dict[str, Any]:
+    """Qwen2 / Qwen2.5: LLaMA with biases on q, k and v only; the sliding window applies only
+    with use_sliding_window (off in the released models)."""
+    values = _llama(f)
+    window = f.data.get("sliding_window") or 0 if f.flag("use_sliding_window", False) else 0
+    return {**values, "qkv_bias": True, "attn_out_bias": False, "ffn_bias": False,
+            "sliding_window": window}  # fmt: skip
+
+
 _BUILDERS: dict[str, Callable[[_Fields], dict[str, Any]]] = {
     "gpt2": _gpt2,
     "gptj": _gptj,
     "llama": _llama,
     "mistral": _llama,
+    "qwen2": _qwen2,
     "bert": _bert,
     "t5": _t5,
 }

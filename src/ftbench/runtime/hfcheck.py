@@ -63,6 +63,14 @@ CASES = {
             rms_norm_eps=1e-5, max_position_embeddings=256, **_common(),
         )
     ),
+    "qwen2": lambda tf: tf.Qwen2ForCausalLM(
+        tf.Qwen2Config(
+            vocab_size=VOCAB, hidden_size=512, intermediate_size=1376, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, rope_theta=1000000.0,
+            rms_norm_eps=1e-6, max_position_embeddings=256, tie_word_embeddings=True,
+            **_common(),
+        )
+    ),
     # LLaMA 3.1's rope scaling with an original context of 16, so that the prompts and steps
     # (up to 48 positions) turn through all three bands of frequencies
     "llama3-rope": lambda tf: tf.LlamaForCausalLM(
