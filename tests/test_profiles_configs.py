@@ -29,6 +29,7 @@ PARAMETERS = {
     "mistral-7b-v0.1.json": 7_241_732_096,
     "qwen2-7b.json": 7_615_616_512,
     "qwen2.5-0.5b.json": 494_032_768,
+    "phi-3-mini-4k-instruct.json": 3_821_079_552,
     "t5-small.json": 60_506_624,
     "flan-t5-base.json": 247_577_856,
     "bert-large-uncased.json": 335_141_888,
@@ -36,7 +37,6 @@ PARAMETERS = {
 
 UNSUPPORTED = {
     "mixtral-8x7b-v0.1.json": "mixtral",
-    "phi-3-mini-4k-instruct.json": "phi3",
     "gemma-2b.json": "gemma",
     "gemma-7b.json": "gemma",
     "falcon-7b.json": "falcon",
@@ -217,7 +217,7 @@ def test_refusal_is_one_line_and_exit_code_2(args):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: {CONFIGS / 'mixtral-8x7b-v0.1.json'}: model_type 'mixtral' is not supported; "
-        "supported: gpt2, gptj, llama, mistral, qwen2, bert, t5"
+        "supported: gpt2, gptj, llama, mistral, qwen2, phi3, bert, t5"
     ]
 
 

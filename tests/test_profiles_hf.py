@@ -124,7 +124,7 @@ def test_unsupported_model_type_lists_the_supported_ones(tmp_path):
     path = _write(tmp_path, "llama-2-7b.json", model_type="mixtral")
     with pytest.raises(InvalidInputError, match="model_type 'mixtral' is not supported") as info:
         spec_from_hf_config(path)
-    assert "gpt2, gptj, llama, mistral, qwen2, bert, t5" in str(info.value)
+    assert "gpt2, gptj, llama, mistral, qwen2, phi3, bert, t5" in str(info.value)
 
 
 def test_missing_model_type_is_named(tmp_path):

@@ -108,6 +108,25 @@ CONFIGS = {
             **_common(),
         )
     ),
+    # Phi-3: fused qkv_proj and gate_up_proj tensors; half of each head turned
+    "phi3-partial-rotary": lambda: transformers.Phi3ForCausalLM(
+        transformers.Phi3Config(
+            vocab_size=VOCAB,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 5000.0,
+                "partial_rotary_factor": 0.5,
+            },
+            max_position_embeddings=64,
+            original_max_position_embeddings=64,
+            **_common(),
+        )
+    ),
     "llama-linear-rope": lambda: transformers.LlamaForCausalLM(
         transformers.LlamaConfig(
             vocab_size=VOCAB,

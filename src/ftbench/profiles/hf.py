@@ -1,5 +1,5 @@
-"""`ModelSpec` from a local Hugging Face `config.json` (gpt2, gptj, llama, mistral, qwen2, bert,
-t5).
+"""`ModelSpec` from a local Hugging Face `config.json` (gpt2, gptj, llama, mistral, qwen2, phi3,
+bert, t5).
 
 The fields that fix the shapes (widths, layer and head counts, vocabulary, positions) must be
 present; a missing one is an error naming the field and the file. Fields that Hugging Face
@@ -186,6 +186,21 @@ def _llama(f: _Fields) -> dict[str, Any]:
     rope_scaling = f.data.get("rope_scaling")
     if rope_scaling is None and isinstance(rope_parameters, dict):
         rope_scaling = rope_parameters
+    # Phi-3/4 may turn only a fraction of each head (top level, or in rope_parameters)
+    partial = f.data.get("partial_rotary_factor")
+    if partial is None and isinstance(rope_parameters, dict):
+        partial = rope_parameters.get("partial_rotary_factor")
+    rotary_dim = head_dim
+    if partial is not None:
+        factor = _Fields({"partial_rotary_factor": partial}, f.origin, f.model_type).number(
+            "partial_rotary_factor"
+        )
+        rotary_dim = int(head_dim * factor)
+        if not 0 < rotary_dim <= head_dim or rotary_dim % 2:
+            raise InvalidInputError(
+                f"{f.origin}: partial_rotary_factor {partial} turns {rotary_dim} of {head_dim} "
+                "dims; it must be an even count from 2 to head_dim"
+            )
     attention_bias = f.flag("attention_bias", False)
     return {
         "family": "llama",
@@ -202,7 +217,7 @@ def _llama(f: _Fields) -> dict[str, Any]:
         "vocab_size": f.integer("vocab_size"),
         "max_positions": f.integer("max_position_embeddings"),
         "position_embedding": "rotary",
-        "rotary_dim": head_dim,
+        "rotary_dim": rotary_dim,
         "rope_theta": rope_theta,
         "rotary_interleaved": False,
         "rope_scaling": _rope_scaling(rope_scaling),
@@ -306,6 +321,7 @@ _BUILDERS: dict[str, Callable[[_Fields], dict[str, Any]]] = {
     "llama": _llama,
     "mistral": _llama,
     "qwen2": _qwen2,
+    "phi3": _llama,  # LLaMA's layout with fused qkv_proj and gate_up_proj tensors
     "bert": _bert,
     "t5": _t5,
 }

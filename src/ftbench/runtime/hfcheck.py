@@ -71,6 +71,17 @@ CASES = {
             **_common(),
         )
     ),
+    # Phi-3's fused qkv_proj and gate_up_proj tensors, with half of each head turned
+    "phi3": lambda tf: tf.Phi3ForCausalLM(
+        tf.Phi3Config(
+            vocab_size=VOCAB, hidden_size=512, intermediate_size=1376, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
+            rope_parameters={
+                "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+            },
+            max_position_embeddings=256, original_max_position_embeddings=256, **_common(),
+        )
+    ),
     # LLaMA 3.1's rope scaling with an original context of 16, so that the prompts and steps
     # (up to 48 positions) turn through all three bands of frequencies
     "llama3-rope": lambda tf: tf.LlamaForCausalLM(

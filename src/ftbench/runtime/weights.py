@@ -28,6 +28,7 @@ are None).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -370,6 +371,27 @@ def _hf_names(spec: ModelSpec) -> _HfNames:
     return names
 
 
+# LLaMA-layout checkpoints that store q, k, v and gate, up as one tensor each (Phi-3): the
+# separate names, and the fused ones that replace them.
+_FUSED = {
+    ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"): ("self_attn.qkv_proj",),
+    ("mlp.gate_proj", "mlp.up_proj"): ("mlp.gate_up_proj",),
+}
+
+
+def _fused_names(names: _HfNames, shapes: Mapping[str, tuple[int, ...]]) -> _HfNames:
+    """`names` with the fused tensors where the checkpoint stores them fused (rows in the
+    same order as the separate ones: q | k | v, gate | up)."""
+    stored = {name.rsplit(".", 2)[-2] for name in shapes if name.count(".") >= 2}
+    fused = {}
+    for field_name in ("qkv", "ffn_up"):
+        separate = getattr(names, field_name)
+        together = _FUSED.get(separate)
+        if together and together[0].rsplit(".", 1)[-1] in stored:
+            fused[field_name] = together
+    return dataclasses.replace(names, **fused) if fused else names
+
+
 def _hf_sources(spec: ModelSpec, names: _HfNames, prefix: str) -> dict[str, _Source]:
     """ftbench name -> the HF tensors it is made of, for every array of `spec`."""
     qkv_rows = (spec.q_width, spec.kv_width, spec.kv_width)
@@ -428,6 +450,7 @@ def _map_checkpoint(
     """
     names = _hf_names(spec)
     prefix = names.prefix if any(key.startswith(names.prefix) for key in shapes) else ""
+    names = _fused_names(names, shapes)
     sources = _hf_sources(spec, names, prefix)
     used = {name for source in sources.values() for name in source.names}
     missing, misshaped = [], []
