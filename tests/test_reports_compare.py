@@ -248,6 +248,20 @@ def test_a_planted_ttft_regression_in_a_run_file_fails_compare(tmp_path):
     assert len(slower) == 1 and "ftbench llama2-7b bf16" in slower[0] and "ttft_ms" in slower[0]
 
 
+def test_files_of_another_dtype_share_no_metric_and_say_what_each_has(tmp_path):
+    run = RESULTS / "run-llama2-7b-bf16.json"
+
+    def fp16(document):
+        for record in document["records"]:
+            record["dtype"] = "fp16"
+
+    result = ftbench("compare", run, variant(tmp_path, run, fp16))
+    assert result.returncode == 2
+    assert "share no metric to compare (another model, dtype or shape?)" in result.stderr
+    assert "baseline has 'ftbench llama2-7b bf16" in result.stderr
+    assert "current 'ftbench llama2-7b fp16" in result.stderr
+
+
 def test_threshold_parsing():
     assert parse_threshold("3%") == pytest.approx(0.03)
     assert parse_threshold("0.05") == 0.05

@@ -120,6 +120,13 @@ def _separated(base: np.ndarray, now: np.ndarray, threshold: float) -> str:
     return NOISY
 
 
+def _first(found: dict[str, Any]) -> str:
+    """The first metric name of `found` and how many more, for messages."""
+    names = list(found)
+    more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+    return f"'{names[0]}'{more}"
+
+
 def environment_mismatches(baseline: EnvironmentRecord, current: EnvironmentRecord) -> list[str]:
     """What differs between two environments that can change performance, as readable lines."""
     found = []
@@ -198,7 +205,10 @@ def compare_result_sets(
             )
     shared = [name for name in before if name in after]
     if not shared:
-        raise InvalidInputError(f"{baseline.path} and {current.path} share no metric to compare")
+        raise InvalidInputError(
+            f"{baseline.path} and {current.path} share no metric to compare (another model, "
+            f"dtype or shape?): baseline has {_first(before)}, current {_first(after)}"
+        )
     medians_before = {**_medians(before), **unsampled_medians(baseline)}
     medians_after = {**_medians(after), **unsampled_medians(current)}
     return Comparison(
