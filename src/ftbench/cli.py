@@ -16,11 +16,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from ftbench.errors import FtbenchError, InvalidInputError
+from ftbench.profiles.spec import MAX_SIZE  # a batch or a length above it is a typo
 from ftbench.runtime.parallel import DEFAULT_TIMEOUT_S
 
 ALLREDUCE_METHODS = ("nccl", "one-shot")
 L2_MODES = ("cold", "hot")
-MAX_SIZE = 2**31  # a batch or a length above this is a typo, not a workload
 MAX_AGE_DAYS = 36500  # a century: any older cache entry is older than CUDA
 CONVERT_DTYPES = ("fp16", "bf16", "fp32")
 EXIT_CODES = (

@@ -84,13 +84,19 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         ) from exc
 
 
+def is_positive_number(value: Any, zero_ok: bool = False) -> bool:
+    """Whether `value` is an int or float (not a bool), finite and above zero (or zero, with
+    `zero_ok`); NaN and infinity are not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return (value >= 0 if zero_ok else value > 0) and value <= sys.float_info.max
+
+
 def positive_number(value: Any, where: str, zero_ok: bool = False) -> float:
     """`value` read from a file, as a float, if it is a finite number above zero (or zero, with
     `zero_ok`); a string, list, null, bool, NaN or infinity is an InvalidInputError naming
     `where`."""
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    finite = is_number and abs(value) <= sys.float_info.max
-    if not finite or value < 0 or (value == 0 and not zero_ok):
+    if not is_positive_number(value, zero_ok):
         bound = ">= 0" if zero_ok else "> 0"
         raise InvalidInputError(f"{where} must be a finite number {bound}, got {value!r}")
     return float(value)

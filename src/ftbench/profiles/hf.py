@@ -10,13 +10,12 @@ get the same defaults here, so a config the `transformers` library accepts is ac
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ftbench.errors import InvalidInputError
-from ftbench.files import read_json
+from ftbench.files import is_positive_number, read_json
 from ftbench.profiles.spec import ModelSpec
 
 # HF activation names -> ftbench's (gelu_pytorch_tanh and gelu_fast are the tanh approximation).
@@ -61,9 +60,7 @@ class _Fields:
 
     def number(self, key: str, default: Any = _MISSING) -> float:
         value = self._get(key, default)
-        # NaN and inf compare out of range
-        in_range = isinstance(value, (int, float)) and 0 < value <= sys.float_info.max
-        if isinstance(value, bool) or not in_range:
+        if not is_positive_number(value):
             raise InvalidInputError(
                 f"{self.origin}: field {key!r} must be a positive number, got {value!r}"
             )
@@ -310,7 +307,7 @@ def _qwen2(f: _Fields) -> dict[str, Any]:
     """Qwen2 / Qwen2.5: LLaMA with biases on q, k and v only; the sliding window applies only
     with use_sliding_window (off in the released models)."""
     values = _llama(f)
-    window = f.data.get("sliding_window") or 0 if f.flag("use_sliding_window", False) else 0
+    window = (f.data.get("sliding_window") or 0) if f.flag("use_sliding_window", False) else 0
     return {**values, "qkv_bias": True, "attn_out_bias": False, "ffn_bias": False,
             "sliding_window": window}  # fmt: skip
 

@@ -6,11 +6,11 @@ same `ModelSpec`, so the shapes tuned are the shapes run.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
 from ftbench.errors import InvalidInputError
+from ftbench.files import is_positive_number
 
 SPEC_SCHEMA = 1
 WORKLOAD_SCHEMA = 1
@@ -47,9 +47,7 @@ def _check_choice(owner: str, name: str, value: Any, choices: tuple[str, ...]) -
 
 
 def _check_positive_number(owner: str, name: str, value: Any) -> None:
-    # NaN and inf compare out of range
-    in_range = isinstance(value, (int, float)) and 0 < value <= sys.float_info.max
-    if isinstance(value, bool) or not in_range:
+    if not is_positive_number(value):
         raise InvalidInputError(f"{owner}: {name} must be a positive number, got {value!r}")
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ftbench.errors import InvalidInputError
+from ftbench.files import is_positive_number
 from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import ModelSpec
 from ftbench.runtime.pipeline import split_sequences
@@ -81,7 +82,7 @@ def rope_inverse_frequencies(spec: ModelSpec) -> np.ndarray:
 
     def number(key: str) -> float:
         value = scaling.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        if not is_positive_number(value):
             raise InvalidInputError(
                 f"{spec.name}: rope_scaling ({kind}) needs a positive {key}, got {value!r}"
             )
