@@ -57,7 +57,7 @@ def test_env_table_without_gpu_says_so_and_exits_zero(monkeypatch, tmp_path):
 
 
 def test_ftbench_errors_become_one_line_and_exit_2(monkeypatch, capsys):
-    def broken():
+    def broken(**options):
         raise InvalidInputError("profile 'nope' not found; try: gptj-6b")
 
     monkeypatch.setattr(cli, "app", broken)
@@ -70,7 +70,7 @@ def test_ftbench_errors_become_one_line_and_exit_2(monkeypatch, capsys):
 
 
 def test_unexpected_errors_are_one_line_and_exit_3(monkeypatch, capsys):
-    def broken():
+    def broken(**options):
         raise ZeroDivisionError("float division by zero")
 
     monkeypatch.setattr(cli, "app", broken)
@@ -85,7 +85,7 @@ def test_unexpected_errors_are_one_line_and_exit_3(monkeypatch, capsys):
 
 
 def test_ftbench_debug_re_raises_unexpected_errors(monkeypatch):
-    def broken():
+    def broken(**options):
         raise ZeroDivisionError("float division by zero")
 
     monkeypatch.setattr(cli, "app", broken)

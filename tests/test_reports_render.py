@@ -115,7 +115,8 @@ def test_report_of_real_results_leads_with_plots(tmp_path):
 
 
 def test_run_report_of_synthetic_records(tmp_path):
-    page_path, markdown_path = write_report([synthetic_run_file(tmp_path / "run.json")], tmp_path)
+    run = synthetic_run_file(tmp_path / "run.json")
+    page_path, markdown_path = write_report([run], tmp_path / "report")
     images = embedded_images(page_path.read_text())
     assert set(images) == {"latency vs batch", "throughput vs batch", "ttft vs input length",
                            "tuned vs peers"}  # fmt: skip

@@ -145,12 +145,46 @@ def test_interrupted_sweep_resumes_where_it_stopped(tmp_path):
     assert len(records) == 2 * len(PROBLEMS)
 
 
-def test_sweep_never_overwrites_a_foreign_file(tmp_path):
+def test_sweep_never_overwrites_a_foreign_file_unless_forced(tmp_path):
     out = tmp_path / "tuned.json"
     out.write_text('{"my": "notes"}')
-    with pytest.raises(InvalidInputError, match="not an ftbench tuned-config cache"):
+    with pytest.raises(InvalidInputError, match=r"refusing to replace .*tuned.json \(a file of 15"):
         sweep_problems(PROBLEMS, out, lambda *a: outcome(a[0]), fake_environment())
     assert out.read_text() == '{"my": "notes"}'
+    report = sweep_problems(PROBLEMS, out, lambda *a: outcome(a[0]), fake_environment(), force=True)
+    assert report.tuned == len(PROBLEMS)
+    assert set(load_cache(out).entries) == {p.key() for p in PROBLEMS}
+
+
+def test_sweep_starts_a_corrupt_cache_over_only_when_forced(tmp_path):
+    out = tmp_path / "tuned.json"
+    out.write_text('{"schema": 1, "kind": "ftbench-tuned-cache", "header": {}}')
+    with pytest.raises(InvalidInputError, match="header must be an object"):
+        sweep_problems(PROBLEMS, out, lambda *a: outcome(a[0]), fake_environment())
+    report = sweep_problems(PROBLEMS, out, lambda *a: outcome(a[0]), fake_environment(), force=True)
+    assert report.tuned == len(PROBLEMS)
+
+
+def test_sweep_never_writes_its_results_over_another_kind_of_file(tmp_path):
+    cache = tmp_path / "tuned.json"
+    cache_with(entry(PROBLEMS[0])).save(cache)
+    before = cache.read_bytes()
+    with pytest.raises(InvalidInputError, match="refusing to replace .*kind 'ftbench-tuned-cache'"):
+        sweep_problems(
+            PROBLEMS, tmp_path / "new.json", lambda *a: outcome(a[0]), fake_environment(),
+            results_path=cache,
+        )  # fmt: skip
+    assert cache.read_bytes() == before
+    assert not (tmp_path / "new.json").exists()
+
+
+def test_sweep_refuses_one_file_for_cache_and_results(tmp_path):
+    out = tmp_path / "tuned.json"
+    with pytest.raises(InvalidInputError, match="--results and --out are both"):
+        sweep_problems(
+            PROBLEMS, out, lambda *a: outcome(a[0]), fake_environment(), results_path=out
+        )
+    assert not out.exists()
 
 
 def test_sweep_refuses_to_extend_a_cache_from_another_gpu_unless_forced(tmp_path):

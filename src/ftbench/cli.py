@@ -72,20 +72,27 @@ def env_command(
         bool, typer.Option("--json", help="Print the full environment record as JSON.")
     ] = False,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Also write the JSON record to this file.")
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Also write the JSON record to this file. It replaces an earlier environment "
+            "record; any other file only with --force.",
+        ),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Let --out replace a file of another kind.")
+    ] = False,
 ) -> None:
     """Show the GPUs, driver, CUDA libraries, clocks, power and throttle state.
 
     Without a GPU it shows the software side and says that no GPU was found (exit code 0).
     """
-    from ftbench.bench.environment import capture_environment
-    from ftbench.files import write_json_atomic
+    from ftbench.bench.environment import capture_environment, write_environment
     from ftbench.reports.console import print_environment
 
     record = capture_environment()
     if out is not None:
-        write_json_atomic(out, record.to_dict())
+        write_environment(out, record, force)
     if as_json:
         console.print_json(json.dumps(record.to_dict()))
     else:
@@ -335,12 +342,17 @@ def tune_command(
         typer.Option(
             "--out",
             help="Tuned cache to write or resume (default: $FTBENCH_CACHE_DIR/tuned/GPU-NAME.json "
-            "(e.g. tuned/nvidia-h200.json), the file the runtime reads).",
+            "(e.g. tuned/nvidia-h200.json), the file the runtime reads). A file that is not a "
+            "tuned cache of this GPU and libraries is never replaced without --force.",
         ),
     ] = None,
     results: Annotated[
         Path | None,
-        typer.Option("--results", help="Every candidate's timing (default: OUT.results.json)."),
+        typer.Option(
+            "--results",
+            help="Every candidate's timing (default: OUT.results.json); it replaces an earlier "
+            "tune results file, any other file only with --force.",
+        ),
     ] = None,
     attention: Annotated[
         bool, typer.Option("--attention-gemms", help="Also tune the batched attention GEMMs.")
@@ -349,7 +361,12 @@ def tune_command(
         bool, typer.Option("--unfused", help="Tune separate Q/K/V and gate/up GEMMs.")
     ] = False,
     force: Annotated[
-        bool, typer.Option("--force", help="Start over a cache tuned on another GPU/library set.")
+        bool,
+        typer.Option(
+            "--force",
+            help="Start --out over where it is a cache tuned on another GPU or library set, a "
+            "corrupt cache or another file; let --results replace a file of another kind.",
+        ),
     ] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="List problems and candidate counts; no GPU needed.")
@@ -364,7 +381,7 @@ def tune_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from ftbench.autotune.plan import candidate_counts, default_cache_path, tuning_problems
-    from ftbench.autotune.sweep import run_sweep
+    from ftbench.autotune.sweep import check_sweep_outputs, run_sweep
 
     spec = _spec(profile, config)
     workload = _workload(batch, input_len, output_len, dtype, tp, pp, beam)
@@ -387,6 +404,8 @@ def tune_command(
         return
     from ftbench.bench.environment import capture_environment
 
+    if out is not None:  # the default --out is named after the GPU
+        check_sweep_outputs(out, results, force)
     environment = capture_environment()
     if not environment.gpus:
         raise InvalidInputError(f"tuning needs a GPU: {environment.no_gpu_reason}")
@@ -542,13 +561,19 @@ def cache_validate_command(
 def cache_merge_command(
     out: Annotated[Path, typer.Argument(help="The merged cache to write.")],
     inputs: Annotated[list[Path], typer.Argument(help="Caches of the same GPU and libraries.")],
-    force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace OUT if it exists and is not one of INPUTS.")
+    ] = False,
 ) -> None:
-    """Merge caches tuned on the same GPU and libraries; per problem the faster winner wins."""
-    from ftbench.autotune.cache import load_cache, merge_caches
+    """Merge caches tuned on the same GPU and libraries; per problem the faster winner wins.
 
-    if out.exists() and not force and out.resolve() not in {p.resolve() for p in inputs}:
-        raise InvalidInputError(f"{out} exists; pass --force to overwrite it, or name it as input")
+    OUT may be one of the INPUTS (merged into); any other existing file is replaced only with
+    --force.
+    """
+    from ftbench.autotune.cache import load_cache, merge_caches
+    from ftbench.files import check_file_target
+
+    check_file_target(out, "a merged cache", force, inputs=inputs)
     merged = merge_caches({str(path): load_cache(path) for path in inputs})
     merged.save(out)
     console.print(f"{out}: {len(merged.entries)} problems from {len(inputs)} caches")
@@ -568,14 +593,24 @@ def cache_prune_command(
         ),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Write the result here instead of in place.")
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Write the result here instead of in place; an existing file only with --force.",
+        ),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Let --out replace an existing file.")
+    ] = False,
 ) -> None:
     """Drop entries that no longer pay (speed-up below a threshold) or are too old."""
     from datetime import datetime, timedelta, timezone
 
     from ftbench.autotune.cache import load_cache, prune_cache
+    from ftbench.files import check_file_target
 
+    target = out or path
+    check_file_target(target, "a pruned cache", force, inputs=[path])
     if older_than_days is not None and not 0 <= older_than_days <= MAX_AGE_DAYS:
         raise InvalidInputError(
             f"--older-than-days takes a number of days from 0 to {MAX_AGE_DAYS}, "
@@ -591,7 +626,6 @@ def cache_prune_command(
         return entry.speedup < min_speedup or too_old
 
     pruned, dropped = prune_cache(cache, drop)
-    target = out or path
     pruned.save(target)
     console.print(f"{target}: dropped {dropped}, kept {len(pruned.entries)}")
 
@@ -641,14 +675,22 @@ def report_command(
         typer.Argument(help="Result files (tune, tune-peers, foundation, gemv, run) or caches."),
     ],
     out: Annotated[
-        Path, typer.Option("--out", help="Folder for report.html and report.md (created).")
+        Path,
+        typer.Option(
+            "--out",
+            help="Folder for report.html and report.md (created): new, empty or an earlier "
+            "report's, which is renewed; a folder holding anything else only with --force.",
+        ),
     ],
+    force: Annotated[
+        bool, typer.Option("--force", help="Let --out be a folder that holds other files.")
+    ] = False,
 ) -> None:
     """Write a self-contained HTML page (plots embedded, no network needed) and a Markdown
     summary of result files, with the environment each was measured in."""
     from ftbench.reports.report import write_report
 
-    page, summary = write_report(results, out)
+    page, summary = write_report(results, out, force)
     console.print(f"wrote {page} and {summary}")
 
 
@@ -682,18 +724,30 @@ def history_add_command(
 
 @app.command("dashboard")
 def dashboard_command(
-    out: Annotated[Path, typer.Option("--out", help="Folder for the site's index.html.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Folder for the site's index.html: new, empty or an earlier dashboard's, which "
+            "is renewed; a folder holding anything else only with --force.",
+        ),
+    ],
     db: Annotated[Path | None, typer.Option("--db", help=DB_HELP)] = None,
     threshold: Annotated[
         str, typer.Option("--threshold", help="Change that marks a regression, as 3% or 0.03.")
     ] = "3%",
+    force: Annotated[
+        bool, typer.Option("--force", help="Let --out be a folder that holds other files.")
+    ] = False,
 ) -> None:
     """Write a static site from the history: a time series per benchmark and GPU, regressions
     marked, a GPU filter."""
     from ftbench.reports.compare import parse_threshold
     from ftbench.reports.dashboard import write_dashboard
     from ftbench.reports.history import default_history_path
+    from ftbench.reports.html import check_site_folder
 
+    check_site_folder(out, "index.html", "ftbench dashboard", force)
     page = write_dashboard(db or default_history_path(), out, parse_threshold(threshold))
     console.print(f"wrote {page}")
 
@@ -714,23 +768,34 @@ def convert_command(
     checkpoint: Annotated[
         Path, typer.Argument(help="A local HF safetensors checkpoint directory (with config.json).")
     ],
-    out: Annotated[Path, typer.Argument(help="Directory for the pre-sharded checkpoint.")],
+    out: Annotated[
+        Path,
+        typer.Argument(
+            help="Directory for the pre-sharded checkpoint (created): new, empty or an earlier "
+            "conversion's, which is renewed; a folder holding anything else only with --force; "
+            "never the checkpoint or a folder inside it."
+        ),
+    ],
     tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel size to shard for.")] = 1,
     dtype: Annotated[
         str, typer.Option("--dtype", help=f"Stored dtype: {_choices(CONVERT_DTYPES)}.")
     ] = "fp16",
+    force: Annotated[
+        bool, typer.Option("--force", help="Let OUT be a folder that holds other files.")
+    ] = False,
 ) -> None:
     """Shard an HF checkpoint once for --tp ranks: each rank then reads only its own file.
 
     Needs the whole checkpoint in host memory once; see docs/runtime/parallel.md.
     """
     from ftbench.profiles.hf import spec_from_hf_config
-    from ftbench.runtime.sharded import save_sharded
+    from ftbench.runtime.sharded import prepare_output, save_sharded
     from ftbench.runtime.weights import load_hf_weights
 
     if dtype not in CONVERT_DTYPES:
         raise InvalidInputError(f"--dtype must be {_choices(CONVERT_DTYPES)}, got {dtype!r}")
     spec = spec_from_hf_config(checkpoint / "config.json")
+    prepare_output(checkpoint, out, spec, tp, force)
     weights = load_hf_weights(checkpoint, spec, dtype)
     manifest = save_sharded(weights, spec, tp, out)
     console.print(f"{spec.name}: {tp} rank file(s) and {manifest.name} in {out}")
@@ -808,8 +873,16 @@ def run_command(
     ] = 3,
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Results file (JSON; a CSV is written beside it)."),
+        typer.Option(
+            "--out",
+            help="Results file, JSON, with a CSV table beside it (default: "
+            "ftbench-run-MODEL-TIME.json in the current folder). An existing file is never "
+            "replaced without --force.",
+        ),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Let --out (and its CSV) replace existing files.")
+    ] = False,
     allreduce: Annotated[
         str,
         typer.Option(
@@ -849,6 +922,7 @@ def run_command(
     from ftbench.bench.modelbench import (
         RunConfig,
         RunPoint,
+        check_run_outputs,
         free_memory_for_runs,
         max_batch,
         run_benchmark,
@@ -878,6 +952,8 @@ def run_command(
         None if tuned is None else str(tuned), None if checkpoint is None else str(checkpoint),
         repeats, tp=tp, pp=pp, micro_batches=micro_batches,
     )  # fmt: skip
+    if out is not None:
+        check_run_outputs(out, force)
     info = launch.discover()
     if info.launcher == "single" and tp * pp > 1:
         gpus = launch.visible_gpus()
@@ -910,8 +986,10 @@ def run_command(
             if micro_batches is None or b >= micro_batches  # a batch needs m sequences
         ]
         run = dataclasses.replace(run, points=tuple(points))
-    stamp = environment.utc_time.replace(":", "").replace("-", "")[:15]
-    out = out or Path(f"ftbench-run-{spec.name}-{stamp}.json")
+    if out is None:
+        stamp = environment.utc_time.replace(":", "").replace("-", "")[:15]
+        out = Path(f"ftbench-run-{spec.name}-{stamp}.json")
+        check_run_outputs(out, force)
     records: list[dict] = []
     if info.launcher != "single":
         launch.run_rank(
@@ -978,9 +1056,10 @@ def _run_as_rank(run, info, world, out: Path, environment, allreduce: str) -> No
 
 def _finish_run(records: list[dict], out: Path) -> None:
     from ftbench.bench.modelbench import run_table
+    from ftbench.files import write_text_atomic
 
     table = run_table(records)
-    table.to_csv(out.with_suffix(".csv"), index=False)
+    write_text_atomic(out.with_suffix(".csv"), table.to_csv(index=False))
     _print_run_table(table)
     console.print(f"results: {out} (and {out.with_suffix('.csv')})")
 
@@ -1009,19 +1088,32 @@ def _print_run_table(table) -> None:
 
 
 def main() -> None:
-    """Console-script entry point: FtbenchError becomes one line on stderr and exit code 2; any
-    other exception is a bug: one line naming it and exit code 3 (FTBENCH_DEBUG=1 re-raises it,
-    for the traceback)."""
+    """Console-script entry point: FtbenchError, and a command line click cannot parse (an
+    unknown option, a value of the wrong type, a missing argument), become one line on stderr
+    and exit code 2; any other exception is a bug: one line naming it and exit code 3
+    (FTBENCH_DEBUG=1 re-raises it, for the traceback)."""
+    try:  # typer 0.2x carries its own copy of click, whose exceptions it raises
+        from typer._click import exceptions as click_errors
+    except ImportError:
+        from click import exceptions as click_errors
+
     try:
-        app()
+        code = app(standalone_mode=False)  # click's errors come here, not to its own printer
     except FtbenchError as exc:
-        error_console.print(
-            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
-        )
+        _print_error(str(exc))
         sys.exit(2)
-    except KeyboardInterrupt:
-        error_console.print("[yellow]interrupted[/]")
-        sys.exit(130)
+    except click_errors.NoArgsIsHelpError as exc:  # `ftbench cache`: the group's help
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click_errors.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "ftbench"
+        _print_error(f"{exc.format_message().rstrip('.')} (see `{where} --help`)")
+        sys.exit(exc.exit_code)
+    except click_errors.ClickException as exc:
+        _print_error(exc.format_message())
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        code = 130
     except Exception as exc:
         if os.environ.get("FTBENCH_DEBUG") == "1":
             raise
@@ -1031,3 +1123,10 @@ def main() -> None:
             markup=False, highlight=False, soft_wrap=True,
         )  # fmt: skip
         sys.exit(3)
+    if code == 130:  # typer turns Ctrl-C into exit code 130
+        error_console.print("[yellow]interrupted[/]")
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _print_error(message: str) -> None:
+    error_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)

@@ -1,4 +1,13 @@
-"""Reading and writing the files ftbench produces: JSON, written atomically."""
+"""Reading and writing the files ftbench produces: JSON, written atomically, never over a file
+of another purpose.
+
+Every command that writes checks its target first, with `check_file_target` or
+`check_folder_target`, before it spends any time: an existing file is replaced only when it is
+the command's own (the file it reads and rewrites, or one of the same "kind" that an earlier run
+of it wrote), and a folder that holds anything is written into only when an earlier run of the
+same command wrote it. `--force` lifts the refusal; a folder is never replaced by a file, nor a
+file by a folder.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +16,7 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +41,112 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     InvalidInputError saying why.
     """
     target = Path(path)
-    for folder in target.parents:
-        if folder.exists() and not folder.is_dir():
-            raise InvalidInputError(f"cannot write {target}: {folder} is a file, not a folder")
+    _refuse_below_a_file(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         _write_through_temp_file(target, text)
     except OSError as exc:
         raise InvalidInputError(f"cannot write {target}: {exc.strerror or exc}") from exc
+    return target
+
+
+def _refuse_below_a_file(target: Path) -> None:
+    for folder in target.parents:
+        if folder.exists() and not folder.is_dir():
+            raise InvalidInputError(f"cannot write {target}: {folder} is a file, not a folder")
+
+
+def check_file_target(
+    path: str | os.PathLike[str],
+    writes: str,
+    force: bool = False,
+    *,
+    kind: str | None = None,
+    inputs: Iterable[str | os.PathLike[str]] = (),
+) -> None:
+    """Refuse (InvalidInputError) to write `writes` (e.g. "an environment record") as the file
+    `path` where that would destroy something: a folder, or a path below a file, always; an
+    existing file unless it is one of `inputs` (the command rewrites what it reads, as `cache
+    prune` does in place), a JSON document of `kind` (an earlier output of the same command,
+    which it resumes or renews), or `force` is given. Without `kind` no other file is replaced:
+    a measurement costs GPU time."""
+    target = Path(path)
+    _refuse_below_a_file(target)
+    if target.is_dir():
+        raise InvalidInputError(f"cannot write {target}: it is a folder, not a file")
+    if not target.exists() or force:
+        return
+    if target.resolve() in {Path(item).resolve() for item in inputs}:
+        return
+    if kind is not None and json_kind(target) == kind:
+        return
+    raise InvalidInputError(
+        f"refusing to replace {target} ({_describe(target)}) with {writes}: choose another path, "
+        "or pass --force to replace it"
+    )
+
+
+def check_folder_target(
+    path: str | os.PathLike[str],
+    writes: str,
+    force: bool = False,
+    *,
+    written_before: Callable[[Path], bool],
+) -> None:
+    """Refuse (InvalidInputError) to write `writes` (e.g. "a report") into the folder `path`
+    where it would mix with or replace what is there: a file, always; a folder that holds
+    anything unless `written_before(path)` says an earlier run of the same command wrote it
+    (that output is then renewed), or `force` is given."""
+    target = Path(path)
+    _refuse_below_a_file(target)
+    if target.exists() and not target.is_dir():
+        raise InvalidInputError(f"cannot write {writes}: {target} is a file, not a folder")
+    if not target.exists() or force or written_before(target):
+        return
+    held = sorted(entry.name for entry in target.iterdir())
+    if held:
+        listed = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+        raise InvalidInputError(
+            f"refusing to write {writes} into {target}: it holds {len(held)} other "
+            f"entr{'y' if len(held) == 1 else 'ies'} ({listed}); choose a new or empty folder, "
+            "or pass --force to write into it"
+        )
+
+
+def json_kind(path: str | os.PathLike[str]) -> str | None:
+    """The "kind" of the JSON object in `path` (every file ftbench writes names its kind); None
+    for anything else: not JSON, not an object, no string kind, unreadable."""
+    try:
+        document = read_json(path)
+    except InvalidInputError:
+        return None
+    kind = document.get("kind") if isinstance(document, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def _describe(path: Path) -> str:
+    kind = json_kind(path)
+    if kind is not None:
+        return f"an ftbench file of kind {kind!r}"
+    size = path.stat().st_size
+    return "an empty file" if size == 0 else f"a file of {size} bytes that ftbench did not write"
+
+
+def prepare_folder(path: str | os.PathLike[str]) -> Path:
+    """Create the folder `path` (and its parents) and make sure a file can be written in it, so
+    a long job that writes there at its end learns of a read-only or unwritable place at its
+    start. A failure is an InvalidInputError saying why."""
+    target = Path(path)
+    _refuse_below_a_file(target)
+    if target.exists() and not target.is_dir():
+        raise InvalidInputError(f"cannot write in {target}: it is a file, not a folder")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".ftbench-probe.", dir=target)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InvalidInputError(f"cannot write in {target}: {exc.strerror or exc}") from exc
     return target
 
 

@@ -32,7 +32,14 @@ from typing import Any
 
 from ftbench.autotune.backends import get_backend
 from ftbench.autotune.backends.base import Backend, CandidateUnsupported
-from ftbench.autotune.cache import CacheHeader, TimeSummary, TunedCache, TunedEntry, load_cache
+from ftbench.autotune.cache import (
+    KIND,
+    CacheHeader,
+    TimeSummary,
+    TunedCache,
+    TunedEntry,
+    load_cache,
+)
 from ftbench.autotune.candidate import Candidate
 from ftbench.autotune.operands import (
     TOLERANCE,
@@ -50,7 +57,9 @@ from ftbench.bench.timer import (
     time_launch,
 )
 from ftbench.errors import FtbenchError, InvalidInputError
+from ftbench.files import check_file_target
 
+RESULTS_KIND = "tune"  # the kind of the results file: every candidate's timing
 # Tuning times many candidates: shorter warm-up and sampling than the timer's defaults.
 TUNING_POLICY = TimingPolicy(
     warmup_ms=5.0, sample_ms=0.5, min_samples=10, max_samples=300, target_rel_ci=0.01,
@@ -277,11 +286,30 @@ def _confirm(
     return winner, last[winner.key()], last[default_key]
 
 
+def check_sweep_outputs(out: Path, results_path: Path | None, force: bool) -> Path:
+    """The results file of a sweep into the cache `out` (default: OUT.results.json), once both
+    are checked as targets: the cache may resume a tuned cache, the results replace earlier tune
+    results; any other file only with `force` (`files.check_file_target`)."""
+    results_path = results_path or out.with_suffix(".results.json")
+    if results_path.resolve() == out.resolve():
+        raise InvalidInputError(f"--results and --out are both {out}: they need a file each")
+    check_file_target(out, "a tuned cache", force, kind=KIND)
+    check_file_target(results_path, "tune results", force, kind=RESULTS_KIND)
+    return results_path
+
+
 def open_cache_for_sweep(path: Path, running: CacheHeader, force: bool) -> TunedCache:
-    """The cache to resume, or a new one; a foreign or mismatched file is never overwritten."""
+    """The cache to resume, or a new one. A corrupt cache or one tuned with another GPU or
+    library set is never overwritten, unless `force` (start over); `check_sweep_outputs` has
+    refused any other file."""
     if not path.exists():
         return TunedCache(header=running)
-    cache = load_cache(path)  # corrupt or foreign: InvalidInputError names the file
+    try:
+        cache = load_cache(path)  # corrupt: InvalidInputError names the file and the field
+    except InvalidInputError:
+        if force:
+            return TunedCache(header=running)
+        raise
     problems = cache.header.mismatches(running)
     if problems and not force:
         raise InvalidInputError(
@@ -332,14 +360,15 @@ def sweep_problems(
     """Tune each problem not yet in the cache at `out` with `tune_one(problem, deadline,
     on_candidate)`, saving the cache and the results file after each one.
 
-    The results file defaults to OUT with the suffix .results.json; `progress` is a rich
-    Progress. The time budget is shared out so problem i of n ends by start + budget * i / n.
+    The results file defaults to OUT with the suffix .results.json; it replaces an earlier tune
+    results file, any other file only with `force`. `progress` is a rich Progress. The time
+    budget is shared out so problem i of n ends by start + budget * i / n.
     """
     from ftbench.reports.results import read_results, write_results
 
     running = CacheHeader.from_environment(environment)
+    results_path = check_sweep_outputs(out, results_path, force)
     cache = open_cache_for_sweep(out, running, force)
-    results_path = results_path or out.with_suffix(".results.json")
     records: list[dict[str, Any]] = []
     if cache.entries and results_path.exists():
         records = read_results(results_path)["records"]
@@ -364,7 +393,7 @@ def sweep_problems(
         cache.add(outcome.entry)
         cache.save(out)
         records.extend(outcome.records)
-        write_results(results_path, "tune", records, environment)
+        write_results(results_path, RESULTS_KIND, records, environment)
         if progress is not None:
             progress.advance(problems_task)
     return SweepReport(cache, results_path, tuned=len(todo), resumed=len(problems) - len(todo))

@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from ftbench.bench import gpu_state
+from ftbench.files import check_file_target, write_json_atomic
 
 SCHEMA = 1
+KIND = "environment"  # a record in a file of its own (`ftbench env --out`); result files embed it
 NOT_INSTALLED = "not installed"
 
 
@@ -78,9 +80,20 @@ class EnvironmentRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EnvironmentRecord:
-        fields = dict(data)
+        """A record as `to_dict` gives it, or as `write_environment` writes it (with its kind)."""
+        fields = {key: value for key, value in data.items() if key != "kind"}
         fields["gpus"] = [GpuInfo(**gpu) for gpu in fields.get("gpus", [])]
         return cls(**fields)
+
+
+def write_environment(
+    path: str | os.PathLike[str], record: EnvironmentRecord, force: bool = False
+) -> Path:
+    """Write `record` as a file of its own, atomically. It replaces an environment record; any
+    other file only with `force` (a record is cheap to take again, what it would replace may
+    not be)."""
+    check_file_target(path, "an environment record", force, kind=KIND)
+    return write_json_atomic(path, {"kind": KIND, **record.to_dict()})
 
 
 def _version_from_int(value: int, *, patch_digits: int = 2) -> str:

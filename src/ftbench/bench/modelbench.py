@@ -36,6 +36,7 @@ import numpy as np
 
 from ftbench.bench.stats import summarize
 from ftbench.errors import FtbenchError, InvalidInputError
+from ftbench.files import check_file_target
 from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import ModelSpec
 from ftbench.reports.runs import ENGINES, run_record
@@ -554,6 +555,19 @@ RUN_COLUMNS = {
     "prefill_roofline_fraction": "prefill/floor", "peak_memory_gib": "memory GiB",
     "gemm_cache_misses": "GEMM misses", "comm_ms_per_rank": "comm ms/rank", "status": "status",
 }  # fmt: skip
+
+
+def check_run_outputs(out: Path, force: bool) -> None:
+    """Refuse a results path (`run --out`) where the results or the CSV table beside them would
+    replace an existing file, unless `force` (a measurement is never replaced silently), or one
+    ending in .csv (the table would take its place)."""
+    if out.suffix == ".csv":
+        raise InvalidInputError(
+            f"--out {out}: results are JSON, with a CSV table written beside them as "
+            f"{out.stem}.csv; give a name ending in .json"
+        )
+    check_file_target(out, "run results", force)
+    check_file_target(out.with_suffix(".csv"), "the run's CSV table", force)
 
 
 def run_table(records: Iterable[dict[str, Any]]):

@@ -8,10 +8,14 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 from collections.abc import Iterable
+from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
+
+from ftbench.files import check_folder_target
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -58,6 +62,28 @@ def markdown_table(table: pd.DataFrame) -> str:
     ]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(False)]
     return "\n".join(lines)
+
+
+def is_page(path: str | os.PathLike[str], title: str) -> bool:
+    """Whether the file `path` is a page that `page` wrote with `title`."""
+    try:
+        with open(path, "rb") as file:
+            start = file.read(4096).decode("utf-8", "replace")
+    except OSError:
+        return False
+    return start.startswith("<!DOCTYPE html>") and f"<title>{html.escape(title)}</title>" in start
+
+
+def check_site_folder(
+    folder: str | os.PathLike[str], page_name: str, title: str, force: bool = False
+) -> None:
+    """Refuse to write a site (a page `page_name` titled `title`, with what goes beside it) into
+    a folder that holds other things (`files.check_folder_target`). A folder whose `page_name`
+    is such a page was written by the same command: it is renewed."""
+    check_folder_target(
+        folder, f"the {title}", force,
+        written_before=lambda path: is_page(Path(path) / page_name, title),
+    )  # fmt: skip
 
 
 def page(title: str, sections: Iterable[str], head: str = "") -> str:

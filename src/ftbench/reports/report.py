@@ -25,8 +25,10 @@ import pandas as pd
 
 from ftbench.files import write_text_atomic
 from ftbench.reports import plots, runs
-from ftbench.reports.html import figure_html, markdown_table, page, table_html
+from ftbench.reports.html import check_site_folder, figure_html, markdown_table, page, table_html
 from ftbench.reports.records import TUNED_CACHE, ResultSet, load_result_set
+
+TITLE = "ftbench report"
 
 
 @dataclass
@@ -378,7 +380,7 @@ def build_report(result_sets: Sequence[ResultSet]) -> tuple[str, str]:
     """(HTML page, Markdown summary) of `result_sets`."""
     sections = [SECTIONS[result_set.kind](result_set) for result_set in result_sets]
     environment = environment_table(result_sets)
-    title = "ftbench report"
+    title = TITLE
     html_sections = [section.html for section in sections]
     html_sections.append(f"<h2>Environment</h2>{table_html(environment)}")
     markdown = "\n".join(
@@ -389,9 +391,13 @@ def build_report(result_sets: Sequence[ResultSet]) -> tuple[str, str]:
 
 
 def write_report(
-    paths: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str]
+    paths: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str], force: bool = False
 ) -> tuple[Path, Path]:
-    """Read every input (errors name the file) and write OUT/report.html and OUT/report.md."""
+    """Read every input (errors name the file) and write OUT/report.html and OUT/report.md.
+
+    OUT may be new, empty or an earlier report's folder; a folder that holds anything else is
+    written into only with `force`."""
+    check_site_folder(out_dir, "report.html", TITLE, force)
     result_sets = [load_result_set(path) for path in paths]
     page_html, markdown = build_report(result_sets)
     out = Path(out_dir)

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from ftbench.errors import InvalidInputError
-from ftbench.files import read_json, write_json_atomic
+from ftbench.files import check_folder_target, prepare_folder, read_json, write_json_atomic
+from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import ModelSpec
 from ftbench.runtime.weights import (
     ModelWeights,
@@ -48,14 +49,40 @@ def _dtype_name(dtype: np.dtype) -> str:
     return names[dtype.name]
 
 
+def prepare_output(
+    checkpoint: str | Path, directory: str | Path, spec: ModelSpec, tp: int, force: bool = False
+) -> Path:
+    """Check what `ftbench convert` is asked before the checkpoint is read, and create the
+    output folder: `tp` must split `spec`; the folder must not be the checkpoint nor inside it
+    (its rank files would join the checkpoint's own), must be new, empty or an earlier
+    conversion (renewed), or anything else with `force`, and writable."""
+    _check_tp(tp)
+    rank_shapes(spec, tp, 1)  # a tp the model cannot split names the valid ones
+    source, target = Path(checkpoint).resolve(), Path(directory).resolve()
+    if target == source or source in target.parents:
+        where = (
+            "is the checkpoint folder itself"
+            if target == source
+            else f"is inside the checkpoint folder {checkpoint}"
+        )
+        raise InvalidInputError(
+            f"the output folder {directory} {where}: write the pre-sharded checkpoint to a "
+            "folder of its own"
+        )
+    check_folder_target(
+        directory, "a pre-sharded checkpoint", force,
+        written_before=lambda path: (Path(path) / MANIFEST).is_file(),
+    )  # fmt: skip
+    return prepare_folder(directory)
+
+
 def save_sharded(weights: ModelWeights, spec: ModelSpec, tp: int, directory: str | Path) -> Path:
     """Write every rank's shard of `weights` and the manifest into `directory` (see the module
     docstring); the manifest's path. The manifest is written last, so a directory with one
-    holds a complete conversion."""
-    from safetensors.numpy import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    holds a complete conversion. A write that fails (a full disk, no permission) is an
+    InvalidInputError saying why."""
+    _check_tp(tp)
+    directory = prepare_folder(directory)
     dtype = _dtype_name(weights.dtype)
     check_shapes(weights, spec)
     files = []
@@ -69,12 +96,30 @@ def save_sharded(weights: ModelWeights, spec: ModelSpec, tp: int, directory: str
             for name, array in named.items()
         }
         name = rank_file(rank, tp)
-        temporary = directory / f".{name}.partial"
-        save_file(arrays, str(temporary))
-        temporary.replace(directory / name)
+        _save_arrays(arrays, directory / name)
         files.append(name)
     manifest = {"schema": SCHEMA, "tp": tp, "dtype": dtype, "spec": spec.to_dict(), "files": files}
     return write_json_atomic(directory / MANIFEST, manifest)
+
+
+def _check_tp(tp: int) -> None:
+    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+        raise InvalidInputError(f"--tp must be at least 1, got {tp!r}")
+
+
+def _save_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
+    """Write `arrays` as the safetensors file `path` through a temporary file and a rename."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import save_file
+
+    temporary = path.with_name(f".{path.name}.partial")
+    try:
+        save_file(arrays, str(temporary))
+        temporary.replace(path)
+    except (OSError, SafetensorError) as exc:
+        temporary.unlink(missing_ok=True)
+        reason = getattr(exc, "strerror", None) or exc
+        raise InvalidInputError(f"cannot write {path}: {reason}") from exc
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
