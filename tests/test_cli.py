@@ -130,3 +130,40 @@ def test_convert_names_the_dtypes_its_help_lists(tmp_path):
     assert str(result.exception) == "--dtype must be fp16, bf16 or fp32, got 'fp8'"
     help_text = " ".join(ftbench("convert", "--help").stdout.split())
     assert "Stored dtype: fp16, bf16 or fp32." in help_text
+
+
+def help_text(*command):
+    """The help of `ftbench COMMAND` as one line of words, without the boxes rich draws."""
+    result = runner.invoke(cli.app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.translate(str.maketrans("│╭╮╰╯─", "      ")).split())
+
+
+def test_tune_budget_help_says_its_default_and_what_happens_when_time_runs_out():
+    assert (
+        "Time budget for the whole sweep, e.g. 900s, 15m, 1h (default: none, "
+        "every candidate is timed). It is shared out evenly over the problems left to tune; when "
+        "a problem's share runs out, its candidates not yet timed are skipped"
+    ) in help_text("tune")
+
+
+def test_min_speedup_help_says_it_is_a_ratio_and_which_one():
+    assert (
+        "Drop entries whose speed-up is below this ratio: the cuBLAS default's time over the "
+        "winner's (1.05 keeps winners at least 5% faster; default 0: keep all)"
+    ) in help_text("cache", "prune")
+
+
+def test_help_says_which_model_option_is_required_and_that_run_out_has_a_default():
+    for command in ("tune", "run"):
+        assert "this or --config is required" in help_text(command)
+    assert "(default: ftbench-run-MODEL-TIME.json in the current folder)" in help_text("run")
+    assert "a folder holding anything else only with --force. [required]" in help_text("report")
+
+
+@pytest.mark.parametrize("command", ["env", "tune", "cache prune", "cache merge", "run",
+                                     "report", "dashboard", "convert"])  # fmt: skip
+def test_every_command_that_writes_offers_force_and_says_what_it_replaces(command):
+    text = help_text(*command.split())
+    assert "--force" in text
+    assert "replace" in text or "renewed" in text

@@ -93,7 +93,10 @@ def test_show_reads_a_local_hf_config():
         (["gptj-6b", "--batch", "99999999999999999999"], "--batch: 99999999999999999999 is above"),
         (["gptj-6b", "--input-len", "2147483649"], "--input-len: 2147483649 is above 2147483648"),
         (["gptj-6b", "--tp", "3"], "cannot be split evenly over tp=3"),
-        (["gptj-6b", "--dtype", "fp8"], "dtype must be one of fp16, bf16"),
+        (["gptj-6b", "--dtype", "fp8"], "--dtype must be fp16 or bf16, got 'fp8'"),
+        (["gptj-6b", "--tp", "0"], "--tp must be at least 1, got 0"),
+        (["gptj-6b", "--pp", "-2"], "--pp must be at least 1, got -2"),
+        (["gptj-6b", "--beam", "0"], "--beam must be at least 1, got 0"),
         (["gptj-6b", "--gpu", "v100"], "no datasheet peaks for GPU 'v100'"),
     ],
 )
@@ -102,6 +105,44 @@ def test_bad_arguments_raise_ftbench_errors(args, message):
     assert result.exit_code != 0
     assert isinstance(result.exception, InvalidInputError)
     assert message in str(result.exception)
+
+
+MISTRAL = str(CONFIGS / "mistral-7b-v0.1.json")
+PAST_MISTRAL = (
+    "warning: mistral-7b-v0.1 was trained for 32,768 positions (max_positions) but input length "
+    "1000000 + output length 128 - 1 = 1000127 are asked for: the shapes and timings hold, the "
+    "model's output past them is untrained\n"
+)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["profiles", "show", MISTRAL], ["tune", "--config", MISTRAL, "--dry-run"]],
+    ids=["profiles show", "tune --dry-run"],
+)
+def test_lengths_past_a_rotary_models_positions_warn_naming_the_limit(command):
+    result = CliRunner().invoke(app, [*command, "--input-len", "1000000"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == PAST_MISTRAL
+    assert "1000000" in result.stdout  # the shapes are listed all the same
+
+
+def test_run_warns_of_lengths_past_the_positions_before_it_looks_for_a_gpu(monkeypatch, capsys):
+    from ftbench import cli
+
+    monkeypatch.setattr(sys, "argv", ["ftbench", "run", "--config", MISTRAL, "--input-len",
+                                      "1000000", "--out", "/nonexistent/r.json"])  # fmt: skip
+    with pytest.raises(SystemExit):
+        cli.main()
+    warning, error = capsys.readouterr().err.splitlines(keepends=True)
+    assert warning == PAST_MISTRAL
+    assert error.startswith("error: ")
+
+
+def test_lengths_within_the_positions_give_no_warning():
+    result = CliRunner().invoke(app, ["profiles", "show", MISTRAL, "--input-len", "32641"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
 
 
 def test_bad_name_is_one_line_on_stderr_and_exit_code_2():

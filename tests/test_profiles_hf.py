@@ -99,6 +99,39 @@ def test_rope_theta_nested_in_rope_parameters_is_read():
     assert spec_from_hf_config(config).rope_theta == 500000.0
 
 
+@pytest.mark.parametrize("scaling", ["linear", ["linear", 2.0], 2.0, {"rope_type": 2}])
+def test_a_rope_scaling_that_is_not_an_object_naming_its_type_is_refused(tmp_path, scaling):
+    path = _write(tmp_path, "meta-llama-3-8b.json", rope_scaling=scaling)
+    with pytest.raises(InvalidInputError) as refused:
+        spec_from_hf_config(path)
+    assert str(refused.value) == (
+        f"{path}: field 'rope_scaling' must be null or an object with its rope_type, such as "
+        f'{{"rope_type": "linear", "factor": 2.0}}, got {scaling!r}'
+    )
+
+
+def test_a_rope_scaling_without_a_type_is_the_default_rotary_as_in_hf(tmp_path):
+    path = _write(tmp_path, "meta-llama-3-8b.json", rope_scaling={"factor": 2.0})
+    assert spec_from_hf_config(path).rope_scaling == ""
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("head_dim", 1_000_000_000, "head_dim 1,000,000,000 is above 1,024"),
+        ("num_hidden_layers", 100_000, "num_layers 100,000 is above 1,024"),
+        ("hidden_size", 1_048_576, "hidden_size 1,048,576 is above 131,072"),
+        ("vocab_size", 100_000_000, "vocab_size 100,000,000 is above 4,194,304"),
+    ],
+)
+def test_a_config_beyond_any_model_is_refused_naming_the_limit(tmp_path, key, value, message):
+    path = _write(tmp_path, "mistral-7b-v0.1.json", **{key: value})
+    with pytest.raises(InvalidInputError) as refused:
+        spec_from_hf_config(path)
+    assert str(refused.value).startswith(f"{path}: model '{path.parent.name}': ")
+    assert f"{message}, the most ftbench takes" in str(refused.value)
+
+
 def _write(tmp_path, fixture, **changes):
     config = json.loads((CONFIGS / fixture).read_text())
     for key, value in changes.items():

@@ -1,12 +1,14 @@
 """ModelSpec, Workload and the built-in profiles: published sizes, validation, loading."""
 
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 
 from ftbench.errors import InvalidInputError
 from ftbench.profiles.catalog import builtin_names, builtin_profiles, load_builtin, load_profile
-from ftbench.profiles.spec import ModelSpec, Workload
+from ftbench.profiles.spec import SPEC_LIMITS, ModelSpec, Workload
 
 BUILTIN_NAMES = [
     "bert-base",
@@ -159,6 +161,53 @@ def test_gpt_style_families_need_heads_times_head_dim_equal_hidden():
 def test_llama_family_accepts_an_explicit_head_dim():
     spec = ModelSpec.from_dict(_llama_fields(hidden_size=5120, head_dim=128, rotary_dim=128))
     assert spec.q_width == 4096 and spec.hidden_size == 5120
+
+
+# (profile, the other fields a value at the limit needs, field): every field of SPEC_LIMITS
+AT_LIMIT = [
+    ("llama2-7b", {}, "hidden_size"),
+    ("llama2-7b", {}, "num_layers"),
+    ("t5-base", {}, "decoder_layers"),
+    ("llama2-7b", {"num_kv_heads": 1}, "num_heads"),
+    ("llama2-7b", {"num_heads": 1024}, "num_kv_heads"),
+    ("llama2-7b", {}, "head_dim"),
+    ("llama2-7b", {"head_dim": 1024}, "rotary_dim"),
+    ("llama2-7b", {}, "ffn_hidden_size"),
+    ("llama2-7b", {}, "vocab_size"),
+    ("llama2-7b", {}, "max_positions"),
+]
+
+
+@pytest.mark.parametrize(("profile", "changes", "name"), AT_LIMIT)
+def test_a_number_above_its_documented_limit_is_refused_naming_it(profile, changes, name):
+    fields, limit = {**load_builtin(profile).to_dict(), **changes}, SPEC_LIMITS[name]
+    assert getattr(ModelSpec.from_dict({**fields, name: limit}), name) == limit
+    with pytest.raises(InvalidInputError) as refused:
+        ModelSpec.from_dict({**fields, name: limit + 1}, "big.toml")
+    assert str(refused.value) == (
+        f"big.toml: model '{profile}': {name} {limit + 1:,} is above {limit:,}, the most ftbench "
+        "takes (several times any released model's: a typo?)"
+    )
+    assert sorted(case[2] for case in AT_LIMIT) == sorted(SPEC_LIMITS)
+
+
+def test_every_limit_is_four_times_the_largest_builtin_or_test_config_at_least():
+    from ftbench.profiles.hf import SUPPORTED_MODEL_TYPES, spec_from_hf_config
+
+    configs = Path(__file__).parent / "data" / "hf_configs"
+    specs = [*builtin_profiles()]
+    for path in sorted(configs.glob("*.json")):
+        if json.loads(path.read_text())["model_type"] in SUPPORTED_MODEL_TYPES:
+            specs.append(spec_from_hf_config(path))
+    assert len(specs) > 30
+    for name, limit in SPEC_LIMITS.items():
+        assert max(getattr(spec, name) for spec in specs) * 4 <= limit, name
+
+
+@pytest.mark.parametrize("scaling", ["linear", '"linear"', "{}", '{"type": 1}', "[1]"])
+def test_rope_scaling_must_be_a_json_object_naming_its_type(scaling):
+    with pytest.raises(InvalidInputError, match="rope_scaling must be empty or a JSON object"):
+        ModelSpec.from_dict(_llama_fields(rope_scaling=scaling))
 
 
 @pytest.mark.parametrize(

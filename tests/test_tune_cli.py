@@ -140,6 +140,31 @@ def test_prune_refuses_an_age_that_is_not_a_sane_number_of_days(tmp_path, days):
     assert "--older-than-days takes a number of days from 0 to 36500" in str(result.exception)
 
 
+@pytest.mark.parametrize("ratio", ["nan", "-1", "inf", "-inf"])
+def test_prune_refuses_a_speedup_that_is_not_a_finite_ratio(tmp_path, ratio):
+    path = saved_cache(tmp_path / "c.json", 1, 8)
+    before = path.read_bytes()
+    result = runner.invoke(app, ["cache", "prune", str(path), "--min-speedup", ratio])
+    assert isinstance(result.exception, InvalidInputError), result.output
+    assert str(result.exception).startswith(
+        "--min-speedup takes a ratio >= 0, the cuBLAS default's time over the winner's (e.g. 1.05"
+    )
+    assert path.read_bytes() == before
+
+
+def test_prune_refuses_a_speedup_above_every_entry_naming_the_largest(tmp_path):
+    path = saved_cache(tmp_path / "c.json", 1, 8)  # speed-ups 1.0 and 2.0
+    before = path.read_bytes()
+    result = runner.invoke(app, ["cache", "prune", str(path), "--min-speedup", "100"])
+    assert str(result.exception) == (
+        "--min-speedup 100 is above every entry's speed-up (the largest is 2.000): it would drop "
+        "all 2 entries; nothing written"
+    )
+    assert path.read_bytes() == before
+    kept = runner.invoke(app, ["cache", "prune", str(path), "--min-speedup", "2"])
+    assert "dropped 1, kept 1" in kept.output
+
+
 def test_prune_drops_entries_older_than_the_age(tmp_path):
     path = saved_cache(tmp_path / "c.json", 1, 8)
     result = runner.invoke(app, ["cache", "prune", str(path), "--older-than-days", "0"])
@@ -160,7 +185,9 @@ def test_profile_is_a_name_never_a_path(tmp_path):
     path.write_text(json.dumps(config))
     result = runner.invoke(app, ["tune", "--profile", str(path), "--dry-run"])
     assert isinstance(result.exception, InvalidInputError), result.output
-    assert "no built-in profile" in str(result.exception)
+    assert str(result.exception) == (
+        f"--profile takes a built-in profile name, not a file: use --config {path}"
+    )
 
 
 @pytest.mark.parametrize(

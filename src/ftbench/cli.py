@@ -123,13 +123,23 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
     return tuple(values)
 
 
+PROFILE_HELP = "Built-in profile name (see `ftbench profiles list`); this or --config is required."
+CONFIG_HELP = (
+    "A local HF config.json (or the folder holding it) or a profile .toml, instead of --profile."
+)
+
+
 def _spec(profile: str | None, config: Path | None):
     """The model of --profile NAME (a built-in profile) or --config PATH (a file or its folder),
     exactly one of them."""
-    from ftbench.profiles.catalog import load_builtin, load_profile
+    from ftbench.profiles.catalog import builtin_names, load_builtin, load_profile
 
     if (profile is None) == (config is None):
         raise InvalidInputError("give exactly one of --profile NAME or --config PATH")
+    if profile is not None and profile not in builtin_names() and _looks_like_a_path(profile):
+        raise InvalidInputError(
+            f"--profile takes a built-in profile name, not a file: use --config {profile}"
+        )
     if profile is not None:
         return load_builtin(profile)
     if not config.exists():
@@ -140,10 +150,27 @@ def _spec(profile: str | None, config: Path | None):
     return load_profile(config)
 
 
+def _looks_like_a_path(text: str) -> bool:
+    return Path(text).suffix in (".json", ".toml") or "/" in text or Path(text).exists()
+
+
+def _warn(message: str | None) -> None:
+    """A warning, if any, as one line on stderr (results on stdout stay clean)."""
+    if message is not None:
+        error_console.print(
+            f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True
+        )
+
+
 def _workload(batch: str, input_len: str, output_len: str, dtype: str, tp: int, pp: int, beam: int):
     """A `Workload` from the comma-list options shared by `profiles show`, `tune` and `run`."""
-    from ftbench.profiles.spec import Workload
+    from ftbench.profiles.spec import DTYPES, Workload
 
+    for option, value in (("--tp", tp), ("--pp", pp), ("--beam", beam)):
+        if value < 1:
+            raise InvalidInputError(f"{option} must be at least 1, got {value}")
+    if dtype not in DTYPES:
+        raise InvalidInputError(f"--dtype must be {' or '.join(DTYPES)}, got {dtype!r}")
     return Workload(
         batch_sizes=_int_list(batch, "--batch"),
         input_lens=_int_list(input_len, "--input-len"),
@@ -255,11 +282,13 @@ def profiles_show_command(
 
     from ftbench.autotune.problem import datasheet_peaks
     from ftbench.profiles.catalog import load_profile
+    from ftbench.profiles.problems import positions_warning
     from ftbench.profiles.summary import problem_summary
 
     workload = _workload(batch, input_len, output_len, dtype, tp, pp, beam)
     peaks = datasheet_peaks(gpu)
     spec = load_profile(profile)
+    _warn(positions_warning(spec, workload.input_lens, workload.output_lens))
     summary = problem_summary(spec, workload, peaks, fused=not unfused)
     if as_json:
         console.print_json(json.dumps(summary))
@@ -305,13 +334,8 @@ BACKENDS_HELP = "Backends to sweep, comma-separated: cublas, cublaslt, cutlass, 
 
 @app.command("tune")
 def tune_command(
-    profile: Annotated[
-        str | None,
-        typer.Option("--profile", help="Built-in profile name (see `ftbench profiles list`)."),
-    ] = None,
-    config: Annotated[
-        Path | None, typer.Option("--config", help="A local HF config.json instead of --profile.")
-    ] = None,
+    profile: Annotated[str | None, typer.Option("--profile", help=PROFILE_HELP)] = None,
+    config: Annotated[Path | None, typer.Option("--config", help=CONFIG_HELP)] = None,
     dtype: Annotated[
         str, typer.Option("--dtype", help="Activation and weight dtype of the GEMMs: fp16 or bf16.")
     ] = "fp16",
@@ -332,7 +356,15 @@ def tune_command(
     ),
     budget: Annotated[
         str | None,
-        typer.Option("--budget", help="Time budget for the whole sweep, e.g. 900s, 15m, 1h."),
+        typer.Option(
+            "--budget",
+            help="Time budget for the whole sweep, e.g. 900s, 15m, 1h (default: none, every "
+            "candidate is timed). It is shared out evenly over the problems left to tune; when "
+            "a problem's share runs out, its candidates not yet timed are skipped (recorded as "
+            "such) and the best of those timed so far, always including the cuBLAS default, "
+            "wins. Every problem gets an entry; the confirming re-timings can overrun the "
+            "budget a little.",
+        ),
     ] = None,
     l2: Annotated[
         str, typer.Option("--l2", help="L2 cache during timing: cold (default) or hot.")
@@ -382,9 +414,11 @@ def tune_command(
 
     from ftbench.autotune.plan import candidate_counts, default_cache_path, tuning_problems
     from ftbench.autotune.sweep import check_sweep_outputs, run_sweep
+    from ftbench.profiles.problems import positions_warning
 
     spec = _spec(profile, config)
     workload = _workload(batch, input_len, output_len, dtype, tp, pp, beam)
+    _warn(positions_warning(spec, workload.input_lens, workload.output_lens))
     options = _sweep_options(backends, budget, l2)
     names = list(options.backends)
     counted = tuning_problems(spec, workload, fused=not unfused, attention=attention)
@@ -583,7 +617,13 @@ def cache_merge_command(
 def cache_prune_command(
     path: Annotated[Path, typer.Argument(help="A tuned cache file (rewritten in place).")],
     min_speedup: Annotated[
-        float, typer.Option("--min-speedup", help="Drop entries that gain less than this.")
+        float,
+        typer.Option(
+            "--min-speedup",
+            help="Drop entries whose speed-up is below this ratio: the cuBLAS default's time "
+            "over the winner's (1.05 keeps winners at least 5% faster; default 0: keep all). "
+            "A ratio above every entry's speed-up is refused: it would empty the cache.",
+        ),
     ] = 0.0,
     older_than_days: Annotated[
         float | None,
@@ -606,7 +646,7 @@ def cache_prune_command(
     """Drop entries that no longer pay (speed-up below a threshold) or are too old."""
     from datetime import datetime, timedelta, timezone
 
-    from ftbench.autotune.cache import load_cache, prune_cache
+    from ftbench.autotune.cache import check_min_speedup, load_cache, prune_cache
     from ftbench.files import check_file_target
 
     target = out or path
@@ -617,6 +657,7 @@ def cache_prune_command(
             f"got {older_than_days}"
         )
     cache = load_cache(path)
+    check_min_speedup(cache, min_speedup)
     cutoff = None
     if older_than_days is not None:
         cutoff = datetime.now(timezone.utc) - timedelta(days=older_than_days)
@@ -803,13 +844,8 @@ def convert_command(
 
 @app.command("run")
 def run_command(
-    profile: Annotated[
-        str | None,
-        typer.Option("--profile", help="Built-in profile name (see `ftbench profiles list`)."),
-    ] = None,
-    config: Annotated[
-        Path | None, typer.Option("--config", help="A local HF config.json instead of --profile.")
-    ] = None,
+    profile: Annotated[str | None, typer.Option("--profile", help=PROFILE_HELP)] = None,
+    config: Annotated[Path | None, typer.Option("--config", help=CONFIG_HELP)] = None,
     dtype: Annotated[
         str, typer.Option("--dtype", help="Weights and activations: fp16 or bf16.")
     ] = ("fp16"),
@@ -929,6 +965,7 @@ def run_command(
         run_grid,
         throughput_batches,
     )
+    from ftbench.profiles.problems import positions_warning
     from ftbench.reports.results import write_results
     from ftbench.runtime import launch
 
@@ -943,6 +980,7 @@ def run_command(
     if allreduce not in ALLREDUCE_METHODS:
         raise InvalidInputError(f"--allreduce: {allreduce!r}; use {' or '.join(ALLREDUCE_METHODS)}")
     inputs, outputs = _int_list(input_len, "--input-len"), _int_list(output_len, "--output-len")
+    _warn(positions_warning(spec, inputs, outputs))
     # --max-throughput finds its batches on the GPU, from --micro-batches (or 1) up
     batches = [micro_batches or 1] if max_throughput else _int_list(batch, "--batch")
     engines = ("ftbench", *(COMPARE_ENGINES[name] for name in _names(compare)))

@@ -18,6 +18,7 @@ the entry and the field.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Callable
@@ -312,6 +313,23 @@ def merge_caches(caches: dict[str, TunedCache]) -> TunedCache:
             if current is None or entry.winner_time.median_ms < current.winner_time.median_ms:
                 merged.entries[key] = entry
     return merged
+
+
+def check_min_speedup(cache: TunedCache, min_speedup: float) -> None:
+    """Refuse a speed-up floor (`cache prune --min-speedup`) that is not a finite ratio >= 0,
+    or that lies above every entry's speed-up: a typo such as 100 for 1.00 would leave an empty
+    cache."""
+    if not (math.isfinite(min_speedup) and min_speedup >= 0):
+        raise InvalidInputError(
+            "--min-speedup takes a ratio >= 0, the cuBLAS default's time over the winner's "
+            f"(e.g. 1.05: keep winners at least 5% faster), got {min_speedup}"
+        )
+    largest = max((entry.speedup for entry in cache.entries.values()), default=None)
+    if largest is not None and min_speedup > largest:
+        raise InvalidInputError(
+            f"--min-speedup {min_speedup:g} is above every entry's speed-up (the largest is "
+            f"{largest:.3f}): it would drop all {len(cache.entries)} entries; nothing written"
+        )
 
 
 def prune_cache(cache: TunedCache, drop: Callable[[TunedEntry], bool]) -> tuple[TunedCache, int]:

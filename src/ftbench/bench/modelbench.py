@@ -251,6 +251,10 @@ class RunConfig:
             )
         if self.tuned_cache is not None and not Path(self.tuned_cache).is_file():
             raise InvalidInputError(f"--tuned {self.tuned_cache}: no such file")
+        if self.tuned_cache is not None:
+            from ftbench.autotune.cache import load_cache
+
+            load_cache(self.tuned_cache)  # corrupt, or not a cache: said before any GPU work
         rank_shapes(self.spec, self.tp, self.pp)  # a tp or pp the model cannot split: an error
         peers = [engine for engine in self.engines if not engine.startswith("ftbench")]
         if self.tp * self.pp > 1 and peers:

@@ -153,17 +153,24 @@ def _gptj(f: _Fields) -> dict[str, Any]:
     }
 
 
-def _rope_scaling(value: Any) -> str:
+def _rope_scaling(value: Any, origin: str) -> str:
     """HF's rope_scaling (or the rope_parameters of newer transformers, less their rope_theta)
     as canonical JSON; "" when absent or the default rotary. Older configs name the type "type",
-    which HF reads as "rope_type"."""
-    if isinstance(value, dict):
-        value = {key: item for key, item in value.items() if key != "rope_theta"}
-        if value.get("type", value.get("rope_type", "default")) == "default":
-            return ""
-    if not value:
+    which HF reads as "rope_type"; anything but an object naming its type is an error, as in
+    HF."""
+    if value is None:
         return ""
-    return json.dumps(value, sort_keys=True)
+    kind = value.get("rope_type", value.get("type", "default")) if isinstance(value, dict) else None
+    if not isinstance(kind, str):
+        raise InvalidInputError(
+            f"{origin}: field 'rope_scaling' must be null or an object with its rope_type, such "
+            f'as {{"rope_type": "linear", "factor": 2.0}}, got {value!r}'
+        )
+    if kind == "default":
+        return ""
+    return json.dumps(
+        {key: item for key, item in value.items() if key != "rope_theta"}, sort_keys=True
+    )
 
 
 def _llama(f: _Fields) -> dict[str, Any]:
@@ -217,7 +224,7 @@ def _llama(f: _Fields) -> dict[str, Any]:
         "rotary_dim": rotary_dim,
         "rope_theta": rope_theta,
         "rotary_interleaved": False,
-        "rope_scaling": _rope_scaling(rope_scaling),
+        "rope_scaling": _rope_scaling(rope_scaling, f.origin),
         "sliding_window": f.data.get("sliding_window") or 0,
         "tie_word_embeddings": f.flag("tie_word_embeddings", False),
         "parallel_attn_mlp": False,

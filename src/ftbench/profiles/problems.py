@@ -26,7 +26,7 @@ Conventions (docs/profiles.md explains them with examples):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -273,22 +273,48 @@ class _Emitter:
         self.mlp(phase, m, calls)
 
 
+def _positions_needed(
+    spec: ModelSpec, input_lens: Sequence[int], output_lens: Sequence[int]
+) -> tuple[int, str]:
+    """The positions the longest sequence takes, and how they add up, for messages."""
+    longest_input = max(input_lens)
+    if spec.architecture == "encoder":
+        return longest_input, f"input length {longest_input}"
+    longest_output = max(output_lens)
+    needed = longest_input + longest_output - 1
+    return needed, f"input length {longest_input} + output length {longest_output} - 1 = {needed}"
+
+
 def _check_positions(spec: ModelSpec, workload: Workload) -> None:
     """Learned position tables are a hard limit on the sequence length."""
     if spec.position_embedding != "learned":
         return
-    longest_input = max(workload.input_lens)
-    if spec.architecture == "encoder":
-        needed, what = longest_input, f"input length {longest_input}"
-    else:
-        longest_output = max(workload.output_lens)
-        needed = longest_input + longest_output - 1
-        what = f"input length {longest_input} + output length {longest_output} - 1 = {needed}"
+    needed, what = _positions_needed(spec, workload.input_lens, workload.output_lens)
     if needed > spec.max_positions:
         raise InvalidInputError(
             f"{spec.name} has {spec.max_positions} learned positions but {what} positions are "
             "needed; shorten the input or output length"
         )
+
+
+def positions_warning(
+    spec: ModelSpec, input_lens: Sequence[int], output_lens: Sequence[int]
+) -> str | None:
+    """What to tell a user whose lengths go past the positions a rotary model was trained for
+    (its max_positions), or None. Rotary angles go on past them, so the shapes exist and can be
+    timed, but a model's output there is not what it was trained to give: it may be meant (a
+    long-context benchmark) or a typo, hence a warning, not an error. (Learned positions are a
+    hard limit, refused where the problems are derived.)"""
+    if spec.position_embedding != "rotary":
+        return None
+    needed, what = _positions_needed(spec, input_lens, output_lens)
+    if needed <= spec.max_positions:
+        return None
+    return (
+        f"{spec.name} was trained for {spec.max_positions:,} positions (max_positions) but "
+        f"{what} are asked for: the shapes and timings hold, the model's output past them is "
+        "untrained"
+    )
 
 
 def gemm_problems(spec: ModelSpec, workload: Workload, fused: Fused = True) -> list[ProblemUse]:

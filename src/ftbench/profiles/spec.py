@@ -6,6 +6,7 @@ same `ModelSpec`, so the shapes tuned are the shapes run.
 
 from __future__ import annotations
 
+import json
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
@@ -21,17 +22,38 @@ NORMS = ("layernorm", "rmsnorm")
 POSITION_EMBEDDINGS = ("learned", "rotary", "relative")
 DTYPES = ("fp16", "bf16")
 MAX_SIZE = 2**31  # GEMM libraries take 32-bit sizes: a larger width or count is a typo
+# The largest value a model's number may take: several times that of any released model (the
+# largest have about 126 layers, a hidden size of 16-20k, an FFN of 74k, 128 heads, head_dim
+# 256, a vocabulary of 262k and 10M positions). A larger one is a typo or a corrupt file, and
+# would make every number derived from it (parameters, bytes, FLOPs) meaningless.
+SPEC_LIMITS = {
+    "hidden_size": 131072,
+    "num_layers": 1024,
+    "decoder_layers": 1024,
+    "num_heads": 1024,
+    "num_kv_heads": 1024,
+    "head_dim": 1024,
+    "rotary_dim": 1024,
+    "ffn_hidden_size": 524288,
+    "vocab_size": 4194304,
+    "max_positions": 2**26,
+}
 
 # Families whose reference implementation derives the head size as hidden_size / num_heads.
 _HEAD_DIM_FROM_HIDDEN = ("gpt2", "megatron-gpt", "gptj", "bert")
 
 
-def _check_int(owner: str, name: str, value: Any, minimum: int) -> None:
+def _check_int(owner: str, name: str, value: Any, minimum: int, maximum: int = MAX_SIZE) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise InvalidInputError(f"{owner}: {name} must be {kind}, got {value!r}")
     if value > MAX_SIZE:
         raise InvalidInputError(f"{owner}: {name} {value} is above {MAX_SIZE} (2**31)")
+    if value > maximum:
+        raise InvalidInputError(
+            f"{owner}: {name} {value:,} is above {maximum:,}, the most ftbench takes (several "
+            "times any released model's: a typo?)"
+        )
 
 
 def _check_bool(owner: str, name: str, value: Any) -> None:
@@ -43,6 +65,23 @@ def _check_choice(owner: str, name: str, value: Any, choices: tuple[str, ...]) -
     if value not in choices:
         raise InvalidInputError(
             f"{owner}: {name} must be one of {', '.join(choices)}, got {value!r}"
+        )
+
+
+def _check_rope_scaling(owner: str, value: Any) -> None:
+    """rope_scaling is "" (none) or a JSON object naming its type, as `profiles.hf` writes it
+    from HF's rope_scaling (e.g. '{"factor": 2.0, "rope_type": "linear"}')."""
+    if value == "":
+        return
+    try:
+        scaling = json.loads(value) if isinstance(value, str) else None
+    except json.JSONDecodeError:
+        scaling = None
+    kind = scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, dict) else None
+    if not isinstance(kind, str):
+        raise InvalidInputError(
+            f"{owner}: rope_scaling must be empty or a JSON object with its rope_type, such as "
+            f'\'{{"rope_type": "linear", "factor": 2.0}}\', got {value!r}'
         )
 
 
@@ -119,7 +158,7 @@ class ModelSpec:
             "vocab_size",
             "max_positions",
         ):
-            _check_int(owner, name, getattr(self, name), 1)
+            _check_int(owner, name, getattr(self, name), 1, SPEC_LIMITS.get(name, MAX_SIZE))
         for name in (
             "rotary_dim",
             "sliding_window",
@@ -128,9 +167,8 @@ class ModelSpec:
             "relative_attention_max_distance",
             "type_vocab_size",
         ):
-            _check_int(owner, name, getattr(self, name), 0)
-        if not isinstance(self.rope_scaling, str):
-            raise InvalidInputError(f"{owner}: rope_scaling must be a JSON string or empty")
+            _check_int(owner, name, getattr(self, name), 0, SPEC_LIMITS.get(name, MAX_SIZE))
+        _check_rope_scaling(owner, self.rope_scaling)
         for name in (
             "gated_ffn",
             "tie_word_embeddings",
