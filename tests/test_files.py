@@ -1,13 +1,22 @@
+"""ftbench.files: atomic writes, reads that name the file, number checks, and the check before
+every write that keeps a user's file from being replaced."""
+
+import errno
 import gzip
 import json
+import os
 
 import pytest
 
+from ftbench import files
 from ftbench.bench.environment import capture_environment
 from ftbench.errors import InvalidInputError
 from ftbench.files import (
+    check_file_target,
+    check_folder_target,
     positive_number,
     positive_numbers,
+    prepare_folder,
     read_json,
     write_json_atomic,
     write_text_atomic,
@@ -112,3 +121,94 @@ def test_writing_below_a_file_is_a_clear_error(tmp_path):
 def test_writing_where_files_cannot_be_made_is_a_clear_error():
     with pytest.raises(InvalidInputError, match="^cannot write /proc/ftbench-test.json: "):
         write_json_atomic("/proc/ftbench-test.json", {})
+
+
+CACHE_TEXT = '{"schema": 1, "kind": "ftbench-tuned-cache", "header": {}, "entries": {}}'
+
+
+def test_a_new_path_may_be_written(tmp_path):
+    check_file_target(tmp_path / "new" / "out.json", "run results")
+    check_folder_target(tmp_path / "site", "a report", written_before=lambda path: False)
+
+
+@pytest.mark.parametrize(
+    ("content", "described"),
+    [
+        (CACHE_TEXT, "an ftbench file of kind 'ftbench-tuned-cache'"),
+        ('{"my": "notes"}', "a file of 15 bytes that ftbench did not write"),
+        ("", "an empty file"),
+    ],
+)
+def test_an_existing_file_is_refused_naming_what_it_is(tmp_path, content, described):
+    path = tmp_path / "out.json"
+    path.write_text(content)
+    with pytest.raises(InvalidInputError) as refused:
+        check_file_target(path, "an environment record", kind="environment")
+    assert str(refused.value) == (
+        f"refusing to replace {path} ({described}) with an environment record: choose another "
+        "path, or pass --force to replace it"
+    )
+
+
+def test_a_file_of_the_same_kind_or_an_input_may_be_replaced(tmp_path):
+    path = tmp_path / "cache.json"
+    path.write_text(CACHE_TEXT)
+    check_file_target(path, "a tuned cache", kind="ftbench-tuned-cache")
+    check_file_target(path, "a pruned cache", inputs=[tmp_path / "." / "cache.json"])
+    with pytest.raises(InvalidInputError, match="with a pruned cache"):
+        check_file_target(path, "a pruned cache", inputs=[tmp_path / "other.json"])
+
+
+def test_force_replaces_any_file_but_never_a_folder_nor_below_a_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    check_file_target(tmp_path / "notes.txt", "run results", force=True)
+    with pytest.raises(InvalidInputError, match=r"notes.txt/r.json: .*notes.txt is a file"):
+        check_file_target(tmp_path / "notes.txt" / "r.json", "run results", force=True)
+    with pytest.raises(InvalidInputError, match=f"^cannot write {tmp_path}: it is a folder"):
+        check_file_target(tmp_path, "run results", force=True)
+
+
+def test_a_folder_is_written_into_when_empty_or_written_before_or_forced(tmp_path):
+    (tmp_path / "site").mkdir()
+    check_folder_target(tmp_path / "site", "a report", written_before=lambda path: False)
+    for name in ("a.txt", "b.txt", "c.txt", "d.txt"):
+        (tmp_path / "site" / name).write_text("mine")
+    check_folder_target(tmp_path / "site", "a report", written_before=lambda path: True)
+    check_folder_target(tmp_path / "site", "a report", True, written_before=lambda path: False)
+    with pytest.raises(InvalidInputError) as refused:
+        check_folder_target(tmp_path / "site", "a report", written_before=lambda path: False)
+    assert str(refused.value) == (
+        f"refusing to write a report into {tmp_path / 'site'}: it holds 4 other entries (a.txt, "
+        "b.txt, c.txt, ...); choose a new or empty folder, or pass --force to write into it"
+    )
+
+
+def test_a_file_is_never_replaced_by_a_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(InvalidInputError, match="cannot write a report: .*notes.txt is a file"):
+        check_folder_target(tmp_path / "notes.txt", "a report", True, written_before=lambda p: 1)
+
+
+def test_a_prepared_folder_exists_and_keeps_no_probe(tmp_path):
+    folder = prepare_folder(tmp_path / "a" / "b")
+    assert folder.is_dir() and list(folder.iterdir()) == []
+
+
+def test_a_folder_that_cannot_be_written_is_found_out_at_once(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(InvalidInputError, match=r"notes.txt/out: .*notes.txt is a file"):
+        prepare_folder(tmp_path / "notes.txt" / "out")
+    with pytest.raises(InvalidInputError, match="^cannot write in /proc/ftbench-test: "):
+        prepare_folder("/proc/ftbench-test")  # the kernel refuses, root or not
+
+
+def test_a_read_only_filesystem_is_found_out_at_once(tmp_path, monkeypatch):
+    # Tests run as root, whom permissions do not stop, and cannot mount a read-only filesystem:
+    # the file system's refusal is simulated where a file is first made.
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
+    with pytest.raises(InvalidInputError) as refused:
+        prepare_folder(tmp_path / "out")
+    assert str(refused.value) == f"cannot write in {tmp_path / 'out'}: Read-only file system"

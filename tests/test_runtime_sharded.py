@@ -1,6 +1,9 @@
 """Pre-sharded checkpoints: each rank reads back exactly its shard."""
 
+import errno
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,3 +109,81 @@ def test_convert_command_shards_an_hf_checkpoint(tmp_path):
     for rank in range(2):
         _, loaded = load_sharded(tmp_path / "tp2", rank, 2, spec)
         _assert_same(loaded, shard(full, spec, 2, rank))
+
+
+def test_convert_renews_its_own_output_and_never_writes_into_the_checkpoint(tmp_path):
+    pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from typer.testing import CliRunner
+
+    from ftbench import cli
+
+    config = transformers.LlamaConfig(
+        vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+    )  # fmt: skip
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "hf")
+    checkpoint = {path.name: path.read_bytes() for path in (tmp_path / "hf").iterdir()}
+    for tp in ("2", "4"):  # the second writes over the first's folder
+        convert = ["convert", str(tmp_path / "hf"), str(tmp_path / "sharded"), "--tp", tp]
+        assert CliRunner().invoke(cli.app, convert).exit_code == 0
+    assert read_manifest(tmp_path / "sharded")["tp"] == 4
+    assert sorted(path.name for path in (tmp_path / "sharded").iterdir()) == [
+        MANIFEST,
+        *(rank_file(rank, 4) for rank in range(4)),
+    ]  # the tp 2 shards it renewed are gone
+    refused = CliRunner().invoke(cli.app, ["convert", str(tmp_path / "hf"), str(tmp_path / "hf")])
+    assert "is the checkpoint folder itself" in str(refused.exception)
+    assert {path.name: path.read_bytes() for path in (tmp_path / "hf").iterdir()} == checkpoint
+
+
+def test_convert_to_a_read_only_place_fails_before_the_checkpoint_is_read(tmp_path, monkeypatch):
+    # Run as root, a chmod'ed folder stays writable and no filesystem can be mounted read-only
+    # here: the refusal a read-only filesystem gives is simulated where the first file is made.
+    from typer.testing import CliRunner
+
+    from ftbench import cli, files
+    from ftbench.runtime import weights
+
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({
+        "model_type": "llama", "vocab_size": 101, "hidden_size": 64, "intermediate_size": 96,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 32,
+    }))  # fmt: skip
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    def never(*args, **kwargs):
+        raise AssertionError("the checkpoint was read before the output folder was checked")
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(weights, "load_hf_weights", never)
+    result = CliRunner().invoke(cli.app, ["convert", str(tmp_path / "hf"), str(tmp_path / "out")])
+    assert isinstance(result.exception, InvalidInputError), result.output
+    assert str(result.exception) == f"cannot write in {tmp_path / 'out'}: Read-only file system"
+
+
+def test_a_failed_shard_write_is_one_error_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    import safetensors.numpy
+    from safetensors import SafetensorError
+
+    def disk_full(arrays, path):
+        Path(path).write_bytes(b"half a shard")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", disk_full)
+    with pytest.raises(InvalidInputError) as refused:
+        save_sharded(random_weights(LLAMA, "fp16"), LLAMA, 2, tmp_path)
+    assert str(refused.value) == (
+        f"cannot write {tmp_path / rank_file(0, 2)}: Error while serializing: I/O error: No space "
+        "left on device"
+    )
+    assert list(tmp_path.iterdir()) == []  # no partial shard, and no manifest
+
+
+@pytest.mark.parametrize("tp", [0, -1, True, 1.0])
+def test_a_tensor_parallel_size_below_one_or_not_an_integer_is_refused(tmp_path, tp):
+    with pytest.raises(InvalidInputError, match=f"--tp must be at least 1, got {tp!r}"):
+        save_sharded(random_weights(LLAMA, "fp16"), LLAMA, tp, tmp_path)
+    assert list(tmp_path.iterdir()) == []

@@ -24,7 +24,7 @@ import numpy as np
 from ftbench.errors import InvalidInputError
 from ftbench.files import check_folder_target, prepare_folder, read_json, write_json_atomic
 from ftbench.profiles.problems import rank_shapes
-from ftbench.profiles.spec import ModelSpec
+from ftbench.profiles.spec import SPEC_LIMITS, ModelSpec
 from ftbench.runtime.weights import (
     ModelWeights,
     check_shapes,
@@ -79,8 +79,9 @@ def prepare_output(
 def save_sharded(weights: ModelWeights, spec: ModelSpec, tp: int, directory: str | Path) -> Path:
     """Write every rank's shard of `weights` and the manifest into `directory` (see the module
     docstring); the manifest's path. The manifest is written last, so a directory with one
-    holds a complete conversion. A write that fails (a full disk, no permission) is an
-    InvalidInputError saying why."""
+    holds a complete conversion; the rank files of an earlier conversion there (another tp) are
+    removed after it. A write that fails (a full disk, no permission) is an InvalidInputError
+    saying why."""
     _check_tp(tp)
     directory = prepare_folder(directory)
     dtype = _dtype_name(weights.dtype)
@@ -98,8 +99,24 @@ def save_sharded(weights: ModelWeights, spec: ModelSpec, tp: int, directory: str
         name = rank_file(rank, tp)
         _save_arrays(arrays, directory / name)
         files.append(name)
+    earlier = _earlier_rank_files(directory)
     manifest = {"schema": SCHEMA, "tp": tp, "dtype": dtype, "spec": spec.to_dict(), "files": files}
-    return write_json_atomic(directory / MANIFEST, manifest)
+    path = write_json_atomic(directory / MANIFEST, manifest)
+    for name in set(earlier) - set(files):  # an earlier conversion's shards, for another tp
+        (directory / name).unlink(missing_ok=True)
+    return path
+
+
+def _earlier_rank_files(directory: Path) -> list[str]:
+    """The rank files of the conversion whose manifest is in `directory`, named from its tp
+    (none without a readable manifest), so that no other file is ever named."""
+    try:
+        tp = read_json(directory / MANIFEST).get("tp")
+    except (InvalidInputError, AttributeError):
+        return []
+    if isinstance(tp, bool) or not isinstance(tp, int) or not 1 <= tp <= SPEC_LIMITS["num_heads"]:
+        return []  # a tp splits the heads: no larger one was ever written
+    return [rank_file(rank, tp) for rank in range(tp)]
 
 
 def _check_tp(tp: int) -> None:
