@@ -14,6 +14,7 @@ from ftbench.errors import InvalidInputError
 from ftbench.files import (
     check_file_target,
     check_folder_target,
+    check_folder_writable,
     positive_number,
     positive_numbers,
     prepare_folder,
@@ -189,17 +190,23 @@ def test_a_file_is_never_replaced_by_a_folder(tmp_path):
         check_folder_target(tmp_path / "notes.txt", "a report", True, written_before=lambda p: 1)
 
 
-def test_a_prepared_folder_exists_and_keeps_no_probe(tmp_path):
-    folder = prepare_folder(tmp_path / "a" / "b")
-    assert folder.is_dir() and list(folder.iterdir()) == []
+def test_a_writable_folder_is_checked_without_leaving_anything(tmp_path):
+    check_folder_writable(tmp_path / "a" / "b")
+    (tmp_path / "c").mkdir()
+    check_folder_writable(tmp_path / "c")
+    assert [path.name for path in tmp_path.rglob("*")] == ["c"]
+    assert prepare_folder(tmp_path / "a" / "b").is_dir()
 
 
-def test_a_folder_that_cannot_be_written_is_found_out_at_once(tmp_path):
+@pytest.mark.parametrize("check", [check_folder_writable, prepare_folder])
+def test_a_folder_that_cannot_be_written_is_found_out_at_once(tmp_path, check):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(InvalidInputError, match=r"notes.txt/out: .*notes.txt is a file"):
-        prepare_folder(tmp_path / "notes.txt" / "out")
-    with pytest.raises(InvalidInputError, match="^cannot write in /proc/ftbench-test: "):
-        prepare_folder("/proc/ftbench-test")  # the kernel refuses, root or not
+        check(tmp_path / "notes.txt" / "out")
+    with pytest.raises(InvalidInputError, match="notes.txt: it is a file, not a folder"):
+        check(tmp_path / "notes.txt")
+    with pytest.raises(InvalidInputError, match="^cannot write in /proc/ftbench-test/out: "):
+        check("/proc/ftbench-test/out")  # the kernel refuses, root or not
 
 
 def test_a_read_only_filesystem_is_found_out_at_once(tmp_path, monkeypatch):
@@ -210,5 +217,5 @@ def test_a_read_only_filesystem_is_found_out_at_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
     with pytest.raises(InvalidInputError) as refused:
-        prepare_folder(tmp_path / "out")
+        check_folder_writable(tmp_path / "out")
     assert str(refused.value) == f"cannot write in {tmp_path / 'out'}: Read-only file system"

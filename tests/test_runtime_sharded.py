@@ -187,3 +187,10 @@ def test_a_tensor_parallel_size_below_one_or_not_an_integer_is_refused(tmp_path,
     with pytest.raises(InvalidInputError, match=f"--tp must be at least 1, got {tp!r}"):
         save_sharded(random_weights(LLAMA, "fp16"), LLAMA, tp, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_corrupt_rank_file_is_an_error_naming_it(tmp_path):
+    save_sharded(random_weights(LLAMA, "fp16"), LLAMA, 2, tmp_path)
+    (tmp_path / rank_file(1, 2)).write_bytes(b"\xff" * 16)
+    with pytest.raises(InvalidInputError, match=f"^cannot read {tmp_path / rank_file(1, 2)} as "):
+        load_sharded(tmp_path, 1, 2, LLAMA)

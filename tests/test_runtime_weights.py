@@ -295,6 +295,15 @@ def test_directory_without_safetensors_is_an_error(tmp_path):
         load_hf_weights(tmp_path, _spec(GPT2), np.float32)
 
 
+@pytest.mark.parametrize(
+    "content", [b"", b"\x08" + bytes(7) + b"{}", b"\xff" * 16], ids=["empty", "short", "garbage"]
+)
+def test_a_corrupt_safetensors_file_is_an_error_naming_it(tmp_path, content):
+    (tmp_path / "model.safetensors").write_bytes(content)
+    with pytest.raises(InvalidInputError, match=f"^cannot read {tmp_path}/model.safetensors as "):
+        load_hf_weights(tmp_path, _spec(GPT2), np.float32)
+
+
 def test_index_naming_a_missing_shard_is_an_error(tmp_path):
     index = {"weight_map": {"transformer.wte.weight": "model-00001-of-00002.safetensors"}}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))

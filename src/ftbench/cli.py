@@ -830,13 +830,13 @@ def convert_command(
     Needs the whole checkpoint in host memory once; see docs/runtime/parallel.md.
     """
     from ftbench.profiles.hf import spec_from_hf_config
-    from ftbench.runtime.sharded import prepare_output, save_sharded
+    from ftbench.runtime.sharded import check_output, save_sharded
     from ftbench.runtime.weights import load_hf_weights
 
     if dtype not in CONVERT_DTYPES:
         raise InvalidInputError(f"--dtype must be {_choices(CONVERT_DTYPES)}, got {dtype!r}")
     spec = spec_from_hf_config(checkpoint / "config.json")
-    prepare_output(checkpoint, out, spec, tp, force)
+    check_output(checkpoint, out, spec, tp, force)
     weights = load_hf_weights(checkpoint, spec, dtype)
     manifest = save_sharded(weights, spec, tp, out)
     console.print(f"{spec.name}: {tp} rank file(s) and {manifest.name} in {out}")

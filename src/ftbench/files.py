@@ -132,22 +132,38 @@ def _describe(path: Path) -> str:
     return "an empty file" if size == 0 else f"a file of {size} bytes that ftbench did not write"
 
 
-def prepare_folder(path: str | os.PathLike[str]) -> Path:
-    """Create the folder `path` (and its parents) and make sure a file can be written in it, so
-    a long job that writes there at its end learns of a read-only or unwritable place at its
-    start. A failure is an InvalidInputError saying why."""
+def check_folder_writable(path: str | os.PathLike[str]) -> None:
+    """Make sure files can be written in the folder `path`, or in the nearest folder above it
+    that exists, where it would be made, and leave nothing behind: a long job that writes there
+    at its end learns of a read-only or unwritable place at its start. A failure is an
+    InvalidInputError saying why."""
     target = Path(path)
-    _refuse_below_a_file(target)
-    if target.exists() and not target.is_dir():
-        raise InvalidInputError(f"cannot write in {target}: it is a file, not a folder")
+    _check_folder_path(target)
+    existing = next(folder for folder in (target, *target.parents) if folder.exists())
     try:
-        target.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".ftbench-probe.", dir=target)
+        fd, probe = tempfile.mkstemp(prefix=".ftbench-probe.", dir=existing)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
         raise InvalidInputError(f"cannot write in {target}: {exc.strerror or exc}") from exc
+
+
+def prepare_folder(path: str | os.PathLike[str]) -> Path:
+    """Create the folder `path` (and its parents); a failure is an InvalidInputError saying
+    why."""
+    target = Path(path)
+    _check_folder_path(target)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInputError(f"cannot write in {target}: {exc.strerror or exc}") from exc
     return target
+
+
+def _check_folder_path(target: Path) -> None:
+    _refuse_below_a_file(target)
+    if target.exists() and not target.is_dir():
+        raise InvalidInputError(f"cannot write in {target}: it is a file, not a folder")
 
 
 def _write_through_temp_file(target: Path, text: str) -> None:

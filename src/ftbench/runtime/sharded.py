@@ -22,7 +22,13 @@ from typing import Any
 import numpy as np
 
 from ftbench.errors import InvalidInputError
-from ftbench.files import check_folder_target, prepare_folder, read_json, write_json_atomic
+from ftbench.files import (
+    check_folder_target,
+    check_folder_writable,
+    prepare_folder,
+    read_json,
+    write_json_atomic,
+)
 from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import SPEC_LIMITS, ModelSpec
 from ftbench.runtime.weights import (
@@ -30,6 +36,7 @@ from ftbench.runtime.weights import (
     check_shapes,
     from_named,
     numpy_dtype,
+    reading_safetensors,
     shard,
 )
 
@@ -49,13 +56,13 @@ def _dtype_name(dtype: np.dtype) -> str:
     return names[dtype.name]
 
 
-def prepare_output(
+def check_output(
     checkpoint: str | Path, directory: str | Path, spec: ModelSpec, tp: int, force: bool = False
-) -> Path:
-    """Check what `ftbench convert` is asked before the checkpoint is read, and create the
-    output folder: `tp` must split `spec`; the folder must not be the checkpoint nor inside it
-    (its rank files would join the checkpoint's own), must be new, empty or an earlier
-    conversion (renewed), or anything else with `force`, and writable."""
+) -> None:
+    """Check what `ftbench convert` is asked before the checkpoint is read: `tp` must split
+    `spec`; the output folder must not be the checkpoint nor inside it (its rank files would
+    join the checkpoint's own), must be new, empty or an earlier conversion (renewed), or
+    anything else with `force`, and writable."""
     _check_tp(tp)
     rank_shapes(spec, tp, 1)  # a tp the model cannot split names the valid ones
     source, target = Path(checkpoint).resolve(), Path(directory).resolve()
@@ -73,7 +80,7 @@ def prepare_output(
         directory, "a pre-sharded checkpoint", force,
         written_before=lambda path: (Path(path) / MANIFEST).is_file(),
     )  # fmt: skip
-    return prepare_folder(directory)
+    check_folder_writable(directory)
 
 
 def save_sharded(weights: ModelWeights, spec: ModelSpec, tp: int, directory: str | Path) -> Path:
@@ -182,7 +189,8 @@ def load_sharded(
         raise InvalidInputError(f"{directory} holds {stored.name}, not the given {spec.name}")
     if not 0 <= rank < tp:
         raise InvalidInputError(f"rank must be in 0..{tp - 1}, got {rank}")
-    arrays = load_file(str(directory / rank_file(rank, tp)))
+    with reading_safetensors(directory / rank_file(rank, tp)):
+        arrays = load_file(str(directory / rank_file(rank, tp)))
     if manifest["dtype"] == "bf16":
         bf16 = numpy_dtype("bf16")
         arrays = {name: array.view(bf16) for name, array in arrays.items()}

@@ -31,8 +31,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping
-from contextlib import ExitStack
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -548,6 +548,19 @@ def _bf16_as_float32(path: Path, name: str) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32).reshape(entry["shape"])
 
 
+@contextmanager
+def reading_safetensors(path: Path) -> Iterator[None]:
+    """Turn a failure to read the safetensors file `path` (truncated, corrupt, unreadable) into
+    an InvalidInputError naming it."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, SafetensorError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise InvalidInputError(f"cannot read {path} as safetensors: {reason}") from exc
+
+
 def load_hf_weights(directory: str | Path, spec: ModelSpec, dtype: Any) -> ModelWeights:
     """Load an HF safetensors checkpoint (one file or shards with an index) as `ModelWeights`.
 
@@ -566,7 +579,8 @@ def load_hf_weights(directory: str | Path, spec: ModelSpec, dtype: Any) -> Model
         for path in _safetensors_files(directory):
             if not path.is_file():
                 raise InvalidInputError(f"{path}: named by the index but missing")
-            handle = stack.enter_context(safe_open(str(path), framework="np"))
+            with reading_safetensors(path):
+                handle = stack.enter_context(safe_open(str(path), framework="np"))
             stored_names = handle.keys()
             for name in stored_names:
                 if name in files:
@@ -586,7 +600,8 @@ def load_hf_weights(directory: str | Path, spec: ModelSpec, dtype: Any) -> Model
                 raise InvalidInputError(
                     f"{path}: tensor {name} is {stored}; ftbench reads F16, BF16, F32 and F64"
                 )
-            return handle.get_tensor(name).astype(target, copy=False)
+            with reading_safetensors(path):
+                return handle.get_tensor(name).astype(target, copy=False)
 
         return _map_checkpoint(spec, shapes, load, str(directory))
 
