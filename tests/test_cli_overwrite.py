@@ -155,3 +155,17 @@ def test_convert_never_writes_into_its_checkpoint(files, monkeypatch, capsys):
         code, _, err = ftbench(monkeypatch, capsys, "convert", "ckpt", out, "--tp", "2", "--force")
         assert code == 2 and "write the pre-sharded checkpoint to a folder of its own" in err
     assert sorted(path.name for path in (files / "ckpt").iterdir()) == ["config.json"]
+
+
+def test_a_dashboard_joins_its_history_in_a_fresh_checkout_of_a_pages_branch(
+    files, monkeypatch, capsys
+):
+    pages = files / "pages"
+    (pages / ".git").mkdir(parents=True)
+    shutil.copy(files / "history.sqlite3", pages / "history.sqlite3")
+    argv = ["dashboard", "--db", pages / "history.sqlite3", "--out", pages]
+    assert ftbench(monkeypatch, capsys, *argv)[0] == 0  # the workflow of docs/reports.md
+    (pages / "notes.md").write_text("mine")
+    (pages / "index.html").unlink()
+    code, _, err = ftbench(monkeypatch, capsys, *argv)
+    assert code == 2 and "it holds 1 other entry (notes.md)" in err

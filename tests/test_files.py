@@ -219,3 +219,13 @@ def test_a_read_only_filesystem_is_found_out_at_once(tmp_path, monkeypatch):
     with pytest.raises(InvalidInputError) as refused:
         check_folder_writable(tmp_path / "out")
     assert str(refused.value) == f"cannot write in {tmp_path / 'out'}: Read-only file system"
+
+
+def test_a_folder_holding_only_hidden_entries_and_the_commands_inputs_is_written_into(tmp_path):
+    (tmp_path / ".git").mkdir()
+    (tmp_path / "history.sqlite3").write_bytes(b"")
+    check_folder_target(
+        tmp_path, "a dashboard", inputs=[tmp_path / "history.sqlite3"], written_before=lambda p: 0
+    )
+    with pytest.raises(InvalidInputError, match=r"holds 1 other entry \(history.sqlite3\)"):
+        check_folder_target(tmp_path, "a dashboard", written_before=lambda path: False)

@@ -719,8 +719,9 @@ def report_command(
         Path,
         typer.Option(
             "--out",
-            help="Folder for report.html and report.md (created): new, empty or an earlier "
-            "report's, which is renewed; a folder holding anything else only with --force.",
+            help="Folder for report.html and report.md (created): new, empty (but for the "
+            "result files and hidden entries) or an earlier report's, which is renewed; a "
+            "folder holding anything else only with --force.",
         ),
     ],
     force: Annotated[
@@ -769,8 +770,9 @@ def dashboard_command(
         Path,
         typer.Option(
             "--out",
-            help="Folder for the site's index.html: new, empty or an earlier dashboard's, which "
-            "is renewed; a folder holding anything else only with --force.",
+            help="Folder for the site's index.html: new, empty (but for the history and hidden "
+            "entries such as .git) or an earlier dashboard's, which is renewed; a folder "
+            "holding anything else only with --force.",
         ),
     ],
     db: Annotated[Path | None, typer.Option("--db", help=DB_HELP)] = None,
@@ -788,8 +790,9 @@ def dashboard_command(
     from ftbench.reports.history import default_history_path
     from ftbench.reports.html import check_site_folder
 
-    check_site_folder(out, "index.html", "ftbench dashboard", force)
-    page = write_dashboard(db or default_history_path(), out, parse_threshold(threshold))
+    history = db or default_history_path()
+    check_site_folder(out, "index.html", "ftbench dashboard", force, inputs=[history])
+    page = write_dashboard(history, out, parse_threshold(threshold))
     console.print(f"wrote {page}")
 
 

@@ -92,10 +92,12 @@ def check_folder_target(
     force: bool = False,
     *,
     written_before: Callable[[Path], bool],
+    inputs: Iterable[str | os.PathLike[str]] = (),
 ) -> None:
     """Refuse (InvalidInputError) to write `writes` (e.g. "a report") into the folder `path`
     where it would mix with or replace what is there: a file, always; a folder that holds
-    anything unless `written_before(path)` says an earlier run of the same command wrote it
+    anything but the command's `inputs` and hidden entries (.git, in a checkout of a pages
+    branch) unless `written_before(path)` says an earlier run of the same command wrote it
     (that output is then renewed), or `force` is given."""
     target = Path(path)
     _refuse_below_a_file(target)
@@ -103,7 +105,12 @@ def check_folder_target(
         raise InvalidInputError(f"cannot write {writes}: {target} is a file, not a folder")
     if not target.exists() or force or written_before(target):
         return
-    held = sorted(entry.name for entry in target.iterdir())
+    own = {Path(item).resolve() for item in inputs}
+    held = sorted(
+        entry.name
+        for entry in target.iterdir()
+        if not entry.name.startswith(".") and entry.resolve() not in own
+    )
     if held:
         listed = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
         raise InvalidInputError(

@@ -75,13 +75,17 @@ def is_page(path: str | os.PathLike[str], title: str) -> bool:
 
 
 def check_site_folder(
-    folder: str | os.PathLike[str], page_name: str, title: str, force: bool = False
+    folder: str | os.PathLike[str],
+    page_name: str,
+    title: str,
+    force: bool = False,
+    inputs: Iterable[str | os.PathLike[str]] = (),
 ) -> None:
     """Refuse to write a site (a page `page_name` titled `title`, with what goes beside it) into
-    a folder that holds other things (`files.check_folder_target`). A folder whose `page_name`
-    is such a page was written by the same command: it is renewed."""
+    a folder that holds things other than its `inputs` (`files.check_folder_target`). A folder
+    whose `page_name` is such a page was written by the same command: it is renewed."""
     check_folder_target(
-        folder, f"the {title}", force,
+        folder, f"the {title}", force, inputs=inputs,
         written_before=lambda path: is_page(Path(path) / page_name, title),
     )  # fmt: skip
 

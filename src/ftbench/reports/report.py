@@ -397,7 +397,7 @@ def write_report(
 
     OUT may be new, empty or an earlier report's folder; a folder that holds anything else is
     written into only with `force`."""
-    check_site_folder(out_dir, "report.html", TITLE, force)
+    check_site_folder(out_dir, "report.html", TITLE, force, inputs=paths)
     result_sets = [load_result_set(path) for path in paths]
     page_html, markdown = build_report(result_sets)
     out = Path(out_dir)
