@@ -91,8 +91,8 @@ def one_rank(spec, gemm) -> Iterator[tuple[str, float]]:
 
 
 def main() -> None:
-    from ftbench.autotune.cache import load_cache
-    from ftbench.kernels.gemm import GemmDispatch
+    from ftbench.gemm.cache import load_cache
+    from ftbench.gemm.dispatch import GemmDispatch
     from ftbench.profiles.catalog import load_builtin
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from ftbench.bench.environment import capture_environment
+from ftbench.bench.results import write_results
 from ftbench.bench.timer import TimingPolicy, cold_input_sets, device_facts, time_launch
 from ftbench.files import write_json_atomic
-from ftbench.reports.results import write_results
 
 GEMM_HOT = (2048, 4096, 4096)
 GEMV_COLD = (1, 4096, 16384)
@@ -71,7 +71,7 @@ def run_probes(out: Path) -> None:
     """One process: the three probes, with correctness checks, written to `out`."""
     import cupy
 
-    from ftbench.kernels.cublas import gemm_ex
+    from ftbench.gemm.backends.cublas import gemm_ex
 
     cupy.random.seed(int.from_bytes(os.urandom(4), "little"))
     l2_bytes, _ = device_facts(cupy)
@@ -125,7 +125,7 @@ def run_ncu_target(calls: int) -> None:
     """The cold GEMV, `calls` times on fresh weight copies, between profiler start and stop."""
     import cupy
 
-    from ftbench.kernels.cublas import gemm_ex
+    from ftbench.gemm.backends.cublas import gemm_ex
 
     m, n, k = GEMV_COLD
     sets = gemm_operands(cupy, m, n, k, 2)

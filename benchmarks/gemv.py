@@ -26,10 +26,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ftbench.bench.ceilings import copy_bandwidth, read_bandwidth
 from ftbench.bench.environment import capture_environment
+from ftbench.bench.results import write_results
 from ftbench.bench.timer import TimingPolicy, cold_input_sets, device_facts, time_launch
-from ftbench.reports.results import write_results
+from ftbench.modelbench.ceilings import copy_bandwidth, read_bandwidth
 
 SHAPES = [  # (n, k) of GPT-J-6B's decode GEMMs
     (4096, 4096),  # attention output
@@ -97,7 +97,7 @@ def gemv_launch(operands, config, pdl=False):
 
 
 def cublas_launch(operands):
-    from ftbench.kernels.cublas import gemm_ex
+    from ftbench.gemm.backends.cublas import gemm_ex
 
     def launch(index):
         gemm_ex(*operands[index])

@@ -25,14 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ftbench.autotune.cache import CacheHeader, load_cache
-from ftbench.bench.ceilings import read_bandwidth
 from ftbench.bench.environment import capture_environment
+from ftbench.bench.results import write_results
 from ftbench.bench.stats import summarize
 from ftbench.files import write_json_atomic
-from ftbench.kernels.gemm import GemmDispatch
+from ftbench.gemm.cache import CacheHeader, load_cache
+from ftbench.gemm.dispatch import GemmDispatch
+from ftbench.modelbench.ceilings import read_bandwidth
 from ftbench.profiles.catalog import load_builtin
-from ftbench.reports.results import write_results
 from ftbench.runtime.generate import Generator
 from ftbench.runtime.hfcheck import CASES, DTYPES, compare_with_hf
 from ftbench.runtime.model import Decoder

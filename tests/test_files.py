@@ -4,6 +4,7 @@ import json
 import pytest
 
 from ftbench.bench.environment import capture_environment
+from ftbench.bench.results import read_results, write_results
 from ftbench.errors import InvalidInputError
 from ftbench.files import (
     positive_number,
@@ -12,7 +13,6 @@ from ftbench.files import (
     write_json_atomic,
     write_text_atomic,
 )
-from ftbench.reports.results import read_results, write_results
 
 
 def test_atomic_write_then_read(tmp_path):

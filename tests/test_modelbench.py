@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from ftbench.bench.modelbench import (
+from ftbench.errors import InvalidInputError
+from ftbench.modelbench.engine import (
     Measured,
     RunConfig,
     RunPoint,
@@ -17,10 +18,9 @@ from ftbench.bench.modelbench import (
     run_grid,
     throughput_batches,
 )
-from ftbench.bench.peers import hf_config
-from ftbench.errors import InvalidInputError
+from ftbench.modelbench.peers import hf_config
+from ftbench.modelbench.runs import check_run_record
 from ftbench.profiles.catalog import load_builtin
-from ftbench.reports.runs import check_run_record
 from ftbench.runtime.memory import GIB, footprint
 
 GPTJ = load_builtin("gptj-6b")

@@ -8,8 +8,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ftbench.autotune.problem import DATASHEET_PEAKS, GemmProblem, datasheet_peaks
 from ftbench.errors import InvalidInputError
+from ftbench.gemm.problem import DATASHEET_PEAKS, GemmProblem, datasheet_peaks
 from ftbench.profiles.catalog import load_builtin
 from ftbench.profiles.problems import deduplicate, gemm_problems, rank_shapes, valid_tp_sizes
 from ftbench.profiles.spec import Workload

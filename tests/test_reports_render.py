@@ -18,10 +18,10 @@ import pytest
 from PIL import Image
 
 from ftbench.bench.environment import EnvironmentRecord
+from ftbench.bench.results import write_results
+from ftbench.modelbench.runs import run_record
 from ftbench.reports.history import add_files
 from ftbench.reports.report import write_report
-from ftbench.reports.results import write_results
-from ftbench.reports.runs import run_record
 
 RESULTS = Path(__file__).parent / "data" / "results"
 FOUNDATIONS = sorted(RESULTS.glob("foundation-*.json"))
@@ -31,7 +31,7 @@ SYNTHETIC_SPEED = {"ftbench": 1.0, "ftbench-untuned": 1.08, "hf-eager": 2.5, "hf
 
 
 def synthetic_run_file(path: Path) -> Path:
-    """SYNTHETIC model-run results (made up, not measured) in the `reports.runs` schema."""
+    """SYNTHETIC model-run results (made up, not measured) in the `modelbench.runs` schema."""
     rng = np.random.default_rng(0)
 
     def timing(median):

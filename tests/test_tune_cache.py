@@ -5,17 +5,17 @@ import warnings
 
 import pytest
 
-from ftbench.autotune.cache import (
+from ftbench.autotune.sweep import sweep_problems
+from ftbench.bench.results import read_results
+from ftbench.errors import InvalidInputError
+from ftbench.gemm.cache import (
     CacheHeader,
     TunedCache,
     load_cache,
     merge_caches,
     prune_cache,
 )
-from ftbench.autotune.problem import GemmProblem
-from ftbench.autotune.sweep import sweep_problems
-from ftbench.errors import InvalidInputError
-from ftbench.reports.results import read_results
+from ftbench.gemm.problem import GemmProblem
 from tune_fakes import entry, fake_environment, outcome
 
 PROBLEMS = [GemmProblem(m=m, n=4096, k=4096) for m in (1, 8, 64, 256)]
@@ -177,7 +177,7 @@ def test_budget_is_shared_out_over_the_problems(tmp_path):
 
 
 def test_a_winner_must_clear_the_intervals_and_the_minimum_gain():
-    from ftbench.autotune.cache import TimeSummary
+    from ftbench.gemm.cache import TimeSummary
 
     default = TimeSummary(1.000, 0.998, 1.002, 0.002)
     tight_but_tiny = TimeSummary(0.995, 0.994, 0.996, 0.001)
@@ -219,7 +219,7 @@ class _ConfirmingTuner:
 )  # fmt: skip
 def test_a_winner_is_confirmed_against_the_default_in_every_round(monkeypatch, medians, winner):
     from ftbench.autotune import sweep
-    from ftbench.autotune.candidate import Candidate
+    from ftbench.gemm.candidate import Candidate
 
     class Backend:
         def prepare(self, candidate, problem):

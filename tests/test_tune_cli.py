@@ -7,11 +7,11 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from ftbench.autotune.cache import CacheHeader, TunedCache, load_cache
 from ftbench.autotune.plan import parse_duration
-from ftbench.autotune.problem import GemmProblem
 from ftbench.cli import app
 from ftbench.errors import InvalidInputError
+from ftbench.gemm.cache import CacheHeader, TunedCache, load_cache
+from ftbench.gemm.problem import GemmProblem
 from tune_fakes import entry, fake_environment
 
 runner = CliRunner()

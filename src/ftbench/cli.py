@@ -18,11 +18,11 @@ from rich.table import Table
 from ftbench.errors import FtbenchError, InvalidInputError
 from ftbench.profiles.spec import MAX_SIZE  # a batch or a length above it is a typo
 from ftbench.runtime.parallel import DEFAULT_TIMEOUT_S
+from ftbench.runtime.sharded import STORED_DTYPES
 
 ALLREDUCE_METHODS = ("nccl", "one-shot")
 L2_MODES = ("cold", "hot")
 MAX_AGE_DAYS = 36500  # a century: any older cache entry is older than CUDA
-CONVERT_DTYPES = ("fp16", "bf16", "fp32")
 EXIT_CODES = (
     "Exit codes: 0: success; 1: a command's own verdict (`compare`: a significant regression; "
     "`cache validate`: tuned elsewhere); 2: bad input, or a failure ftbench explains; 3: an "
@@ -246,7 +246,7 @@ def profiles_show_command(
     from rich import box
     from rich.table import Table
 
-    from ftbench.autotune.problem import datasheet_peaks
+    from ftbench.gemm.problem import datasheet_peaks
     from ftbench.profiles.catalog import load_profile
     from ftbench.profiles.summary import problem_summary
 
@@ -411,10 +411,10 @@ def tune_command(
 
 def _sweep_options(backends: str, budget: str | None, l2: str):
     """The `SweepOptions` of `tune --backends --budget --l2`, checked (for --dry-run too)."""
-    from ftbench.autotune.backends import get_backend
-    from ftbench.autotune.candidate import BACKEND_NAMES
     from ftbench.autotune.plan import parse_duration
     from ftbench.autotune.sweep import SweepOptions
+    from ftbench.gemm.backends import get_backend
+    from ftbench.gemm.candidate import BACKEND_NAMES
 
     names = _names(backends)
     if not names:
@@ -439,7 +439,7 @@ def _check_unique(values: list, option: str) -> None:
 
 def _prebuild_cutlass(progress, dtype: str) -> None:
     """Compile (or find cached) this GPU's CUTLASS kernels for `dtype` before any timing."""
-    from ftbench.autotune.backends.cutlass import prebuild
+    from ftbench.gemm.backends.cutlass import prebuild
 
     try:
         built = prebuild(progress=progress, elements=(dtype,))
@@ -499,7 +499,7 @@ def cache_show_command(
     ),
 ) -> None:
     """Show a cache's header and every tuned problem."""
-    from ftbench.autotune.cache import load_cache
+    from ftbench.gemm.cache import load_cache
 
     cache = load_cache(path)
     if as_json:
@@ -523,8 +523,8 @@ def cache_validate_command(
 
     Exit code 0: valid (and matching); 1: valid but tuned elsewhere; 2: not a valid cache.
     """
-    from ftbench.autotune.cache import CacheHeader, load_cache
     from ftbench.bench.environment import capture_environment
+    from ftbench.gemm.cache import CacheHeader, load_cache
 
     cache = load_cache(path)
     environment = capture_environment()
@@ -545,7 +545,7 @@ def cache_merge_command(
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
 ) -> None:
     """Merge caches tuned on the same GPU and libraries; per problem the faster winner wins."""
-    from ftbench.autotune.cache import load_cache, merge_caches
+    from ftbench.gemm.cache import load_cache, merge_caches
 
     if out.exists() and not force and out.resolve() not in {p.resolve() for p in inputs}:
         raise InvalidInputError(f"{out} exists; pass --force to overwrite it, or name it as input")
@@ -574,7 +574,7 @@ def cache_prune_command(
     """Drop entries that no longer pay (speed-up below a threshold) or are too old."""
     from datetime import datetime, timedelta, timezone
 
-    from ftbench.autotune.cache import load_cache, prune_cache
+    from ftbench.gemm.cache import load_cache, prune_cache
 
     if older_than_days is not None and not 0 <= older_than_days <= MAX_AGE_DAYS:
         raise InvalidInputError(
@@ -717,7 +717,7 @@ def convert_command(
     out: Annotated[Path, typer.Argument(help="Directory for the pre-sharded checkpoint.")],
     tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel size to shard for.")] = 1,
     dtype: Annotated[
-        str, typer.Option("--dtype", help=f"Stored dtype: {_choices(CONVERT_DTYPES)}.")
+        str, typer.Option("--dtype", help=f"Stored dtype: {_choices(STORED_DTYPES)}.")
     ] = "fp16",
 ) -> None:
     """Shard an HF checkpoint once for --tp ranks: each rank then reads only its own file.
@@ -728,8 +728,8 @@ def convert_command(
     from ftbench.runtime.sharded import save_sharded
     from ftbench.runtime.weights import load_hf_weights
 
-    if dtype not in CONVERT_DTYPES:
-        raise InvalidInputError(f"--dtype must be {_choices(CONVERT_DTYPES)}, got {dtype!r}")
+    if dtype not in STORED_DTYPES:
+        raise InvalidInputError(f"--dtype must be {_choices(STORED_DTYPES)}, got {dtype!r}")
     spec = spec_from_hf_config(checkpoint / "config.json")
     weights = load_hf_weights(checkpoint, spec, dtype)
     manifest = save_sharded(weights, spec, tp, out)
@@ -846,7 +846,8 @@ def run_command(
 
     from ftbench.autotune.plan import default_cache_path
     from ftbench.bench.environment import capture_environment
-    from ftbench.bench.modelbench import (
+    from ftbench.bench.results import write_results
+    from ftbench.modelbench.engine import (
         RunConfig,
         RunPoint,
         free_memory_for_runs,
@@ -855,7 +856,6 @@ def run_command(
         run_grid,
         throughput_batches,
     )
-    from ftbench.reports.results import write_results
     from ftbench.runtime import launch
 
     spec = _spec(profile, config)
@@ -939,8 +939,8 @@ def run_command(
 
 def _run_as_rank(run, info, world, out: Path, environment, allreduce: str) -> None:
     """One rank of a tp x pp `ftbench run`: join the stage's groups, measure; rank 0 writes."""
-    from ftbench.bench.modelbench import Ranks, run_benchmark
-    from ftbench.reports.results import write_results
+    from ftbench.bench.results import write_results
+    from ftbench.modelbench.engine import Ranks, run_benchmark
     from ftbench.runtime.ipc import IpcCommunicator
     from ftbench.runtime.launch import connect_groups
     from ftbench.runtime.pipeline import Stage, rank_place, stage_plan
@@ -977,7 +977,7 @@ def _run_as_rank(run, info, world, out: Path, environment, allreduce: str) -> No
 
 
 def _finish_run(records: list[dict], out: Path) -> None:
-    from ftbench.bench.modelbench import run_table
+    from ftbench.modelbench.engine import run_table
 
     table = run_table(records)
     table.to_csv(out.with_suffix(".csv"), index=False)
@@ -990,7 +990,7 @@ def _names(text: str) -> list[str]:
 
 
 def _print_run_table(table) -> None:
-    from ftbench.bench.modelbench import RUN_COLUMNS
+    from ftbench.modelbench.engine import RUN_COLUMNS
 
     rich_table = Table(box=box.SIMPLE_HEAD)
     for header in RUN_COLUMNS.values():

@@ -100,7 +100,7 @@ def test_uncapturable_launch_falls_back_to_the_stream_and_says_so():
 def test_cublas_gemm_is_captured_in_a_graph():
     import cupy
 
-    from ftbench.kernels.cublas import gemm_ex
+    from ftbench.gemm.backends.cublas import gemm_ex
 
     x = cupy.random.random((16, 4096)).astype(cupy.float16)
     w = cupy.random.random((4096, 4096)).astype(cupy.float16)

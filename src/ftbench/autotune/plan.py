@@ -6,10 +6,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ftbench.autotune.backends import get_backend
-from ftbench.autotune.problem import DATASHEET_PEAKS, GpuPeaks
 from ftbench.errors import FtbenchError, InvalidInputError
 from ftbench.files import default_cache_dir
+from ftbench.gemm.backends import get_backend
+from ftbench.gemm.problem import DATASHEET_PEAKS, GpuPeaks
 from ftbench.profiles.problems import CountedProblem, Fused, deduplicate, gemm_problems
 from ftbench.profiles.spec import ModelSpec, Workload
 

@@ -30,18 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftbench.autotune.backends import get_backend
-from ftbench.autotune.backends.base import Backend, CandidateUnsupported
-from ftbench.autotune.cache import CacheHeader, TimeSummary, TunedCache, TunedEntry, load_cache
-from ftbench.autotune.candidate import Candidate
-from ftbench.autotune.operands import (
-    TOLERANCE,
-    make_operands,
-    poison,
-    reference,
-    relative_error,
-)
-from ftbench.autotune.problem import GemmProblem
 from ftbench.bench.timer import (
     TimingPolicy,
     TooSlow,
@@ -49,7 +37,19 @@ from ftbench.bench.timer import (
     device_facts,
     time_launch,
 )
+from ftbench.dtypes import DTYPES
 from ftbench.errors import FtbenchError, InvalidInputError
+from ftbench.gemm.backends import get_backend
+from ftbench.gemm.backends.base import Backend, CandidateUnsupported
+from ftbench.gemm.cache import CacheHeader, TimeSummary, TunedCache, TunedEntry, load_cache
+from ftbench.gemm.candidate import Candidate
+from ftbench.gemm.operands import (
+    make_operands,
+    poison,
+    reference,
+    relative_error,
+)
+from ftbench.gemm.problem import GemmProblem
 
 # Tuning times many candidates: shorter warm-up and sampling than the timer's defaults.
 TUNING_POLICY = TimingPolicy(
@@ -120,7 +120,7 @@ class ProblemTuner:
         self.set_bytes = set_bytes
         self.operands = make_operands(problem, sets)
         self.expected = reference(problem, *self.operands[0][:2])
-        self.tolerance = TOLERANCE[problem.c_dtype]
+        self.tolerance = DTYPES[problem.c_dtype].gemm_tolerance
 
     def verify(self, runner: Callable) -> float:
         """Relative error of one run on set 0 (output poisoned first)."""
@@ -335,7 +335,7 @@ def sweep_problems(
     The results file defaults to OUT with the suffix .results.json; `progress` is a rich
     Progress. The time budget is shared out so problem i of n ends by start + budget * i / n.
     """
-    from ftbench.reports.results import read_results, write_results
+    from ftbench.bench.results import read_results, write_results
 
     running = CacheHeader.from_environment(environment)
     cache = open_cache_for_sweep(out, running, force)

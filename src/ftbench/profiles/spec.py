@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
+from ftbench.dtypes import RUNTIME_DTYPES
 from ftbench.errors import InvalidInputError
 from ftbench.files import is_positive_number
 
@@ -19,7 +20,7 @@ FAMILIES = ("gpt2", "megatron-gpt", "gptj", "llama", "bert", "t5")
 ACTIVATIONS = ("gelu_new", "gelu", "silu", "relu")
 NORMS = ("layernorm", "rmsnorm")
 POSITION_EMBEDDINGS = ("learned", "rotary", "relative")
-DTYPES = ("fp16", "bf16")
+DTYPES = RUNTIME_DTYPES
 MAX_SIZE = 2**31  # GEMM libraries take 32-bit sizes: a larger width or count is a typo
 
 # Families whose reference implementation derives the head size as hidden_size / num_heads.

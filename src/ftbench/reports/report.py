@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from ftbench.files import write_text_atomic
-from ftbench.reports import plots, runs
+from ftbench.modelbench import runs
+from ftbench.reports import plots
 from ftbench.reports.html import figure_html, markdown_table, page, table_html
 from ftbench.reports.records import TUNED_CACHE, ResultSet, load_result_set
 

@@ -42,8 +42,9 @@ from typing import Any
 
 import numpy as np
 
+from ftbench.dtypes import DTYPE_OF_NUMPY, RUNTIME_DTYPES, dtype_info, numpy_name
 from ftbench.errors import InvalidInputError
-from ftbench.kernels.gemm import GemmDispatch
+from ftbench.gemm.dispatch import GemmDispatch
 from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import ModelSpec
 from ftbench.runtime.memory import Footprint, check_fits
@@ -52,7 +53,6 @@ from ftbench.runtime.pipeline import MicroBatch, Stage, micro_batches, whole_mod
 from ftbench.runtime.reference import rope_inverse_frequencies
 from ftbench.runtime.weights import ModelWeights, check_shapes, vocabulary_start
 
-DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
 MIN_LENGTH_BOUND = 128
 
 
@@ -138,8 +138,8 @@ class Decoder:
         import cupy
 
         check_runnable(spec, max_seq_len)
-        dtype = {v: k for k, v in DTYPES.items()}.get(str(weights.dtype))
-        if dtype is None:
+        dtype = DTYPE_OF_NUMPY.get(numpy_name(weights.dtype))
+        if dtype not in RUNTIME_DTYPES:
             raise InvalidInputError(f"the runtime runs fp16 or bf16 weights, not {weights.dtype}")
         stage = stage or whole_model(spec)
         if not 1 <= micro_batches <= max_batch:
@@ -180,21 +180,20 @@ class Decoder:
     def _allocate(self, cupy: Any) -> None:
         from ftbench.kernels.attention import decode_workspace, decode_workspace_floats
 
-        spec, rank, dt = self.spec, self.rank, DTYPES[self.dtype]
+        spec, rank, dt = self.spec, self.rank, dtype_info(self.dtype).numpy_name
         tokens, batch = self.max_tokens, self.max_batch
         hidden, head_dim = spec.hidden_size, spec.head_dim
-        q_width, kv_width = rank.q_heads * head_dim, rank.kv_heads * head_dim
         ffn = rank.ffn_hidden_size
         self.kv_cache = cupy.empty(
             (len(self.stage.layers), 2, batch, rank.kv_heads, self.max_seq_len, head_dim), dt
         )
         self.residual = cupy.empty((tokens, hidden), cupy.float32)
         self.normed = cupy.empty((tokens, hidden), dt)
-        self.qkv = cupy.empty((tokens, q_width + 2 * kv_width), dt)
+        self.qkv = cupy.empty((tokens, rank.qkv_width), dt)
         self.queries = cupy.empty((tokens, rank.q_heads, head_dim), dt)
         self.context = cupy.empty((tokens, rank.q_heads, head_dim), dt)
         self.attention_out = cupy.empty((tokens, hidden), dt)
-        self.ffn_up = cupy.empty((tokens, 2 * ffn if spec.gated_ffn else ffn), dt)
+        self.ffn_up = cupy.empty((tokens, rank.ffn_up_rows), dt)
         self.ffn_inner = cupy.empty((tokens, ffn), dt) if spec.gated_ffn else self.ffn_up
         self.mlp_out = cupy.empty((tokens, hidden), dt)
         self.last_hidden = cupy.empty((batch, hidden), dt)

@@ -26,11 +26,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ftbench.autotune.candidate import Candidate
-from ftbench.autotune.problem import GemmProblem
 from ftbench.bench.environment import EnvironmentRecord
 from ftbench.errors import InvalidInputError
 from ftbench.files import positive_number, read_json, write_json_atomic
+from ftbench.gemm.candidate import Candidate
+from ftbench.gemm.problem import GemmProblem
 
 SCHEMA = 1
 KIND = "ftbench-tuned-cache"

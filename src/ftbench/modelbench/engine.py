@@ -36,9 +36,9 @@ import numpy as np
 
 from ftbench.bench.stats import summarize
 from ftbench.errors import FtbenchError, InvalidInputError
+from ftbench.modelbench.runs import ENGINES, run_record
 from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import ModelSpec
-from ftbench.reports.runs import ENGINES, run_record
 from ftbench.runtime.memory import footprint
 from ftbench.runtime.pipeline import Stage
 
@@ -106,10 +106,8 @@ def prefill_floor_ms(
     """The prefill's floor on one rank: its GEMM and attention FLOPs at `peak_flops`, or its
     weights read once at `bandwidth`, whichever takes longer."""
     rank = rank_shapes(spec, tp)
-    head_dim, hidden = spec.head_dim, spec.hidden_size
-    q_width, kv_width = rank.q_heads * head_dim, rank.kv_heads * head_dim
-    up = rank.ffn_hidden_size * (2 if spec.gated_ffn else 1)
-    per_token = hidden * (q_width + 2 * kv_width) + q_width * hidden + hidden * up
+    hidden, q_width = spec.hidden_size, rank.q_width
+    per_token = hidden * rank.qkv_width + q_width * hidden + hidden * rank.ffn_up_rows
     per_token += rank.ffn_hidden_size * hidden
     tokens = point.batch * point.input_len
     linear = 2 * tokens * per_token * spec.num_layers
@@ -121,7 +119,7 @@ def prefill_floor_ms(
 
 
 def percentile_summary(samples: Sequence[float]) -> dict[str, Any]:
-    """A timing summary of samples in ms (the shape `reports.runs` reads), with the mean and
+    """A timing summary of samples in ms (the shape `modelbench.runs` reads), with the mean and
     the 50th, 90th and 99th percentiles."""
     values = np.asarray(samples, dtype=np.float64)
     stats = summarize(values)
@@ -165,7 +163,7 @@ def point_record(
     floor_prefill_ms: float | None,
     pp: int = 1,
 ) -> dict[str, Any]:
-    """The run record (`reports.runs` schema) of one engine at one point, with the extras."""
+    """The run record (`modelbench.runs` schema) of one engine at one point, with the extras."""
     record = run_record(
         engine=engine, model=model, dtype=dtype, tp=tp, pp=pp, batch=point.batch,
         input_len=point.input_len, output_len=point.output_len,
@@ -357,7 +355,7 @@ def run_benchmark(
 
 def measure_ceilings(dtype: str) -> Ceilings:
     """The HBM read bandwidth and the dense GEMM peak of `dtype`, measured now."""
-    from ftbench.bench.ceilings import gemm_peak, read_bandwidth
+    from ftbench.modelbench.ceilings import gemm_peak, read_bandwidth
 
     return Ceilings(read_bandwidth()["bytes_per_s"], gemm_peak(dtype)["flops_per_s"])
 
@@ -447,9 +445,9 @@ def _measure_ftbench(
     could not run (too large for memory, or a kernel refusing the shape)."""
     import cupy
 
-    from ftbench.autotune.cache import CacheHeader, load_cache
     from ftbench.bench.environment import capture_environment
-    from ftbench.kernels.gemm import GemmDispatch
+    from ftbench.gemm.cache import CacheHeader, load_cache
+    from ftbench.gemm.dispatch import GemmDispatch
     from ftbench.runtime.generate import Generator
     from ftbench.runtime.model import Decoder
 
@@ -516,10 +514,10 @@ PEERS = ("hf-eager", "hf-compile", "gpt-fast")
 
 def _peer(config: RunConfig, engine: str):
     if engine == "gpt-fast":
-        from ftbench.bench.gptfast import GptFastPeer
+        from ftbench.modelbench.gptfast import GptFastPeer
 
         return GptFastPeer(config.spec, _ftbench_weights(config, None))
-    from ftbench.bench.peers import HfPeer
+    from ftbench.modelbench.peers import HfPeer
 
     return HfPeer(config.spec, config.dtype, mode=engine.removeprefix("hf-"), seed=config.seed)
 

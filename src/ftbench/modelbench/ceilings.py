@@ -79,8 +79,8 @@ def copy_bandwidth(nbytes: int = PROBE_BYTES, policy: TimingPolicy = POLICY) -> 
 
 def gemm_peak(dtype: str = "fp16") -> dict[str, Any]:
     """FLOP/s of the best cuBLAS/cuBLASLt candidate on an 8192^3 GEMM of `dtype`."""
-    from ftbench.autotune.problem import GemmProblem
     from ftbench.autotune.sweep import SweepOptions, available_backends, tune_problem
+    from ftbench.gemm.problem import GemmProblem
 
     problem = GemmProblem(8192, 8192, 8192, a_dtype=dtype, b_dtype=dtype, c_dtype=dtype)
     backends, _ = available_backends(("cublas", "cublaslt"))
