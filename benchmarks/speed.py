@@ -44,16 +44,14 @@ def breakdowns(spec, cache_path: str | None, ceilings) -> list[dict]:
     import cupy
     import numpy as np
 
-    from ftbench.gemm.cache import CacheHeader, load_cache
+    from ftbench.gemm.cache import open_tuned_cache
     from ftbench.gemm.dispatch import GemmDispatch
     from ftbench.runtime.breakdown import breakdown
     from ftbench.runtime.generate import Generator
     from ftbench.runtime.model import Decoder, length_bound
     from ftbench.runtime.weights import random_weights
 
-    cache = None
-    if cache_path:
-        cache = load_cache(cache_path, running=CacheHeader.from_environment(capture_environment()))
+    cache = open_tuned_cache(cache_path, capture_environment()).cache if cache_path else None
     weights = random_weights(spec, "fp16", xp=cupy)
     rng = np.random.default_rng(0)
     bandwidth, peak = ceilings.hbm_read_bytes_per_s, ceilings.gemm_peak_flops

@@ -363,8 +363,9 @@ def tune_command(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from ftbench.autotune.plan import candidate_counts, default_cache_path, tuning_problems
+    from ftbench.autotune.plan import candidate_counts, tuning_problems
     from ftbench.autotune.sweep import run_sweep
+    from ftbench.gemm.cache import default_cache_path
 
     spec = _spec(profile, config)
     workload = _workload(batch, input_len, output_len, dtype, tp, pp, beam)
@@ -844,9 +845,9 @@ def run_command(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from ftbench.autotune.plan import default_cache_path
     from ftbench.bench.environment import capture_environment
     from ftbench.bench.results import write_results
+    from ftbench.gemm.cache import UNTUNED, open_tuned_cache
     from ftbench.modelbench.engine import (
         RunConfig,
         RunPoint,
@@ -896,10 +897,12 @@ def run_command(
     environment = capture_environment()
     if not environment.gpus:
         raise InvalidInputError(f"ftbench run needs a GPU: {environment.no_gpu_reason}")
-    if tuned is None and default_cache_path(environment.gpus[0].name).exists():
-        run = dataclasses.replace(
-            run, tuned_cache=str(default_cache_path(environment.gpus[0].name))
-        )
+    choice = open_tuned_cache(run.tuned_cache, environment) if "ftbench" in engines else UNTUNED
+    if "ftbench" in engines:
+        console.print(
+            f"tuned cache: {choice.note}" if choice.cache is None
+            else f"tuned cache: {choice.path} ({len(choice.cache.entries)} problems)"
+        )  # fmt: skip
     if max_throughput:
         free = free_memory_for_runs()
         points = [
@@ -915,7 +918,7 @@ def run_command(
     records: list[dict] = []
     if info.launcher != "single":
         launch.run_rank(
-            lambda info, world: _run_as_rank(run, info, world, out, environment, allreduce),
+            lambda info, world: _run_as_rank(run, info, world, out, environment, allreduce, choice),
             timeout,
         )
         return
@@ -933,11 +936,11 @@ def run_command(
             write_results(out, "run", records, environment)
             progress.advance(task)
 
-        run_benchmark(run, on_record, on_point)
+        run_benchmark(run, on_record, on_point, tuned=choice)
     _finish_run(records, out)
 
 
-def _run_as_rank(run, info, world, out: Path, environment, allreduce: str) -> None:
+def _run_as_rank(run, info, world, out: Path, environment, allreduce: str, tuned) -> None:
     """One rank of a tp x pp `ftbench run`: join the stage's groups, measure; rank 0 writes."""
     from ftbench.bench.results import write_results
     from ftbench.modelbench.engine import Ranks, run_benchmark
@@ -962,7 +965,7 @@ def _run_as_rank(run, info, world, out: Path, environment, allreduce: str) -> No
                 write_results(out, "run", records, environment)
                 console.print(f"measured {len(records)} point(s)")
 
-        run_benchmark(run, on_record, ranks=ranks)
+        run_benchmark(run, on_record, ranks=ranks, tuned=tuned)
     except BaseException:
         for comm in (one_shot, *groups):
             if comm is not None:

@@ -88,14 +88,13 @@ def test_run_sweep_writes_a_cache_the_runtime_can_load(tmp_path):
     from ftbench.autotune.sweep import SweepOptions, run_sweep
     from ftbench.bench.environment import capture_environment
     from ftbench.bench.results import read_results
-    from ftbench.gemm.cache import CacheHeader, load_cache
+    from ftbench.gemm.cache import open_tuned_cache
 
     problems = [GemmProblem(m=1, n=1024, k=1024), GemmProblem(m=8, n=1024, k=1024)]
     out = tmp_path / "tuned.json"
     report = run_sweep(problems, out, SweepOptions(backends=("cublas",)))
     assert report.tuned == 2
-    running = CacheHeader.from_environment(capture_environment())
-    cache = load_cache(out, running=running)
+    cache = open_tuned_cache(out, capture_environment()).cache
     assert all(cache.lookup(p) is not None for p in problems)
     records = read_results(report.results_path)["records"]
     assert len(records) == 2 * 42

@@ -36,6 +36,7 @@ import numpy as np
 
 from ftbench.bench.stats import summarize
 from ftbench.errors import FtbenchError, InvalidInputError
+from ftbench.gemm.cache import UNTUNED, TunedChoice
 from ftbench.modelbench.runs import ENGINES, run_record
 from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import ModelSpec
@@ -317,11 +318,14 @@ def run_benchmark(
     on_point: Callable[[str, RunPoint], None] = lambda engine, point: None,
     ceilings: Ceilings | None = None,
     ranks: Ranks | None = None,
+    tuned: TunedChoice = UNTUNED,
 ) -> Ceilings:
     """Measure every engine at every point; hand each record to `on_record` as it is done.
     The HBM read bandwidth and the GEMM peak are measured first, once, for the floors (unless
     `ceilings` from the same session are given); they are returned. `ranks`: this process's
-    place in a tp x pp run (see the module docstring)."""
+    place in a tp x pp run (see the module docstring). `tuned`: the tuned cache the "ftbench"
+    engine runs with (`gemm.cache.open_tuned_cache`, opened once by the caller), named in each
+    of its records; "ftbench-untuned" always runs without one."""
     import cupy
 
     ceilings = ceilings or measure_ceilings(config.dtype)
@@ -329,13 +333,12 @@ def run_benchmark(
     if ours:
         weights = _ftbench_weights(config, ranks)
         for engine in ours:
-            cache_path = config.tuned_cache if engine == "ftbench" else None
+            choice = tuned if engine == "ftbench" else UNTUNED
             for point in config.points:
                 on_point(engine, point)
-                measured = _measure_ftbench(
-                    config, weights, cache_path, point, engine, ranks, ceilings
-                )
-                on_record(_record(config, engine, point, measured, ceilings))
+                measured = _measure_ftbench(config, weights, choice, point, engine, ranks, ceilings)
+                record = _record(config, engine, point, measured, ceilings)
+                on_record({**record, "tuned_cache": choice.to_dict()})
         del weights
         cupy.get_default_memory_pool().free_all_blocks()
     for engine in (engine for engine in config.engines if engine in PEERS):
@@ -435,7 +438,7 @@ def _monitor():
 def _measure_ftbench(
     config: RunConfig,
     weights,
-    cache_path: str | None,
+    tuned: TunedChoice,
     point: RunPoint,
     engine: str,
     ranks: Ranks | None,
@@ -445,17 +448,11 @@ def _measure_ftbench(
     could not run (too large for memory, or a kernel refusing the shape)."""
     import cupy
 
-    from ftbench.bench.environment import capture_environment
-    from ftbench.gemm.cache import CacheHeader, load_cache
     from ftbench.gemm.dispatch import GemmDispatch
     from ftbench.runtime.generate import Generator
     from ftbench.runtime.model import Decoder
 
-    cache = None
-    if cache_path:
-        running = CacheHeader.from_environment(capture_environment())
-        cache = load_cache(cache_path, running=running)
-    gemm = GemmDispatch(cache)
+    gemm = GemmDispatch(tuned.cache)
     pool = cupy.get_default_memory_pool()
     pool.free_all_blocks()
     prompts = list(_prompts(config, point))

@@ -16,8 +16,10 @@ roofline_fraction is the floor of a decode step over its median time. Runs of se
 pp > 1, or one rank started by a launcher) add "comm_step_ms_per_rank": per global rank, the ms one
 decode step spends in communicator calls (all-reduce, all-gather, send, recv; optional, absent in
 older records and single-process runs) and "micro_batches": how many micro-batches each pipeline
-step ran in (optional, absent in older records: 1). Fields a peer cannot report are null (or
-absent: throughput_tok_s, peak_memory_bytes, floor_decode_step_ms, roofline_fraction,
+step ran in (optional, absent in older records: 1). ftbench's engines add "tuned_cache": {path,
+entries, note}, the tuned cache the point ran with (`gemm.cache.TunedChoice`; note says why none
+was used, e.g. tuned on another GPU; absent in older records). Fields a peer cannot report
+are null (or absent: throughput_tok_s, peak_memory_bytes, floor_decode_step_ms, roofline_fraction,
 gemm_cache_misses, flags). A configuration that could not run has the key fields, a status other
 than "ok" (e.g. "does not fit") and a "reason", and no timings. Writers may add fields of their
 own; readers ignore them.
