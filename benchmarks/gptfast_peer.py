@@ -18,7 +18,8 @@ from pathlib import Path
 
 from ftbench.bench.environment import capture_environment
 from ftbench.bench.results import write_results
-from ftbench.modelbench.engine import RunConfig, RunPoint, run_benchmark
+from ftbench.modelbench.engine import run_benchmark
+from ftbench.modelbench.grid import RunConfig, RunPoint
 from ftbench.profiles.catalog import load_builtin
 
 

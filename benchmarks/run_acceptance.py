@@ -23,12 +23,12 @@ from pathlib import Path
 from ftbench.bench.environment import capture_environment
 from ftbench.bench.results import read_results, write_results
 from ftbench.files import write_json_atomic
-from ftbench.modelbench.engine import (
+from ftbench.modelbench.engine import run_benchmark
+from ftbench.modelbench.grid import (
     RunConfig,
     RunPoint,
     free_memory_for_runs,
     max_batch,
-    run_benchmark,
     throughput_batches,
 )
 from ftbench.profiles.catalog import load_builtin

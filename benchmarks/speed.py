@@ -30,7 +30,9 @@ from pathlib import Path
 from ftbench.bench.environment import capture_environment
 from ftbench.bench.results import write_results
 from ftbench.files import write_json_atomic
-from ftbench.modelbench.engine import RunConfig, RunPoint, measure_ceilings, run_benchmark
+from ftbench.modelbench.ceilings import measure_ceilings
+from ftbench.modelbench.engine import run_benchmark
+from ftbench.modelbench.grid import RunConfig, RunPoint
 from ftbench.profiles.catalog import load_builtin
 
 MODEL = "gptj-6b"

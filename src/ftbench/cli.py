@@ -848,12 +848,12 @@ def run_command(
     from ftbench.bench.environment import capture_environment
     from ftbench.bench.results import write_results
     from ftbench.gemm.cache import UNTUNED, open_tuned_cache
-    from ftbench.modelbench.engine import (
+    from ftbench.modelbench.engine import run_benchmark
+    from ftbench.modelbench.grid import (
         RunConfig,
         RunPoint,
         free_memory_for_runs,
         max_batch,
-        run_benchmark,
         run_grid,
         throughput_batches,
     )
@@ -980,7 +980,7 @@ def _run_as_rank(run, info, world, out: Path, environment, allreduce: str, tuned
 
 
 def _finish_run(records: list[dict], out: Path) -> None:
-    from ftbench.modelbench.engine import run_table
+    from ftbench.modelbench.tables import run_table
 
     table = run_table(records)
     table.to_csv(out.with_suffix(".csv"), index=False)
@@ -993,7 +993,7 @@ def _names(text: str) -> list[str]:
 
 
 def _print_run_table(table) -> None:
-    from ftbench.modelbench.engine import RUN_COLUMNS
+    from ftbench.modelbench.tables import RUN_COLUMNS
 
     rich_table = Table(box=box.SIMPLE_HEAD)
     for header in RUN_COLUMNS.values():

@@ -10,6 +10,7 @@ Both cold (the buffer is 70 times the L2), both through `bench.timer`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ftbench.bench.timer import TimingPolicy, cold_input_sets, device_facts, time_launch
@@ -92,3 +93,16 @@ def gemm_peak(dtype: str = "fp16") -> dict[str, Any]:
         "winner": outcome.entry.winner.to_dict(),
         "median_ms": best_ms,
     }
+
+
+@dataclass(frozen=True)
+class Ceilings:
+    """The GPU's measured HBM read bandwidth (bytes/s) and dense GEMM peak (FLOP/s)."""
+
+    hbm_read_bytes_per_s: float
+    gemm_peak_flops: float
+
+
+def measure_ceilings(dtype: str) -> Ceilings:
+    """The HBM read bandwidth and the dense GEMM peak of `dtype`, measured now."""
+    return Ceilings(read_bandwidth()["bytes_per_s"], gemm_peak(dtype)["flops_per_s"])
