@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ftbench.dtypes import RUNTIME_DTYPES
 from ftbench.errors import InvalidInputError
 from ftbench.modelbench.runs import ENGINES
 from ftbench.profiles.problems import rank_shapes
