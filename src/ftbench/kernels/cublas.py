@@ -121,9 +121,22 @@ def gemm(arguments: tuple, a: Any, b: Any, c: Any, algo: int = CUBLAS_GEMM_DEFAU
     """
     import cupy
 
-    transa, transb, m, n, k, data_type, lda, ldb, ldc, batch, a_stride, b_stride, c_stride = (
-        arguments
-    )
+    # cuBLAS's first operand is our B (the weight) and its second our A: the strides follow it.
+    (
+        transa,
+        transb,
+        m,
+        n,
+        k,
+        data_type,
+        lda,
+        ldb,
+        ldc,
+        batch,
+        first_stride,
+        second_stride,
+        c_stride,
+    ) = arguments
     library = _cublas()
     handle = cupy.cuda.device.get_cublas_handle()
     stream = cupy.cuda.get_current_stream().ptr
@@ -133,7 +146,6 @@ def gemm(arguments: tuple, a: Any, b: Any, c: Any, algo: int = CUBLAS_GEMM_DEFAU
         library.cublasSetWorkspace_v2(handle, workspace.data.ptr, workspace.nbytes), "setWorkspace"
     )
     _check(library.cublasSetPointerMode_v2(handle, CUBLAS_POINTER_MODE_HOST), "setPointerMode")
-    # `arguments` are cuBLAS's: its first operand is B (the weight) and its second A.
     if batch == 1:
         status = library.cublasGemmEx(
             handle, transa, transb, m, n, k, _ONE.ctypes.data, b.data.ptr, data_type, lda,
@@ -143,7 +155,7 @@ def gemm(arguments: tuple, a: Any, b: Any, c: Any, algo: int = CUBLAS_GEMM_DEFAU
     else:
         status = library.cublasGemmStridedBatchedEx(
             handle, transa, transb, m, n, k, _ONE.ctypes.data, b.data.ptr, data_type, lda,
-            a_stride, a.data.ptr, data_type, ldb, b_stride, _ZERO.ctypes.data, c.data.ptr,
+            first_stride, a.data.ptr, data_type, ldb, second_stride, _ZERO.ctypes.data, c.data.ptr,
             data_type, ldc, c_stride, batch, CUBLAS_COMPUTE_32F, algo,
         )  # fmt: skip
     _check(status, f"cuBLAS GEMM m={m} n={n} k={k} batch={batch} (column-major) algo={algo}")
