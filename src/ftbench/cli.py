@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ftbench.errors import FtbenchError, InvalidInputError
+from ftbench.modelbench.runs import COMPARE_NAMES
 from ftbench.profiles.spec import MAX_SIZE  # a batch or a length above it is a typo
 from ftbench.runtime.parallel import DEFAULT_TIMEOUT_S
 from ftbench.runtime.sharded import STORED_DTYPES
@@ -699,12 +700,6 @@ def dashboard_command(
     console.print(f"wrote {page}")
 
 
-COMPARE_ENGINES = {
-    "untuned": "ftbench-untuned", "hf": "hf-eager", "hf-compile": "hf-compile",
-    "gpt-fast": "gpt-fast",
-}  # fmt: skip
-
-
 def _choices(values: tuple[str, ...]) -> str:
     """("a", "b", "c") -> "a, b or c"."""
     return ", ".join(values[:-1]) + " or " + values[-1]
@@ -862,9 +857,9 @@ def run_command(
     spec = _spec(profile, config)
     if tp < 1 or pp < 1:
         raise InvalidInputError(f"--tp and --pp must be at least 1, got {tp} and {pp}")
-    unknown = [name for name in _names(compare) if name not in COMPARE_ENGINES]
+    unknown = [name for name in _names(compare) if name not in COMPARE_NAMES]
     if unknown:
-        raise InvalidInputError(f"--compare: unknown {unknown}; use {', '.join(COMPARE_ENGINES)}")
+        raise InvalidInputError(f"--compare: unknown {unknown}; use {', '.join(COMPARE_NAMES)}")
     if tp * pp > 1 and compare:
         raise InvalidInputError("--compare runs peers on one GPU: use it with --tp 1 --pp 1")
     if allreduce not in ALLREDUCE_METHODS:
@@ -872,7 +867,7 @@ def run_command(
     inputs, outputs = _int_list(input_len, "--input-len"), _int_list(output_len, "--output-len")
     # --max-throughput finds its batches on the GPU, from --micro-batches (or 1) up
     batches = [micro_batches or 1] if max_throughput else _int_list(batch, "--batch")
-    engines = ("ftbench", *(COMPARE_ENGINES[name] for name in _names(compare)))
+    engines = ("ftbench", *(COMPARE_NAMES[name] for name in _names(compare)))
     # every option checked here, before a rank is started or a GPU looked for
     run = RunConfig(
         spec, dtype, tuple(run_grid(batches, inputs, outputs)), engines,

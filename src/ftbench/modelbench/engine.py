@@ -37,6 +37,7 @@ from ftbench.gemm.cache import UNTUNED, TunedChoice
 from ftbench.modelbench.ceilings import Ceilings, measure_ceilings
 from ftbench.modelbench.grid import RunConfig, RunPoint, point_micro_batches
 from ftbench.modelbench.records import Measured, conditions_dict, engine_record, failed_record
+from ftbench.modelbench.runs import OUR_ENGINES, PEER_ENGINES
 from ftbench.runtime.pipeline import Stage
 
 
@@ -89,7 +90,7 @@ def run_benchmark(
     import cupy
 
     ceilings = ceilings or measure_ceilings(config.dtype)
-    ours = [engine for engine in config.engines if engine.startswith("ftbench")]
+    ours = [engine for engine in config.engines if engine in OUR_ENGINES]
     if ours:
         weights = _ftbench_weights(config, ranks)
         for engine in ours:
@@ -101,7 +102,7 @@ def run_benchmark(
                 on_record({**record, "tuned_cache": choice.to_dict()})
         del weights
         cupy.get_default_memory_pool().free_all_blocks()
-    for engine in (engine for engine in config.engines if engine in PEERS):
+    for engine in (engine for engine in config.engines if engine in PEER_ENGINES):
         peer = None
         for point in config.points:
             on_point(engine, point)
@@ -216,10 +217,6 @@ def _communication_per_rank(decoder, generator, ranks: Ranks, ceilings: Ceilings
         ranks.world.synchronize("the ranks' communication times")
         per_rank = tuple(float(value) for value in cupy.asnumpy(gathered).ravel())
         return per_rank, communication_calls(operations)
-
-
-# Peers measured through torch, after ftbench's engines.
-PEERS = ("hf-eager", "hf-compile", "gpt-fast")
 
 
 def _peer(config: RunConfig, engine: str):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ftbench.dtypes import RUNTIME_DTYPES
 from ftbench.errors import InvalidInputError
-from ftbench.modelbench.runs import ENGINES
+from ftbench.modelbench.runs import ENGINES, PEER_ENGINES
 from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import ModelSpec
 from ftbench.runtime.memory import footprint
@@ -93,7 +93,7 @@ class RunConfig:
         if self.tuned_cache is not None and not Path(self.tuned_cache).is_file():
             raise InvalidInputError(f"--tuned {self.tuned_cache}: no such file")
         rank_shapes(self.spec, self.tp, self.pp)  # a tp or pp the model cannot split: an error
-        peers = [engine for engine in self.engines if not engine.startswith("ftbench")]
+        peers = [engine for engine in self.engines if engine in PEER_ENGINES]
         if self.tp * self.pp > 1 and peers:
             raise InvalidInputError(f"peers {peers} run on one GPU; compare them at tp=pp=1")
         from ftbench.runtime.model import check_runnable

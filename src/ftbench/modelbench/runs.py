@@ -35,7 +35,16 @@ from ftbench.files import positive_number, positive_numbers
 
 KIND = "run"
 # Known engines, in the order plots and tables show them; others are accepted as they are.
-ENGINES = ("ftbench", "ftbench-untuned", "hf-eager", "hf-compile", "gpt-fast")
+# The one list of engines a run record may name: ftbench's runtime (with the tuned cache, and
+# without it), then the peers measured through torch.
+OUR_ENGINES = ("ftbench", "ftbench-untuned")
+PEER_ENGINES = ("hf-eager", "hf-compile", "gpt-fast")
+ENGINES = OUR_ENGINES + PEER_ENGINES
+# `ftbench run --compare NAME`: the engine each name measures beside "ftbench".
+COMPARE_NAMES = {
+    "untuned": "ftbench-untuned", "hf": "hf-eager", "hf-compile": "hf-compile",
+    "gpt-fast": "gpt-fast",
+}  # fmt: skip
 KEY_FIELDS = ("engine", "model", "dtype", "tp", "pp", "batch", "input_len", "output_len")
 TIMING_METRICS = ("ttft_ms", "decode_step_ms", "end_to_end_ms")
 TIMING_FIELDS = ("median_ms", "ci_low_ms", "ci_high_ms", "samples_ms")
