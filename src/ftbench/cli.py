@@ -435,7 +435,7 @@ def _sweep_options(backends: str, budget: str | None, l2: str):
     budget_s = None if budget is None else parse_duration(budget)
     if budget_s is not None and budget_s <= 0:
         raise InvalidInputError(f"--budget must be more than zero, got {budget!r}")
-    return SweepOptions(backends=tuple(names), cache=l2, budget_s=budget_s)
+    return SweepOptions(backends=tuple(names), l2=l2, budget_s=budget_s)
 
 
 def _check_unique(values: list, option: str) -> None:
