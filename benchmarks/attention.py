@@ -105,7 +105,7 @@ def run_decode(cupy, model, batch, length, l2_bytes, read_bytes_per_s):
     if error < TOLERANCE:
         name = f"decode {model} B={batch} L={length}"
         timing = time_launch(
-            launch, name=name, cache="cold", input_sets=sets, set_bytes=nbytes, policy=POLICY
+            launch, name=name, l2="cold", input_sets=sets, set_bytes=nbytes, policy=POLICY
         )
     seconds = timing.median_ms / 1e3 if timing else float("nan")
     return timing_record(

@@ -82,7 +82,7 @@ def run_probes(out: Path) -> None:
     gemm_ex(x, w, y)
     gemm_err = check_gemm(cupy, x, w, y)
     timings["gemm_hot"] = time_launch(
-        lambda _: gemm_ex(x, w, y), name="gemm_hot 2048x4096x4096", cache="hot", policy=POLICY
+        lambda _: gemm_ex(x, w, y), name="gemm_hot 2048x4096x4096", l2="hot", policy=POLICY
     )
 
     m, n, k = GEMV_COLD
@@ -93,7 +93,7 @@ def run_probes(out: Path) -> None:
     timings["gemv_cold"] = time_launch(
         lambda i: gemm_ex(*sets[i]),
         name="gemv_cold 1x4096x16384",
-        cache="cold",
+        l2="cold",
         input_sets=len(sets),
         set_bytes=set_bytes,
         policy=POLICY,
@@ -115,7 +115,7 @@ def run_probes(out: Path) -> None:
     copy(0)
     if not bool((dst == src).all()):
         raise SystemExit("device-to-device copy produced wrong bytes")
-    timings["copy"] = time_launch(copy, name="copy 4 GiB", cache="cold", policy=POLICY)
+    timings["copy"] = time_launch(copy, name="copy 4 GiB", l2="cold", policy=POLICY)
 
     checks = {"gemm_hot_rel_err": gemm_err, "gemv_cold_rel_err": gemv_err}
     write_json_atomic(out, {"timings": {k: t.to_dict() for k, t in timings.items()}, **checks})

@@ -3,7 +3,7 @@
 For the GPT-J-6B decode shapes (n, k) and m tokens, Y[m, n] = X[m, k] @ W[n, k]^T is timed for
 every config `gemv_configs` offers, each verified first against a float64 reference (output
 poisoned with NaN, fresh random inputs), and for `cublasGemmEx` with its default algorithm. All
-timings rotate among copies of the operands larger than L2 (`cache="cold"`). The best config is
+timings rotate among copies of the operands larger than L2 (`l2="cold"`). The best config is
 timed again launched with programmatic dependent launch (`pdl=True`), which overlaps each launch's
 start with the previous one's end; cuBLAS gets no such overlap, so the speed-up column compares
 plain launches.
@@ -81,7 +81,7 @@ def verify_and_time(cupy, launch, name, y, reference, sets, nbytes):
     if not error < TOLERANCE:
         return {"name": name, "rel_err": error, "timing": None}
     timing = time_launch(
-        launch, name=f"{name} m={y.shape[0]}", cache="cold", input_sets=sets, set_bytes=nbytes,
+        launch, name=f"{name} m={y.shape[0]}", l2="cold", input_sets=sets, set_bytes=nbytes,
         policy=POLICY,
     )  # fmt: skip
     return {"name": name, "rel_err": error, "timing": timing.to_dict()}

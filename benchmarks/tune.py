@@ -85,7 +85,7 @@ def peers(problem: GemmProblem, entry) -> dict:
 
     def timed(launch, name):
         timing = time_launch(
-            launch, name=f"{name} {problem.key()}", cache="cold", input_sets=sets,
+            launch, name=f"{name} {problem.key()}", l2="cold", input_sets=sets,
             set_bytes=problem.bytes(), policy=PEER_POLICY,
         )  # fmt: skip
         return {"median_ms": timing.median_ms, "ci_ms": [timing.ci_low_ms, timing.ci_high_ms],

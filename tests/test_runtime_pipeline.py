@@ -60,7 +60,7 @@ def test_stages_are_contiguous_balanced_and_cover_every_layer(profile, pp, sizes
     plan = stage_plan(spec, pp)
     assert [len(layers) for layers in plan] == sizes
     assert [index for layers in plan for index in layers] == list(range(spec.num_layers))
-    # The GEMM counts of `ftbench tune --pp` are for the fullest stage.
+    # The GEMM counts of `ftbench profiles show --pp` are for the fullest stage.
     assert max(sizes) == rank_shapes(spec, 1, pp).layers_per_stage
 
 

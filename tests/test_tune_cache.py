@@ -2,6 +2,7 @@
 
 import json
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -37,6 +38,20 @@ def test_round_trip(tmp_path):
     again = load_cache(path)
     assert again.entries == cache.entries
     assert again.header == cache.header
+
+
+def test_a_cache_written_with_the_old_op_field_loads_and_its_keys_still_match():
+    # tests/data/results/tune-cache.json was written when every problem carried "op": "gemm".
+    path = Path(__file__).parent / "data" / "results" / "tune-cache.json"
+    assert '"op":"gemm"' in path.read_text()
+    cache = load_cache(path)
+    assert cache.lookup(GemmProblem(m=128, n=4096, k=4096)).winner.backend == "cublaslt"
+    assert len(cache.entries) == 6
+
+
+def test_a_saved_cache_writes_no_op_field(tmp_path):
+    path = cache_with(entry(PROBLEMS[0])).save(tmp_path / "tuned.json")
+    assert '"op"' not in path.read_text()
 
 
 def test_lookup_finds_the_tuned_entry_of_a_problem():

@@ -181,6 +181,14 @@ def test_dry_run_checks_the_options_a_real_run_checks(options, message):
     assert message in str(result.exception)
 
 
+@pytest.mark.parametrize("option", ["--pp", "--beam"])
+def test_tune_has_no_option_that_changes_nothing_tuned(option):
+    # Pipeline stages run the same shapes as one GPU, and the runtime has no beam search.
+    result = runner.invoke(app, ["tune", "--profile", "gpt2-124m", option, "2", "--dry-run"])
+    assert result.exit_code == 2
+    assert f"No such option: {option}" in result.output
+
+
 def test_help_shows_the_default_cache_path_whole():
     result = subprocess.run(
         [sys.executable, "-m", "ftbench", "tune", "--help"],

@@ -134,7 +134,9 @@ def _spec(profile: str | None, config: Path | None):
     return load_profile(config)
 
 
-def _workload(batch: str, input_len: str, output_len: str, dtype: str, tp: int, pp: int, beam: int):
+def _workload(
+    batch: str, input_len: str, output_len: str, dtype: str, tp: int, pp: int = 1, beam: int = 1
+):
     """A `Workload` from the comma-list options shared by `profiles show`, `tune` and `run`."""
     from ftbench.profiles.spec import Workload
 
@@ -224,7 +226,12 @@ def profiles_show_command(
         ),
     ] = "128",
     beam: Annotated[
-        int, typer.Option("--beam", help="Beam width; generation GEMMs have batch x beam rows.")
+        int,
+        typer.Option(
+            "--beam",
+            help="Beam width: show the shapes a beam-search runtime would issue (generation "
+            "GEMMs of batch x beam rows). ftbench's runtime has no beam search yet.",
+        ),
     ] = 1,
     dtype: Annotated[
         str, typer.Option("--dtype", help="Activation and weight dtype: fp16 or bf16.")
@@ -312,7 +319,6 @@ def tune_command(
     tp: Annotated[
         int, typer.Option("--tp", help="Tensor-parallel size: tune per-rank shapes.")
     ] = 1,
-    pp: Annotated[int, typer.Option("--pp", help="Pipeline-parallel size.")] = 1,
     batch: Annotated[str, typer.Option("--batch", help="Batch sizes, comma-separated.")] = "1",
     input_len: Annotated[
         str, typer.Option("--input-len", help="Input lengths, comma-separated (context GEMMs).")
@@ -320,7 +326,6 @@ def tune_command(
     output_len: Annotated[
         str, typer.Option("--output-len", help="Output lengths; 1 means no generation GEMMs.")
     ] = "128",
-    beam: Annotated[int, typer.Option("--beam", help="Beam width of generation steps.")] = 1,
     backends: Annotated[str, typer.Option("--backends", help=BACKENDS_HELP)] = (
         "cublas,cublaslt,cutlass,ftbench"
     ),
@@ -360,7 +365,9 @@ def tune_command(
 
     Each candidate is verified against an fp32 reference, then timed (cold L2 by default); a
     candidate replaces the cuBLAS default only when faster beyond the noise. The cache is saved
-    after every problem: an interrupted sweep resumes where it stopped when run again.
+    after every problem: an interrupted sweep resumes where it stopped when run again. Shapes are
+    per tensor-parallel rank; every pipeline stage runs the same shapes, so one cache serves any
+    `run --pp`.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -369,7 +376,7 @@ def tune_command(
     from ftbench.gemm.cache import default_cache_path
 
     spec = _spec(profile, config)
-    workload = _workload(batch, input_len, output_len, dtype, tp, pp, beam)
+    workload = _workload(batch, input_len, output_len, dtype, tp)
     options = _sweep_options(backends, budget, l2)
     names = list(options.backends)
     counted = tuning_problems(spec, workload, fused=not unfused, attention=attention)
@@ -429,7 +436,7 @@ def _sweep_options(backends: str, budget: str | None, l2: str):
     budget_s = None if budget is None else parse_duration(budget)
     if budget_s is not None and budget_s <= 0:
         raise InvalidInputError(f"--budget must be more than zero, got {budget!r}")
-    return SweepOptions(backends=tuple(names), cache=l2, budget_s=budget_s)
+    return SweepOptions(backends=tuple(names), l2=l2, budget_s=budget_s)
 
 
 def _check_unique(values: list, option: str) -> None:

@@ -33,6 +33,6 @@ def test_a_read_smaller_than_a_few_l2s_rotates_cold_copies_and_is_slower():
 
     small = read_bandwidth(2**25)
     large = read_bandwidth(2**31)
-    assert small["timing"]["cache"] == "cold-rotate" and small["timing"]["input_sets"] >= 2
-    assert large["timing"]["cache"] == "cold-flush"
+    assert small["timing"]["l2"] == "cold-rotate" and small["timing"]["input_sets"] >= 2
+    assert large["timing"]["l2"] == "cold-flush"
     assert 0 < small["bytes_per_s"] < 1.02 * large["bytes_per_s"]

@@ -70,7 +70,7 @@ class SweepOptions:
     """What to sweep and how to time it."""
 
     backends: tuple[str, ...] = ("cublas", "cublaslt", "cutlass", "ftbench")
-    cache: str = "cold"
+    l2: str = "cold"
     policy: TimingPolicy = TUNING_POLICY
     budget_s: float | None = None
     max_operand_bytes: int = MAX_OPERAND_BYTES
@@ -113,7 +113,7 @@ class ProblemTuner:
         l2_bytes, _ = device_facts(cupy)
         set_bytes = problem.bytes()
         sets = 1
-        if options.cache == "cold":
+        if options.l2 == "cold":
             sets = cold_input_sets(set_bytes, l2_bytes)
             if sets * set_bytes > options.max_operand_bytes:
                 sets = 1  # the timer flushes L2 before each launch instead
@@ -137,7 +137,7 @@ class ProblemTuner:
         return time_launch(
             lambda i: runner(*operands[i]),
             name=name,
-            cache=self.options.cache,
+            l2=self.options.l2,
             input_sets=len(operands),
             set_bytes=self.set_bytes,
             policy=self.options.policy,

@@ -44,11 +44,8 @@ class GemmProblem:
     transa: bool = False
     transb: bool = True
     batch_count: int = 1
-    op: str = "gemm"
 
     def __post_init__(self) -> None:
-        if self.op != "gemm":
-            raise InvalidInputError(f"GEMM problem op must be 'gemm', got {self.op!r}")
         for field_name in ("m", "n", "k", "batch_count"):
             value = getattr(self, field_name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -105,7 +102,7 @@ class GemmProblem:
         """Stable cache key, e.g. "gemm:f16f16f16:f32:NT:m=1:n=12288:k=4096:b=1"."""
         dtypes = "".join(DTYPES[d].code for d in (self.a_dtype, self.b_dtype, self.c_dtype))
         return (
-            f"{self.op}:{dtypes}:{DTYPES[self.compute_dtype].code}:{self.layout}:"
+            f"gemm:{dtypes}:{DTYPES[self.compute_dtype].code}:{self.layout}:"
             f"m={self.m}:n={self.n}:k={self.k}:b={self.batch_count}"
         )
 
@@ -138,7 +135,6 @@ class GemmProblem:
         """JSON-ready record with a schema version."""
         return {
             "schema": PROBLEM_SCHEMA,
-            "op": self.op,
             "a_dtype": self.a_dtype,
             "b_dtype": self.b_dtype,
             "c_dtype": self.c_dtype,
@@ -153,7 +149,11 @@ class GemmProblem:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GemmProblem:
-        """Inverse of `to_dict`; a wrong schema or a missing or unknown field is an error."""
+        """Inverse of `to_dict`; a wrong schema or a missing or unknown field is an error.
+
+        Records written before the "op" field was dropped carry "op": "gemm" (it never had
+        another value); they still load, and any other op is refused.
+        """
         if not isinstance(data, dict):
             raise InvalidInputError(f"a GEMM problem must be a JSON object, got {data!r}")
         if data.get("schema") != PROBLEM_SCHEMA:
@@ -161,7 +161,11 @@ class GemmProblem:
                 f"GEMM problem schema {data.get('schema')!r} is not supported "
                 f"(this ftbench reads schema {PROBLEM_SCHEMA})"
             )
-        fields = {key: value for key, value in data.items() if key != "schema"}
+        fields = {key: value for key, value in data.items() if key not in ("schema", "op")}
+        if data.get("op", "gemm") != "gemm":
+            raise InvalidInputError(
+                f"GEMM problem op {data['op']!r} is not supported (ftbench tunes only 'gemm')"
+            )
         expected = set(cls.__dataclass_fields__)
         missing = sorted(expected - fields.keys())
         unknown = sorted(fields.keys() - expected)

@@ -46,7 +46,7 @@ def read_bandwidth(nbytes: int = PROBE_BYTES, policy: TimingPolicy = POLICY) -> 
         per_sm: time_launch(
             lambda i, blocks=per_sm * sm_count: read_probe(sources[i], sink, blocks),
             name=f"read {nbytes / 2**30:g} GiB, {per_sm} blocks/SM",
-            cache="cold",
+            l2="cold",
             input_sets=sets,
             set_bytes=nbytes,
             policy=policy,
@@ -74,7 +74,7 @@ def copy_bandwidth(nbytes: int = PROBE_BYTES, policy: TimingPolicy = POLICY) -> 
     copy(0)
     if not bool((target == source).all()):
         raise RuntimeError("device-to-device copy produced wrong bytes")
-    timing = time_launch(copy, name=f"copy {nbytes / 2**30:g} GiB", cache="cold", policy=policy)
+    timing = time_launch(copy, name=f"copy {nbytes / 2**30:g} GiB", l2="cold", policy=policy)
     return {"bytes_per_s": 2 * nbytes / (timing.median_ms / 1e3), "timing": timing.to_dict()}
 
 
@@ -85,7 +85,7 @@ def gemm_peak(dtype: str = "fp16") -> dict[str, Any]:
 
     problem = GemmProblem(8192, 8192, 8192, a_dtype=dtype, b_dtype=dtype, c_dtype=dtype)
     backends, _ = available_backends(("cublas", "cublaslt"))
-    options = SweepOptions(backends=("cublas", "cublaslt"), cache="hot")
+    options = SweepOptions(backends=("cublas", "cublaslt"), l2="hot")
     outcome = tune_problem(problem, backends, options)
     best_ms = outcome.entry.winner_time.median_ms
     return {

@@ -127,9 +127,12 @@ def gpu_label(environment: EnvironmentRecord | None) -> str:
 def _timing(value: Any, where: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
     """A timer summary at `where`: a median_ms and the `required` fields; its times (samples
     optional: not every record keeps them, but a record that keeps them keeps at least one)
-    finite numbers above zero, its noise zero or more."""
+    finite numbers above zero, its noise zero or more. The L2 mode is under "l2"; timings of
+    schema 1 (result files written before the rename) called it "cache", read as "l2"."""
     if not isinstance(value, dict):
         raise InvalidInputError(f"{where} must be a timing object, got {value!r}")
+    if "cache" in value and "l2" not in value:
+        value = {("l2" if name == "cache" else name): item for name, item in value.items()}
     missing = [name for name in ("median_ms", *required) if name not in value]
     if missing:
         raise InvalidInputError(f"{where} lacks {', '.join(missing)}")

@@ -171,7 +171,7 @@ def foundation_section(result_set: ResultSet) -> Section:
             ],
             "samples": [len(p.timing.get("samples_ms", ())) for p in probes],
             "noise": [f"{p.timing['rel_noise']:.2%}" for p in probes],
-            "method": [f"{p.timing['method']}, {p.timing['cache']}" for p in probes],
+            "method": [f"{p.timing['method']}, {p.timing['l2']}" for p in probes],
             "flags": [", ".join(p.timing.get("flags", ())) for p in probes],
         }
     )
