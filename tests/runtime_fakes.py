@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from ftbench.kernels import attention
+from ftbench.kernels.streams import branch_stream
 from ftbench.runtime.model import DecoderOps, StepInputs
 
 FREE_BYTES = 1 << 50
@@ -120,21 +122,25 @@ class FakeCupy(types.ModuleType):
 
 @contextlib.contextmanager
 def installed() -> Iterator[FakeCupy]:
-    """Inside, `import cupy` gives a fresh FakeCupy, and the branch stream of `kernels.streams`
-    is made from it; both are put back on exit (a GPU run of the suite goes on with CuPy)."""
-    from ftbench.kernels import streams
-
+    """Inside, `import cupy` gives a fresh FakeCupy; the device facts CuPy gives and the kernel
+    modules keep (the branch stream, the SM count) are made from it. CuPy and those are put back
+    on exit, so a GPU run of the suite goes on with the real ones."""
     fake, saved = FakeCupy(), sys.modules.get("cupy")
     sys.modules["cupy"] = fake
-    streams.branch_stream.cache_clear()
+    _forget_devices()
     try:
         yield fake
     finally:
-        streams.branch_stream.cache_clear()
+        _forget_devices()
         if saved is None:
             del sys.modules["cupy"]
         else:
             sys.modules["cupy"] = saved
+
+
+def _forget_devices() -> None:
+    branch_stream.cache_clear()
+    attention._sm_count.cache_clear()
 
 
 class FakeCommunicator:
