@@ -164,7 +164,7 @@ def _measure_ftbench(
 
     from ftbench.gemm.dispatch import GemmDispatch
     from ftbench.runtime.generate import Generator
-    from ftbench.runtime.model import Decoder
+    from ftbench.runtime.rank import make_decoder
 
     gemm = GemmDispatch(tuned.cache)
     pool = cupy.get_default_memory_pool()
@@ -173,7 +173,7 @@ def _measure_ftbench(
     monitor = _monitor()
     micro_batches = point_micro_batches(config.micro_batches, config.pp, point.batch)
     try:
-        decoder = Decoder(
+        decoder = make_decoder(
             config.spec, weights, max_batch=point.batch, max_seq_len=point.max_seq_len,
             max_tokens=point.batch * point.input_len, gemm=gemm, tp=config.tp,
             comm=None if ranks is None else ranks.tensor,
