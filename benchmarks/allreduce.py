@@ -23,8 +23,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ftbench.bench.environment import capture_environment
+from ftbench.bench.results import write_results
 from ftbench.bench.timer import TimingPolicy, time_fixed, time_launch
-from ftbench.reports.results import write_results
 
 SIZES_BYTES = [2**k for k in range(13, 21)]  # 8 KiB .. 1 MiB
 DTYPE = "float16"

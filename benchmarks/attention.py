@@ -5,7 +5,7 @@ the bytes are K and V of every valid position read once (2 * B * Hkv * L * D * 2
 out; timed cold (the timer rotates among copies of the caches that together exceed twice the
 L2). Shapes: GPT-J-6B (Hq = Hkv = 16, D = 256) and LLaMA-70B on 8-way tensor parallelism
 (Hq = 8, Hkv = 1, D = 128), B = 1 and 64, L = 256 and 2048 (and 8192 for LLaMA). The fraction
-is bytes / time / the HBM read bandwidth measured by the read probe (`bench.ceilings`).
+is bytes / time / the HBM read bandwidth measured by the read probe (`modelbench.ceilings`).
 
 Context (`context_attention`, causal prefill of one sequence, past 0, fp16): causal FLOPs
 = 4 * Hq * D * S (S + 1) / 2 (Q K^T and P V over the visible pairs); timed hot (the inputs are
@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ftbench.bench.ceilings import read_bandwidth
 from ftbench.bench.environment import capture_environment
+from ftbench.bench.results import write_results
 from ftbench.bench.timer import TimingPolicy, cold_input_sets, device_facts, time_launch
-from ftbench.reports.results import write_results
+from ftbench.modelbench.ceilings import read_bandwidth
 
 MODELS = {  # name: (query heads, kv heads, head dim)
     "gptj-6b": (16, 16, 256),
@@ -105,7 +105,7 @@ def run_decode(cupy, model, batch, length, l2_bytes, read_bytes_per_s):
     if error < TOLERANCE:
         name = f"decode {model} B={batch} L={length}"
         timing = time_launch(
-            launch, name=name, cache="cold", input_sets=sets, set_bytes=nbytes, policy=POLICY
+            launch, name=name, l2="cold", input_sets=sets, set_bytes=nbytes, policy=POLICY
         )
     seconds = timing.median_ms / 1e3 if timing else float("nan")
     return timing_record(

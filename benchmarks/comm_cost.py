@@ -51,9 +51,9 @@ class FreeCommunicator:
 def step_ms(spec, weights, gemm, comm, tp: int = 1) -> float:
     """The median batch-1 decode step (ms) of a decoder of `weights` with `comm`."""
     from ftbench.runtime.generate import Generator
-    from ftbench.runtime.model import Decoder
+    from ftbench.runtime.rank import make_decoder
 
-    decoder = Decoder(spec, weights, max_batch=1, max_seq_len=256, gemm=gemm, tp=tp, comm=comm)
+    decoder = make_decoder(spec, weights, max_batch=1, max_seq_len=256, gemm=gemm, tp=tp, comm=comm)
     generator = Generator(decoder)
     prompt = [np.random.default_rng(0).integers(0, spec.vocab_size, 128)]
     steps = [generator.generate(prompt, 128).step_ms for _ in range(REQUESTS)]
@@ -91,8 +91,8 @@ def one_rank(spec, gemm) -> Iterator[tuple[str, float]]:
 
 
 def main() -> None:
-    from ftbench.autotune.cache import load_cache
-    from ftbench.kernels.gemm import GemmDispatch
+    from ftbench.gemm.cache import load_cache
+    from ftbench.gemm.dispatch import GemmDispatch
     from ftbench.profiles.catalog import load_builtin
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from ftbench.bench.environment import capture_environment
+from ftbench.bench.results import write_results
 from ftbench.bench.timer import TimingPolicy, cold_input_sets, device_facts, time_launch
 from ftbench.files import write_json_atomic
-from ftbench.reports.results import write_results
 
 GEMM_HOT = (2048, 4096, 4096)
 GEMV_COLD = (1, 4096, 16384)
@@ -71,7 +71,7 @@ def run_probes(out: Path) -> None:
     """One process: the three probes, with correctness checks, written to `out`."""
     import cupy
 
-    from ftbench.kernels.cublas import gemm_ex
+    from ftbench.gemm.backends.cublas import gemm_ex
 
     cupy.random.seed(int.from_bytes(os.urandom(4), "little"))
     l2_bytes, _ = device_facts(cupy)
@@ -82,7 +82,7 @@ def run_probes(out: Path) -> None:
     gemm_ex(x, w, y)
     gemm_err = check_gemm(cupy, x, w, y)
     timings["gemm_hot"] = time_launch(
-        lambda _: gemm_ex(x, w, y), name="gemm_hot 2048x4096x4096", cache="hot", policy=POLICY
+        lambda _: gemm_ex(x, w, y), name="gemm_hot 2048x4096x4096", l2="hot", policy=POLICY
     )
 
     m, n, k = GEMV_COLD
@@ -93,7 +93,7 @@ def run_probes(out: Path) -> None:
     timings["gemv_cold"] = time_launch(
         lambda i: gemm_ex(*sets[i]),
         name="gemv_cold 1x4096x16384",
-        cache="cold",
+        l2="cold",
         input_sets=len(sets),
         set_bytes=set_bytes,
         policy=POLICY,
@@ -115,7 +115,7 @@ def run_probes(out: Path) -> None:
     copy(0)
     if not bool((dst == src).all()):
         raise SystemExit("device-to-device copy produced wrong bytes")
-    timings["copy"] = time_launch(copy, name="copy 4 GiB", cache="cold", policy=POLICY)
+    timings["copy"] = time_launch(copy, name="copy 4 GiB", l2="cold", policy=POLICY)
 
     checks = {"gemm_hot_rel_err": gemm_err, "gemv_cold_rel_err": gemv_err}
     write_json_atomic(out, {"timings": {k: t.to_dict() for k, t in timings.items()}, **checks})
@@ -125,7 +125,7 @@ def run_ncu_target(calls: int) -> None:
     """The cold GEMV, `calls` times on fresh weight copies, between profiler start and stop."""
     import cupy
 
-    from ftbench.kernels.cublas import gemm_ex
+    from ftbench.gemm.backends.cublas import gemm_ex
 
     m, n, k = GEMV_COLD
     sets = gemm_operands(cupy, m, n, k, 2)

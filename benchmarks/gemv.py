@@ -3,7 +3,7 @@
 For the GPT-J-6B decode shapes (n, k) and m tokens, Y[m, n] = X[m, k] @ W[n, k]^T is timed for
 every config `gemv_configs` offers, each verified first against a float64 reference (output
 poisoned with NaN, fresh random inputs), and for `cublasGemmEx` with its default algorithm. All
-timings rotate among copies of the operands larger than L2 (`cache="cold"`). The best config is
+timings rotate among copies of the operands larger than L2 (`l2="cold"`). The best config is
 timed again launched with programmatic dependent launch (`pdl=True`), which overlaps each launch's
 start with the previous one's end; cuBLAS gets no such overlap, so the speed-up column compares
 plain launches.
@@ -26,10 +26,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ftbench.bench.ceilings import copy_bandwidth, read_bandwidth
 from ftbench.bench.environment import capture_environment
+from ftbench.bench.results import write_results
 from ftbench.bench.timer import TimingPolicy, cold_input_sets, device_facts, time_launch
-from ftbench.reports.results import write_results
+from ftbench.modelbench.ceilings import copy_bandwidth, read_bandwidth
 
 SHAPES = [  # (n, k) of GPT-J-6B's decode GEMMs
     (4096, 4096),  # attention output
@@ -81,7 +81,7 @@ def verify_and_time(cupy, launch, name, y, reference, sets, nbytes):
     if not error < TOLERANCE:
         return {"name": name, "rel_err": error, "timing": None}
     timing = time_launch(
-        launch, name=f"{name} m={y.shape[0]}", cache="cold", input_sets=sets, set_bytes=nbytes,
+        launch, name=f"{name} m={y.shape[0]}", l2="cold", input_sets=sets, set_bytes=nbytes,
         policy=POLICY,
     )  # fmt: skip
     return {"name": name, "rel_err": error, "timing": timing.to_dict()}
@@ -97,7 +97,7 @@ def gemv_launch(operands, config, pdl=False):
 
 
 def cublas_launch(operands):
-    from ftbench.kernels.cublas import gemm_ex
+    from ftbench.gemm.backends.cublas import gemm_ex
 
     def launch(index):
         gemm_ex(*operands[index])

@@ -3,7 +3,7 @@
 fp16 random weights (the same arrays for both engines), 128 prompt tokens and 128 generated, at
 the given batches: first the `gpt-fast` peer (plain torch decoder, static KV cache, decode step
 compiled into one CUDA graph; its compile seconds recorded), then ftbench with library-default
-GEMMs (`ftbench-untuned`), through `bench.modelbench` as `ftbench run --compare gpt-fast` does.
+GEMMs (`ftbench-untuned`), through `modelbench.engine` as `ftbench run --compare gpt-fast` does.
 
     python benchmarks/gptfast_peer.py --batch 1 --batch 64 --out-dir DIR
 
@@ -17,9 +17,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ftbench.bench.environment import capture_environment
-from ftbench.bench.modelbench import RunConfig, RunPoint, run_benchmark
+from ftbench.bench.results import write_results
+from ftbench.modelbench.engine import run_benchmark
+from ftbench.modelbench.grid import RunConfig, RunPoint
 from ftbench.profiles.catalog import load_builtin
-from ftbench.reports.results import write_results
 
 
 def main() -> None:

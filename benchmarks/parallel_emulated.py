@@ -23,8 +23,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ftbench.bench.environment import capture_environment
+from ftbench.bench.results import write_results
 from ftbench.files import write_json_atomic
-from ftbench.reports.results import write_results
 from ftbench.runtime.tpcheck import (
     CASES,
     MICRO_BATCH_SIZES,

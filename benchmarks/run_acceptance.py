@@ -21,17 +21,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ftbench.bench.environment import capture_environment
-from ftbench.bench.modelbench import (
+from ftbench.bench.results import read_results, write_results
+from ftbench.files import write_json_atomic
+from ftbench.modelbench.engine import run_benchmark
+from ftbench.modelbench.grid import (
     RunConfig,
     RunPoint,
     free_memory_for_runs,
     max_batch,
-    run_benchmark,
     throughput_batches,
 )
-from ftbench.files import write_json_atomic
 from ftbench.profiles.catalog import load_builtin
-from ftbench.reports.results import read_results, write_results
 
 LENGTHS = ((128, 128), (2048, 128))
 # TensorRT-LLM's published H100 FP8 output tokens/s (the seed article), for the note.

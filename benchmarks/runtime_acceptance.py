@@ -25,14 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ftbench.autotune.cache import CacheHeader, load_cache
-from ftbench.bench.ceilings import read_bandwidth
 from ftbench.bench.environment import capture_environment
+from ftbench.bench.results import write_results
 from ftbench.bench.stats import summarize
 from ftbench.files import write_json_atomic
-from ftbench.kernels.gemm import GemmDispatch
+from ftbench.gemm.cache import open_tuned_cache
+from ftbench.gemm.dispatch import GemmDispatch
+from ftbench.modelbench.ceilings import read_bandwidth
 from ftbench.profiles.catalog import load_builtin
-from ftbench.reports.results import write_results
 from ftbench.runtime.generate import Generator
 from ftbench.runtime.hfcheck import CASES, DTYPES, compare_with_hf
 from ftbench.runtime.model import Decoder
@@ -62,10 +62,7 @@ def gptj_speed(cache_path: str | None, environment, hbm_bytes_per_s: float) -> l
     weights = random_weights(spec, "fp16", seed=0, xp=cupy)
     records = []
     for label, path in [("untuned", None)] + ([("tuned", cache_path)] if cache_path else []):
-        cache = None
-        if path:
-            cache = load_cache(path, running=CacheHeader.from_environment(environment))
-        gemm = GemmDispatch(cache)
+        gemm = GemmDispatch(open_tuned_cache(path, environment).cache if path else None)
         decoder = Decoder(
             spec, weights, max_batch=max(BATCHES), max_seq_len=INPUT_LEN + OUTPUT_LEN,
             max_tokens=max(BATCHES) * INPUT_LEN, gemm=gemm,

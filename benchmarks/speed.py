@@ -7,7 +7,7 @@ against peers, all measured in one run on one GPU.
    the median decode step against its floor (weights plus the KV cache read once at the
    measured bandwidth) and the prefill against the GEMM peak (its FLOPs at that peak).
 3. Peers at batch 1, 128/128, same method: HF transformers eager `generate()` and the
-   gpt-fast-style compiled decoder (`bench.gptfast`), each with its own random weights.
+   gpt-fast-style compiled decoder (`modelbench.gptfast`), each with its own random weights.
 4. Where the step's time goes: the per-operation breakdown (`runtime.breakdown`) of a decode
    step at batch 1 and 64 (at length 192, the middle of the 128 generated tokens) and of the
    1 x 2048 prefill, each operation against its own floor.
@@ -28,10 +28,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ftbench.bench.environment import capture_environment
-from ftbench.bench.modelbench import RunConfig, RunPoint, measure_ceilings, run_benchmark
+from ftbench.bench.results import write_results
 from ftbench.files import write_json_atomic
+from ftbench.modelbench.ceilings import measure_ceilings
+from ftbench.modelbench.engine import run_benchmark
+from ftbench.modelbench.grid import RunConfig, RunPoint
 from ftbench.profiles.catalog import load_builtin
-from ftbench.reports.results import write_results
 
 MODEL = "gptj-6b"
 DECODE = (RunPoint(1, 128, 128), RunPoint(64, 128, 128))
@@ -44,16 +46,14 @@ def breakdowns(spec, cache_path: str | None, ceilings) -> list[dict]:
     import cupy
     import numpy as np
 
-    from ftbench.autotune.cache import CacheHeader, load_cache
-    from ftbench.kernels.gemm import GemmDispatch
+    from ftbench.gemm.cache import open_tuned_cache
+    from ftbench.gemm.dispatch import GemmDispatch
     from ftbench.runtime.breakdown import breakdown
     from ftbench.runtime.generate import Generator
     from ftbench.runtime.model import Decoder, length_bound
     from ftbench.runtime.weights import random_weights
 
-    cache = None
-    if cache_path:
-        cache = load_cache(cache_path, running=CacheHeader.from_environment(capture_environment()))
+    cache = open_tuned_cache(cache_path, capture_environment()).cache if cache_path else None
     weights = random_weights(spec, "fp16", xp=cupy)
     rng = np.random.default_rng(0)
     bandwidth, peak = ceilings.hbm_read_bytes_per_s, ceilings.gemm_peak_flops

@@ -1,7 +1,7 @@
 """Tune acceptance benchmark: GPT-J 6B fp16 GEMMs, ftbench's choice against its peers.
 
 In one run, with one method (`bench.timer.time_launch`, cold L2, graph-batched):
-- ceilings: HBM read bandwidth (`bench.ceilings`, 4 GiB read once) and the fp16 dense GEMM peak
+- ceilings: HBM read bandwidth (`modelbench.ceilings`, 4 GiB read once) and the fp16 dense GEMM peak
   (the best cuBLAS/cuBLASLt candidate on 8192x8192x8192);
 - the sweep (`ftbench.autotune.sweep.run_sweep`) over the problems of GPT-J 6B, TP 1: decode
   batches 1..256 and context 1x128, 1x2048, 8x512, timed warm (CUTLASS kernels already built;
@@ -29,17 +29,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ftbench.autotune.operands import make_operands
 from ftbench.autotune.plan import tuning_problems
-from ftbench.autotune.problem import GemmProblem
 from ftbench.autotune.sweep import TUNING_POLICY, SweepOptions, run_sweep
-from ftbench.bench.ceilings import copy_bandwidth, gemm_peak, read_bandwidth
 from ftbench.bench.environment import capture_environment
+from ftbench.bench.results import write_results
 from ftbench.bench.timer import cold_input_sets, device_facts, time_launch
 from ftbench.files import write_json_atomic
+from ftbench.gemm.operands import make_operands
+from ftbench.gemm.problem import GemmProblem
+from ftbench.modelbench.ceilings import copy_bandwidth, gemm_peak, read_bandwidth
 from ftbench.profiles.catalog import load_profile
 from ftbench.profiles.spec import Workload
-from ftbench.reports.results import write_results
 
 DECODE_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 CONTEXTS = ((1, 128), (1, 2048), (8, 512))
@@ -70,8 +70,8 @@ def peers(problem: GemmProblem, entry) -> dict:
     import cupy
     import torch
 
-    from ftbench.autotune.backends import get_backend
-    from ftbench.kernels.cublas import gemm
+    from ftbench.gemm.backends import get_backend
+    from ftbench.gemm.backends.cublas import gemm
 
     sets = cold_input_sets(problem.bytes(), device_facts(cupy)[0])
     operands = make_operands(problem, sets)
@@ -85,7 +85,7 @@ def peers(problem: GemmProblem, entry) -> dict:
 
     def timed(launch, name):
         timing = time_launch(
-            launch, name=f"{name} {problem.key()}", cache="cold", input_sets=sets,
+            launch, name=f"{name} {problem.key()}", l2="cold", input_sets=sets,
             set_bytes=problem.bytes(), policy=PEER_POLICY,
         )  # fmt: skip
         return {"median_ms": timing.median_ms, "ci_ms": [timing.ci_low_ms, timing.ci_high_ms],
@@ -185,7 +185,7 @@ def main() -> None:
     earlier_s = json.loads(spent_path.read_text())["seconds"] if spent_path.exists() else 0.0
     options = SweepOptions(backends=tuple(args.backends.split(",")))
     if "cutlass" in options.backends:
-        from ftbench.autotune.backends.cutlass import prebuild
+        from ftbench.gemm.backends.cutlass import prebuild
 
         started = time.monotonic()
         built = prebuild()
@@ -198,7 +198,7 @@ def main() -> None:
         sweep_s = earlier_s + time.monotonic() - started
         write_json_atomic(spent_path, {"seconds": sweep_s})
     print(f"sweep: {report.tuned} problems tuned, {report.resumed} resumed, {sweep_s:.0f} s in all")
-    from ftbench.reports.results import read_results
+    from ftbench.bench.results import read_results
 
     records = read_results(report.results_path)["records"]
 

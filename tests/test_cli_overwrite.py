@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ftbench import cli
-from ftbench.autotune.cache import load_cache
+from ftbench.gemm.cache import load_cache
 
 RESULTS = Path(__file__).parent / "data" / "results"
 TINY_LLAMA = {

@@ -5,7 +5,8 @@ from dataclasses import replace
 
 import pytest
 
-from ftbench.autotune.backends.cublaslt import (
+from ftbench.errors import InvalidInputError
+from ftbench.gemm.backends.cublaslt import (
     AlgoCaps,
     AlgoConfig,
     CublasLtBackend,
@@ -18,9 +19,8 @@ from ftbench.autotune.backends.cublaslt import (
     select_diverse,
     variants,
 )
-from ftbench.autotune.candidate import Candidate
-from ftbench.autotune.problem import GemmProblem
-from ftbench.errors import InvalidInputError
+from ftbench.gemm.candidate import Candidate
+from ftbench.gemm.problem import GemmProblem
 
 FULL = AlgoConfig(
     id=66, tile_id=18, stages_id=21, splitk_num=4, reduction_scheme=2, cta_swizzling=1,
@@ -239,6 +239,6 @@ def test_backend_refuses_a_zero_budget():
 
 
 def test_backend_is_registered_under_its_name():
-    from ftbench.autotune.backends import get_backend
+    from ftbench.gemm.backends import get_backend
 
     assert get_backend("cublaslt").name == "cublaslt"

@@ -12,11 +12,11 @@ from dataclasses import replace
 
 import pytest
 
-from ftbench.autotune.backends import cutlass as backend
-from ftbench.autotune.backends.base import CandidateUnsupported
-from ftbench.autotune.candidate import Candidate
-from ftbench.autotune.problem import GemmProblem
 from ftbench.errors import InvalidInputError, NoGpuError
+from ftbench.gemm.backends import cutlass as backend
+from ftbench.gemm.backends.base import CandidateUnsupported
+from ftbench.gemm.candidate import Candidate
+from ftbench.gemm.problem import GemmProblem
 from ftbench.kernels import cutlass_build
 from ftbench.kernels.cutlass_build import KernelSpec
 

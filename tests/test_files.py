@@ -10,6 +10,7 @@ import pytest
 
 from ftbench import files
 from ftbench.bench.environment import capture_environment
+from ftbench.bench.results import read_results, write_results
 from ftbench.errors import InvalidInputError
 from ftbench.files import (
     check_file_target,
@@ -22,7 +23,6 @@ from ftbench.files import (
     write_json_atomic,
     write_text_atomic,
 )
-from ftbench.reports.results import read_results, write_results
 
 
 def test_atomic_write_then_read(tmp_path):

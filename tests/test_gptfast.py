@@ -15,7 +15,7 @@ from ftbench.runtime.reference import ReferenceModel
 from ftbench.runtime.weights import from_named, random_weights
 
 torch = pytest.importorskip("torch")
-gptfast = pytest.importorskip("ftbench.bench.gptfast")
+gptfast = pytest.importorskip("ftbench.modelbench.gptfast")
 
 PROMPT = 10
 DECODE_STEPS = 6

@@ -3,24 +3,20 @@
 import numpy as np
 import pytest
 
-from ftbench.bench.modelbench import (
-    Measured,
+from ftbench.errors import InvalidInputError
+from ftbench.modelbench.floors import decode_floor_ms, prefill_floor_ms
+from ftbench.modelbench.grid import (
     RunConfig,
     RunPoint,
-    decode_floor_ms,
-    failed_record,
     max_batch,
-    percentile_summary,
     point_micro_batches,
-    point_record,
-    prefill_floor_ms,
     run_grid,
     throughput_batches,
 )
-from ftbench.bench.peers import hf_config
-from ftbench.errors import InvalidInputError
+from ftbench.modelbench.peers import hf_config
+from ftbench.modelbench.records import Measured, failed_record, percentile_summary, point_record
+from ftbench.modelbench.runs import check_run_record
 from ftbench.profiles.catalog import load_builtin
-from ftbench.reports.runs import check_run_record
 from ftbench.runtime.memory import GIB, footprint
 
 GPTJ = load_builtin("gptj-6b")

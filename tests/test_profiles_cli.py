@@ -61,6 +61,32 @@ def test_show_json_for_gptj_tp2():
     assert len(summary["problems"]) == 22
 
 
+def show_json(*options):
+    result = runner.invoke(app, ["profiles", "show", "gptj-6b", *options, "--json"])
+    assert result.exit_code == 0, result.output
+    return {row["key"]: row for row in json.loads(result.stdout)["problems"]}
+
+
+def test_show_pp_counts_the_calls_of_one_stage():
+    qkv = "gemm:f16f16f16:f32:NT:m=1:n=12288:k=4096:b=1"
+    assert show_json()[qkv]["count"] == 28
+    assert show_json("--pp", "2")[qkv]["count"] == 14  # 28 layers, 14 per stage
+
+
+def test_show_beam_gives_generation_gemms_batch_x_beam_rows():
+    rows = show_json("--batch", "2", "--beam", "4")
+    assert rows["gemm:f16f16f16:f32:NT:m=8:n=12288:k=4096:b=1"]["roles"] == ["generation:qkv"]
+
+
+def test_show_beam_help_says_the_runtime_has_no_beam_search():
+    result = subprocess.run(
+        [sys.executable, "-m", "ftbench", "profiles", "show", "--help"],
+        capture_output=True, text=True, timeout=120, env={"COLUMNS": "300", "PATH": ""},
+    )  # fmt: skip
+    line = next(line for line in result.stdout.splitlines() if "--beam" in line)
+    assert "ftbench's runtime has no beam search yet" in line
+
+
 def test_show_table_lists_roles_and_shapes():
     result = runner.invoke(app, ["profiles", "show", "llama2-70b", "--tp", "8", "--unfused"])
     assert result.exit_code == 0

@@ -8,8 +8,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ftbench.autotune.problem import DATASHEET_PEAKS, GemmProblem, datasheet_peaks
 from ftbench.errors import InvalidInputError
+from ftbench.gemm.problem import DATASHEET_PEAKS, GemmProblem, datasheet_peaks
 from ftbench.profiles.catalog import load_builtin
 from ftbench.profiles.problems import deduplicate, gemm_problems, rank_shapes, valid_tp_sizes
 from ftbench.profiles.spec import Workload
@@ -298,8 +298,19 @@ def test_unknown_gpu_peaks_list_the_known_ones():
 def test_problem_round_trips_through_its_dict():
     problem = GemmProblem(7, 9, 11, "bf16", "bf16", "bf16", batch_count=3)
     data = problem.to_dict()
-    assert data["schema"] == 1
+    assert data == {
+        "schema": 1, "a_dtype": "bf16", "b_dtype": "bf16", "c_dtype": "bf16",
+        "compute_dtype": "fp32", "transa": False, "transb": True, "m": 7, "n": 9, "k": 11,
+        "batch_count": 3,
+    }  # fmt: skip
     assert GemmProblem.from_dict(data) == problem
+
+
+def test_problem_written_with_the_old_op_field_still_loads():
+    # Records written before "op" was dropped carry "op": "gemm"; their key is unchanged.
+    problem = GemmProblem.from_dict({**GemmProblem(1, 2, 3).to_dict(), "op": "gemm"})
+    assert problem == GemmProblem(1, 2, 3)
+    assert problem.key() == "gemm:f16f16f16:f32:NT:m=1:n=2:k=3:b=1"
 
 
 @pytest.mark.parametrize(
@@ -310,6 +321,7 @@ def test_problem_round_trips_through_its_dict():
         ({**GemmProblem(1, 2, 3).to_dict(), "alpha": 1}, "unknown field"),
         ({**GemmProblem(1, 2, 3).to_dict(), "m": 0}, "m must be a positive integer"),
         ({**GemmProblem(1, 2, 3).to_dict(), "a_dtype": "int8"}, "a_dtype must be one of"),
+        ({**GemmProblem(1, 2, 3).to_dict(), "op": "conv"}, "op 'conv' is not supported"),
     ],
 )
 def test_problem_from_bad_dict_is_an_error(data, message):

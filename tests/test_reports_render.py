@@ -18,10 +18,11 @@ import pytest
 from PIL import Image
 
 from ftbench.bench.environment import EnvironmentRecord
+from ftbench.bench.results import write_results
+from ftbench.modelbench.runs import run_record
 from ftbench.reports.history import add_files
-from ftbench.reports.report import write_report
-from ftbench.reports.results import write_results
-from ftbench.reports.runs import run_record
+from ftbench.reports.records import load_result_set
+from ftbench.reports.report import foundation_section, write_report
 
 RESULTS = Path(__file__).parent / "data" / "results"
 FOUNDATIONS = sorted(RESULTS.glob("foundation-*.json"))
@@ -31,7 +32,7 @@ SYNTHETIC_SPEED = {"ftbench": 1.0, "ftbench-untuned": 1.08, "hf-eager": 2.5, "hf
 
 
 def synthetic_run_file(path: Path) -> Path:
-    """SYNTHETIC model-run results (made up, not measured) in the `reports.runs` schema."""
+    """SYNTHETIC model-run results (made up, not measured) in the `modelbench.runs` schema."""
     rng = np.random.default_rng(0)
 
     def timing(median):
@@ -112,6 +113,24 @@ def test_report_of_real_results_leads_with_plots(tmp_path):
     for fact in ("NVIDIA H200", "580.159.04", "b197fa7b85bae221668d493c47bbbe430a39856c",
                  "1980 / 1980", "13.1.0"):  # fmt: skip
         assert fact in markdown and fact in page
+
+
+def renamed_l2_key(source: Path, target: Path) -> Path:
+    """`source` as this ftbench writes it: each timing's L2 mode under "l2", not "cache"."""
+    document = json.loads(source.read_text())
+    for record in document["records"]:
+        for timing in record.get("timings", {}).values():  # the Nsight Compute record has none
+            timing["l2"], timing["schema"] = timing.pop("cache"), 2
+    target.write_text(json.dumps(document))
+    return target
+
+
+def test_foundation_table_shows_the_l2_mode_of_files_old_and_new(tmp_path):
+    # FOUNDATIONS were written with the timing schema 1, which called the L2 mode "cache".
+    for path in (FOUNDATIONS[0], renamed_l2_key(FOUNDATIONS[0], tmp_path / "foundation.json")):
+        markdown = foundation_section(load_result_set(path)).markdown
+        for method in ("graph, hot", "graph, cold-rotate", "stream, cold-flush"):
+            assert method in markdown, (path, method)
 
 
 def test_run_report_of_synthetic_records(tmp_path):

@@ -12,7 +12,7 @@ from ftbench.profiles.catalog import load_builtin
 from ftbench.profiles.hf import spec_from_hf_config
 from ftbench.profiles.problems import rank_shapes, stage_layers
 from ftbench.runtime.memory import footprint
-from ftbench.runtime.model import Decoder, StepInputs, _part_of
+from ftbench.runtime.model import StepInputs
 from ftbench.runtime.pipeline import (
     MicroBatch,
     Stage,
@@ -23,6 +23,7 @@ from ftbench.runtime.pipeline import (
     stage_plan,
     tensor_group,
 )
+from ftbench.runtime.rank import micro_batch_inputs, step_micro_batches
 from ftbench.runtime.reference import ReferenceModel
 from ftbench.runtime.weights import check_shapes, random_weights, shard, stage_weights
 
@@ -60,7 +61,7 @@ def test_stages_are_contiguous_balanced_and_cover_every_layer(profile, pp, sizes
     plan = stage_plan(spec, pp)
     assert [len(layers) for layers in plan] == sizes
     assert [index for layers in plan for index in layers] == list(range(spec.num_layers))
-    # The GEMM counts of `ftbench tune --pp` are for the fullest stage.
+    # The GEMM counts of `ftbench profiles show --pp` are for the fullest stage.
     assert max(sizes) == rank_shapes(spec, 1, pp).layers_per_stage
 
 
@@ -139,26 +140,26 @@ def _prefill_step(lengths):
 
 def test_a_micro_batch_sees_its_tokens_its_sequences_and_the_steps_token_rows():
     step = _prefill_step([5, 17, 11])
-    decoder = type("Stub", (), {"micro_batches": 2})()  # what `Decoder._plan` reads
-    first, second = Decoder._plan(decoder, step, 33)
-    part = _part_of(step, second)
+    first, second = step_micro_batches(step, 2)
+    part = micro_batch_inputs(step, second)
     np.testing.assert_array_equal(part.tokens, np.arange(122, 133))
     np.testing.assert_array_equal(part.seq_ids, [2] * 11)  # rows of the whole KV cache
     np.testing.assert_array_equal(part.positions, np.arange(11))
     # Attention reads q rows cu_seqlens[b].. of the step and cache row b of rows 2..2.
     np.testing.assert_array_equal(part.cu_seqlens, [22, 33])
     np.testing.assert_array_equal(part.lengths, [11])
-    assert part.max_q_len == 11 and _part_of(step, first).max_q_len == 17
+    assert part.max_q_len == 11 and micro_batch_inputs(step, first).max_q_len == 17
     # The views share the step's memory: nothing is copied, so a captured graph stays valid.
     assert np.shares_memory(part.tokens, step.tokens)
-    whole = type("Stub", (), {"micro_batches": 1})()
-    assert Decoder._plan(whole, step, 33) == [MicroBatch(range(3), range(33), 17)]
+    assert step_micro_batches(step, 1) == [MicroBatch(range(3), range(33), 17)]
     with pytest.raises(InvalidInputError, match="host_cu_seqlens"):
-        Decoder._plan(decoder, dataclasses.replace(step, host_cu_seqlens=None), 33)
-    decode = dataclasses.replace(step, decode=True, cu_seqlens=np.arange(4, dtype=np.int32))
-    assert [p.sequences for p in Decoder._plan(decoder, decode, 3)] == [range(2), range(2, 3)]
+        step_micro_batches(dataclasses.replace(step, host_cu_seqlens=None), 2)
+    decode = dataclasses.replace(
+        step, decode=True, tokens=step.tokens[:3], cu_seqlens=np.arange(4, dtype=np.int32)
+    )
+    assert [p.sequences for p in step_micro_batches(decode, 2)] == [range(2), range(2, 3)]
     with pytest.raises(InvalidInputError, match="4 micro-batches need at least 4 sequences"):
-        Decoder._plan(type("Stub", (), {"micro_batches": 4})(), step, 33)
+        step_micro_batches(step, 4)
 
 
 def test_stage_weights_hold_only_their_stage():

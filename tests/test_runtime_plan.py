@@ -5,11 +5,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ftbench.autotune.cache import CacheHeader, TunedCache
-from ftbench.autotune.problem import GemmProblem
 from ftbench.errors import InvalidInputError
-from ftbench.kernels import gemm as gemm_module
-from ftbench.kernels.gemm import GemmDispatch
+from ftbench.gemm import dispatch as gemm_module
+from ftbench.gemm.cache import CacheHeader, TunedCache
+from ftbench.gemm.dispatch import GemmDispatch
+from ftbench.gemm.problem import GemmProblem
 from ftbench.profiles.catalog import load_builtin
 from ftbench.runtime.generate import Sampling, _generated_lengths, unpad
 from ftbench.runtime.memory import GIB, RESERVE_BYTES, check_fits, footprint
@@ -78,7 +78,7 @@ class _NumpyBackend:
         self.prepared = []
 
     def default(self, problem):
-        from ftbench.autotune.candidate import Candidate
+        from ftbench.gemm.candidate import Candidate
 
         return Candidate(self.name, "default", {"algo": -1})
 

@@ -17,7 +17,6 @@ from ftbench.runtime.weights import (
     check_shapes,
     from_state_dict,
     load_hf_weights,
-    numpy_dtype,
     random_weights,
     shard,
     vocabulary_start,
@@ -331,17 +330,6 @@ def test_random_weights_have_the_spec_shapes_and_one_dtype(config):
 def test_astype_keeps_a_tied_lm_head_tied():
     weights = random_weights(_spec(GPT2), np.float32).astype("fp64")
     assert weights.dtype == np.float64 and weights.tied_lm_head
-
-
-def test_dtype_names():
-    assert numpy_dtype("fp16") == np.float16 and numpy_dtype(np.float64) == np.float64
-    with pytest.raises(InvalidInputError, match="unknown dtype"):
-        numpy_dtype("fp7")
-
-
-def test_bf16_arrays_use_ml_dtypes():
-    ml_dtypes = pytest.importorskip("ml_dtypes")
-    assert numpy_dtype("bf16") == np.dtype(ml_dtypes.bfloat16)
 
 
 # --- tensor parallelism ----------------------------------------------------------------------

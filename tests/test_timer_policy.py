@@ -1,4 +1,4 @@
-"""The GPU-free parts of the timing core: cache planning, batching and the stopping rule."""
+"""The GPU-free parts of the timing core: L2 planning, batching and the stopping rule."""
 
 import itertools
 
@@ -8,7 +8,7 @@ import pytest
 from ftbench.bench.stats import summarize
 from ftbench.bench.timer import (
     TimingPolicy,
-    choose_cache_mode,
+    choose_l2_mode,
     cold_input_sets,
     launches_per_sample,
     sample_until_stable,
@@ -28,16 +28,16 @@ def test_cold_sets_for_small_inputs_cover_twice_l2():
     assert (sets - 2) * 8 * MiB < 2 * 50 * MiB
 
 
-def test_cache_mode_rotates_only_when_the_sets_evict_each_other():
-    assert choose_cache_mode("hot", 1, 0, 50 * MiB) == "hot"
-    assert choose_cache_mode("cold", 2, 128 * MiB, 50 * MiB) == "cold-rotate"
-    assert choose_cache_mode("cold", 2, 8 * MiB, 50 * MiB) == "cold-flush"
-    assert choose_cache_mode("cold", 1, 0, 50 * MiB) == "cold-flush"
+def test_l2_mode_rotates_only_when_the_sets_evict_each_other():
+    assert choose_l2_mode("hot", 1, 0, 50 * MiB) == "hot"
+    assert choose_l2_mode("cold", 2, 128 * MiB, 50 * MiB) == "cold-rotate"
+    assert choose_l2_mode("cold", 2, 8 * MiB, 50 * MiB) == "cold-flush"
+    assert choose_l2_mode("cold", 1, 0, 50 * MiB) == "cold-flush"
 
 
-def test_unknown_cache_mode_is_an_error():
+def test_unknown_l2_mode_is_an_error():
     with pytest.raises(InvalidInputError, match="hot' or 'cold"):
-        choose_cache_mode("warm", 1, 0, 50 * MiB)
+        choose_l2_mode("warm", 1, 0, 50 * MiB)
 
 
 def test_launches_per_sample_fills_the_sample_time():

@@ -2,20 +2,23 @@
 
 import json
 import warnings
+from pathlib import Path
 
 import pytest
 
-from ftbench.autotune.cache import (
+from ftbench.autotune.sweep import sweep_problems
+from ftbench.bench.results import read_results
+from ftbench.errors import InvalidInputError
+from ftbench.gemm.cache import (
     CacheHeader,
     TunedCache,
+    default_cache_path,
     load_cache,
     merge_caches,
+    open_tuned_cache,
     prune_cache,
 )
-from ftbench.autotune.problem import GemmProblem
-from ftbench.autotune.sweep import sweep_problems
-from ftbench.errors import InvalidInputError
-from ftbench.reports.results import read_results
+from ftbench.gemm.problem import GemmProblem
 from tune_fakes import entry, fake_environment, outcome
 
 PROBLEMS = [GemmProblem(m=m, n=4096, k=4096) for m in (1, 8, 64, 256)]
@@ -32,29 +35,62 @@ def cache_with(*entries, header=HEADER):
 def test_round_trip(tmp_path):
     cache = cache_with(*(entry(p) for p in PROBLEMS))
     path = cache.save(tmp_path / "tuned.json")
-    again = load_cache(path, running=HEADER)
+    again = load_cache(path)
     assert again.entries == cache.entries
     assert again.header == cache.header
-    assert again.ignored_reason is None
 
 
-def test_lookup_hits_and_counts_misses():
+def test_a_cache_written_with_the_old_op_field_loads_and_its_keys_still_match():
+    # tests/data/results/tune-cache.json was written when every problem carried "op": "gemm".
+    path = Path(__file__).parent / "data" / "results" / "tune-cache.json"
+    assert '"op":"gemm"' in path.read_text()
+    cache = load_cache(path)
+    assert cache.lookup(GemmProblem(m=128, n=4096, k=4096)).winner.backend == "cublaslt"
+    assert len(cache.entries) == 6
+
+
+def test_a_saved_cache_writes_no_op_field(tmp_path):
+    path = cache_with(entry(PROBLEMS[0])).save(tmp_path / "tuned.json")
+    assert '"op"' not in path.read_text()
+
+
+def test_lookup_finds_the_tuned_entry_of_a_problem():
     cache = cache_with(entry(PROBLEMS[0], winner_ms=0.8, default_ms=1.0))
     found = cache.lookup(PROBLEMS[0])
     assert found.winner.config == {"algo": 5}
     assert found.speedup == pytest.approx(1.25)
     assert cache.lookup(PROBLEMS[1]) is None
-    assert (cache.hits, cache.misses) == (1, 1)
 
 
-def test_other_gpu_or_library_is_ignored_with_a_warning(tmp_path):
+def test_a_cache_of_the_running_gpu_is_opened_with_its_entries(tmp_path):
     path = cache_with(entry(PROBLEMS[0])).save(tmp_path / "tuned.json")
-    running = CacheHeader.from_environment(fake_environment(cublas="13.2.0"))
-    with pytest.warns(UserWarning, match="cublas: file 13.1.0, running 13.2.0"):
-        cache = load_cache(path, running=running)
-    assert cache.entries == {}
-    assert "tuned elsewhere" in cache.ignored_reason
-    assert cache.lookup(PROBLEMS[0]) is None
+    choice = open_tuned_cache(path, fake_environment())
+    assert set(choice.cache.entries) == {PROBLEMS[0].key()}
+    assert (choice.path, choice.note) == (str(path), None)
+    assert choice.to_dict() == {"path": str(path), "entries": 1, "note": None}
+
+
+def test_a_cache_of_another_library_is_not_used_and_the_note_says_why(tmp_path):
+    path = cache_with(entry(PROBLEMS[0])).save(tmp_path / "tuned.json")
+    choice = open_tuned_cache(path, fake_environment(cublas="13.2.0"))
+    assert choice.cache is None
+    assert "tuned elsewhere" in choice.note and "cublas: file 13.1.0, running 13.2.0" in choice.note
+
+
+def test_without_a_path_the_default_cache_of_the_gpu_is_opened(tmp_path, monkeypatch):
+    monkeypatch.setenv("FTBENCH_CACHE_DIR", str(tmp_path))
+    missing = open_tuned_cache(None, fake_environment())
+    assert missing.cache is None
+    assert str(default_cache_path("NVIDIA H200")) in missing.note
+    cache_with(entry(PROBLEMS[0])).save(default_cache_path("NVIDIA H200"))
+    found = open_tuned_cache(None, fake_environment())
+    assert found.path == str(tmp_path / "tuned" / "nvidia-h200.json")
+    assert len(found.cache.entries) == 1
+
+
+def test_a_missing_cache_file_given_by_name_is_an_error(tmp_path):
+    with pytest.raises(InvalidInputError, match="no such file"):
+        open_tuned_cache(tmp_path / "nope.json", fake_environment())
 
 
 def test_inspection_without_a_gpu_loads_as_is(tmp_path):
@@ -211,7 +247,7 @@ def test_budget_is_shared_out_over_the_problems(tmp_path):
 
 
 def test_a_winner_must_clear_the_intervals_and_the_minimum_gain():
-    from ftbench.autotune.cache import TimeSummary
+    from ftbench.gemm.cache import TimeSummary
 
     default = TimeSummary(1.000, 0.998, 1.002, 0.002)
     tight_but_tiny = TimeSummary(0.995, 0.994, 0.996, 0.001)
@@ -253,7 +289,7 @@ class _ConfirmingTuner:
 )  # fmt: skip
 def test_a_winner_is_confirmed_against_the_default_in_every_round(monkeypatch, medians, winner):
     from ftbench.autotune import sweep
-    from ftbench.autotune.candidate import Candidate
+    from ftbench.gemm.candidate import Candidate
 
     class Backend:
         def prepare(self, candidate, problem):

@@ -7,11 +7,11 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from ftbench.autotune.cache import CacheHeader, TunedCache, load_cache
 from ftbench.autotune.plan import parse_duration
-from ftbench.autotune.problem import GemmProblem
 from ftbench.cli import app
 from ftbench.errors import InvalidInputError
+from ftbench.gemm.cache import CacheHeader, TunedCache, load_cache
+from ftbench.gemm.problem import GemmProblem
 from tune_fakes import entry, fake_environment
 
 runner = CliRunner()
@@ -206,6 +206,14 @@ def test_dry_run_checks_the_options_a_real_run_checks(options, message):
     result = runner.invoke(app, ["tune", "--profile", "gpt2-124m", *options, "--dry-run"])
     assert isinstance(result.exception, InvalidInputError), result.output
     assert message in str(result.exception)
+
+
+@pytest.mark.parametrize("option", ["--pp", "--beam"])
+def test_tune_has_no_option_that_changes_nothing_tuned(option):
+    # Pipeline stages run the same shapes as one GPU, and the runtime has no beam search.
+    result = runner.invoke(app, ["tune", "--profile", "gpt2-124m", option, "2", "--dry-run"])
+    assert result.exit_code == 2
+    assert f"No such option: {option}" in result.output
 
 
 def test_help_shows_the_default_cache_path_whole():

@@ -1,10 +1,10 @@
 """Fakes for testing the tuner's bookkeeping without a GPU."""
 
-from ftbench.autotune.cache import TimeSummary, TunedEntry
-from ftbench.autotune.candidate import Candidate
-from ftbench.autotune.problem import GemmProblem
 from ftbench.autotune.sweep import ProblemOutcome
 from ftbench.bench.environment import EnvironmentRecord, GpuInfo
+from ftbench.gemm.cache import TimeSummary, TunedEntry
+from ftbench.gemm.candidate import Candidate
+from ftbench.gemm.problem import GemmProblem
 
 
 def fake_environment(gpu_name="NVIDIA H200", cublas="13.1.0") -> EnvironmentRecord:

@@ -16,13 +16,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from ftbench.errors import FtbenchError, InvalidInputError
+from ftbench.modelbench.runs import COMPARE_NAMES
 from ftbench.profiles.spec import MAX_SIZE  # a batch or a length above it is a typo
 from ftbench.runtime.parallel import DEFAULT_TIMEOUT_S
+from ftbench.runtime.sharded import STORED_DTYPES
 
 ALLREDUCE_METHODS = ("nccl", "one-shot")
 L2_MODES = ("cold", "hot")
 MAX_AGE_DAYS = 36500  # a century: any older cache entry is older than CUDA
-CONVERT_DTYPES = ("fp16", "bf16", "fp32")
 EXIT_CODES = (
     "Exit codes: 0: success; 1: a command's own verdict (`compare`: a significant regression; "
     "`cache validate`: tuned elsewhere); 2: bad input, or a failure ftbench explains; 3: an "
@@ -162,7 +163,9 @@ def _warn(message: str | None) -> None:
         )
 
 
-def _workload(batch: str, input_len: str, output_len: str, dtype: str, tp: int, pp: int, beam: int):
+def _workload(
+    batch: str, input_len: str, output_len: str, dtype: str, tp: int, pp: int = 1, beam: int = 1
+):
     """A `Workload` from the comma-list options shared by `profiles show`, `tune` and `run`."""
     from ftbench.profiles.spec import DTYPES, Workload
 
@@ -257,7 +260,12 @@ def profiles_show_command(
         ),
     ] = "128",
     beam: Annotated[
-        int, typer.Option("--beam", help="Beam width; generation GEMMs have batch x beam rows.")
+        int,
+        typer.Option(
+            "--beam",
+            help="Beam width: show the shapes a beam-search runtime would issue (generation "
+            "GEMMs of batch x beam rows). ftbench's runtime has no beam search yet.",
+        ),
     ] = 1,
     dtype: Annotated[
         str, typer.Option("--dtype", help="Activation and weight dtype: fp16 or bf16.")
@@ -280,7 +288,7 @@ def profiles_show_command(
     from rich import box
     from rich.table import Table
 
-    from ftbench.autotune.problem import datasheet_peaks
+    from ftbench.gemm.problem import datasheet_peaks
     from ftbench.profiles.catalog import load_profile
     from ftbench.profiles.problems import positions_warning
     from ftbench.profiles.summary import problem_summary
@@ -342,7 +350,6 @@ def tune_command(
     tp: Annotated[
         int, typer.Option("--tp", help="Tensor-parallel size: tune per-rank shapes.")
     ] = 1,
-    pp: Annotated[int, typer.Option("--pp", help="Pipeline-parallel size.")] = 1,
     batch: Annotated[str, typer.Option("--batch", help="Batch sizes, comma-separated.")] = "1",
     input_len: Annotated[
         str, typer.Option("--input-len", help="Input lengths, comma-separated (context GEMMs).")
@@ -350,7 +357,6 @@ def tune_command(
     output_len: Annotated[
         str, typer.Option("--output-len", help="Output lengths; 1 means no generation GEMMs.")
     ] = "128",
-    beam: Annotated[int, typer.Option("--beam", help="Beam width of generation steps.")] = 1,
     backends: Annotated[str, typer.Option("--backends", help=BACKENDS_HELP)] = (
         "cublas,cublaslt,cutlass,ftbench"
     ),
@@ -408,16 +414,19 @@ def tune_command(
 
     Each candidate is verified against an fp32 reference, then timed (cold L2 by default); a
     candidate replaces the cuBLAS default only when faster beyond the noise. The cache is saved
-    after every problem: an interrupted sweep resumes where it stopped when run again.
+    after every problem: an interrupted sweep resumes where it stopped when run again. Shapes are
+    per tensor-parallel rank; every pipeline stage runs the same shapes, so one cache serves any
+    `run --pp`.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from ftbench.autotune.plan import candidate_counts, default_cache_path, tuning_problems
+    from ftbench.autotune.plan import candidate_counts, tuning_problems
     from ftbench.autotune.sweep import check_sweep_outputs, run_sweep
+    from ftbench.gemm.cache import default_cache_path
     from ftbench.profiles.problems import positions_warning
 
     spec = _spec(profile, config)
-    workload = _workload(batch, input_len, output_len, dtype, tp, pp, beam)
+    workload = _workload(batch, input_len, output_len, dtype, tp)
     _warn(positions_warning(spec, workload.input_lens, workload.output_lens))
     options = _sweep_options(backends, budget, l2)
     names = list(options.backends)
@@ -464,10 +473,10 @@ def tune_command(
 
 def _sweep_options(backends: str, budget: str | None, l2: str):
     """The `SweepOptions` of `tune --backends --budget --l2`, checked (for --dry-run too)."""
-    from ftbench.autotune.backends import get_backend
-    from ftbench.autotune.candidate import BACKEND_NAMES
     from ftbench.autotune.plan import parse_duration
     from ftbench.autotune.sweep import SweepOptions
+    from ftbench.gemm.backends import get_backend
+    from ftbench.gemm.candidate import BACKEND_NAMES
 
     names = _names(backends)
     if not names:
@@ -480,7 +489,7 @@ def _sweep_options(backends: str, budget: str | None, l2: str):
     budget_s = None if budget is None else parse_duration(budget)
     if budget_s is not None and budget_s <= 0:
         raise InvalidInputError(f"--budget must be more than zero, got {budget!r}")
-    return SweepOptions(backends=tuple(names), cache=l2, budget_s=budget_s)
+    return SweepOptions(backends=tuple(names), l2=l2, budget_s=budget_s)
 
 
 def _check_unique(values: list, option: str) -> None:
@@ -492,7 +501,7 @@ def _check_unique(values: list, option: str) -> None:
 
 def _prebuild_cutlass(progress, dtype: str) -> None:
     """Compile (or find cached) this GPU's CUTLASS kernels for `dtype` before any timing."""
-    from ftbench.autotune.backends.cutlass import prebuild
+    from ftbench.gemm.backends.cutlass import prebuild
 
     try:
         built = prebuild(progress=progress, elements=(dtype,))
@@ -552,7 +561,7 @@ def cache_show_command(
     ),
 ) -> None:
     """Show a cache's header and every tuned problem."""
-    from ftbench.autotune.cache import load_cache
+    from ftbench.gemm.cache import load_cache
 
     cache = load_cache(path)
     if as_json:
@@ -576,8 +585,8 @@ def cache_validate_command(
 
     Exit code 0: valid (and matching); 1: valid but tuned elsewhere; 2: not a valid cache.
     """
-    from ftbench.autotune.cache import CacheHeader, load_cache
     from ftbench.bench.environment import capture_environment
+    from ftbench.gemm.cache import CacheHeader, load_cache
 
     cache = load_cache(path)
     environment = capture_environment()
@@ -604,8 +613,8 @@ def cache_merge_command(
     OUT may be one of the INPUTS (merged into); any other existing file is replaced only with
     --force.
     """
-    from ftbench.autotune.cache import load_cache, merge_caches
     from ftbench.files import check_file_target
+    from ftbench.gemm.cache import load_cache, merge_caches
 
     check_file_target(out, "a merged cache", force, inputs=inputs)
     merged = merge_caches({str(path): load_cache(path) for path in inputs})
@@ -646,8 +655,8 @@ def cache_prune_command(
     """Drop entries that no longer pay (speed-up below a threshold) or are too old."""
     from datetime import datetime, timedelta, timezone
 
-    from ftbench.autotune.cache import check_min_speedup, load_cache, prune_cache
     from ftbench.files import check_file_target
+    from ftbench.gemm.cache import check_min_speedup, load_cache, prune_cache
 
     target = out or path
     check_file_target(target, "a pruned cache", force, inputs=[path])
@@ -796,12 +805,6 @@ def dashboard_command(
     console.print(f"wrote {page}")
 
 
-COMPARE_ENGINES = {
-    "untuned": "ftbench-untuned", "hf": "hf-eager", "hf-compile": "hf-compile",
-    "gpt-fast": "gpt-fast",
-}  # fmt: skip
-
-
 def _choices(values: tuple[str, ...]) -> str:
     """("a", "b", "c") -> "a, b or c"."""
     return ", ".join(values[:-1]) + " or " + values[-1]
@@ -822,7 +825,7 @@ def convert_command(
     ],
     tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel size to shard for.")] = 1,
     dtype: Annotated[
-        str, typer.Option("--dtype", help=f"Stored dtype: {_choices(CONVERT_DTYPES)}.")
+        str, typer.Option("--dtype", help=f"Stored dtype: {_choices(STORED_DTYPES)}.")
     ] = "fp16",
     force: Annotated[
         bool, typer.Option("--force", help="Let OUT be a folder that holds other files.")
@@ -836,8 +839,8 @@ def convert_command(
     from ftbench.runtime.sharded import check_output, save_sharded
     from ftbench.runtime.weights import load_hf_weights
 
-    if dtype not in CONVERT_DTYPES:
-        raise InvalidInputError(f"--dtype must be {_choices(CONVERT_DTYPES)}, got {dtype!r}")
+    if dtype not in STORED_DTYPES:
+        raise InvalidInputError(f"--dtype must be {_choices(STORED_DTYPES)}, got {dtype!r}")
     spec = spec_from_hf_config(checkpoint / "config.json")
     check_output(checkpoint, out, spec, tp, force)
     weights = load_hf_weights(checkpoint, spec, dtype)
@@ -956,28 +959,28 @@ def run_command(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from ftbench.autotune.plan import default_cache_path
     from ftbench.bench.environment import capture_environment
-    from ftbench.bench.modelbench import (
+    from ftbench.bench.results import write_results
+    from ftbench.gemm.cache import UNTUNED, open_tuned_cache
+    from ftbench.modelbench.engine import run_benchmark
+    from ftbench.modelbench.grid import (
         RunConfig,
         RunPoint,
-        check_run_outputs,
         free_memory_for_runs,
         max_batch,
-        run_benchmark,
         run_grid,
         throughput_batches,
     )
+    from ftbench.modelbench.tables import check_run_outputs
     from ftbench.profiles.problems import positions_warning
-    from ftbench.reports.results import write_results
     from ftbench.runtime import launch
 
     spec = _spec(profile, config)
     if tp < 1 or pp < 1:
         raise InvalidInputError(f"--tp and --pp must be at least 1, got {tp} and {pp}")
-    unknown = [name for name in _names(compare) if name not in COMPARE_ENGINES]
+    unknown = [name for name in _names(compare) if name not in COMPARE_NAMES]
     if unknown:
-        raise InvalidInputError(f"--compare: unknown {unknown}; use {', '.join(COMPARE_ENGINES)}")
+        raise InvalidInputError(f"--compare: unknown {unknown}; use {', '.join(COMPARE_NAMES)}")
     if tp * pp > 1 and compare:
         raise InvalidInputError("--compare runs peers on one GPU: use it with --tp 1 --pp 1")
     if allreduce not in ALLREDUCE_METHODS:
@@ -986,7 +989,7 @@ def run_command(
     _warn(positions_warning(spec, inputs, outputs))
     # --max-throughput finds its batches on the GPU, from --micro-batches (or 1) up
     batches = [micro_batches or 1] if max_throughput else _int_list(batch, "--batch")
-    engines = ("ftbench", *(COMPARE_ENGINES[name] for name in _names(compare)))
+    engines = ("ftbench", *(COMPARE_NAMES[name] for name in _names(compare)))
     # every option checked here, before a rank is started or a GPU looked for
     run = RunConfig(
         spec, dtype, tuple(run_grid(batches, inputs, outputs)), engines,
@@ -1013,10 +1016,12 @@ def run_command(
     environment = capture_environment()
     if not environment.gpus:
         raise InvalidInputError(f"ftbench run needs a GPU: {environment.no_gpu_reason}")
-    if tuned is None and default_cache_path(environment.gpus[0].name).exists():
-        run = dataclasses.replace(
-            run, tuned_cache=str(default_cache_path(environment.gpus[0].name))
-        )
+    choice = open_tuned_cache(run.tuned_cache, environment) if "ftbench" in engines else UNTUNED
+    if "ftbench" in engines:
+        console.print(
+            f"tuned cache: {choice.note}" if choice.cache is None
+            else f"tuned cache: {choice.path} ({len(choice.cache.entries)} problems)"
+        )  # fmt: skip
     if max_throughput:
         free = free_memory_for_runs()
         points = [
@@ -1034,7 +1039,7 @@ def run_command(
     records: list[dict] = []
     if info.launcher != "single":
         launch.run_rank(
-            lambda info, world: _run_as_rank(run, info, world, out, environment, allreduce),
+            lambda info, world: _run_as_rank(run, info, world, out, environment, allreduce, choice),
             timeout,
         )
         return
@@ -1052,14 +1057,14 @@ def run_command(
             write_results(out, "run", records, environment)
             progress.advance(task)
 
-        run_benchmark(run, on_record, on_point)
+        run_benchmark(run, on_record, on_point, tuned=choice)
     _finish_run(records, out)
 
 
-def _run_as_rank(run, info, world, out: Path, environment, allreduce: str) -> None:
+def _run_as_rank(run, info, world, out: Path, environment, allreduce: str, tuned) -> None:
     """One rank of a tp x pp `ftbench run`: join the stage's groups, measure; rank 0 writes."""
-    from ftbench.bench.modelbench import Ranks, run_benchmark
-    from ftbench.reports.results import write_results
+    from ftbench.bench.results import write_results
+    from ftbench.modelbench.engine import Ranks, run_benchmark
     from ftbench.runtime.ipc import IpcCommunicator
     from ftbench.runtime.launch import connect_groups
     from ftbench.runtime.pipeline import Stage, rank_place, stage_plan
@@ -1081,7 +1086,7 @@ def _run_as_rank(run, info, world, out: Path, environment, allreduce: str) -> No
                 write_results(out, "run", records, environment)
                 console.print(f"measured {len(records)} point(s)")
 
-        run_benchmark(run, on_record, ranks=ranks)
+        run_benchmark(run, on_record, ranks=ranks, tuned=tuned)
     except BaseException:
         for comm in (one_shot, *groups):
             if comm is not None:
@@ -1096,8 +1101,8 @@ def _run_as_rank(run, info, world, out: Path, environment, allreduce: str) -> No
 
 
 def _finish_run(records: list[dict], out: Path) -> None:
-    from ftbench.bench.modelbench import run_table
     from ftbench.files import write_text_atomic
+    from ftbench.modelbench.tables import run_table
 
     table = run_table(records)
     write_text_atomic(out.with_suffix(".csv"), table.to_csv(index=False))
@@ -1110,7 +1115,7 @@ def _names(text: str) -> list[str]:
 
 
 def _print_run_table(table) -> None:
-    from ftbench.bench.modelbench import RUN_COLUMNS
+    from ftbench.modelbench.tables import RUN_COLUMNS
 
     rich_table = Table(box=box.SIMPLE_HEAD)
     for header in RUN_COLUMNS.values():

@@ -15,6 +15,7 @@ from ftbench.runtime.generate import Generator
 from ftbench.runtime.ipc import NCCL, ONE_SHOT, IpcCommunicator, local_group
 from ftbench.runtime.model import Decoder
 from ftbench.runtime.parallel import CollectiveTimeoutError
+from ftbench.runtime.rank import RankDecoder
 from ftbench.runtime.weights import random_weights
 
 pytestmark = pytest.mark.gpu
@@ -123,7 +124,7 @@ def test_world_size_one_one_shot_runs_inside_the_decode_graph():
     prompts = [np.arange(1, 8), np.arange(3, 15)]
     plain = Generator(Decoder(tiny, weights, max_batch=4, max_seq_len=64)).generate(prompts, 20)
     comm = IpcCommunicator(connect(RankInfo(0, 1, 0, "single"), timeout_s=30.0))
-    generator = Generator(Decoder(tiny, weights, max_batch=4, max_seq_len=64, comm=comm))
+    generator = Generator(RankDecoder(tiny, weights, max_batch=4, max_seq_len=64, comm=comm))
     with_comm = generator.generate(prompts, 20)
     np.testing.assert_array_equal(plain.tokens, with_comm.tokens)
     assert any(key[0] == "generate" for key in generator._graphs)

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.gpu
 def test_gemm_ex_matches_float64(m, n, k, algo):
     import cupy
 
-    from ftbench.kernels.cublas import gemm_ex
+    from ftbench.gemm.backends.cublas import gemm_ex
 
     rng = np.random.default_rng()
     x = rng.standard_normal((m, k)).astype(np.float16)

@@ -5,15 +5,16 @@ import json
 
 import pytest
 
-from ftbench.autotune.backends.cublaslt import (
+from ftbench.dtypes import DTYPES
+from ftbench.gemm.backends.cublaslt import (
     AlgoConfig,
     CublasLtBackend,
     decode_algo,
     heuristic,
 )
-from ftbench.autotune.candidate import Candidate
-from ftbench.autotune.operands import TOLERANCE, make_operands, relative_error
-from ftbench.autotune.problem import GemmProblem
+from ftbench.gemm.candidate import Candidate
+from ftbench.gemm.operands import make_operands, relative_error
+from ftbench.gemm.problem import GemmProblem
 
 pytestmark = pytest.mark.gpu
 
@@ -79,7 +80,7 @@ def test_every_candidate_matches_the_reference(backend, candidates_of, problem_i
     errors = {
         c.name: error_of(problem, backend.prepare(c, problem)) for c in candidates_of(problem)
     }
-    tolerance = TOLERANCE[problem.c_dtype]
+    tolerance = DTYPES[problem.c_dtype].gemm_tolerance
     wrong = {name: error for name, error in errors.items() if not error < tolerance}
     assert not wrong, f"{len(wrong)} of {len(errors)} candidates are wrong: {wrong}"
 
@@ -117,7 +118,7 @@ def test_a_stored_candidate_replays_the_same_algorithm_in_a_fresh_backend(
     runner = CublasLtBackend().prepare(replayed, problem)
     assert runner.algo.tobytes() == backend.prepare(original, problem).algo.tobytes()
     assert decode_algo(runner.algo) == AlgoConfig.from_config(original.config)
-    assert error_of(problem, runner) < TOLERANCE["fp16"]
+    assert error_of(problem, runner) < DTYPES["fp16"].gemm_tolerance
 
 
 @pytest.mark.parametrize("problem_id", ["decode-16x12288x4096", "batched-NT-128x128x64x32"])
@@ -144,7 +145,7 @@ def test_every_candidate_is_right_when_replayed_from_a_captured_graph(
             graph.launch(stream)
             stream.synchronize()
             error = relative_error(problem, a, b, c)
-            if not error < TOLERANCE["fp16"]:
+            if not error < DTYPES["fp16"].gemm_tolerance:
                 wrong[candidate.name] = error
     assert not wrong, f"wrong after graph replay: {wrong}"
 
@@ -169,7 +170,7 @@ def test_time_launch_times_a_runner_as_a_cuda_graph(backend, candidates_of, whic
 
 
 def test_unknown_algorithm_id_is_unsupported(backend):
-    from ftbench.autotune.backends.base import CandidateUnsupported
+    from ftbench.gemm.backends.base import CandidateUnsupported
 
     problem = PROBLEMS["odd-7x65x136"]
     candidate = Candidate("cublaslt", "bogus", AlgoConfig(id=100_000).to_config())

@@ -8,11 +8,12 @@ from dataclasses import replace
 
 import pytest
 
-from ftbench.autotune.backends.base import CandidateUnsupported
-from ftbench.autotune.backends.cutlass import BACKEND, gpu_build_arch
-from ftbench.autotune.candidate import Candidate
-from ftbench.autotune.operands import TOLERANCE, make_operands, relative_error
-from ftbench.autotune.problem import GemmProblem
+from ftbench.dtypes import DTYPES
+from ftbench.gemm.backends.base import CandidateUnsupported
+from ftbench.gemm.backends.cutlass import BACKEND, gpu_build_arch
+from ftbench.gemm.candidate import Candidate
+from ftbench.gemm.operands import make_operands, relative_error
+from ftbench.gemm.problem import GemmProblem
 from ftbench.kernels import cutlass_build
 
 pytestmark = pytest.mark.gpu
@@ -56,7 +57,7 @@ def test_kernel_matches_the_fp32_reference(spec, problem):
     ((a, b, c),) = make_operands(problem)  # C starts as NaN: unwritten outputs fail
     cupy.cuda.get_current_stream().synchronize()
     runner(a, b, c)
-    assert relative_error(problem, a, b, c) < TOLERANCE[spec.element]
+    assert relative_error(problem, a, b, c) < DTYPES[spec.element].gemm_tolerance
 
 
 @pytest.mark.parametrize("spec", ALL_SPECS[:1] + cutlass_build.kernels_for(90, ("bf16",))[:1])

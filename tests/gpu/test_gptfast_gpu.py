@@ -23,7 +23,7 @@ BATCH, PROMPT, MAX_SEQ_LEN = 2, 16, 48
 def setup():
     import cupy
 
-    from ftbench.bench.gptfast import GptFastPeer, StaticCacheDecoder, torch_weights
+    from ftbench.modelbench.gptfast import GptFastPeer, StaticCacheDecoder, torch_weights
 
     weights = random_weights(TINY, "fp16", seed=0, xp=cupy)
     peer = GptFastPeer(TINY, weights)
@@ -40,7 +40,7 @@ def _prompts(length, seed=0):
 def test_compiled_decode_steps_match_eager(setup):
     import torch
 
-    from ftbench.bench.gptfast import decode_one_token, prefill
+    from ftbench.modelbench.gptfast import decode_one_token, prefill
 
     peer, eager, compile_s = setup
     assert compile_s > 0

@@ -14,6 +14,7 @@ from ftbench.profiles.catalog import load_builtin
 from ftbench.runtime.generate import Generator
 from ftbench.runtime.launch import visible_gpus
 from ftbench.runtime.model import Decoder
+from ftbench.runtime.rank import RankDecoder
 from ftbench.runtime.tpcheck import (
     CASES,
     MICRO_BATCH_SIZES,
@@ -134,7 +135,7 @@ def test_nccl_collectives_run_inside_the_decode_graph():
     prompts = [np.arange(1, 8), np.arange(3, 15)]
     plain = Generator(Decoder(TINY, weights, max_batch=4, max_seq_len=64)).generate(prompts, 20)
     comm = _nccl_one_rank()
-    decoder = Decoder(TINY, weights, max_batch=4, max_seq_len=64, comm=comm)
+    decoder = RankDecoder(TINY, weights, max_batch=4, max_seq_len=64, comm=comm)
     generator = Generator(decoder)
     with_comm = generator.generate(prompts, 20)
     np.testing.assert_array_equal(plain.tokens, with_comm.tokens)

@@ -9,6 +9,7 @@ from ftbench.errors import InvalidInputError
 from ftbench.profiles.catalog import load_builtin
 from ftbench.runtime.generate import Generator, Sampling
 from ftbench.runtime.model import Decoder
+from ftbench.runtime.rank import make_decoder
 from ftbench.runtime.weights import random_weights
 
 pytestmark = pytest.mark.gpu
@@ -23,7 +24,7 @@ def _generator(use_graph=True, max_batch=4, max_seq_len=64, micro_batches=1):
     import cupy
 
     weights = random_weights(TINY, "fp16", seed=3, xp=cupy)
-    decoder = Decoder(
+    decoder = make_decoder(
         TINY, weights, max_batch=max_batch, max_seq_len=max_seq_len, micro_batches=micro_batches
     )
     return Generator(decoder, use_graph=use_graph)
@@ -131,10 +132,8 @@ def _breakdown_of_a_step(generator):
 
 
 def test_breakdown_times_each_operation_of_a_decode_step_in_its_graph():
-    from ftbench.kernels import decoder as decoder_kernels
-
     generator = _generator()
-    embed = decoder_kernels.embed
+    ops = generator.decoder.ops
     parts, whole_ms, names = _breakdown_of_a_step(generator)
     # embedding and the first norm; one layer's period (QKV to the next layer's norm); LM head
     assert names == [
@@ -144,7 +143,7 @@ def test_breakdown_times_each_operation_of_a_decode_step_in_its_graph():
     assert [part.per_step for part in parts] == [1, 1] + [TINY.num_layers] * 9 + [1]
     assert all(part.step_ms > 0 and part.roofline_fraction > 0 for part in parts)
     assert sum(part.step_ms for part in parts) == pytest.approx(whole_ms)
-    assert decoder_kernels.embed is embed  # the launchers are put back
+    assert generator.decoder.ops is ops  # the decoder's own operations are put back
     # the generator still works after the recording
     assert generator.generate(_prompts(), 4).tokens.shape == (3, 4)
 

@@ -1,4 +1,4 @@
-"""The timing core on a real GPU: batching, cache modes, fallbacks and sanity of the numbers."""
+"""The timing core on a real GPU: batching, L2 modes, fallbacks and sanity of the numbers."""
 
 import pytest
 
@@ -31,7 +31,7 @@ def test_short_launches_are_batched_in_a_graph():
     timing = time_launch(copier(cupy, 2**20), name="copy 1 MiB", policy=QUICK)
     assert timing.method == "graph"
     assert timing.launches_per_sample > 10
-    assert timing.cache == "hot"
+    assert timing.l2 == "hot"
     assert 0 < timing.min_ms <= timing.median_ms
     assert timing.ci_low_ms <= timing.median_ms <= timing.ci_high_ms
     assert timing.median_ms < 0.05  # a 1 MiB copy takes microseconds, not launch overhead
@@ -50,8 +50,8 @@ def test_long_launches_are_timed_one_per_sample():
 def test_copy_time_scales_with_bytes():
     import cupy
 
-    small = time_launch(copier(cupy, 2**29), name="512 MiB", cache="cold", policy=QUICK)
-    large = time_launch(copier(cupy, 2**31), name="2 GiB", cache="cold", policy=QUICK)
+    small = time_launch(copier(cupy, 2**29), name="512 MiB", l2="cold", policy=QUICK)
+    large = time_launch(copier(cupy, 2**31), name="2 GiB", l2="cold", policy=QUICK)
     assert large.median_ms / small.median_ms == pytest.approx(4.0, rel=0.1)
 
 
@@ -61,16 +61,16 @@ def test_cold_rotation_is_slower_than_hot_for_data_that_fits_l2():
     l2_bytes, _ = device_facts(cupy)
     nbytes = l2_bytes // 8  # source + destination fit in L2 comfortably
     sets = cold_input_sets(2 * nbytes, l2_bytes)
-    hot = time_launch(copier(cupy, nbytes, sets), name="hot", cache="hot", policy=QUICK)
+    hot = time_launch(copier(cupy, nbytes, sets), name="hot", l2="hot", policy=QUICK)
     cold = time_launch(
         copier(cupy, nbytes, sets),
         name="cold",
-        cache="cold",
+        l2="cold",
         input_sets=sets,
         set_bytes=2 * nbytes,
         policy=QUICK,
     )
-    assert cold.cache == "cold-rotate"
+    assert cold.l2 == "cold-rotate"
     assert cold.launches_per_sample % sets == 0
     assert hot.median_ms < 0.85 * cold.median_ms
 
@@ -78,8 +78,8 @@ def test_cold_rotation_is_slower_than_hot_for_data_that_fits_l2():
 def test_cold_without_enough_sets_flushes_l2_before_each_launch():
     import cupy
 
-    timing = time_launch(copier(cupy, 2**20), name="flush", cache="cold", policy=QUICK)
-    assert timing.cache == "cold-flush"
+    timing = time_launch(copier(cupy, 2**20), name="flush", l2="cold", policy=QUICK)
+    assert timing.l2 == "cold-flush"
     assert timing.launches_per_sample == 1
 
 
@@ -100,7 +100,7 @@ def test_uncapturable_launch_falls_back_to_the_stream_and_says_so():
 def test_cublas_gemm_is_captured_in_a_graph():
     import cupy
 
-    from ftbench.kernels.cublas import gemm_ex
+    from ftbench.gemm.backends.cublas import gemm_ex
 
     x = cupy.random.random((16, 4096)).astype(cupy.float16)
     w = cupy.random.random((4096, 4096)).astype(cupy.float16)

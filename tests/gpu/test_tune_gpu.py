@@ -2,7 +2,7 @@
 
 import pytest
 
-from ftbench.autotune.problem import GemmProblem
+from ftbench.gemm.problem import GemmProblem
 
 pytestmark = pytest.mark.gpu
 BF16 = {"a_dtype": "bf16", "b_dtype": "bf16", "c_dtype": "bf16"}
@@ -21,20 +21,21 @@ BF16 = {"a_dtype": "bf16", "b_dtype": "bf16", "c_dtype": "bf16"}
     ids=lambda p: p.key(),
 )
 def test_cublas_gemm_matches_the_fp32_reference(problem):
-    from ftbench.autotune.operands import TOLERANCE, make_operands, relative_error
-    from ftbench.kernels.cublas import gemm
+    from ftbench.dtypes import DTYPES
+    from ftbench.gemm.backends.cublas import gemm
+    from ftbench.gemm.operands import make_operands, relative_error
 
     ((a, b, c),) = make_operands(problem)
     gemm(problem, a, b, c)
-    assert relative_error(problem, a, b, c) < TOLERANCE[problem.c_dtype]
+    assert relative_error(problem, a, b, c) < DTYPES[problem.c_dtype].gemm_tolerance
 
 
 def test_bf16_operands_round_to_nearest_even_and_widen_exactly():
     import cupy
     import numpy as np
 
-    from ftbench.autotune.operands import from_float32, nan_array, to_float32
-    from ftbench.runtime.weights import numpy_dtype
+    from ftbench.dtypes import numpy_dtype
+    from ftbench.gemm.operands import from_float32, nan_array, to_float32
 
     values = np.random.default_rng(0).standard_normal(4096).astype(np.float32) * 100
     values[:4] = [1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8, np.inf, -0.0]  # ties go to even
@@ -47,9 +48,9 @@ def test_bf16_operands_round_to_nearest_even_and_widen_exactly():
 
 
 def test_a_bf16_sweep_verifies_every_backend_against_the_reference():
-    from ftbench.autotune.backends import get_backend
-    from ftbench.autotune.backends.cutlass import prebuild
     from ftbench.autotune.sweep import SweepOptions, tune_problem
+    from ftbench.gemm.backends import get_backend
+    from ftbench.gemm.backends.cutlass import prebuild
 
     names = ("cublas", "cublaslt", "ftbench", "cutlass")
     prebuild(elements=("bf16",))  # cached kernels load; missing ones are built
@@ -65,8 +66,8 @@ def test_a_bf16_sweep_verifies_every_backend_against_the_reference():
 
 
 def test_tune_problem_verifies_times_and_keeps_the_default_unless_beaten():
-    from ftbench.autotune.backends import get_backend
     from ftbench.autotune.sweep import SweepOptions, tune_problem
+    from ftbench.gemm.backends import get_backend
 
     problem = GemmProblem(m=16, n=4096, k=4096)
     outcome = tune_problem(problem, [get_backend("cublas")], SweepOptions(backends=("cublas",)))
@@ -84,17 +85,16 @@ def test_tune_problem_verifies_times_and_keeps_the_default_unless_beaten():
 
 
 def test_run_sweep_writes_a_cache_the_runtime_can_load(tmp_path):
-    from ftbench.autotune.cache import CacheHeader, load_cache
     from ftbench.autotune.sweep import SweepOptions, run_sweep
     from ftbench.bench.environment import capture_environment
-    from ftbench.reports.results import read_results
+    from ftbench.bench.results import read_results
+    from ftbench.gemm.cache import open_tuned_cache
 
     problems = [GemmProblem(m=1, n=1024, k=1024), GemmProblem(m=8, n=1024, k=1024)]
     out = tmp_path / "tuned.json"
     report = run_sweep(problems, out, SweepOptions(backends=("cublas",)))
     assert report.tuned == 2
-    running = CacheHeader.from_environment(capture_environment())
-    cache = load_cache(out, running=running)
+    cache = open_tuned_cache(out, capture_environment()).cache
     assert all(cache.lookup(p) is not None for p in problems)
     records = read_results(report.results_path)["records"]
     assert len(records) == 2 * 42

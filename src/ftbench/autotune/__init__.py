@@ -1,1 +1,1 @@
-"""GEMM autotuning: problems, backends, candidate verification, the sweep and the tuned cache."""
+"""GEMM autotuning: the plan of what to tune, candidate verification and the resumable sweep."""

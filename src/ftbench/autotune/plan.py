@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
-from ftbench.autotune.backends import get_backend
-from ftbench.autotune.problem import DATASHEET_PEAKS, GpuPeaks
 from ftbench.errors import FtbenchError, InvalidInputError
-from ftbench.files import default_cache_dir
+from ftbench.gemm.backends import get_backend
+from ftbench.gemm.problem import DATASHEET_PEAKS, GpuPeaks
 from ftbench.profiles.problems import CountedProblem, Fused, deduplicate, gemm_problems
 from ftbench.profiles.spec import ModelSpec, Workload
 
@@ -47,12 +45,6 @@ def candidate_counts(
             counts[name] = None
             reasons[name] = backend.unavailable_reason() or str(exc)
     return counts
-
-
-def default_cache_path(gpu_name: str) -> Path:
-    """Where `ftbench tune` writes, and the runtime looks, for a GPU's tuned cache."""
-    slug = re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-")
-    return default_cache_dir() / "tuned" / f"{slug}.json"
 
 
 def peaks_for_gpu(gpu_name: str) -> GpuPeaks | None:

@@ -30,25 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftbench.autotune.backends import get_backend
-from ftbench.autotune.backends.base import Backend, CandidateUnsupported
-from ftbench.autotune.cache import (
-    KIND,
-    CacheHeader,
-    TimeSummary,
-    TunedCache,
-    TunedEntry,
-    load_cache,
-)
-from ftbench.autotune.candidate import Candidate
-from ftbench.autotune.operands import (
-    TOLERANCE,
-    make_operands,
-    poison,
-    reference,
-    relative_error,
-)
-from ftbench.autotune.problem import GemmProblem
 from ftbench.bench.timer import (
     TimingPolicy,
     TooSlow,
@@ -56,8 +37,27 @@ from ftbench.bench.timer import (
     device_facts,
     time_launch,
 )
+from ftbench.dtypes import DTYPES
 from ftbench.errors import FtbenchError, InvalidInputError
 from ftbench.files import check_file_target
+from ftbench.gemm.backends import get_backend
+from ftbench.gemm.backends.base import Backend, CandidateUnsupported
+from ftbench.gemm.cache import (
+    KIND,
+    CacheHeader,
+    TimeSummary,
+    TunedCache,
+    TunedEntry,
+    load_cache,
+)
+from ftbench.gemm.candidate import Candidate
+from ftbench.gemm.operands import (
+    make_operands,
+    poison,
+    reference,
+    relative_error,
+)
+from ftbench.gemm.problem import GemmProblem
 
 RESULTS_KIND = "tune"  # the kind of the results file: every candidate's timing
 # Tuning times many candidates: shorter warm-up and sampling than the timer's defaults.
@@ -79,7 +79,7 @@ class SweepOptions:
     """What to sweep and how to time it."""
 
     backends: tuple[str, ...] = ("cublas", "cublaslt", "cutlass", "ftbench")
-    cache: str = "cold"
+    l2: str = "cold"
     policy: TimingPolicy = TUNING_POLICY
     budget_s: float | None = None
     max_operand_bytes: int = MAX_OPERAND_BYTES
@@ -122,14 +122,14 @@ class ProblemTuner:
         l2_bytes, _ = device_facts(cupy)
         set_bytes = problem.bytes()
         sets = 1
-        if options.cache == "cold":
+        if options.l2 == "cold":
             sets = cold_input_sets(set_bytes, l2_bytes)
             if sets * set_bytes > options.max_operand_bytes:
                 sets = 1  # the timer flushes L2 before each launch instead
         self.set_bytes = set_bytes
         self.operands = make_operands(problem, sets)
         self.expected = reference(problem, *self.operands[0][:2])
-        self.tolerance = TOLERANCE[problem.c_dtype]
+        self.tolerance = DTYPES[problem.c_dtype].gemm_tolerance
 
     def verify(self, runner: Callable) -> float:
         """Relative error of one run on set 0 (output poisoned first)."""
@@ -146,7 +146,7 @@ class ProblemTuner:
         return time_launch(
             lambda i: runner(*operands[i]),
             name=name,
-            cache=self.options.cache,
+            l2=self.options.l2,
             input_sets=len(operands),
             set_bytes=self.set_bytes,
             policy=self.options.policy,
@@ -364,7 +364,7 @@ def sweep_problems(
     results file, any other file only with `force`. `progress` is a rich Progress. The time
     budget is shared out so problem i of n ends by start + budget * i / n.
     """
-    from ftbench.reports.results import read_results, write_results
+    from ftbench.bench.results import read_results, write_results
 
     running = CacheHeader.from_environment(environment)
     results_path = check_sweep_outputs(out, results_path, force)

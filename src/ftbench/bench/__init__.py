@@ -1,1 +1,1 @@
-"""Measurement: the timing core, GPU state and the environment record."""
+"""The measurement core: timer, statistics, GPU state, the environment record, result files."""

@@ -1,7 +1,7 @@
 """The timing core: every time ftbench reports is measured by `time_launch`.
 
 A *launch* is a Python callable that enqueues GPU work on CuPy's current stream; it takes the
-index of the input set to use, so that cold-cache timing can rotate among copies of its inputs.
+index of the input set to use, so that cold-L2 timing can rotate among copies of its inputs.
 Measurement policy, in named pieces with their defaults in `TimingPolicy`:
 
 - warm-up: run the launch for at least `warmup_ms` (module loads, autotuning, clocks ramping),
@@ -11,7 +11,7 @@ Measurement policy, in named pieces with their defaults in `TimingPolicy`:
   kernel time (if the launch cannot be captured, the repeats are queued on the stream instead,
   and the result says so). The count comes from the warm-up, which includes host overhead, and
   is raised once the first graph samples show the device time;
-- L2 cache: "hot" reuses input set 0; "cold" rotates among input sets when they are together
+- L2 mode (`l2`): "hot" reuses input set 0; "cold" rotates among input sets when they are together
   large enough to evict each other from L2 (`cold_input_sets` says how many), and otherwise
   flushes L2 (a memset over twice its size) before every single timed launch;
 - stopping: sample until the bootstrap 95% confidence half-width of the median is under
@@ -35,7 +35,9 @@ from ftbench.bench.gpu_state import ConditionMonitor, Conditions
 from ftbench.bench.stats import summarize
 from ftbench.errors import InvalidInputError, MeasurementError, NoGpuError
 
-SCHEMA = 1
+# 2: the L2 mode is recorded as "l2" (schema 1 called it "cache", a name now kept for the tuned
+# cache; readers of older result files accept both).
+SCHEMA = 2
 Launch = Callable[[int], Any]
 
 
@@ -78,7 +80,7 @@ class Timing:
     samples_ms: tuple[float, ...]
     launches_per_sample: int
     method: str
-    cache: str
+    l2: str
     input_sets: int
     converged: bool
     sampling_s: float
@@ -112,12 +114,12 @@ def cold_input_sets(set_bytes: int, l2_bytes: int) -> int:
     return max(2, 1 + math.ceil(2 * l2_bytes / set_bytes))
 
 
-def choose_cache_mode(cache: str, input_sets: int, set_bytes: int, l2_bytes: int) -> str:
+def choose_l2_mode(l2: str, input_sets: int, set_bytes: int, l2_bytes: int) -> str:
     """'hot', 'cold-rotate' (the sets evict each other) or 'cold-flush' (flush before each)."""
-    if cache == "hot":
+    if l2 == "hot":
         return "hot"
-    if cache != "cold":
-        raise InvalidInputError(f"cache must be 'hot' or 'cold', not {cache!r}")
+    if l2 != "cold":
+        raise InvalidInputError(f"l2 must be 'hot' or 'cold', not {l2!r}")
     if input_sets >= 2 and (input_sets - 1) * set_bytes >= 2 * l2_bytes:
         return "cold-rotate"
     return "cold-flush"
@@ -182,13 +184,13 @@ def device_facts(cupy) -> tuple[int, str]:
 class _Sampler:
     """Enqueues timed samples of a launch on one stream and reads them back in ms per launch."""
 
-    def __init__(self, cupy, stream, launch: Launch, input_sets: int, cache_mode: str, l2: int):
+    def __init__(self, cupy, stream, launch: Launch, input_sets: int, l2_mode: str, l2_bytes: int):
         self.cupy, self.stream, self.launch = cupy, stream, launch
-        self.cache_mode = cache_mode
-        self.input_sets = input_sets if cache_mode == "cold-rotate" else 1
+        self.l2_mode = l2_mode
+        self.input_sets = input_sets if l2_mode == "cold-rotate" else 1
         self.flush_buffer = None
-        if cache_mode == "cold-flush":
-            self.flush_buffer = cupy.empty(2 * l2, dtype=cupy.uint8)
+        if l2_mode == "cold-flush":
+            self.flush_buffer = cupy.empty(2 * l2_bytes, dtype=cupy.uint8)
         self.launches = 1
         self.graph = None
         self.capture_error = ""
@@ -263,7 +265,7 @@ def time_launch(
     launch: Launch,
     *,
     name: str,
-    cache: str = "hot",
+    l2: str = "hot",
     input_sets: int = 1,
     set_bytes: int = 0,
     policy: TimingPolicy | None = None,
@@ -271,7 +273,7 @@ def time_launch(
 ) -> Timing:
     """Time one launch of `launch` on the current CUDA device (see the module docstring).
 
-    For cache="cold", pass `input_sets` copies of the inputs of `set_bytes` bytes each (see
+    For l2="cold", pass `input_sets` copies of the inputs of `set_bytes` bytes each (see
     `cold_input_sets`); with too few, L2 is flushed before every launch instead. With
     `abandon_above_ms`, a launch slower than that in its first three samples raises `TooSlow`
     (tuners use it to skip hopeless candidates).
@@ -281,15 +283,15 @@ def time_launch(
     if input_sets < 1:
         raise InvalidInputError("input_sets must be at least 1")
     l2_bytes, bus_id = device_facts(cupy)
-    cache_mode = choose_cache_mode(cache, input_sets, set_bytes, l2_bytes)
+    l2_mode = choose_l2_mode(l2, input_sets, set_bytes, l2_bytes)
     stream = cupy.cuda.Stream(non_blocking=True)
     monitor = ConditionMonitor(bus_id)
     try:
         with stream:
-            sampler = _Sampler(cupy, stream, launch, input_sets, cache_mode, l2_bytes)
+            sampler = _Sampler(cupy, stream, launch, input_sets, l2_mode, l2_bytes)
             launch_ms = sampler.warm_up(policy)
             count = 1
-            if cache_mode != "cold-flush":
+            if l2_mode != "cold-flush":
                 count = launches_per_sample(launch_ms, policy, sampler.input_sets)
             method = sampler.prepare(count, policy.use_graph)
             # The warm-up estimate includes host launch overhead; a graph's samples do not.
@@ -341,7 +343,7 @@ def _timing(
         samples_ms=tuple(samples),
         launches_per_sample=launches,
         method=method,
-        cache=sampler.cache_mode,
+        l2=sampler.l2_mode,
         input_sets=sampler.input_sets,
         converged=converged,
         sampling_s=sampling_s,
@@ -364,7 +366,7 @@ def time_fixed(
 
     For collectives: each rank of a group runs this with the same counts, so every rank issues
     the same calls (an adaptive count could differ between ranks and leave one waiting for a
-    call that never comes). Hot cache; batched in a CUDA graph where the launch can be
+    call that never comes). Hot L2; batched in a CUDA graph where the launch can be
     captured; the samples are taken in one go, without a stopping criterion.
     """
     if launches_per_sample < 1 or samples < 3 or warmup_launches < 0:

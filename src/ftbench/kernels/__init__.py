@@ -1,1 +1,1 @@
-"""CUDA kernels with thin, checked Python launchers, and the GEMM dispatch."""
+"""CUDA kernels (`cuda/*.cu`) and their checked launchers, cuBLAS through ctypes, NVRTC builds."""

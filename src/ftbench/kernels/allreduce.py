@@ -20,11 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from ftbench.dtypes import c_types
 from ftbench.errors import InvalidInputError
 from ftbench.kernels import nvrtc
 
 SOURCE_PATH = Path(__file__).parent / "cuda" / "allreduce.cu"
-C_TYPES = {"float16": "__half", "bfloat16": "__nv_bfloat16", "float32": "float"}
+C_TYPES = c_types("fp16", "bf16", "fp32")
 # The workspace layout and limits; allreduce.cu has the same numbers (a CPU test compares them).
 MAX_RANKS = 8
 MAX_BLOCKS = 64

@@ -29,12 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from ftbench.dtypes import c_types, numpy_name
 from ftbench.errors import GpuError, InvalidInputError
 from ftbench.kernels import nvrtc
 
 SOURCE_PATH = Path(__file__).parent / "cuda" / "attention.cu"
 HEAD_DIMS = (64, 80, 96, 128, 256)
-C_TYPES = {"float16": "__half", "bfloat16": "__nv_bfloat16"}
+C_TYPES = c_types("fp16", "bf16")
 LOG2_E = 1.4426950408889634
 GRID_LIMIT_YZ = 65535
 PLANNING_SM_COUNT = 132  # H100 / H200; launches use the running device's count
@@ -363,11 +364,6 @@ def decode_attention(
     )  # fmt: skip
 
 
-def _dtype_name(array: Any) -> str:
-    name = str(array.dtype)
-    return "bfloat16" if name in ("bfloat16", "|V2") else name
-
-
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
@@ -391,8 +387,8 @@ def _check_tokens(q: Any, out: Any, where: str) -> tuple[str, int, int]:
             f"{where}: expected q and out of one shape [rows, Hq, D], got q{tuple(q.shape)}, "
             f"out{tuple(out.shape)}"
         )
-    dtype = _dtype_name(q)
-    if dtype not in C_TYPES or _dtype_name(out) != dtype:
+    dtype = numpy_name(q)
+    if dtype not in C_TYPES or numpy_name(out) != dtype:
         raise InvalidInputError(
             f"{where}: q and out must both be float16 or both bfloat16, got {q.dtype} and "
             f"{out.dtype}"
@@ -416,7 +412,7 @@ def _check_caches(k_cache: Any, v_cache: Any, dtype: str, head_dim: int, where: 
         raise InvalidInputError(
             f"{where}: the caches' head dim {k_cache.shape[3]} differs from q's {head_dim}"
         )
-    if _dtype_name(k_cache) != dtype or _dtype_name(v_cache) != dtype:
+    if numpy_name(k_cache) != dtype or numpy_name(v_cache) != dtype:
         raise InvalidInputError(
             f"{where}: k_cache and v_cache must be {dtype} like q, got {k_cache.dtype} and "
             f"{v_cache.dtype}"

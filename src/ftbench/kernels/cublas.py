@@ -1,26 +1,24 @@
-"""cuBLAS GEMMs (`cublasGemmEx`, `cublasGemmStridedBatchedEx`) for any `GemmProblem`.
+"""cuBLAS through ctypes: `cublasGemmEx` and `cublasGemmStridedBatchedEx` with column-major
+arguments, safe inside CUDA-graph capture, and the operand check of a linear layer.
 
-The runtime's linear layers are Y[m, n] = X[m, k] @ W[n, k]^T: activations row-major
-[tokens, features], weights [out_features, in_features], as in torch's `F.linear`.
-`GemmProblem.cublas_call` turns a row-major problem into cuBLAS's column-major arguments.
+`GemmProblem.cublas_call` (in `gemm.problem`) turns a row-major problem into these arguments;
+`gemm.backends.cublas` is the backend that runs problems through them.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from ftbench.autotune.operands import operand_shapes
-from ftbench.autotune.problem import GemmProblem
+from ftbench.dtypes import dtype_info, numpy_name
 from ftbench.errors import GpuError, InvalidInputError
 from ftbench.kernels.streams import scratch_slot
 
-# cudaDataType_t and cublasComputeType_t values from the CUDA headers.
-CUDA_DATA_TYPES = {"fp16": 2, "bf16": 14, "fp32": 0}
+# cublasComputeType_t and cublasOperation_t values from the CUDA headers (data types: `dtypes`).
 CUBLAS_COMPUTE_32F = 68
 CUBLAS_OP = {"N": 0, "T": 1}
 CUBLAS_POINTER_MODE_HOST = 0
@@ -29,11 +27,6 @@ WORKSPACE_BYTES = 32 * 2**20
 
 _ONE = np.array(1.0, dtype=np.float32)
 _ZERO = np.array(0.0, dtype=np.float32)
-
-
-def _dtype_name(array: Any) -> str:
-    name = str(array.dtype)
-    return "bfloat16" if name in ("bfloat16", "|V2") else name
 
 
 def check_linear_operands(x: Any, w: Any, y: Any) -> tuple[int, int, int]:
@@ -50,7 +43,7 @@ def check_linear_operands(x: Any, w: Any, y: Any) -> tuple[int, int, int]:
             f"linear GEMM: expected x[m, k], w[n, k], y[m, n]; got x{tuple(x.shape)}, "
             f"w{tuple(w.shape)}, y{tuple(y.shape)}"
         )
-    dtypes = {_dtype_name(a) for a in (x, w, y)}
+    dtypes = {numpy_name(a) for a in (x, w, y)}
     if len(dtypes) != 1 or not dtypes <= {"float16", "bfloat16"}:
         raise InvalidInputError(
             f"linear GEMM: x, w and y must all be float16 or all bfloat16, got {sorted(dtypes)}"
@@ -108,29 +101,42 @@ def _check(status: int, call: str) -> None:
         raise GpuError(f"{call} failed with cuBLAS status {status}")
 
 
-@functools.lru_cache(maxsize=4096)
-def _call_arguments(problem: GemmProblem) -> tuple:
-    """The constant part of the cublasGemm(StridedBatched)Ex call for `problem`."""
-    call = problem.cublas_call()
-    data_type = CUDA_DATA_TYPES[problem.a_dtype]
-    strides = tuple(math.prod(shape[-2:]) for shape in operand_shapes(problem))
+def gemm_arguments(call: Mapping[str, Any], dtype: str) -> tuple:
+    """The constant part of a cublasGemm(StridedBatched)Ex call: cuBLAS's column-major
+    arguments `call` (`GemmProblem.cublas_call`) with the operands' data type."""
     return (
         CUBLAS_OP[call["transa"]], CUBLAS_OP[call["transb"]], call["m"], call["n"], call["k"],
-        data_type, call["lda"], call["ldb"], call["ldc"], strides,
+        dtype_info(dtype).cuda_data_type, call["lda"], call["ldb"], call["ldc"],
+        call["batch_count"], call["stride_a"], call["stride_b"], call["stride_c"],
     )  # fmt: skip
 
 
-def gemm(problem: GemmProblem, a: Any, b: Any, c: Any, algo: int = CUBLAS_GEMM_DEFAULT) -> None:
-    """C = op(A) @ op(B) for `problem` (row-major terms) through cuBLAS, fp32 accumulation.
+def gemm(arguments: tuple, a: Any, b: Any, c: Any, algo: int = CUBLAS_GEMM_DEFAULT) -> None:
+    """C = op(A) @ op(B) through cuBLAS with fp32 accumulation, `arguments` from `gemm_arguments`.
 
-    Runs on CuPy's current stream; batched problems use cublasGemmStridedBatchedEx. `algo` is a
+    Runs on CuPy's current stream; batched calls use cublasGemmStridedBatchedEx. `algo` is a
     cublasGemmAlgo_t value (-1 default, 0..23, 99 tensor-op default, 100..115). Safe inside
     CUDA-graph capture: it allocates nothing and never synchronises. Operand shapes are the
-    caller's contract (see `autotune.operands.operand_shapes`); `linear` checks them.
+    caller's contract (`gemm.operands.operand_shapes`); `gemm.backends.cublas.gemm_ex` checks them.
     """
     import cupy
 
-    transa, transb, m, n, k, data_type, lda, ldb, ldc, strides = _call_arguments(problem)
+    # cuBLAS's first operand is our B (the weight) and its second our A: the strides follow it.
+    (
+        transa,
+        transb,
+        m,
+        n,
+        k,
+        data_type,
+        lda,
+        ldb,
+        ldc,
+        batch,
+        first_stride,
+        second_stride,
+        c_stride,
+    ) = arguments
     library = _cublas()
     handle = cupy.cuda.device.get_cublas_handle()
     stream = cupy.cuda.get_current_stream().ptr
@@ -140,31 +146,16 @@ def gemm(problem: GemmProblem, a: Any, b: Any, c: Any, algo: int = CUBLAS_GEMM_D
         library.cublasSetWorkspace_v2(handle, workspace.data.ptr, workspace.nbytes), "setWorkspace"
     )
     _check(library.cublasSetPointerMode_v2(handle, CUBLAS_POINTER_MODE_HOST), "setPointerMode")
-    # cuBLAS's first operand is our B and its second our A (see GemmProblem.cublas_call).
-    if problem.batch_count == 1:
+    if batch == 1:
         status = library.cublasGemmEx(
             handle, transa, transb, m, n, k, _ONE.ctypes.data, b.data.ptr, data_type, lda,
             a.data.ptr, data_type, ldb, _ZERO.ctypes.data, c.data.ptr, data_type, ldc,
             CUBLAS_COMPUTE_32F, algo,
         )  # fmt: skip
     else:
-        a_stride, b_stride, c_stride = strides
         status = library.cublasGemmStridedBatchedEx(
             handle, transa, transb, m, n, k, _ONE.ctypes.data, b.data.ptr, data_type, lda,
-            b_stride, a.data.ptr, data_type, ldb, a_stride, _ZERO.ctypes.data, c.data.ptr,
-            data_type, ldc, c_stride, problem.batch_count, CUBLAS_COMPUTE_32F, algo,
+            first_stride, a.data.ptr, data_type, ldb, second_stride, _ZERO.ctypes.data, c.data.ptr,
+            data_type, ldc, c_stride, batch, CUBLAS_COMPUTE_32F, algo,
         )  # fmt: skip
-    _check(status, f"cuBLAS GEMM {problem.key()} algo={algo}")
-
-
-@functools.lru_cache(maxsize=4096)
-def linear_problem(m: int, n: int, k: int, dtype: str) -> GemmProblem:
-    """The problem of a linear layer Y[m, n] = X[m, k] @ W[n, k]^T."""
-    return GemmProblem(m=m, n=n, k=k, a_dtype=dtype, b_dtype=dtype, c_dtype=dtype)
-
-
-def gemm_ex(x: Any, w: Any, y: Any, algo: int = CUBLAS_GEMM_DEFAULT) -> None:
-    """Y = X @ W^T (a linear layer) through `gemm`, after checking the operands."""
-    m, n, k = check_linear_operands(x, w, y)
-    dtype = "fp16" if _dtype_name(x) == "float16" else "bf16"
-    gemm(linear_problem(m, n, k, dtype), x, w, y, algo)
+    _check(status, f"cuBLAS GEMM m={m} n={n} k={k} batch={batch} (column-major) algo={algo}")

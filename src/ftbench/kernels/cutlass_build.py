@@ -50,6 +50,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ftbench.dtypes import dtype_info
 from ftbench.errors import InvalidInputError
 from ftbench.files import default_cache_dir, write_json_atomic
 
@@ -276,10 +277,6 @@ def cutlass_include_dirs() -> list[Path]:
     return [source / "include", source / "tools" / "util" / "include"]
 
 
-# cutlass_library's DataType name of each element.
-DATA_TYPES = {"fp16": "f16", "bf16": "bf16"}
-
-
 def cutlass_operation(spec: KernelSpec) -> Any:
     """The `cutlass_library` GemmOperation that `spec` describes."""
     from cutlass_library import library
@@ -290,7 +287,7 @@ def cutlass_operation(spec: KernelSpec) -> Any:
 def _sm90_operation(spec: KernelSpec, lib: Any) -> Any:
     from cutlass_library.gemm_operation import GemmOperation
 
-    element, f32 = getattr(lib.DataType, DATA_TYPES[spec.element]), lib.DataType.f32
+    element, f32 = getattr(lib.DataType, dtype_info(spec.element).code), lib.DataType.f32
     output_layout = lib.LayoutType.ColumnMajor if spec.swap_operands else lib.LayoutType.RowMajor
     a = lib.TensorDescription(element, lib.LayoutType.RowMajor, spec.alignment)
     b = lib.TensorDescription(element, lib.LayoutType.ColumnMajor, spec.alignment)
@@ -331,7 +328,7 @@ def _sm80_operation(spec: KernelSpec, lib: Any) -> Any:
     # arguments to match, and the entry template passes them in the transposed problem's terms.
     from cutlass_library.gemm_operation import GemmOperation
 
-    element, f32 = getattr(lib.DataType, DATA_TYPES[spec.element]), lib.DataType.f32
+    element, f32 = getattr(lib.DataType, dtype_info(spec.element).code), lib.DataType.f32
     math = lib.MathInstruction(
         [16, 8, 16], element, element, f32, lib.OpcodeClass.TensorOp, lib.MathOperation.multiply_add
     )

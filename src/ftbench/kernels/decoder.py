@@ -24,12 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from ftbench.dtypes import c_types
 from ftbench.errors import InvalidInputError
 from ftbench.kernels import nvrtc
 
 SOURCE_PATH = Path(__file__).parent / "cuda" / "decoder.cu"
-C_TYPES = {"float16": "__half", "bfloat16": "__nv_bfloat16"}
-LOGIT_C_TYPES = {**C_TYPES, "float32": "float"}
+C_TYPES = c_types("fp16", "bf16")
+LOGIT_C_TYPES = c_types("fp16", "bf16", "fp32")
 ACTIVATIONS = ("gelu_new", "gelu", "silu", "relu")  # in the order of decoder.cu's enum
 NORMS = ("layernorm", "rmsnorm")
 METHODS = ("greedy", "sample")

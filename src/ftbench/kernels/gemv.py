@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ftbench.dtypes import c_types, numpy_name
 from ftbench.errors import InvalidInputError
 from ftbench.kernels import nvrtc
 from ftbench.kernels.cublas import check_linear_operands
@@ -54,7 +55,7 @@ COUNTERS = 2**16  # split-K arrival counters: one per block of rows
 PLANNING_SM_COUNT = 132  # H100 / H200
 TARGET_WARPS_PER_SM = 16  # split K until a launch has this many warps per SM (the data said so)
 SPLITS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
-C_TYPES = {"float16": "__half", "bfloat16": "__nv_bfloat16"}
+C_TYPES = c_types("fp16", "bf16")
 
 
 @dataclass(frozen=True)
@@ -324,7 +325,7 @@ def gemv(x: Any, w: Any, y: Any, config: GemvConfig, *, pdl: bool | None = None)
     capture on Hopper and newer).
     """
     m, n, k = check_linear_operands(x, w, y)
-    dtype = "float16" if str(x.dtype) == "float16" else "bfloat16"
+    dtype = numpy_name(x)
     name, grid, block, split_k_elements = _plan(config, m, n, k, dtype)
     import cupy
 

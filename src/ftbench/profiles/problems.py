@@ -30,8 +30,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from ftbench.autotune.problem import GemmProblem
 from ftbench.errors import InvalidInputError
+from ftbench.gemm.problem import GemmProblem, linear_problem
 from ftbench.profiles.spec import ModelSpec, Workload
 
 PHASES = ("context", "generation")
@@ -77,6 +77,28 @@ class RankShapes:
     lm_head_rows: int
     layers_per_stage: int
     decoder_layers_per_stage: int
+    head_dim: int
+    gated_ffn: bool
+
+    @property
+    def q_width(self) -> int:
+        """Width of this rank's query projection: q_heads * head_dim."""
+        return self.q_heads * self.head_dim
+
+    @property
+    def kv_width(self) -> int:
+        """Width of each of this rank's key and value projections: kv_heads * head_dim."""
+        return self.kv_heads * self.head_dim
+
+    @property
+    def qkv_width(self) -> int:
+        """Rows of this rank's fused [q | k | v] projection."""
+        return self.q_width + 2 * self.kv_width
+
+    @property
+    def ffn_up_rows(self) -> int:
+        """Rows of this rank's first FFN projection: [gate | up] when gated, else up."""
+        return 2 * self.ffn_hidden_size if self.gated_ffn else self.ffn_hidden_size
 
     def to_dict(self) -> dict[str, int]:
         """JSON-ready record."""
@@ -149,6 +171,8 @@ def rank_shapes(spec: ModelSpec, tp: int = 1, pp: int = 1) -> RankShapes:
         decoder_layers_per_stage=(
             _layers_per_stage(spec, spec.decoder_layers, pp) if spec.decoder_layers else 0
         ),
+        head_dim=spec.head_dim,
+        gated_ffn=spec.gated_ffn,
     )
 
 
@@ -201,8 +225,10 @@ class _Emitter:
     def _gemm(
         self, m: int, n: int, k: int, batch_count: int = 1, transb: bool = True
     ) -> GemmProblem:
+        if batch_count == 1 and transb:
+            return linear_problem(m, n, k, self.dtype)
         dtype = self.dtype
-        return GemmProblem(m, n, k, dtype, dtype, dtype, "fp32", False, transb, batch_count)
+        return GemmProblem(m, n, k, dtype, dtype, dtype, transb=transb, batch_count=batch_count)
 
     def add(
         self, phase: str, role: str, problem: GemmProblem, calls: int, attention: bool = False
@@ -215,11 +241,9 @@ class _Emitter:
         self.add(phase, role, self._gemm(m, n, k), calls)
 
     def self_attention_projections(self, phase: str, m: int, calls: int) -> None:
-        hidden, head_dim = self.spec.hidden_size, self.spec.head_dim
-        q_width = self.shapes.q_heads * head_dim
-        kv_width = self.shapes.kv_heads * head_dim
+        hidden, q_width, kv_width = self.spec.hidden_size, self.shapes.q_width, self.shapes.kv_width
         if self.fused in (True, "both"):
-            self.linear(phase, "qkv", m, q_width + 2 * kv_width, hidden, calls)
+            self.linear(phase, "qkv", m, self.shapes.qkv_width, hidden, calls)
         if self.fused in (False, "both"):
             self.linear(phase, "q", m, q_width, hidden, calls)
             self.linear(phase, "k", m, kv_width, hidden, calls)
@@ -227,7 +251,7 @@ class _Emitter:
 
     def cross_kv_projections(self, phase: str, m: int, calls: int) -> None:
         hidden = self.spec.hidden_size
-        kv_width = self.shapes.kv_heads * self.spec.head_dim
+        kv_width = self.shapes.kv_width
         if self.fused in (True, "both"):
             self.linear(phase, "cross_kv", m, 2 * kv_width, hidden, calls)
         if self.fused in (False, "both"):
@@ -245,8 +269,7 @@ class _Emitter:
         self.add(phase, f"{prefix}_context", context, calls, attention=True)
 
     def attention_out(self, phase: str, role: str, m: int, calls: int) -> None:
-        q_width = self.shapes.q_heads * self.spec.head_dim
-        self.linear(phase, role, m, self.spec.hidden_size, q_width, calls)
+        self.linear(phase, role, m, self.spec.hidden_size, self.shapes.q_width, calls)
 
     def mlp(self, phase: str, m: int, calls: int) -> None:
         hidden, ffn = self.spec.hidden_size, self.shapes.ffn_hidden_size
@@ -254,7 +277,7 @@ class _Emitter:
             self.linear(phase, "ffn_up", m, ffn, hidden, calls)
         else:
             if self.fused in (True, "both"):
-                self.linear(phase, "ffn_gate_up", m, 2 * ffn, hidden, calls)
+                self.linear(phase, "ffn_gate_up", m, self.shapes.ffn_up_rows, hidden, calls)
             if self.fused in (False, "both"):
                 self.linear(phase, "ffn_gate", m, ffn, hidden, calls)
                 self.linear(phase, "ffn_up", m, ffn, hidden, calls)
@@ -356,7 +379,7 @@ def _decoder_generation(emitter: _Emitter, m: int, layers: int) -> None:
 
 def _t5_generation(emitter: _Emitter, m: int, input_len: int, layers: int) -> None:
     hidden = emitter.spec.hidden_size
-    q_width = emitter.shapes.q_heads * emitter.spec.head_dim
+    q_width = emitter.shapes.q_width
     emitter.self_attention_projections("generation", m, layers)
     emitter.attention_out("generation", "attn_out", m, layers)
     emitter.linear("generation", "cross_q", m, q_width, hidden, layers)

@@ -10,6 +10,7 @@ import json
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
+from ftbench.dtypes import RUNTIME_DTYPES
 from ftbench.errors import InvalidInputError
 from ftbench.files import is_positive_number
 
@@ -20,7 +21,7 @@ FAMILIES = ("gpt2", "megatron-gpt", "gptj", "llama", "bert", "t5")
 ACTIVATIONS = ("gelu_new", "gelu", "silu", "relu")
 NORMS = ("layernorm", "rmsnorm")
 POSITION_EMBEDDINGS = ("learned", "rotary", "relative")
-DTYPES = ("fp16", "bf16")
+DTYPES = RUNTIME_DTYPES
 MAX_SIZE = 2**31  # GEMM libraries take 32-bit sizes: a larger width or count is a typo
 # The largest value a model's number may take: several times that of any released model (the
 # largest have about 126 layers, a hidden size of 16-20k, an FFN of 74k, 128 heads, head_dim

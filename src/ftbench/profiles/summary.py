@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ftbench.autotune.problem import GpuPeaks
+from ftbench.gemm.problem import GpuPeaks
 from ftbench.profiles.problems import Fused, deduplicate, gemm_problems, rank_shapes
 from ftbench.profiles.spec import ModelSpec, Workload
 

@@ -11,7 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 
-from ftbench.reports import runs
+from ftbench.modelbench import runs
 
 BACKEND_COLORS = {"cublas": "#1f77b4", "cublaslt": "#ff7f0e", "cutlass": "#2ca02c",
                   "ftbench": "#d62728"}  # fmt: skip

@@ -1,7 +1,7 @@
 """Result files read by kind, and the timed metrics they hold.
 
-`load_result_set(path)` reads a result file (`reports.results`) or a tuned cache
-(`autotune.cache`), checks the records of its kind and returns them parsed; anything malformed is
+`load_result_set(path)` reads a result file (`bench.results`) or a tuned cache
+(`gemm.cache`), checks the records of its kind and returns them parsed; anything malformed is
 an InvalidInputError whose message starts with the path. `metrics(result_set)` gives every timed
 quantity with its samples, by a stable name, for comparisons and the history:
 
@@ -25,14 +25,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ftbench.autotune.cache import KIND as CACHE_KIND
-from ftbench.autotune.cache import TunedCache, parse_cache
-from ftbench.autotune.problem import GemmProblem
 from ftbench.bench.environment import EnvironmentRecord
+from ftbench.bench.results import parse_results
 from ftbench.errors import InvalidInputError
 from ftbench.files import positive_number, positive_numbers, read_json
-from ftbench.reports import runs
-from ftbench.reports.results import parse_results
+from ftbench.gemm.cache import KIND as CACHE_KIND
+from ftbench.gemm.cache import TunedCache, parse_cache
+from ftbench.gemm.problem import GemmProblem
+from ftbench.modelbench import runs
 
 TUNED_CACHE = "tuned-cache"
 
@@ -127,9 +127,12 @@ def gpu_label(environment: EnvironmentRecord | None) -> str:
 def _timing(value: Any, where: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
     """A timer summary at `where`: a median_ms and the `required` fields; its times (samples
     optional: not every record keeps them, but a record that keeps them keeps at least one)
-    finite numbers above zero, its noise zero or more."""
+    finite numbers above zero, its noise zero or more. The L2 mode is under "l2"; timings of
+    schema 1 (result files written before the rename) called it "cache", read as "l2"."""
     if not isinstance(value, dict):
         raise InvalidInputError(f"{where} must be a timing object, got {value!r}")
+    if "cache" in value and "l2" not in value:
+        value = {("l2" if name == "cache" else name): item for name, item in value.items()}
     missing = [name for name in ("median_ms", *required) if name not in value]
     if missing:
         raise InvalidInputError(f"{where} lacks {', '.join(missing)}")

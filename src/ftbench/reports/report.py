@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from ftbench.files import write_text_atomic
-from ftbench.reports import plots, runs
+from ftbench.modelbench import runs
+from ftbench.reports import plots
 from ftbench.reports.html import check_site_folder, figure_html, markdown_table, page, table_html
 from ftbench.reports.records import TUNED_CACHE, ResultSet, load_result_set
 
@@ -172,7 +173,7 @@ def foundation_section(result_set: ResultSet) -> Section:
             ],
             "samples": [len(p.timing.get("samples_ms", ())) for p in probes],
             "noise": [f"{p.timing['rel_noise']:.2%}" for p in probes],
-            "method": [f"{p.timing['method']}, {p.timing['cache']}" for p in probes],
+            "method": [f"{p.timing['method']}, {p.timing['l2']}" for p in probes],
             "flags": [", ".join(p.timing.get("flags", ())) for p in probes],
         }
     )

@@ -1,34 +1,41 @@
 """Where a step's time goes: every kernel of one decode step or prefill, timed where it runs.
 
 `breakdown` captures `Decoder.forward` as one CUDA graph with a CUDA event recorded after every
-operation (each kernel launcher and each GEMM), replays the graph a number of times and reads the
-time between consecutive events: each operation's GPU time inside the real step, launch gaps
-included, so the parts add up to the whole. Operations are grouped by their place in the layer
-pattern (layer i's run from its QKV GEMM to the norm that opens layer i+1), summed over the
-layers, and set against their floor: bytes at the HBM read bandwidth or FLOPs at the GEMM peak,
-whichever is slower (GEMM: A, B and C once; decode attention: the K/V actually read; the rotary
-kernel: QKV in, Q and the new K/V out; the embedding: its tokens' rows in, the residual out;
-other kernels: their array arguments once).
+operation, replays the graph a number of times and reads the time between consecutive events:
+each operation's GPU time inside the real step, launch gaps included, so the parts add up to the
+whole. The operations are the entries of the decoder's `ops` (`model.DecoderOps`: every kernel
+launcher, and the GEMM dispatch's `linear`, called "gemm" here): for the captured step the
+decoder's `ops` is `ops.recorded(...)`, whose entries record the event after each call, and its
+own `ops` is put back after. CuPy's element-wise calls are not entries: their time counts in
+the next operation's (or in none after the last).
 
-The communicator's calls (tensor-parallel `all_reduce` and `all_gather`, a pipeline stage's
-`send` and `recv`) are operations too, with no floor: `communication_ms` sums them, the time a
-rank's step spends in communication, waiting for its peers included (for a pipeline stage,
-mostly the wait for the stages before it).
+Operations are grouped by their place in the layer pattern (layer i's run from its QKV GEMM,
+the GEMM with that layer's QKV weight, to the residual add and norm that open layer i+1),
+summed over the layers, and set against their floor: bytes at the HBM read bandwidth or FLOPs
+at the GEMM peak, whichever is slower (GEMM: A, B and C once; decode attention: the K/V
+actually read; the rotary kernel: QKV in, Q and the new K/V out; the embedding: its tokens'
+rows in, the residual out; other kernels: their array arguments once).
 
-With micro-batches (`Decoder(micro_batches=m)`) every layer runs m times a step: its places
-count m x layers operations, each attention's floor counts its micro-batch's sequences, and a
-micro-batch's receive (or embedding) opens a "start" place again.
+A `RankDecoder`'s communicator calls (tensor-parallel `all_reduce` and `all_gather`, a pipeline
+stage's `send` and `recv`: `rank.RankOps` entries) are operations too, with no floor:
+`communication_ms` sums them, the time a rank's step spends in communication, waiting for its
+peers included (for a pipeline stage, mostly the wait for the stages before it).
+
+With micro-batches (`RankDecoder(micro_batches=m)`) every layer runs m times a step: its places
+count m x layers operations, each attention's floor counts its micro-batch's sequences
+(`rank.step_micro_batches`), and a micro-batch's receive (or embedding) opens a "start" place
+again.
 
 A parallel block's attention and MLP, which a real step overlaps on two streams
-(`Decoder._parallel_block`), run one after the other here: each operation's own time is what
-the table shows, so the parts add up to more than the overlapped step.
+(`Decoder._attention_beside_mlp`), run one after the other here (the decoder's
+`overlap_branches` off): each operation's own time is what the table shows, so the parts add
+up to more than the overlapped step.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import importlib
 import itertools
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -39,13 +46,13 @@ import numpy as np
 
 from ftbench.errors import GpuError
 from ftbench.runtime.model import Decoder, StepInputs
+from ftbench.runtime.pipeline import MicroBatch
+from ftbench.runtime.rank import RankDecoder, step_micro_batches
 
-KERNELS = {
-    "ftbench.kernels.decoder": ("embed", "residual_norm", "qkv_rotary", "bias_act"),
-    "ftbench.kernels.attention": ("context_attention", "decode_attention"),
-}
 REPLAYS = 20
 COMMUNICATION = ("all_reduce", "all_gather", "send", "recv")
+# The operations a micro-batch's pass opens with: on the first pipeline stage, else received.
+MICRO_BATCH_OPENERS = ("embed", "recv")
 CU_EVENT_RECORD_EXTERNAL = 1
 
 
@@ -142,89 +149,57 @@ def _bytes_and_flops(
     return _array_bytes(args) + _array_bytes(kwargs.values()), 0
 
 
+def _micro_batches(decoder: Decoder, step: StepInputs) -> list[MicroBatch]:
+    """The micro-batches `decoder` runs `step` in (a one-GPU `Decoder`: one, the whole step)."""
+    count = decoder.micro_batches if isinstance(decoder, RankDecoder) else 1
+    return step_micro_batches(step, count)
+
+
 @contextmanager
-def _timed_operations(decoder: Decoder, lengths: list[int]):
-    """Inside: every launcher and GEMM of `decoder.forward` runs, then records an event."""
+def _timed_operations(decoder: Decoder, step: StepInputs, lengths: list[int]):
+    """Inside: every entry of `decoder.ops` runs, then records an event (`_Operation`)."""
     import cupy
 
     operations: list[_Operation] = []
-    # Where the step is: micro-batch, layer, the micro-batch's sequences.
-    layer: dict[str, Any] = {"micro_batch": -1, "index": None, "part": None}
+    parts = _micro_batches(decoder, step)
+    qkv_weights = {id(layer.qkv.weight) for layer in decoder.weights.layers}
+    # Where the step is: micro-batch and layer (None: before the micro-batch's first layer).
+    where: dict[str, Any] = {"micro_batch": -1, "layer": None}
 
-    def timed(name: str, run: Callable, bytes_flops: Callable) -> Callable:
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            result = run(*args, **kwargs)
-            moved, flops = bytes_flops(args, kwargs)
-            operation = _Operation(
-                name, layer["micro_batch"], layer["index"], moved, flops, cupy.cuda.Event()
+    def record(name: str, args: tuple, kwargs: dict) -> None:
+        if name in MICRO_BATCH_OPENERS:
+            where["micro_batch"], where["layer"] = where["micro_batch"] + 1, None
+        if name == "linear" and id(args[1]) in qkv_weights:
+            where["layer"] = 0 if where["layer"] is None else where["layer"] + 1
+        part = parts[where["micro_batch"]]
+        if name == "linear":
+            name, (moved, flops) = "gemm", _gemm_sizes(*args)
+        elif name in COMMUNICATION:
+            moved, flops = 0, 0
+        else:
+            part_lengths = [lengths[b] for b in part.sequences]
+            moved, flops = _bytes_and_flops(
+                decoder, name, args, kwargs, part_lengths, len(part.tokens)
             )
-            _record_node(operation.event)
-            operations.append(operation)
-            return result
-
-        return wrapper
-
-    saved = []
-    for module_name, names in KERNELS.items():
-        module = importlib.import_module(module_name)
-        for name in names:
-            original = getattr(module, name)
-            saved.append((module, name, original))
-
-            def sizes(args, kwargs, name=name):
-                part = layer["part"]
-                return _bytes_and_flops(
-                    decoder, name, args, kwargs, [lengths[b] for b in part.sequences],
-                    len(part.tokens),
-                )  # fmt: skip
-
-            setattr(module, name, timed(name, original, sizes))
-
-    def gemm_sizes(args: tuple, kwargs: dict) -> tuple[int, int]:
-        x, weight, out = args
-        return int(x.nbytes + weight.nbytes + out.nbytes), 2 * x.shape[0] * weight.shape[
-            0
-        ] * x.shape[1]
-
-    decoder.gemm.linear = timed("gemm", decoder.gemm.linear, gemm_sizes)
-    communicators = [
-        (comm, name)
-        for comm, names in (
-            (decoder.comm, COMMUNICATION[:2]),
-            (decoder.stage.comm, COMMUNICATION[2:]),
+        operation = _Operation(
+            name, where["micro_batch"], where["layer"], moved, flops, cupy.cuda.Event()
         )
-        if comm is not None
-        for name in names
-    ]
-    for comm, name in communicators:
-        setattr(comm, name, timed(name, getattr(comm, name), lambda args, kwargs: (0, 0)))
-    attention = decoder._attention
+        _record_node(operation.event)
+        operations.append(operation)
 
-    def attention_of_layer(index: int, *args: Any, **kwargs: Any) -> Any:
-        layer["index"] = index
-        return attention(index, *args, **kwargs)
-
-    decoder._attention = attention_of_layer
-    stage_pass = decoder._stage_pass
-
-    def pass_of_micro_batch(step: Any, part: Any, fold: bool) -> Any:
-        layer["micro_batch"] += 1
-        layer["index"], layer["part"] = None, part
-        return stage_pass(step, part, fold)
-
-    decoder._stage_pass = pass_of_micro_batch
+    ops = decoder.ops
+    decoder.ops = ops.recorded(record)
     decoder.overlap_branches = False  # one operation after another, or the events mean nothing
     try:
         yield operations
     finally:
+        decoder.ops = ops
         decoder.overlap_branches = True
-        for module, name, original in saved:
-            setattr(module, name, original)
-        del decoder.gemm.linear
-        del decoder._attention
-        del decoder._stage_pass
-        for comm, name in communicators:
-            delattr(comm, name)
+
+
+def _gemm_sizes(x: Any, weight: Any, out: Any) -> tuple[int, int]:
+    """Bytes (A, B and C once) and FLOPs of out = x @ weight^T."""
+    return int(x.nbytes + weight.nbytes + out.nbytes), 2 * x.shape[0] * weight.shape[0] * x.shape[1]
 
 
 def breakdown(
@@ -247,7 +222,7 @@ def breakdown(
         stream.begin_capture()
         try:
             _record_node(start)
-            with _timed_operations(decoder, lengths) as operations:
+            with _timed_operations(decoder, step, lengths) as operations:
                 decoder.forward(step)
         finally:
             graph = stream.end_capture()

@@ -17,7 +17,7 @@ of a tensor- or pipeline-parallel run prefill eagerly.
 Under pipeline parallelism every stage's rank runs the same `Generator` calls on its stage's
 decoder: the last stage samples and sends the tokens to the first (`Stage.share_tokens`, inside
 the captured step), stages before the last get no logits (None), and the generated tokens are
-known on the first and last stages only. With micro-batches (`Decoder(micro_batches=m)`) the
+known on the first and last stages only. With micro-batches (`RankDecoder(micro_batches=m)`) the
 last stage samples once per step, from the logits of every micro-batch, after the last one:
 the tokens travel to the first stage once per step, as with one micro-batch.
 """

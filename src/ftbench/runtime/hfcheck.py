@@ -26,12 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from ftbench.dtypes import RUNTIME_DTYPES, torch_dtype
 from ftbench.profiles.hf import spec_from_hf_config
 from ftbench.runtime.generate import Generator, unpad
 from ftbench.runtime.model import Decoder
 from ftbench.runtime.weights import load_hf_weights
 
-DTYPES = ("fp16", "bf16")
+DTYPES = RUNTIME_DTYPES
 VOCAB = 1000
 PROMPT_LENGTHS = (5, 17, 11)
 STEPS = 32
@@ -127,7 +128,7 @@ def build_checkpoint(case: str, dtype: str, directory: Path) -> Any:
         for parameter in model.parameters():
             if parameter.ndim == 1:  # move norm weights and biases away from 1 and 0
                 parameter.add_(0.1 * torch.randn_like(parameter))
-    model = model.to({"fp16": torch.float16, "bf16": torch.bfloat16}[dtype])
+    model = model.to(torch_dtype(dtype))
     model.save_pretrained(directory, safe_serialization=True)
     return model.double()
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+from ftbench.dtypes import RUNTIME_DTYPES, dtype_info
 from ftbench.errors import InvalidInputError
 from ftbench.kernels.attention import decode_workspace_floats
 from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import ModelSpec
 from ftbench.runtime.weights import weight_shapes
 
-DTYPE_BYTES = {"fp16": 2, "bf16": 2}
 GIB = 1024**3
 # cuBLAS/cuBLASLt/split-K workspaces, CUDA graphs and the allocator's rounding: kept free.
 RESERVE_BYTES = 512 * 1024**2
@@ -59,22 +59,22 @@ def footprint(
     """The bytes one rank of `spec` needs for `batch` sequences of up to `max_seq_len` tokens,
     with steps of up to `max_tokens` tokens (default batch * max_seq_len); with `layers`, one
     rank of the pipeline stage holding those layers."""
-    if dtype not in DTYPE_BYTES:
+    if dtype not in RUNTIME_DTYPES:
         raise InvalidInputError(f"the runtime runs fp16 or bf16, not {dtype!r}")
     if batch < 1 or max_seq_len < 1:
         raise InvalidInputError(f"batch and length must be positive, got {batch} x {max_seq_len}")
-    element = DTYPE_BYTES[dtype]
+    element = dtype_info(dtype).bytes
     tokens = batch * max_seq_len if max_tokens is None else max_tokens
     rank = rank_shapes(spec, tp)
     shapes = weight_shapes(spec, tp, layers)
     if spec.tie_word_embeddings and "embed" in shapes and "lm_head.weight" in shapes:
         shapes.pop("lm_head.weight")
     weights = sum(_count(shape) for shape in shapes.values()) * element
-    q_width, kv_width = rank.q_heads * spec.head_dim, rank.kv_heads * spec.head_dim
+    q_width, kv_width = rank.q_width, rank.kv_width
     stage_layers = spec.num_layers if layers is None else len(layers)
     kv_cache = stage_layers * 2 * batch * max_seq_len * kv_width * element
     ffn = rank.ffn_hidden_size
-    up_width = 2 * ffn if spec.gated_ffn else ffn
+    up_width = rank.ffn_up_rows
     per_token = (
         4 * spec.hidden_size  # fp32 residual stream
         + element

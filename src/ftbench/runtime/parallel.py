@@ -1,6 +1,6 @@
 """Collectives and point-to-point transfers between ranks, over NCCL or emulated.
 
-The decoder (`runtime.model`) calls a communicator at the Megatron points: `all_reduce` after
+A rank's decoder (`runtime.rank`) calls a communicator at the Megatron points: `all_reduce` after
 attention-out and after FFN-down (once per layer for GPT-J's parallel block) and `all_gather`
 of the vocabulary-split LM head's logits, so that sampling sees the whole vocabulary. Pipeline
 stages (`runtime.pipeline`) pass activations and sampled tokens with `send` and `recv`. Gathering

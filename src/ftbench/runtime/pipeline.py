@@ -7,8 +7,8 @@ one per stage, form its pipeline communicator (its rank = the stage index), thro
 stages pass, with `send` and `recv`:
 
 - activations, stage s to s + 1, once per micro-batch: the fp32 residual rows [tokens, hidden]
-  of its sequences with every pending delta of the stage's last layer already added
-  (`Decoder.forward` folds them in with one `residual_norm`), so nothing else has to travel;
+  of its sequences, the stage's last layer's outputs already added (`rank.RankDecoder`), so
+  nothing else has to travel;
 - the sampled tokens [B] int32, from the last stage (which runs the final norm, the LM head and
   the sampler) back to the first (which embeds them in the next step), once per step
   (`Stage.share_tokens`, called by `runtime.generate`). Stages in between never see tokens.
@@ -72,14 +72,6 @@ class Stage:
     @property
     def last(self) -> bool:
         return self.index == self.count - 1
-
-    def receive_activations(self, residual: Any) -> None:
-        """The previous stage's residual rows, into `residual`."""
-        self.comm.recv(residual, self.index - 1)
-
-    def send_activations(self, residual: Any) -> None:
-        """This stage's residual rows, to the next stage."""
-        self.comm.send(residual, self.index + 1)
 
     def share_tokens(self, tokens: Any) -> None:
         """The last stage sends the tokens it sampled to the first, which receives them into

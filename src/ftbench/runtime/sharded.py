@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ftbench.dtypes import DTYPE_OF_NUMPY, numpy_dtype, numpy_name
 from ftbench.errors import InvalidInputError
 from ftbench.files import (
     check_folder_target,
@@ -35,7 +36,6 @@ from ftbench.runtime.weights import (
     ModelWeights,
     check_shapes,
     from_named,
-    numpy_dtype,
     reading_safetensors,
     shard,
 )
@@ -49,11 +49,14 @@ def rank_file(rank: int, tp: int) -> str:
     return f"rank-{rank}-of-{tp}.safetensors"
 
 
+STORED_DTYPES = ("fp16", "bf16", "fp32")
+
+
 def _dtype_name(dtype: np.dtype) -> str:
-    names = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
-    if dtype.name not in names:
+    name = DTYPE_OF_NUMPY.get(numpy_name(dtype))
+    if name not in STORED_DTYPES:
         raise InvalidInputError(f"pre-sharded checkpoints hold fp16, bf16 or fp32, not {dtype}")
-    return names[dtype.name]
+    return name
 
 
 def check_output(

@@ -33,9 +33,9 @@ from ftbench.errors import InvalidInputError
 from ftbench.profiles.catalog import load_builtin
 from ftbench.profiles.spec import ModelSpec
 from ftbench.runtime.generate import Generator
-from ftbench.runtime.model import Decoder
 from ftbench.runtime.parallel import EmulatedGroup
 from ftbench.runtime.pipeline import Stage, pipeline_group, rank_place, stage_plan, tensor_group
+from ftbench.runtime.rank import RankDecoder, make_decoder
 from ftbench.runtime.reference import ReferenceModel
 from ftbench.runtime.weights import ModelWeights, random_weights, shard, stage_weights
 
@@ -151,19 +151,19 @@ def run_logits(
 ) -> list[np.ndarray]:
     """The unsharded runtime's logits for `prompts` and teacher-forced `continuations` (TP=1:
     by default one micro-batch, no CUDA graphs)."""
-    decoder = Decoder(spec, weights, micro_batches=micro_batches, **_decoder_args(spec))
+    decoder = make_decoder(spec, weights, micro_batches=micro_batches, **_decoder_args(spec))
     return _run(Generator(decoder, use_graph=use_graph), prompts, continuations)
 
 
 def rank_decoder(
     spec: ModelSpec, weights: ModelWeights, tp: int, pp: int, rank: int, tensor: Any, pipe: Any,
     micro_batches: int = 1,
-) -> Decoder:  # fmt: skip
+) -> RankDecoder:  # fmt: skip
     """Global rank `rank`'s decoder of a tp x pp run: its stage's layers of its shard of
     `weights`, with its tensor and pipeline communicators (either may be None)."""
     index, tp_rank = rank_place(rank, tp, pp)
     layers = stage_plan(spec, pp)[index]
-    return Decoder(
+    return RankDecoder(
         spec, stage_weights(shard(weights, spec, tp, tp_rank), spec, layers), tp=tp, comm=tensor,
         stage=Stage(index, pp, layers, pipe), micro_batches=micro_batches, **_decoder_args(spec),
     )  # fmt: skip

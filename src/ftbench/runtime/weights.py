@@ -39,12 +39,10 @@ from typing import Any
 
 import numpy as np
 
+from ftbench.dtypes import numpy_dtype
 from ftbench.errors import InvalidInputError
 from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import ModelSpec
-
-# ftbench's dtype names (the workload's) as NumPy dtypes; bf16 needs the ml_dtypes package.
-_DTYPE_NAMES = {"fp16": "float16", "fp32": "float32", "fp64": "float64", "bf16": "bfloat16"}
 
 # Buffers some checkpoints store next to the weights: GPT-2/GPT-J causal masks, old LLaMA
 # rotary frequencies. They carry no weights and are skipped.
@@ -141,28 +139,6 @@ class ModelWeights:
         return from_named(named, len(self.layers))
 
 
-def numpy_dtype(dtype: Any) -> np.dtype:
-    """A NumPy dtype from ftbench's names ("fp16", "bf16", "fp32", "fp64") or any NumPy dtype.
-
-    NumPy has no bfloat16 of its own: "bf16" needs the ml_dtypes package.
-    """
-    name = _DTYPE_NAMES.get(dtype, dtype) if isinstance(dtype, str) else dtype
-    if name == "bfloat16":
-        try:
-            import ml_dtypes
-        except ImportError:
-            raise InvalidInputError(
-                "bf16 NumPy arrays need the ml_dtypes package (pip install ml_dtypes)"
-            ) from None
-        return np.dtype(ml_dtypes.bfloat16)
-    try:
-        return np.dtype(name)
-    except TypeError:
-        raise InvalidInputError(
-            f"unknown dtype {dtype!r}; use fp16, bf16, fp32, fp64 or a NumPy dtype"
-        ) from None
-
-
 def _check_decoder(spec: ModelSpec) -> None:
     if spec.architecture != "decoder":
         raise InvalidInputError(
@@ -189,9 +165,7 @@ def weight_shapes(
     _check_decoder(spec)
     layers = range(spec.num_layers) if layers is None else layers
     rank = rank_shapes(spec, tp)
-    hidden, head_dim = spec.hidden_size, spec.head_dim
-    q_width, kv_width = rank.q_heads * head_dim, rank.kv_heads * head_dim
-    ffn = rank.ffn_hidden_size
+    hidden, ffn = spec.hidden_size, rank.ffn_hidden_size
     norm_bias = spec.norm == "layernorm"
     shapes: dict[str, tuple[int, ...]] = {}
     if layers.start == 0:
@@ -201,12 +175,11 @@ def weight_shapes(
     for index in range(len(layers)):
         layer = f"layers.{index}"
         _add(shapes, f"{layer}.ln1", (hidden,), norm_bias)
-        _add(shapes, f"{layer}.qkv", (q_width + 2 * kv_width, hidden), spec.qkv_bias)
-        _add(shapes, f"{layer}.attn_out", (hidden, q_width), spec.attn_out_bias)
+        _add(shapes, f"{layer}.qkv", (rank.qkv_width, hidden), spec.qkv_bias)
+        _add(shapes, f"{layer}.attn_out", (hidden, rank.q_width), spec.attn_out_bias)
         if not spec.parallel_attn_mlp:
             _add(shapes, f"{layer}.ln2", (hidden,), norm_bias)
-        up_rows = 2 * ffn if spec.gated_ffn else ffn
-        _add(shapes, f"{layer}.ffn_up", (up_rows, hidden), spec.ffn_bias)
+        _add(shapes, f"{layer}.ffn_up", (rank.ffn_up_rows, hidden), spec.ffn_bias)
         _add(shapes, f"{layer}.ffn_down", (hidden, ffn), spec.ffn_bias)
     if layers.stop == spec.num_layers:
         _add(shapes, "final_norm", (hidden,), norm_bias)
@@ -656,9 +629,7 @@ def shard(weights: ModelWeights, spec: ModelSpec, tp: int, rank: int) -> ModelWe
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < tp:
         raise InvalidInputError(f"rank must be an integer in 0..{tp - 1}, got {rank!r}")
     check_shapes(weights, spec)
-    head_dim = spec.head_dim
-    rank_q_width = shapes.q_heads * head_dim
-    rank_kv_width = shapes.kv_heads * head_dim
+    rank_q_width, rank_kv_width = shapes.q_width, shapes.kv_width
     kv_start = (rank // shapes.kv_replicas) * rank_kv_width
     q = slice(rank * rank_q_width, (rank + 1) * rank_q_width)
     k_start = spec.q_width + kv_start

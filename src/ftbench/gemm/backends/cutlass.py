@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ftbench.autotune.backends.base import CandidateUnsupported, Runner
-from ftbench.autotune.candidate import Candidate
-from ftbench.autotune.problem import GemmProblem
 from ftbench.errors import GpuError, NoGpuError
+from ftbench.gemm.backends.base import CandidateUnsupported, Runner
+from ftbench.gemm.candidate import Candidate
+from ftbench.gemm.problem import GemmProblem
 from ftbench.kernels import cutlass_build
 from ftbench.kernels.cutlass_build import BuildResult, KernelSpec
 

@@ -17,15 +17,17 @@ re-derive the row-major/column-major swap.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
+from ftbench.dtypes import DTYPES
 from ftbench.errors import InvalidInputError
 
 PROBLEM_SCHEMA = 1
 
-DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
-_DTYPE_CODES = {"fp16": "f16", "bf16": "bf16", "fp32": "f32"}
+# Formats a GEMM problem may name (fp64 is the NumPy reference's, never a GPU GEMM's).
+GEMM_DTYPES = ("fp16", "bf16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -42,11 +44,8 @@ class GemmProblem:
     transa: bool = False
     transb: bool = True
     batch_count: int = 1
-    op: str = "gemm"
 
     def __post_init__(self) -> None:
-        if self.op != "gemm":
-            raise InvalidInputError(f"GEMM problem op must be 'gemm', got {self.op!r}")
         for field_name in ("m", "n", "k", "batch_count"):
             value = getattr(self, field_name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -55,9 +54,9 @@ class GemmProblem:
                 )
         for field_name in ("a_dtype", "b_dtype", "c_dtype", "compute_dtype"):
             value = getattr(self, field_name)
-            if value not in DTYPE_BYTES:
+            if value not in GEMM_DTYPES:
                 raise InvalidInputError(
-                    f"GEMM problem {field_name} must be one of {sorted(DTYPE_BYTES)}, got {value!r}"
+                    f"GEMM problem {field_name} must be one of {sorted(GEMM_DTYPES)}, got {value!r}"
                 )
         for field_name in ("transa", "transb"):
             if not isinstance(getattr(self, field_name), bool):
@@ -75,9 +74,9 @@ class GemmProblem:
     def bytes(self) -> int:
         """Bytes moved if A and B are read once and C written once, at their dtypes' sizes."""
         per_batch = (
-            self.m * self.k * DTYPE_BYTES[self.a_dtype]
-            + self.k * self.n * DTYPE_BYTES[self.b_dtype]
-            + self.m * self.n * DTYPE_BYTES[self.c_dtype]
+            self.m * self.k * DTYPES[self.a_dtype].bytes
+            + self.k * self.n * DTYPES[self.b_dtype].bytes
+            + self.m * self.n * DTYPES[self.c_dtype].bytes
         )
         return per_batch * self.batch_count
 
@@ -101,9 +100,9 @@ class GemmProblem:
 
     def key(self) -> str:
         """Stable cache key, e.g. "gemm:f16f16f16:f32:NT:m=1:n=12288:k=4096:b=1"."""
-        dtypes = "".join(_DTYPE_CODES[d] for d in (self.a_dtype, self.b_dtype, self.c_dtype))
+        dtypes = "".join(DTYPES[d].code for d in (self.a_dtype, self.b_dtype, self.c_dtype))
         return (
-            f"{self.op}:{dtypes}:{_DTYPE_CODES[self.compute_dtype]}:{self.layout}:"
+            f"gemm:{dtypes}:{DTYPES[self.compute_dtype].code}:{self.layout}:"
             f"m={self.m}:n={self.n}:k={self.k}:b={self.batch_count}"
         )
 
@@ -126,13 +125,16 @@ class GemmProblem:
             "ldb": self.m if self.transa else self.k,
             "ldc": self.n,
             "batch_count": self.batch_count,
+            # Elements between consecutive matrices of a batch, in cuBLAS's operand order.
+            "stride_a": self.k * self.n,
+            "stride_b": self.m * self.k,
+            "stride_c": self.m * self.n,
         }
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record with a schema version."""
         return {
             "schema": PROBLEM_SCHEMA,
-            "op": self.op,
             "a_dtype": self.a_dtype,
             "b_dtype": self.b_dtype,
             "c_dtype": self.c_dtype,
@@ -147,7 +149,11 @@ class GemmProblem:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GemmProblem:
-        """Inverse of `to_dict`; a wrong schema or a missing or unknown field is an error."""
+        """Inverse of `to_dict`; a wrong schema or a missing or unknown field is an error.
+
+        Records written before the "op" field was dropped carry "op": "gemm" (it never had
+        another value); they still load, and any other op is refused.
+        """
         if not isinstance(data, dict):
             raise InvalidInputError(f"a GEMM problem must be a JSON object, got {data!r}")
         if data.get("schema") != PROBLEM_SCHEMA:
@@ -155,7 +161,11 @@ class GemmProblem:
                 f"GEMM problem schema {data.get('schema')!r} is not supported "
                 f"(this ftbench reads schema {PROBLEM_SCHEMA})"
             )
-        fields = {key: value for key, value in data.items() if key != "schema"}
+        fields = {key: value for key, value in data.items() if key not in ("schema", "op")}
+        if data.get("op", "gemm") != "gemm":
+            raise InvalidInputError(
+                f"GEMM problem op {data['op']!r} is not supported (ftbench tunes only 'gemm')"
+            )
         expected = set(cls.__dataclass_fields__)
         missing = sorted(expected - fields.keys())
         unknown = sorted(fields.keys() - expected)
@@ -164,6 +174,13 @@ class GemmProblem:
         if unknown:
             raise InvalidInputError(f"GEMM problem has unknown field(s): {', '.join(unknown)}")
         return cls(**fields)
+
+
+@functools.lru_cache(maxsize=4096)
+def linear_problem(m: int, n: int, k: int, dtype: str) -> GemmProblem:
+    """The problem of a linear layer Y[m, n] = X[m, k] @ W[n, k]^T in `dtype` (the one
+    constructor: profiles, the runtime's dispatch and the benchmarks all build it here)."""
+    return GemmProblem(m=m, n=n, k=k, a_dtype=dtype, b_dtype=dtype, c_dtype=dtype)
 
 
 @dataclass(frozen=True)

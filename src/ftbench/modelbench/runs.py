@@ -16,8 +16,10 @@ roofline_fraction is the floor of a decode step over its median time. Runs of se
 pp > 1, or one rank started by a launcher) add "comm_step_ms_per_rank": per global rank, the ms one
 decode step spends in communicator calls (all-reduce, all-gather, send, recv; optional, absent in
 older records and single-process runs) and "micro_batches": how many micro-batches each pipeline
-step ran in (optional, absent in older records: 1). Fields a peer cannot report are null (or
-absent: throughput_tok_s, peak_memory_bytes, floor_decode_step_ms, roofline_fraction,
+step ran in (optional, absent in older records: 1). ftbench's engines add "tuned_cache": {path,
+entries, note}, the tuned cache the point ran with (`gemm.cache.TunedChoice`; note says why none
+was used, e.g. tuned on another GPU; absent in older records). Fields a peer cannot report
+are null (or absent: throughput_tok_s, peak_memory_bytes, floor_decode_step_ms, roofline_fraction,
 gemm_cache_misses, flags). A configuration that could not run has the key fields, a status other
 than "ok" (e.g. "does not fit") and a "reason", and no timings. Writers may add fields of their
 own; readers ignore them.
@@ -33,7 +35,16 @@ from ftbench.files import positive_number, positive_numbers
 
 KIND = "run"
 # Known engines, in the order plots and tables show them; others are accepted as they are.
-ENGINES = ("ftbench", "ftbench-untuned", "hf-eager", "hf-compile", "gpt-fast")
+# The one list of engines a run record may name: ftbench's runtime (with the tuned cache, and
+# without it), then the peers measured through torch.
+OUR_ENGINES = ("ftbench", "ftbench-untuned")
+PEER_ENGINES = ("hf-eager", "hf-compile", "gpt-fast")
+ENGINES = OUR_ENGINES + PEER_ENGINES
+# `ftbench run --compare NAME`: the engine each name measures beside "ftbench".
+COMPARE_NAMES = {
+    "untuned": "ftbench-untuned", "hf": "hf-eager", "hf-compile": "hf-compile",
+    "gpt-fast": "gpt-fast",
+}  # fmt: skip
 KEY_FIELDS = ("engine", "model", "dtype", "tp", "pp", "batch", "input_len", "output_len")
 TIMING_METRICS = ("ttft_ms", "decode_step_ms", "end_to_end_ms")
 TIMING_FIELDS = ("median_ms", "ci_low_ms", "ci_high_ms", "samples_ms")

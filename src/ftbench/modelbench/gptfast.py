@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ftbench.bench.peers import PeerGeneration
 from ftbench.errors import GpuError, InvalidInputError
+from ftbench.modelbench.peers import PeerGeneration
 from ftbench.profiles.spec import ModelSpec
 from ftbench.runtime.reference import rope_inverse_frequencies
 from ftbench.runtime.weights import LayerWeights, Linear, ModelWeights, Norm, check_shapes

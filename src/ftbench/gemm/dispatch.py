@@ -13,14 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ftbench.autotune.backends import get_backend
-from ftbench.autotune.backends.base import Runner
-from ftbench.autotune.cache import TunedCache
-from ftbench.autotune.problem import GemmProblem
+from ftbench.dtypes import array_dtype
 from ftbench.errors import GpuError
+from ftbench.gemm.backends import get_backend
+from ftbench.gemm.backends.base import Runner
+from ftbench.gemm.cache import TunedCache
+from ftbench.gemm.problem import GemmProblem, linear_problem
 from ftbench.kernels.cublas import check_linear_operands
-
-_DTYPES = {"float16": "fp16", "bfloat16": "bf16"}
 
 
 @dataclass
@@ -52,12 +51,10 @@ class GemmDispatch:
     def linear(self, x: Any, weight: Any, out: Any) -> None:
         """out = x @ weight^T on CuPy's current stream (x [m, k], weight [n, k], out [m, n])."""
         m, n, k = check_linear_operands(x, weight, out)
-        shape = (m, n, k, _DTYPES[str(x.dtype)])
+        shape = (m, n, k, array_dtype(x))
         runner = self._runners.get(shape)
         if runner is None:
-            dtype = shape[3]
-            problem = GemmProblem(m, n, k, a_dtype=dtype, b_dtype=dtype, c_dtype=dtype)
-            runner = self._runners[shape] = self._resolve(problem)
+            runner = self._runners[shape] = self._resolve(linear_problem(*shape))
         runner(x, weight, out)
 
     def _resolve(self, problem: GemmProblem) -> Runner:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ftbench import dtypes
 from ftbench.errors import InvalidInputError
 from ftbench.profiles.spec import ModelSpec
 
@@ -82,7 +83,7 @@ class HfPeer:
             raise InvalidInputError(f"HF peer mode must be one of {MODES}, not {mode!r}")
         config = hf_config(spec)
         config_class = transformers.AutoConfig.for_model(config.pop("model_type"), **config)
-        torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+        torch_dtype = dtypes.torch_dtype(dtype)
         torch.manual_seed(seed)
         with torch.device("cuda"):
             model = transformers.AutoModelForCausalLM.from_config(

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ftbench.autotune.candidate import Candidate
-from ftbench.autotune.problem import GemmProblem
+from ftbench.gemm.candidate import Candidate
+from ftbench.gemm.problem import GemmProblem
 
 Runner = Callable[[Any, Any, Any], None]
 

@@ -39,12 +39,13 @@ from typing import Any
 
 import numpy as np
 
-from ftbench.autotune.backends.base import CandidateUnsupported
-from ftbench.autotune.candidate import Candidate
-from ftbench.autotune.operands import operand_shapes
-from ftbench.autotune.problem import GemmProblem
+from ftbench.dtypes import DTYPES
 from ftbench.errors import InvalidInputError, NoGpuError
-from ftbench.kernels.cublas import CUBLAS_COMPUTE_32F, CUBLAS_OP, CUDA_DATA_TYPES, WORKSPACE_BYTES
+from ftbench.gemm.backends.base import CandidateUnsupported
+from ftbench.gemm.candidate import Candidate
+from ftbench.gemm.operands import operand_shapes
+from ftbench.gemm.problem import GemmProblem
+from ftbench.kernels.cublas import CUBLAS_COMPUTE_32F, CUBLAS_OP, WORKSPACE_BYTES
 from ftbench.kernels.streams import scratch_slot
 
 BACKEND_NAME = "cublaslt"
@@ -383,7 +384,7 @@ def _plan(problem: GemmProblem) -> _Plan:
     set_desc(lt.MatmulDescAttribute.TRANSA, CUBLAS_OP[call["transa"]])
     set_desc(lt.MatmulDescAttribute.TRANSB, CUBLAS_OP[call["transb"]])
     # cuBLASLt's A is our B and its B our A (see GemmProblem.cublas_call).
-    dtypes = [CUDA_DATA_TYPES[d] for d in (problem.b_dtype, problem.a_dtype, problem.c_dtype)]
+    dtypes = [DTYPES[d].cuda_data_type for d in (problem.b_dtype, problem.a_dtype, problem.c_dtype)]
     layouts = []
     for spec, dtype in zip(layout_specs(problem), dtypes, strict=True):
         layout = lt.matrix_layout_create(dtype, spec.rows, spec.cols, spec.ld)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import importlib
 
-from ftbench.autotune.backends.base import Backend
-from ftbench.autotune.candidate import BACKEND_NAMES
 from ftbench.errors import InvalidInputError
+from ftbench.gemm.backends.base import Backend
+from ftbench.gemm.candidate import BACKEND_NAMES
 
 _MODULES = {
-    "cublas": "ftbench.autotune.backends.cublas",
-    "cublaslt": "ftbench.autotune.backends.cublaslt",
-    "cutlass": "ftbench.autotune.backends.cutlass",
-    "ftbench": "ftbench.autotune.backends.own",
+    "cublas": "ftbench.gemm.backends.cublas",
+    "cublaslt": "ftbench.gemm.backends.cublaslt",
+    "cutlass": "ftbench.gemm.backends.cutlass",
+    "ftbench": "ftbench.gemm.backends.gemv",
 }
 
 

@@ -10,6 +10,7 @@ Both cold (the buffer is 70 times the L2), both through `bench.timer`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ftbench.bench.timer import TimingPolicy, cold_input_sets, device_facts, time_launch
@@ -45,7 +46,7 @@ def read_bandwidth(nbytes: int = PROBE_BYTES, policy: TimingPolicy = POLICY) -> 
         per_sm: time_launch(
             lambda i, blocks=per_sm * sm_count: read_probe(sources[i], sink, blocks),
             name=f"read {nbytes / 2**30:g} GiB, {per_sm} blocks/SM",
-            cache="cold",
+            l2="cold",
             input_sets=sets,
             set_bytes=nbytes,
             policy=policy,
@@ -73,18 +74,18 @@ def copy_bandwidth(nbytes: int = PROBE_BYTES, policy: TimingPolicy = POLICY) -> 
     copy(0)
     if not bool((target == source).all()):
         raise RuntimeError("device-to-device copy produced wrong bytes")
-    timing = time_launch(copy, name=f"copy {nbytes / 2**30:g} GiB", cache="cold", policy=policy)
+    timing = time_launch(copy, name=f"copy {nbytes / 2**30:g} GiB", l2="cold", policy=policy)
     return {"bytes_per_s": 2 * nbytes / (timing.median_ms / 1e3), "timing": timing.to_dict()}
 
 
 def gemm_peak(dtype: str = "fp16") -> dict[str, Any]:
     """FLOP/s of the best cuBLAS/cuBLASLt candidate on an 8192^3 GEMM of `dtype`."""
-    from ftbench.autotune.problem import GemmProblem
     from ftbench.autotune.sweep import SweepOptions, available_backends, tune_problem
+    from ftbench.gemm.problem import GemmProblem
 
     problem = GemmProblem(8192, 8192, 8192, a_dtype=dtype, b_dtype=dtype, c_dtype=dtype)
     backends, _ = available_backends(("cublas", "cublaslt"))
-    options = SweepOptions(backends=("cublas", "cublaslt"), cache="hot")
+    options = SweepOptions(backends=("cublas", "cublaslt"), l2="hot")
     outcome = tune_problem(problem, backends, options)
     best_ms = outcome.entry.winner_time.median_ms
     return {
@@ -92,3 +93,16 @@ def gemm_peak(dtype: str = "fp16") -> dict[str, Any]:
         "winner": outcome.entry.winner.to_dict(),
         "median_ms": best_ms,
     }
+
+
+@dataclass(frozen=True)
+class Ceilings:
+    """The GPU's measured HBM read bandwidth (bytes/s) and dense GEMM peak (FLOP/s)."""
+
+    hbm_read_bytes_per_s: float
+    gemm_peak_flops: float
+
+
+def measure_ceilings(dtype: str) -> Ceilings:
+    """The HBM read bandwidth and the dense GEMM peak of `dtype`, measured now."""
+    return Ceilings(read_bandwidth()["bytes_per_s"], gemm_peak(dtype)["flops_per_s"])

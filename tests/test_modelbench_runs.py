@@ -1,9 +1,9 @@
-"""The run-record schema (`reports.runs`) that `ftbench run` writes. Timings here are synthetic."""
+"""The run-record schema (`modelbench.runs`) of `ftbench run`. Timings here are synthetic."""
 
 import pytest
 
 from ftbench.errors import InvalidInputError
-from ftbench.reports.runs import check_run_record, measured_ok, run_key, run_record
+from ftbench.modelbench.runs import check_run_record, measured_ok, run_key, run_record
 
 
 def summary(median_ms: float) -> dict:

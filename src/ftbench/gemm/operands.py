@@ -9,13 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ftbench.autotune.problem import GemmProblem
+from ftbench.dtypes import DTYPES, numpy_dtype
 from ftbench.errors import InvalidInputError
+from ftbench.gemm.problem import GEMM_DTYPES, GemmProblem
 
-CUPY_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
-# Largest relative (Frobenius) error against the fp32-accumulated reference, by output dtype:
-# a few units of the output format's rounding (fp16: 2^-11 ~ 4.9e-4; bf16: 2^-8 ~ 3.9e-3).
-TOLERANCE = {"fp16": 2e-3, "bf16": 1.6e-2, "fp32": 1e-5}
 _BF16_NAN = 0x7FC0
 
 
@@ -30,15 +27,13 @@ def operand_shapes(problem: GemmProblem) -> tuple[tuple[int, ...], ...]:
 
 
 def _check_dtype(dtype: str) -> None:
-    if dtype not in CUPY_DTYPES:
+    if dtype not in GEMM_DTYPES:
         raise InvalidInputError(
-            f"GEMMs in {dtype} cannot be run here (supported: {', '.join(CUPY_DTYPES)})"
+            f"GEMMs in {dtype} cannot be run here (supported: {', '.join(GEMM_DTYPES)})"
         )
 
 
 def _bf16() -> Any:
-    from ftbench.runtime.weights import numpy_dtype
-
     return numpy_dtype("bf16")
 
 
@@ -48,7 +43,7 @@ def from_float32(array: Any, dtype: str) -> Any:
 
     _check_dtype(dtype)
     if dtype != "bf16":
-        return array.astype(getattr(cupy, CUPY_DTYPES[dtype]))
+        return array.astype(getattr(cupy, DTYPES[dtype].numpy_name))
     bits = cupy.ascontiguousarray(array, dtype=cupy.float32).view(cupy.uint32)
     # Round to nearest even on the 16 bits dropped; NaN stays a (quiet) NaN.
     rounded = (bits + (cupy.uint32(0x7FFF) + ((bits >> 16) & 1))) >> 16
@@ -82,7 +77,7 @@ def nan_array(shape: tuple[int, ...], dtype: str) -> Any:
     import cupy
 
     _check_dtype(dtype)
-    storage = cupy.uint16 if dtype == "bf16" else getattr(cupy, CUPY_DTYPES[dtype])
+    storage = cupy.uint16 if dtype == "bf16" else getattr(cupy, DTYPES[dtype].numpy_name)
     array = cupy.empty(shape, dtype=storage)
     array = array.view(_bf16()) if dtype == "bf16" else array
     poison(array)

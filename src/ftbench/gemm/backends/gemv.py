@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from ftbench.autotune.backends.base import CandidateUnsupported, Runner, cupy_missing
-from ftbench.autotune.candidate import Candidate
-from ftbench.autotune.problem import GemmProblem
+from ftbench.dtypes import RUNTIME_DTYPES, dtype_info
 from ftbench.errors import InvalidInputError
-
-DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
+from ftbench.gemm.backends.base import CandidateUnsupported, Runner, cupy_missing
+from ftbench.gemm.candidate import Candidate
+from ftbench.gemm.problem import GemmProblem
 
 
 def _shape_error(problem: GemmProblem) -> str | None:
@@ -16,12 +15,15 @@ def _shape_error(problem: GemmProblem) -> str | None:
 
     if problem.layout != "NT" or problem.batch_count != 1:
         return "only single linear-layer GEMMs (layout NT, batch 1)"
-    if not problem.a_dtype == problem.b_dtype == problem.c_dtype or problem.a_dtype not in DTYPES:
+    if (
+        not problem.a_dtype == problem.b_dtype == problem.c_dtype
+        or problem.a_dtype not in RUNTIME_DTYPES
+    ):
         return "only fp16 or bf16 in and out"
-    return supports(problem.m, problem.n, problem.k, DTYPES[problem.a_dtype])
+    return supports(problem.m, problem.n, problem.k, dtype_info(problem.a_dtype).numpy_name)
 
 
-class OwnBackend:
+class GemvBackend:
     name = "ftbench"
 
     def unavailable_reason(self) -> str | None:
@@ -49,10 +51,10 @@ class OwnBackend:
         if reason:
             raise CandidateUnsupported(reason)
         try:
-            prepare([config], problem.m, DTYPES[problem.a_dtype])
+            prepare([config], problem.m, dtype_info(problem.a_dtype).numpy_name)
         except InvalidInputError as exc:
             raise CandidateUnsupported(str(exc)) from exc
         return lambda a, b, c: gemv(a, b, c, config)
 
 
-BACKEND = OwnBackend()
+BACKEND = GemvBackend()

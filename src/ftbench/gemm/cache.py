@@ -9,8 +9,10 @@ One JSON file per GPU kind and library set:
                                runner_up, runner_up_time, candidates_timed, candidates_failed,
                                measured_utc}}}
 
-Loading checks the header against the running GPU and libraries; a mismatch warns and gives an
-empty cache (the way PyTorch TunableOp's validators work), so stale tuning is never applied.
+`open_tuned_cache` is how a command that runs GEMMs gets its cache, once: it resolves the
+default path (`default_cache_path`, where `ftbench tune` writes), checks the header against the
+running GPU and libraries and returns the cache with the reason it is not used, if it is not (the
+way PyTorch TunableOp's validators work: stale tuning is never applied).
 A file that is not a tuned cache, or is corrupt (a missing field, a time that is not a finite
 positive number, a timestamp without a time zone, ...), is an InvalidInputError naming the file,
 the entry and the field.
@@ -20,18 +22,18 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ftbench.autotune.candidate import Candidate
-from ftbench.autotune.problem import GemmProblem
 from ftbench.bench.environment import EnvironmentRecord
 from ftbench.errors import InvalidInputError
-from ftbench.files import positive_number, read_json, write_json_atomic
+from ftbench.files import default_cache_dir, positive_number, read_json, write_json_atomic
+from ftbench.gemm.candidate import Candidate
+from ftbench.gemm.problem import GemmProblem
 
 SCHEMA = 1
 KIND = "ftbench-tuned-cache"
@@ -219,22 +221,15 @@ def _count(value: Any, where: str) -> int:
 
 @dataclass
 class TunedCache:
-    """Entries by problem key, with the header they are valid for; counts hits and misses."""
+    """Entries by problem key, with the header they are valid for (hits and misses are counted
+    where GEMMs run: `gemm.dispatch.DispatchStats`)."""
 
     header: CacheHeader
     entries: dict[str, TunedEntry] = field(default_factory=dict)
-    ignored_reason: str | None = None
-    hits: int = 0
-    misses: int = 0
 
     def lookup(self, problem: GemmProblem) -> TunedEntry | None:
-        """The entry for `problem`, or None (a miss, counted)."""
-        entry = self.entries.get(problem.key())
-        if entry is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-        return entry
+        """The entry for `problem`, or None."""
+        return self.entries.get(problem.key())
 
     def add(self, entry: TunedEntry) -> None:
         self.entries[entry.problem.key()] = entry
@@ -281,20 +276,63 @@ def parse_cache(document: Any, source: str) -> TunedCache:
     return TunedCache(header=header, entries=entries)
 
 
-def load_cache(path: str | os.PathLike[str], running: CacheHeader | None = None) -> TunedCache:
-    """Load a cache file. With `running`, a header mismatch warns and returns an empty cache.
+def load_cache(path: str | os.PathLike[str]) -> TunedCache:
+    """A cache file as it is, for inspection and maintenance on any machine (to run GEMMs with
+    one, `open_tuned_cache` checks it against the running GPU)."""
+    return parse_cache(read_json(path), str(path))
 
-    Without `running` (inspection on any machine) the file is returned as it is.
+
+def default_cache_path(gpu_name: str) -> Path:
+    """Where `ftbench tune` writes, and the runtime looks, for a GPU's tuned cache:
+    $FTBENCH_CACHE_DIR (or $XDG_CACHE_HOME/ftbench)/tuned/GPU-NAME.json."""
+    slug = re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-")
+    return default_cache_dir() / "tuned" / f"{slug}.json"
+
+
+@dataclass(frozen=True)
+class TunedChoice:
+    """The tuned cache a command runs its GEMMs with: `cache` (None: every GEMM untuned), the
+    file it came from, and `note`, why no cache is used when none is (printed and recorded)."""
+
+    cache: TunedCache | None
+    path: str | None
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """What a result record says of it: the file, its entries, and why it is not used."""
+        return {
+            "path": self.path,
+            "entries": None if self.cache is None else len(self.cache.entries),
+            "note": self.note,
+        }
+
+
+UNTUNED = TunedChoice(None, None, "no tuned cache asked for")
+
+
+def open_tuned_cache(
+    path: str | os.PathLike[str] | None, environment: EnvironmentRecord
+) -> TunedChoice:
+    """The tuned cache for the GPU of `environment`, opened once per command.
+
+    `path` None looks at `default_cache_path` (absent: untuned, with a note saying where it
+    looked); a given path must exist. A cache tuned on another GPU or library set is not used,
+    and the note says what differs. A corrupt file is an InvalidInputError naming it.
     """
+    running = CacheHeader.from_environment(environment)
+    if path is None:
+        default = default_cache_path(running.gpu_name)
+        if not default.is_file():
+            return TunedChoice(None, None, f"no tuned cache at {default} (ftbench tune writes it)")
+        path = default
+    elif not Path(path).is_file():
+        raise InvalidInputError(f"tuned cache {path}: no such file")
     cache = parse_cache(read_json(path), str(path))
-    if running is None:
-        return cache
     problems = cache.header.mismatches(running)
-    if not problems:
-        return cache
-    reason = f"{path} was tuned elsewhere and is ignored ({'; '.join(problems)})"
-    warnings.warn(reason, stacklevel=2)
-    return TunedCache(header=running, ignored_reason=reason)
+    if problems:
+        note = f"{path} was tuned elsewhere and is not used ({'; '.join(problems)})"
+        return TunedChoice(None, str(path), note)
+    return TunedChoice(cache, str(path))
 
 
 def merge_caches(caches: dict[str, TunedCache]) -> TunedCache:
