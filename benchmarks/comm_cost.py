@@ -63,7 +63,7 @@ def step_ms(spec, weights, gemm, comm, tp: int = 1) -> float:
 def free(spec, gemm) -> Iterator[tuple[str, float]]:
     import cupy
 
-    from ftbench.runtime.weights import random_weights
+    from ftbench.runtime.random_weights import random_weights
 
     for tp in (1, 2):
         weights = random_weights(spec, "fp16", seed=0, tp=tp, xp=cupy)
@@ -77,7 +77,7 @@ def one_rank(spec, gemm) -> Iterator[tuple[str, float]]:
 
     from ftbench.runtime.ipc import IpcCommunicator
     from ftbench.runtime.launch import RankInfo, connect
-    from ftbench.runtime.weights import random_weights
+    from ftbench.runtime.random_weights import random_weights
 
     weights = random_weights(spec, "fp16", seed=0, xp=cupy)
     nccl = connect(RankInfo(0, 1, 0, "single"), timeout_s=60.0)

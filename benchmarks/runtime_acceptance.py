@@ -36,7 +36,7 @@ from ftbench.profiles.catalog import load_builtin
 from ftbench.runtime.generate import Generator
 from ftbench.runtime.hfcheck import CASES, DTYPES, compare_with_hf
 from ftbench.runtime.model import Decoder
-from ftbench.runtime.weights import random_weights
+from ftbench.runtime.random_weights import random_weights
 
 INPUT_LEN = 128
 OUTPUT_LEN = 128

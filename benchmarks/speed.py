@@ -51,7 +51,7 @@ def breakdowns(spec, cache_path: str | None, ceilings) -> list[dict]:
     from ftbench.runtime.breakdown import breakdown
     from ftbench.runtime.generate import Generator
     from ftbench.runtime.model import Decoder, length_bound
-    from ftbench.runtime.weights import random_weights
+    from ftbench.runtime.random_weights import random_weights
 
     cache = open_tuned_cache(cache_path, capture_environment()).cache if cache_path else None
     weights = random_weights(spec, "fp16", xp=cupy)

@@ -7,8 +7,9 @@ import pytest
 
 from ftbench.errors import InvalidInputError
 from ftbench.profiles.hf import spec_from_hf_config
+from ftbench.runtime.random_weights import random_weights
 from ftbench.runtime.sharded import MANIFEST, load_sharded, rank_file, read_manifest, save_sharded
-from ftbench.runtime.weights import random_weights, shard
+from ftbench.runtime.sharding import shard
 
 LLAMA = spec_from_hf_config(
     {
@@ -89,7 +90,7 @@ def test_convert_command_shards_an_hf_checkpoint(tmp_path):
     from typer.testing import CliRunner
 
     from ftbench import cli
-    from ftbench.runtime.weights import load_hf_weights
+    from ftbench.runtime.hf_checkpoint import load_hf_weights
 
     torch.manual_seed(0)
     config = transformers.LlamaConfig(

@@ -728,8 +728,8 @@ def convert_command(
     Needs the whole checkpoint in host memory once; see docs/runtime/parallel.md.
     """
     from ftbench.profiles.hf import spec_from_hf_config
+    from ftbench.runtime.hf_checkpoint import load_hf_weights
     from ftbench.runtime.sharded import save_sharded
-    from ftbench.runtime.weights import load_hf_weights
 
     if dtype not in STORED_DTYPES:
         raise InvalidInputError(f"--dtype must be {_choices(STORED_DTYPES)}, got {dtype!r}")

@@ -14,6 +14,7 @@ from ftbench.profiles.catalog import load_builtin
 from ftbench.runtime.generate import Generator
 from ftbench.runtime.launch import visible_gpus
 from ftbench.runtime.model import Decoder
+from ftbench.runtime.random_weights import random_weights
 from ftbench.runtime.rank import RankDecoder
 from ftbench.runtime.tpcheck import (
     CASES,
@@ -26,7 +27,6 @@ from ftbench.runtime.tpcheck import (
     run_logits,
     tp1_logits,
 )
-from ftbench.runtime.weights import random_weights
 
 pytestmark = pytest.mark.gpu
 

@@ -200,7 +200,7 @@ def embed(
 
     tokens, positions: int32 [T] (positions only read with pos_table); table: DT [V, H], the
     vocabulary rows [vocab_start, vocab_start + V) (a tensor-parallel rank's slice,
-    `weights.shard`; the whole vocabulary with vocab_start 0): a token outside them gives a
+    `sharding.shard`; the whole vocabulary with vocab_start 0): a token outside them gives a
     row of zeros (+ its position), so the ranks' rows sum to the embedding. pos_table: DT
     [P, H] (learned positions, GPT-2) or None; residual: float32 [T, H]. Positions must be
     < P: the kernel clamps nothing.

@@ -121,7 +121,9 @@ def _ftbench_weights(config: RunConfig, ranks: Ranks | None):
     """This rank's weights on the GPU: its stage's layers of its tensor-parallel shard."""
     import cupy
 
-    from ftbench.runtime.weights import load_hf_weights, random_weights, shard, stage_weights
+    from ftbench.runtime.hf_checkpoint import load_hf_weights
+    from ftbench.runtime.random_weights import random_weights
+    from ftbench.runtime.sharding import shard, stage_weights
 
     spec, tp = config.spec, config.tp
     if ranks is None:

@@ -29,8 +29,8 @@ import numpy as np
 from ftbench.dtypes import RUNTIME_DTYPES, torch_dtype
 from ftbench.profiles.hf import spec_from_hf_config
 from ftbench.runtime.generate import Generator, unpad
+from ftbench.runtime.hf_checkpoint import load_hf_weights
 from ftbench.runtime.model import Decoder
-from ftbench.runtime.weights import load_hf_weights
 
 DTYPES = RUNTIME_DTYPES
 VOCAB = 1000

@@ -1,6 +1,6 @@
 """Pre-sharded checkpoints: each tensor-parallel rank's weights in a file of its own.
 
-Sharding at load time (`weights.shard`) reads the whole HF checkpoint on every rank. For very
+Sharding at load time (`sharding.shard`) reads the whole HF checkpoint on every rank. For very
 large models `ftbench convert` does that once: `save_sharded` writes, into one directory,
 
 - `rank-<r>-of-<tp>.safetensors`: rank r's arrays under ftbench names (`ModelWeights.
@@ -25,12 +25,8 @@ from ftbench.dtypes import DTYPE_OF_NUMPY, numpy_dtype, numpy_name
 from ftbench.errors import InvalidInputError
 from ftbench.files import read_json, write_json_atomic
 from ftbench.profiles.spec import ModelSpec
-from ftbench.runtime.weights import (
-    ModelWeights,
-    check_shapes,
-    from_named,
-    shard,
-)
+from ftbench.runtime.sharding import shard
+from ftbench.runtime.weights import ModelWeights, check_shapes, from_named
 
 SCHEMA = 2
 MANIFEST = "ftbench-sharded.json"

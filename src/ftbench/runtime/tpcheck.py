@@ -6,7 +6,7 @@ grouped-query attention, whose 4 KV heads are replicated at tp=8; GPT-2's learne
 LM head tied to the vocabulary-split embedding; 4 layers each), runs them through the CUDA
 runtime unsharded (TP=1) and as tp x pp emulated ranks in one process
 (`runtime.parallel.EmulatedGroup`: each rank its own `Decoder` with its stage's layers of its
-`weights.shard`, the all-reduce a sum of its stage's ranks' buffers, the LM head's vocabulary
+`sharding.shard`, the all-reduce a sum of its stage's ranks' buffers, the LM head's vocabulary
 slices gathered, activations and sampled tokens passed between stages by emulated send and
 recv, every rank running the same `Generator` calls, each step in `micro_batches`
 micro-batches), and measures per position the relative logit error (of the last stage's ranks)
@@ -35,9 +35,11 @@ from ftbench.profiles.spec import ModelSpec
 from ftbench.runtime.generate import Generator
 from ftbench.runtime.parallel import EmulatedGroup
 from ftbench.runtime.pipeline import Stage, pipeline_group, rank_place, stage_plan, tensor_group
+from ftbench.runtime.random_weights import random_weights
 from ftbench.runtime.rank import RankDecoder, make_decoder
 from ftbench.runtime.reference import ReferenceModel
-from ftbench.runtime.weights import ModelWeights, random_weights, shard, stage_weights
+from ftbench.runtime.sharding import shard, stage_weights
+from ftbench.runtime.weights import ModelWeights
 
 TP_SIZES = (2, 4, 8)
 # (tp, pp) pairs of the pipeline check.
