@@ -3,10 +3,11 @@
 Steps, each writing DIR/<step>.json; a step whose file exists is not run again, so a run that
 was cut short (or spread over several device calls, DIR carried along) resumes where it stopped:
 
-- `check-spawn`, `check-mpirun`: `python -m ftbench.runtime.tpcheck` for GPT-J and LLaMA with
-  grouped-query attention (small random models) at tp=2 and at pp=2, as 2 ranks started by the
-  local spawner and by `mpirun -n 2`: every last-stage rank's logit digest, and the relative
-  logit error against TP=1 on the same GPU. The two launchers must give the same digests.
+- `check-spawn`, `check-mpirun`: `python -m ftbench.validation.parallel_check` for GPT-J and
+  LLaMA with grouped-query attention (small random models) at tp=2 and at pp=2, as 2 ranks
+  started by the local spawner and by `mpirun -n 2`: every last-stage rank's logit digest, and
+  the relative logit error against TP=1 on the same GPU. The two launchers must give the same
+  digests.
 - `tune`: `ftbench tune --backends cublas,ftbench` for each model's batch-1 decode and 128-token
   context GEMMs at tp 1 and 2 (one cache per model; the two models on the two GPUs at once).
 - `runs-tp1` (both models at once, one per GPU), then per model `runs-<model>-tp2`,
@@ -52,6 +53,7 @@ from ftbench.files import read_json, write_json_atomic
 MODELS = ("gptj-6b", "llama2-13b")
 CHECK_CASES = ("gptj", "llama-gqa")
 CHECK_SIZES = ((2, 1), (1, 2))  # (tp, pp)
+PARALLEL_CHECK = "ftbench.validation.parallel_check"  # the rank program of the checks
 BATCHES = "1,64"
 LENGTH = "128"
 KILL_TIMEOUT_S = 20
@@ -101,8 +103,8 @@ def check(launcher: str) -> dict[str, Any]:
     results = []
     for case in CHECK_CASES:
         for tp, pp in CHECK_SIZES:
-            tpcheck = [sys.executable, "-m", "ftbench.runtime.tpcheck", case, str(tp), str(pp)]
-            command, env = ranks_command(launcher, tpcheck)
+            program = [sys.executable, "-m", PARALLEL_CHECK, case, str(tp), str(pp)]
+            command, env = ranks_command(launcher, program)
             lines = run(command, env).splitlines()
             results += [json.loads(line) for line in lines if line.startswith("{")]
     return {"launcher": launcher, "results": results}

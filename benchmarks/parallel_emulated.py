@@ -5,7 +5,7 @@ attention (4 KV heads, replicated at tp=8) and GPT-2 (learned positions, LM head
 vocabulary-split embedding), small random fp16 models run unsharded and as tp = 2, 4 and 8
 emulated ranks and as pipelines of pp = 2 and 4 stages and tp=2 x pp=2 in one process, the
 pipelines pp = 2 and tp=2 x pp=2 also with 2 and 3 micro-batches per step
-(`runtime.tpcheck`): the largest relative logit error
+(`validation.parallel_check`): the largest relative logit error
 ‖tp − tp1‖ / ‖tp1‖ over every position of a ragged prefill and the teacher-forced decode steps,
 with both runs' distance from the float64 NumPy reference for scale.
 
@@ -25,7 +25,7 @@ from pathlib import Path
 from ftbench.bench.environment import capture_environment
 from ftbench.bench.results import write_results
 from ftbench.files import write_json_atomic
-from ftbench.runtime.tpcheck import (
+from ftbench.validation.parallel_check import (
     CASES,
     MICRO_BATCH_SIZES,
     PIPELINE_SIZES,

@@ -1,7 +1,7 @@
 """Runtime acceptance: correctness against HF transformers, then GPT-J 6B first speed numbers.
 
 1. For GPT-J (partial rotary), GPT-2 and LLaMA (GQA), fp16 and bf16: small random HF models
-   saved as safetensors, loaded by ftbench, compared with HF in float64 (`runtime.hfcheck`):
+   saved as safetensors, loaded by ftbench, compared with HF in float64 (`validation.hf_check`):
    largest relative logit error over a ragged prefill and 32 teacher-forced decode steps, and
    greedy token agreement over 32 generated tokens.
 2. GPT-J 6B fp16 with random weights, 128 tokens in and 128 out at batch 1 and 64: time to
@@ -34,9 +34,9 @@ from ftbench.gemm.dispatch import GemmDispatch
 from ftbench.modelbench.ceilings import read_bandwidth
 from ftbench.profiles.catalog import load_builtin
 from ftbench.runtime.generate import Generator
-from ftbench.runtime.hfcheck import CASES, DTYPES, compare_with_hf
 from ftbench.runtime.model import Decoder
 from ftbench.runtime.random_weights import random_weights
+from ftbench.validation.hf_check import CASES, DTYPES, compare_with_hf
 
 INPUT_LEN = 128
 OUTPUT_LEN = 128

@@ -5,18 +5,19 @@
 grouped-query attention, whose 4 KV heads are replicated at tp=8; GPT-2's learned positions and
 LM head tied to the vocabulary-split embedding; 4 layers each), runs them through the CUDA
 runtime unsharded (TP=1) and as tp x pp emulated ranks in one process
-(`runtime.parallel.EmulatedGroup`: each rank its own `Decoder` with its stage's layers of its
-`sharding.shard`, the all-reduce a sum of its stage's ranks' buffers, the LM head's vocabulary
-slices gathered, activations and sampled tokens passed between stages by emulated send and
-recv, every rank running the same `Generator` calls, each step in `micro_batches`
+(`validation.emulated_group.EmulatedGroup`: each rank its own `Decoder` with its stage's layers
+of its `sharding.shard`, the all-reduce a sum of its stage's ranks' buffers, the LM head's
+vocabulary slices gathered, activations and sampled tokens passed between stages by emulated
+send and recv, every rank running the same `Generator` calls, each step in `micro_batches`
 micro-batches), and measures per position the relative logit error (of the last stage's ranks)
-‖tp − tp1‖ / ‖tp1‖ over every prompt token of a ragged prefill and `STEPS` teacher-forced
-decode steps. Both runs are also compared with the float64 NumPy reference
-(`runtime.reference`) of the unsharded weights, which says how large fp16 rounding is here.
+‖tp − tp1‖ / ‖tp1‖ over every prompt token of a ragged prefill and `STEPS` teacher-forced decode
+steps. Both runs are also compared with the float64 NumPy reference (`runtime.reference`) of the
+unsharded weights, which says how large fp16 rounding is here.
 
 On several GPUs, `check_rank` runs the same check with real ranks (one process per GPU, NCCL,
-CUDA graphs): `python -m ftbench.runtime.launch spawn 2 -- python -m ftbench.runtime.tpcheck
-gptj 2 1` (or under mpirun) prints each last-stage rank's logit digest and errors.
+CUDA graphs): `python -m ftbench.runtime.launch spawn 2 -- python -m
+ftbench.validation.parallel_check gptj 2 1` (or under mpirun) prints each last-stage rank's
+logit digest and errors.
 
 Used by the GPU tests, `benchmarks/parallel_emulated.py` and `benchmarks/parallel.py`.
 """
@@ -33,13 +34,13 @@ from ftbench.errors import InvalidInputError
 from ftbench.profiles.catalog import load_builtin
 from ftbench.profiles.spec import ModelSpec
 from ftbench.runtime.generate import Generator
-from ftbench.runtime.parallel import EmulatedGroup
 from ftbench.runtime.pipeline import Stage, pipeline_group, rank_place, stage_plan, tensor_group
 from ftbench.runtime.random_weights import random_weights
 from ftbench.runtime.rank import RankDecoder, make_decoder
 from ftbench.runtime.reference import ReferenceModel
 from ftbench.runtime.sharding import shard, stage_weights
 from ftbench.runtime.weights import ModelWeights
+from ftbench.validation.emulated_group import EmulatedGroup
 
 TP_SIZES = (2, 4, 8)
 # (tp, pp) pairs of the pipeline check.
@@ -300,8 +301,9 @@ def _worst(ours: list[np.ndarray], expected: list[np.ndarray]) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m ftbench.runtime.tpcheck CASE TP PP`: a rank program (any launcher, tp x pp
-    ranks) running `check_rank`; each last-stage rank prints its result as one JSON line."""
+    """`python -m ftbench.validation.parallel_check CASE TP PP`: a rank program (any launcher,
+    tp x pp ranks) running `check_rank`; each last-stage rank prints its result as one JSON
+    line."""
     import json
     import sys
 
@@ -310,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     cases = [*CASES, *LARGE_CASES]
     if len(args) != 3 or args[0] not in cases:
-        print(f"usage: python -m ftbench.runtime.tpcheck {{{','.join(cases)}}} TP PP",
+        print(f"usage: python -m ftbench.validation.parallel_check {{{','.join(cases)}}} TP PP",
               file=sys.stderr)  # fmt: skip
         return 2
     case, tp, pp = args[0], int(args[1]), int(args[2])
