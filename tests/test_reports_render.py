@@ -22,7 +22,8 @@ from ftbench.bench.results import write_results
 from ftbench.modelbench.runs import run_record
 from ftbench.reports.history import add_files
 from ftbench.reports.records import load_result_set
-from ftbench.reports.report import foundation_section, write_report
+from ftbench.reports.report import write_report
+from ftbench.reports.sections import foundation_section
 
 RESULTS = Path(__file__).parent / "data" / "results"
 FOUNDATIONS = sorted(RESULTS.glob("foundation-*.json"))
