@@ -1,5 +1,7 @@
 """`ftbench run`'s host-side logic: the grid, floors, records, refusals, without a GPU."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -107,6 +109,27 @@ def test_run_config_refuses_unknown_engines_and_one_token_outputs():
         RunConfig(GPTJ, "fp16", (RunPoint(1, 128, 1),))
     with pytest.raises(InvalidInputError, match="fp16 or bf16"):
         RunConfig(GPTJ, "fp32", (RunPoint(1, 128, 128),))
+
+
+def test_a_breakdown_is_taken_on_one_gpu_only():
+    assert RunConfig(GPTJ, "fp16", (RunPoint(1, 128, 128),), breakdown=True).breakdown
+    with pytest.raises(InvalidInputError, match="--breakdown takes steps apart on one GPU"):
+        RunConfig(GPTJ, "fp16", (RunPoint(1, 128, 128),), tp=2, breakdown=True)
+
+
+def test_a_measured_breakdown_goes_into_the_record_as_it_is():
+    taken_apart = {"decode": {"length": 192, "whole_ms": 3.0, "floor_ms": 2.0, "operations": []}}
+    measured = Measured(
+        ttft_ms=[10.0], end_to_end_ms=[500.0], step_ms=[3.9, 4.0], peak_memory_bytes=None,
+        gemm=None, conditions={}, breakdown=taken_apart,
+    )  # fmt: skip
+    record = point_record("ftbench", "gptj-6b", "fp16", 1, RunPoint(4, 8, 8), measured, 3, 5)
+    check_run_record(record, "test")
+    assert record["breakdown"] == taken_apart
+    untaken = replace(measured, breakdown=None)
+    assert "breakdown" not in point_record(
+        "ftbench", "m", "fp16", 1, RunPoint(4, 8, 8), untaken, 3, 5
+    )
 
 
 def test_micro_batches_default_to_one_and_need_as_many_sequences():
