@@ -17,18 +17,13 @@ Writes DIR/runtime-<time>.json (all numbers, environment) and DIR/acceptance/run
 
 from __future__ import annotations
 
-import argparse
-import os
 import tempfile
-from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 
+from _harness import parser, result_path, write, write_summary
 from ftbench.bench.environment import capture_environment
-from ftbench.bench.results import write_results
 from ftbench.bench.stats import summarize
-from ftbench.files import write_json_atomic
 from ftbench.gemm.cache import open_tuned_cache
 from ftbench.gemm.dispatch import GemmDispatch
 from ftbench.modelbench.ceilings import read_bandwidth
@@ -104,29 +99,19 @@ def gptj_speed(cache_path: str | None, environment, hbm_bytes_per_s: float) -> l
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--cache", help="a tuned-config cache for the tuned GPT-J run")
-    parser.add_argument("--skip-hf", action="store_true", help="skip the HF comparison")
-    parser.add_argument(
-        "--device-kind", default=os.environ.get("FTBENCH_DEVICE_KIND", ""),
-        help="the machine kind for the summary (default: $FTBENCH_DEVICE_KIND)",
-    )  # fmt: skip
-    args = parser.parse_args()
+    arguments = parser(__doc__, summary=True)
+    arguments.add_argument("--cache", help="a tuned-config cache for the tuned GPT-J run")
+    arguments.add_argument("--skip-hf", action="store_true", help="skip the HF comparison")
+    args = arguments.parse_args()
     environment = capture_environment()
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     cases = [] if args.skip_hf else correctness_cases()
     hbm = read_bandwidth()["bytes_per_s"]
     print(f"HBM read {hbm / 1e12:.2f} TB/s", flush=True)
     speed = gptj_speed(args.cache, environment, hbm)
     records = [{"kind": "hf-comparison", **case} for case in cases]
     records += [{"kind": "gptj-speed", "hbm_read_bytes_per_s": hbm, **row} for row in speed]
-    write_results(
-        args.out_dir / f"runtime-{stamp}.json", "runtime-acceptance", records, environment
-    )
+    path = write(result_path(args.out_dir, "runtime"), "runtime-acceptance", records, environment)
     summary = {
-        "device": environment.device_label(args.device_kind),
-        "commit": environment.git_commit,
         "cases": [
             {
                 key: case[key]
@@ -158,10 +143,11 @@ def main() -> None:
         ],  # fmt: skip
         "hbm_read_tb_per_s": hbm / 1e12,
         "utc_time": environment.utc_time,
+        "source": str(path),
     }
     if cases:
-        write_json_atomic(args.out_dir / "acceptance" / "runtime.json", summary)
-    print(summary, flush=True)
+        device = environment.device_label(args.device_kind)
+        write_summary(args.out_dir, "runtime", summary, device, environment.git_commit)
 
 
 if __name__ == "__main__":
