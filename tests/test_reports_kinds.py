@@ -11,7 +11,7 @@ import pytest
 from ftbench.bench.environment import EnvironmentRecord
 from ftbench.bench.results import write_acceptance, write_results
 from ftbench.errors import InvalidInputError
-from ftbench.reports import records, sections, tables
+from ftbench.reports import html, records, sections, tables
 from ftbench.reports.kinds import FLAT_KINDS, KINDS, TUNED_CACHE
 from ftbench.reports.records import load_result_set, metrics
 from ftbench.reports.report import write_report
@@ -149,3 +149,26 @@ def test_a_table_kind_shows_a_table_per_record_kind(tmp_path):
     assert "1 hf-comparison records, 1 gptj-speed records on NVIDIA H200" in markdown
     assert "| 1 | hf-comparison | gptj | fp16 | 0.00098 | 1 | 1 |" in markdown
     assert "| 1 | gptj-speed | gptj-6b | fp16 | tuned | 1 | 3.425 | 2.783 | 20 values |" in markdown
+
+
+def test_every_file_in_benchmarks_results_is_reported(tmp_path, monkeypatch):
+    """`ftbench report benchmarks/results/*` on the tree's own files: every JSON file there (in
+    subfolders too) gets a section, the others (logs, CSVs) are listed. Its ~70 figures are built
+    but not drawn (drawing takes minutes on two cores; every kind of figure is drawn above and in
+    test_reports_render.py)."""
+    monkeypatch.setattr(html, "png_base64", lambda figure, dpi=100: "")
+    inputs = sorted(BENCHMARKS.glob("*"))
+    markdown = report(tmp_path, *inputs)
+    files = sorted(path for path in BENCHMARKS.rglob("*") if path.is_file())
+    for path in files:
+        if path.name.endswith((".json", ".json.gz")):
+            assert f"\n{path}\n" in markdown, path
+        else:
+            assert f"| {path} | not a result file (.json, .json.gz) |" in markdown, path
+    assert "## Acceptance: tune\n" in markdown and "## Acceptance: run\n" in markdown
+
+
+def test_docs_list_every_kind():
+    table = (Path(__file__).parents[1] / "docs" / "reports.md").read_text()
+    for name in KINDS:
+        assert f"| `{name}` |" in table or name == TUNED_CACHE, name

@@ -27,7 +27,7 @@ from ftbench.reports.sections import foundation_section
 
 RESULTS = Path(__file__).parent / "data" / "results"
 FOUNDATIONS = sorted(RESULTS.glob("foundation-*.json"))
-GEMV = sorted((Path(__file__).parents[1] / "benchmarks" / "results").glob("gemv-*.json"))
+GEMV = sorted((Path(__file__).parents[1] / "benchmarks" / "results").glob("gemv-*.json.gz"))
 IMAGE = re.compile(r'<img class="plot" alt="([^"]*)" src="data:image/png;base64,([^"]+)">')
 SYNTHETIC_SPEED = {"ftbench": 1.0, "ftbench-untuned": 1.08, "hf-eager": 2.5, "hf-compile": 1.4}
 
