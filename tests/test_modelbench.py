@@ -207,6 +207,7 @@ def test_run_without_a_gpu_is_a_one_line_error(monkeypatch, capsys):
             "--micro-batches 2 needs batches of at least 2 sequences; batch 1",
         ),
         (["--profile", "gptj-6b", "--tp", "2", "--compare", "hf"], "use it with --tp 1 --pp 1"),
+        (["--profile", "gptj-6b", "--tp", "2", "--breakdown"], "--breakdown takes steps apart"),
         (["--profile", "gptj-6b", "--tp", "2", "--allreduce", "mpi"], "--allreduce: 'mpi'"),
         (
             ["--profile", "gptj-6b", "--tp", "4", "--pp", "2"],
