@@ -18,12 +18,8 @@ Writes DIR/allreduce-<time>.json.
 
 from __future__ import annotations
 
-import argparse
-from datetime import datetime, timezone
-from pathlib import Path
-
+from _harness import parser, result_path, write
 from ftbench.bench.environment import capture_environment
-from ftbench.bench.results import write_results
 from ftbench.bench.timer import TimingPolicy, time_fixed, time_launch
 
 SIZES_BYTES = [2**k for k in range(13, 21)]  # 8 KiB .. 1 MiB
@@ -135,29 +131,26 @@ def run_emulated(world_size, sizes):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument(
+    arguments = parser(__doc__)
+    arguments.add_argument(
         "--emulate",
         type=int,
         default=0,
         metavar="N",
         help="N one-shot ranks on this one GPU (and NCCL with one rank)",
     )
-    parser.add_argument("--sizes", type=int, nargs="+", default=SIZES_BYTES,
-                        help="message sizes in bytes (even)")  # fmt: skip
-    args = parser.parse_args()
+    arguments.add_argument("--sizes", type=int, nargs="+", default=SIZES_BYTES,
+                           help="message sizes in bytes (even)")  # fmt: skip
+    args = arguments.parse_args()
     if any(size < 2 or size % 2 for size in args.sizes):
-        parser.error("sizes must be even numbers of bytes (fp16 elements)")
+        arguments.error("sizes must be even numbers of bytes (fp16 elements)")
     environment = capture_environment()
     if args.emulate:
         rank, records = run_emulated(args.emulate, args.sizes)
     else:
         rank, records = run_ranks(args.sizes)
     if rank == 0:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        path = write_results(args.out_dir / f"allreduce-{stamp}.json", "allreduce", records,
-                             environment)  # fmt: skip
+        path = write(result_path(args.out_dir, "allreduce"), "allreduce", records, environment)
         print(f"wrote {path}")
 
 

@@ -16,21 +16,20 @@ Each case is checked against float64 NumPy first (first and last sequence, or fi
 head) on fresh random inputs with the output poisoned; a wrong case is not timed.
 
     python benchmarks/attention.py [--out-dir benchmarks/results]
+
+Writes DIR/attention-<time>.json (kind "attention").
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 
+from _harness import parser, result_path, write
 from ftbench.bench.environment import capture_environment
-from ftbench.bench.results import write_results
 from ftbench.bench.timer import TimingPolicy, cold_input_sets, device_facts, time_launch
 from ftbench.modelbench.ceilings import read_bandwidth
 
@@ -177,9 +176,7 @@ def print_context(record):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", default=str(Path(__file__).parent / "results"))
-    args = parser.parse_args()
+    args = parser(__doc__).parse_args()
 
     import cupy
 
@@ -190,8 +187,7 @@ def main() -> None:
     read_bytes_per_s = read["bytes_per_s"]
     print(f"HBM read (read probe, 4 GiB): {read_bytes_per_s / 1e12:.3f} TB/s", flush=True)
     environment = capture_environment()
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = Path(args.out_dir) / f"attention-{stamp}.json"
+    path = result_path(args.out_dir, "attention")
     records = []
     for model, batch, length in DECODE_CASES:
         records.append(run_decode(cupy, model, batch, length, l2_bytes, read_bytes_per_s))
@@ -201,7 +197,7 @@ def main() -> None:
         records.append(run_context(cupy, model, tokens))
         print_context(records[-1])
     ceiling = {"read_tb_per_s": read_bytes_per_s / 1e12, "read_timing": read["timing"]}
-    write_results(path, "attention", [{"ceilings": ceiling}, *records], environment)
+    write(path, "attention", [{"ceilings": ceiling}, *records], environment)
 
     print(f"\nfp16, {time.perf_counter() - started:.0f} s; decode cold L2, context hot L2")
     for record in records:

@@ -14,17 +14,20 @@ For GPT-J 6B and LLaMA-2 13B (random fp16 weights, the tuned caches `tuned-<mode
   communicator at every all-reduce point (29 a step for GPT-J, 81 for LLaMA-2 13B), so the
   step's growth over "none" is those calls' own cost inside the graph, waiting for no one.
 
-    python benchmarks/comm_cost.py --measure free --caches DIR --out FILE
+    python benchmarks/comm_cost.py --measure free --caches DIR [--out-dir benchmarks/results]
+
+Writes DIR/comm-cost-<measure>-<time>.json (kind "comm-cost"): per model and variant (tp1, tp2;
+or none, nccl, one-shot, none again) the median decode step in ms.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+from _harness import parser, result_path, write
 
 MODELS = ("gptj-6b", "llama2-13b")
 REQUESTS = 4  # the first is a warm-up
@@ -63,7 +66,7 @@ def step_ms(spec, weights, gemm, comm, tp: int = 1) -> float:
 def free(spec, gemm) -> Iterator[tuple[str, float]]:
     import cupy
 
-    from ftbench.runtime.weights import random_weights
+    from ftbench.runtime.random_weights import random_weights
 
     for tp in (1, 2):
         weights = random_weights(spec, "fp16", seed=0, tp=tp, xp=cupy)
@@ -77,7 +80,7 @@ def one_rank(spec, gemm) -> Iterator[tuple[str, float]]:
 
     from ftbench.runtime.ipc import IpcCommunicator
     from ftbench.runtime.launch import RankInfo, connect
-    from ftbench.runtime.weights import random_weights
+    from ftbench.runtime.random_weights import random_weights
 
     weights = random_weights(spec, "fp16", seed=0, xp=cupy)
     nccl = connect(RankInfo(0, 1, 0, "single"), timeout_s=60.0)
@@ -91,24 +94,27 @@ def one_rank(spec, gemm) -> Iterator[tuple[str, float]]:
 
 
 def main() -> None:
+    from ftbench.bench.environment import capture_environment
     from ftbench.gemm.cache import load_cache
     from ftbench.gemm.dispatch import GemmDispatch
     from ftbench.profiles.catalog import load_builtin
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--measure", choices=("free", "one-rank"), required=True)
-    parser.add_argument("--caches", type=Path, required=True, help="holds tuned-<model>.json")
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    arguments = parser(__doc__)
+    arguments.add_argument("--measure", choices=("free", "one-rank"), required=True)
+    arguments.add_argument("--caches", type=Path, required=True, help="holds tuned-<model>.json")
+    args = arguments.parse_args()
+    environment = capture_environment()
     measure = {"free": free, "one-rank": one_rank}[args.measure]
-    results = {}
+    path = result_path(args.out_dir, f"comm-cost-{args.measure}")
+    records = []
     for model in MODELS:
         spec = load_builtin(model)
         gemm = GemmDispatch(load_cache(args.caches / f"tuned-{model}.json"))
-        for name, ms in measure(spec, gemm):
-            results[f"{model} {name}"] = ms
-            print(model, name, ms, flush=True)
-    args.out.write_text(json.dumps(results, indent=1))
+        for variant, ms in measure(spec, gemm):
+            records.append({"model": model, "variant": variant, "decode_step_ms": ms})
+            print(model, variant, ms, flush=True)
+            write(path, "comm-cost", records, environment)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

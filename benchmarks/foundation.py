@@ -9,12 +9,11 @@ and the graph-batched time is compared with it.
 
     python benchmarks/foundation.py [--out-dir benchmarks/results] [--runs 3] [--ncu auto|off|PATH]
 
-Writes a full result file and `<out-dir>/acceptance/foundation.json`.
+Writes DIR/foundation-<time>.json (kind "foundation") and DIR/acceptance/foundation.json.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import glob
 import json
@@ -23,13 +22,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from _harness import parser, result_path, write, write_summary
 from ftbench.bench.environment import capture_environment
-from ftbench.bench.results import write_results
 from ftbench.bench.timer import TimingPolicy, cold_input_sets, device_facts, time_launch
 from ftbench.files import write_json_atomic
 
@@ -204,8 +202,6 @@ def orchestrate(args) -> None:
 
     environment = capture_environment()
     summary = {
-        "device": environment.device_label(args.device_kind),
-        "commit": environment.git_commit,
         "max_run_to_run_spread_pct": max(spread_pct(v) for v in medians.values()),
         "graph_vs_ncu_pct": None,
         **{f"{p}_median_ms": float(np.median(v)) for p, v in medians.items()},
@@ -225,28 +221,23 @@ def orchestrate(args) -> None:
     )
     summary["copy_tb_per_s"] = 2 * COPY_BYTES / (summary["copy_median_ms"] * 1e9)
 
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     records = [{"run": i, **run} for i, run in enumerate(runs)] + [{"ncu": ncu}]
-    write_results(out_dir / f"foundation-{stamp}.json", "foundation", records, environment)
-    write_json_atomic(out_dir / "acceptance" / "foundation.json", summary)
-    print(json.dumps(summary, indent=2))
+    path = write(result_path(out_dir, "foundation"), "foundation", records, environment)
+    summary["source"] = str(path)
+    device = environment.device_label(args.device_kind)
+    write_summary(out_dir, "foundation", summary, device, environment.git_commit)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="mode")
+    arguments = parser(__doc__, summary=True)
+    sub = arguments.add_subparsers(dest="mode")
     probes = sub.add_parser("probes", help="run the three probes once (one process)")
     probes.add_argument("--out", required=True)
     target = sub.add_parser("ncu-target", help="the cold GEMV between profiler start/stop")
     target.add_argument("--calls", type=int, default=NCU_CALLS)
-    parser.add_argument("--out-dir", default=str(Path(__file__).parent / "results"))
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--ncu", default="auto", help="auto, off, or the path of ncu")
-    parser.add_argument(
-        "--device-kind", default=os.environ.get("FTBENCH_DEVICE_KIND", ""),
-        help="name of the machine kind for the summary (default: $FTBENCH_DEVICE_KIND)",
-    )  # fmt: skip
-    args = parser.parse_args()
+    arguments.add_argument("--runs", type=int, default=3)
+    arguments.add_argument("--ncu", default="auto", help="auto, off, or the path of ncu")
+    args = arguments.parse_args()
     if args.mode == "probes":
         run_probes(Path(args.out))
     elif args.mode == "ncu-target":

@@ -15,19 +15,18 @@ is timed too, counting bytes read plus bytes written. A kernel's fraction of the
 (bytes of W + X + Y) / time / read bandwidth.
 
     python benchmarks/gemv.py [--out-dir benchmarks/results] [--m 1 2 4 8 16]
+
+Writes DIR/gemv-<time>.json (kind "gemv") after every shape.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
+from _harness import parser, result_path, write
 from ftbench.bench.environment import capture_environment
-from ftbench.bench.results import write_results
 from ftbench.bench.timer import TimingPolicy, cold_input_sets, device_facts, time_launch
 from ftbench.modelbench.ceilings import copy_bandwidth, read_bandwidth
 
@@ -187,10 +186,9 @@ def print_row(record, flush=False):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", default=str(Path(__file__).parent / "results"))
-    parser.add_argument("--m", type=int, nargs="+", default=list(TOKENS), help="token counts")
-    args = parser.parse_args()
+    arguments = parser(__doc__)
+    arguments.add_argument("--m", type=int, nargs="+", default=list(TOKENS), help="token counts")
+    args = arguments.parse_args()
 
     import cupy
 
@@ -205,13 +203,12 @@ def main() -> None:
     )
     print(HEADER, flush=True)
     environment = capture_environment()
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = Path(args.out_dir) / f"gemv-{stamp}.json"
+    path = result_path(args.out_dir, "gemv")
     records = []
     for n, k in SHAPES:
         records += run_shape(cupy, n, k, sorted(args.m), l2_bytes, ceilings["read_tb_per_s"])
         cupy.get_default_memory_pool().free_all_blocks()
-        write_results(path, "gemv", [{"ceilings": ceilings}, *records], environment)
+        write(path, "gemv", [{"ceilings": ceilings}, *records], environment)
 
     print(f"\nfp16, cold L2, {time.perf_counter() - started:.0f} s; %HBM = (W + X + Y bytes) / "
           f"time / {ceilings['read_tb_per_s']:.3f} TB/s (read probe)")  # fmt: skip

@@ -3,10 +3,11 @@
 Steps, each writing DIR/<step>.json; a step whose file exists is not run again, so a run that
 was cut short (or spread over several device calls, DIR carried along) resumes where it stopped:
 
-- `check-spawn`, `check-mpirun`: `python -m ftbench.runtime.tpcheck` for GPT-J and LLaMA with
-  grouped-query attention (small random models) at tp=2 and at pp=2, as 2 ranks started by the
-  local spawner and by `mpirun -n 2`: every last-stage rank's logit digest, and the relative
-  logit error against TP=1 on the same GPU. The two launchers must give the same digests.
+- `check-spawn`, `check-mpirun`: `python -m ftbench.validation.parallel_check` for GPT-J and
+  LLaMA with grouped-query attention (small random models) at tp=2 and at pp=2, as 2 ranks
+  started by the local spawner and by `mpirun -n 2`: every last-stage rank's logit digest, and
+  the relative logit error against TP=1 on the same GPU. The two launchers must give the same
+  digests.
 - `tune`: `ftbench tune --backends cublas,ftbench` for each model's batch-1 decode and 128-token
   context GEMMs at tp 1 and 2 (one cache per model; the two models on the two GPUs at once).
 - `runs-tp1` (both models at once, one per GPU), then per model `runs-<model>-tp2`,
@@ -23,16 +24,15 @@ was cut short (or spread over several device calls, DIR carried along) resumes w
   stop rank 0, which must find out by itself (`launch.PeerWatch`, or at the latest its
   collective timeout).
 
-`machine` records the device and commit first; every step file records its commit too. Once
-every step has its file, `benchmarks/results/acceptance/parallel.json` (or --acceptance) is
-written from the files.
+`machine` records the device and commit first; every step file (kind "parallel-step") records
+its commit too. Once every step has its file, `<out-dir>/acceptance/parallel.json` is written
+from the files.
 
-    python benchmarks/parallel.py --dir benchmarks/results/parallel-<time>
+    python benchmarks/parallel.py --dir benchmarks/results/parallel-<time> [--out-dir DIR]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -46,12 +46,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _harness import parser, write_summary
 from ftbench.bench.environment import capture_environment, git_commit
 from ftbench.files import read_json, write_json_atomic
+from ftbench.reports.kinds import PARALLEL_STEP
 
 MODELS = ("gptj-6b", "llama2-13b")
 CHECK_CASES = ("gptj", "llama-gqa")
 CHECK_SIZES = ((2, 1), (1, 2))  # (tp, pp)
+PARALLEL_CHECK = "ftbench.validation.parallel_check"  # the rank program of the checks
 BATCHES = "1,64"
 LENGTH = "128"
 KILL_TIMEOUT_S = 20
@@ -101,8 +104,8 @@ def check(launcher: str) -> dict[str, Any]:
     results = []
     for case in CHECK_CASES:
         for tp, pp in CHECK_SIZES:
-            tpcheck = [sys.executable, "-m", "ftbench.runtime.tpcheck", case, str(tp), str(pp)]
-            command, env = ranks_command(launcher, tpcheck)
+            program = [sys.executable, "-m", PARALLEL_CHECK, case, str(tp), str(pp)]
+            command, env = ranks_command(launcher, program)
             lines = run(command, env).splitlines()
             results += [json.loads(line) for line in lines if line.startswith("{")]
     return {"launcher": launcher, "results": results}
@@ -308,7 +311,8 @@ def step(directory: Path, name: str, fn: Callable[[], dict[str, Any]]) -> dict[s
         print(f"{name}: done before ({path})", flush=True)
         return read_json(path)
     started = time.monotonic()
-    result = {**fn(), "step_seconds": time.monotonic() - started, "commit": git_commit()[0]}
+    result = {"kind": PARALLEL_STEP, "step": name, **fn()}
+    result |= {"step_seconds": time.monotonic() - started, "commit": git_commit()[0]}
     write_json_atomic(path, result)
     print(f"{name}: {time.monotonic() - started:.0f} s", flush=True)
     return result
@@ -388,8 +392,6 @@ def summarize(directory: Path, done: dict[str, dict[str, Any]]) -> dict:
     # The headline: TP=2 with the all-reduce method that gave GPT-J the faster batch-1 step.
     best = max(("tp2", "tp2_one_shot"), key=lambda name: gptj[f"{name}_b1_speedup"])
     return {
-        "device": environment["device"],
-        "commit": environment["commit"],
         "tp2_allreduce_method": {"tp2": "nccl", "tp2_one_shot": "one-shot"}[best],
         "gptj_tp2_b1_speedup": gptj[f"{best}_b1_speedup"],
         "llama2_13b_tp2_b1_speedup": llama[f"{best}_b1_speedup"],
@@ -437,16 +439,10 @@ def summarize(directory: Path, done: dict[str, dict[str, Any]]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", type=Path, required=True, help="where each step's file goes")
-    parser.add_argument("--acceptance", type=Path,
-                        default=Path("benchmarks/results/acceptance/parallel.json"))  # fmt: skip
-    parser.add_argument(
-        "--device-kind", default=os.environ.get("FTBENCH_DEVICE_KIND", ""),
-        help="the machine kind for the summary (default: $FTBENCH_DEVICE_KIND)",
-    )  # fmt: skip
-    parser.add_argument("--only", default="", help="comma-separated steps to run (default all)")
-    args = parser.parse_args()
+    arguments = parser(__doc__, summary=True)
+    arguments.add_argument("--dir", type=Path, required=True, help="where each step's file goes")
+    arguments.add_argument("--only", default="", help="comma-separated steps to run (default all)")
+    args = arguments.parse_args()
     directory = args.dir
     directory.mkdir(parents=True, exist_ok=True)
     steps: dict[str, Callable[[], dict[str, Any]]] = {
@@ -470,9 +466,11 @@ def main() -> None:
         name: step(directory, name, fn) for name, fn in steps.items() if not only or name in only
     }
     if len(done) == len(steps):
+        machine_step = done["machine"]
         summary = summarize(directory, done)
-        write_json_atomic(args.acceptance, summary)
-        print(json.dumps({k: v for k, v in summary.items() if k != "models"}, indent=1))
+        write_summary(
+            args.out_dir, "parallel", summary, machine_step["device"], machine_step["commit"]
+        )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ attention (4 KV heads, replicated at tp=8) and GPT-2 (learned positions, LM head
 vocabulary-split embedding), small random fp16 models run unsharded and as tp = 2, 4 and 8
 emulated ranks and as pipelines of pp = 2 and 4 stages and tp=2 x pp=2 in one process, the
 pipelines pp = 2 and tp=2 x pp=2 also with 2 and 3 micro-batches per step
-(`runtime.tpcheck`): the largest relative logit error
+(`validation.parallel_check`): the largest relative logit error
 ‖tp − tp1‖ / ‖tp1‖ over every position of a ragged prefill and the teacher-forced decode steps,
 with both runs' distance from the float64 NumPy reference for scale.
 
@@ -17,15 +17,9 @@ DIR/acceptance/parallel_emulated.json.
 
 from __future__ import annotations
 
-import argparse
-import os
-from datetime import datetime, timezone
-from pathlib import Path
-
+from _harness import parser, result_path, write, write_summary
 from ftbench.bench.environment import capture_environment
-from ftbench.bench.results import write_results
-from ftbench.files import write_json_atomic
-from ftbench.runtime.tpcheck import (
+from ftbench.validation.parallel_check import (
     CASES,
     MICRO_BATCH_SIZES,
     PIPELINE_SIZES,
@@ -41,15 +35,8 @@ CASE_FIELDS = (
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument(
-        "--device-kind", default=os.environ.get("FTBENCH_DEVICE_KIND", ""),
-        help="the machine kind for the summary (default: $FTBENCH_DEVICE_KIND)",
-    )  # fmt: skip
-    args = parser.parse_args()
+    args = parser(__doc__, summary=True).parse_args()
     environment = capture_environment()
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     records = []
     for case in CASES:
         tp1 = tp1_logits(case, DTYPE)
@@ -67,15 +54,10 @@ def main() -> None:
             ).to_dict()
             print(result, flush=True)
             records.append({"kind": "pp-micro-batches-emulated", **result})
-    write_results(
-        args.out_dir / f"parallel-emulated-{stamp}.json", "parallel-emulated", records, environment
+    path = write(
+        result_path(args.out_dir, "parallel-emulated"), "parallel-emulated", records, environment
     )
-    summary = {
-        "device": environment.device_label(args.device_kind),
-        "commit": environment.git_commit,
-        "dtype": DTYPE,
-        "models": list(CASES),
-    }
+    summary = {"dtype": DTYPE, "models": list(CASES), "source": str(path)}
     for tp in TP_SIZES:
         summary[f"tp{tp}_emulated_max_rel_err"] = max(
             r["max_rel_err"] for r in records if r["tp"] == tp and r["pp"] == 1
@@ -94,8 +76,8 @@ def main() -> None:
     summary["ranks_identical"] = all(r["ranks_identical"] for r in records)
     summary["cases"] = [{k: r[k] for k in CASE_FIELDS} for r in records]
     summary["utc_time"] = environment.utc_time
-    write_json_atomic(args.out_dir / "acceptance" / "parallel_emulated.json", summary)
-    print(summary, flush=True)
+    device = environment.device_label(args.device_kind)
+    write_summary(args.out_dir, "parallel_emulated", summary, device, environment.git_commit)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Runtime acceptance: correctness against HF transformers, then GPT-J 6B first speed numbers.
 
 1. For GPT-J (partial rotary), GPT-2 and LLaMA (GQA), fp16 and bf16: small random HF models
-   saved as safetensors, loaded by ftbench, compared with HF in float64 (`runtime.hfcheck`):
+   saved as safetensors, loaded by ftbench, compared with HF in float64 (`validation.hf_check`):
    largest relative logit error over a ragged prefill and 32 teacher-forced decode steps, and
    greedy token agreement over 32 generated tokens.
 2. GPT-J 6B fp16 with random weights, 128 tokens in and 128 out at batch 1 and 64: time to
@@ -17,26 +17,21 @@ Writes DIR/runtime-<time>.json (all numbers, environment) and DIR/acceptance/run
 
 from __future__ import annotations
 
-import argparse
-import os
 import tempfile
-from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 
+from _harness import parser, result_path, write, write_summary
 from ftbench.bench.environment import capture_environment
-from ftbench.bench.results import write_results
 from ftbench.bench.stats import summarize
-from ftbench.files import write_json_atomic
 from ftbench.gemm.cache import open_tuned_cache
 from ftbench.gemm.dispatch import GemmDispatch
 from ftbench.modelbench.ceilings import read_bandwidth
 from ftbench.profiles.catalog import load_builtin
 from ftbench.runtime.generate import Generator
-from ftbench.runtime.hfcheck import CASES, DTYPES, compare_with_hf
 from ftbench.runtime.model import Decoder
-from ftbench.runtime.weights import random_weights
+from ftbench.runtime.random_weights import random_weights
+from ftbench.validation.hf_check import CASES, DTYPES, compare_with_hf
 
 INPUT_LEN = 128
 OUTPUT_LEN = 128
@@ -104,29 +99,19 @@ def gptj_speed(cache_path: str | None, environment, hbm_bytes_per_s: float) -> l
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--cache", help="a tuned-config cache for the tuned GPT-J run")
-    parser.add_argument("--skip-hf", action="store_true", help="skip the HF comparison")
-    parser.add_argument(
-        "--device-kind", default=os.environ.get("FTBENCH_DEVICE_KIND", ""),
-        help="the machine kind for the summary (default: $FTBENCH_DEVICE_KIND)",
-    )  # fmt: skip
-    args = parser.parse_args()
+    arguments = parser(__doc__, summary=True)
+    arguments.add_argument("--cache", help="a tuned-config cache for the tuned GPT-J run")
+    arguments.add_argument("--skip-hf", action="store_true", help="skip the HF comparison")
+    args = arguments.parse_args()
     environment = capture_environment()
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     cases = [] if args.skip_hf else correctness_cases()
     hbm = read_bandwidth()["bytes_per_s"]
     print(f"HBM read {hbm / 1e12:.2f} TB/s", flush=True)
     speed = gptj_speed(args.cache, environment, hbm)
     records = [{"kind": "hf-comparison", **case} for case in cases]
     records += [{"kind": "gptj-speed", "hbm_read_bytes_per_s": hbm, **row} for row in speed]
-    write_results(
-        args.out_dir / f"runtime-{stamp}.json", "runtime-acceptance", records, environment
-    )
+    path = write(result_path(args.out_dir, "runtime"), "runtime-acceptance", records, environment)
     summary = {
-        "device": environment.device_label(args.device_kind),
-        "commit": environment.git_commit,
         "cases": [
             {
                 key: case[key]
@@ -158,10 +143,11 @@ def main() -> None:
         ],  # fmt: skip
         "hbm_read_tb_per_s": hbm / 1e12,
         "utc_time": environment.utc_time,
+        "source": str(path),
     }
     if cases:
-        write_json_atomic(args.out_dir / "acceptance" / "runtime.json", summary)
-    print(summary, flush=True)
+        device = environment.device_label(args.device_kind)
+        write_summary(args.out_dir, "runtime", summary, device, environment.git_commit)
 
 
 if __name__ == "__main__":

@@ -19,20 +19,16 @@ DIR/acceptance/tune.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 
+from _harness import parser, result_path, write, write_summary
 from ftbench.autotune.plan import tuning_problems
 from ftbench.autotune.sweep import TUNING_POLICY, SweepOptions, run_sweep
 from ftbench.bench.environment import capture_environment
-from ftbench.bench.results import write_results
 from ftbench.bench.timer import cold_input_sets, device_facts, time_launch
 from ftbench.files import write_json_atomic
 from ftbench.gemm.operands import make_operands
@@ -149,18 +145,18 @@ def geomean(values: list[float]) -> float | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", default=str(Path(__file__).parent / "results"))
-    parser.add_argument("--backends", default="cublas,cublaslt,cutlass,ftbench")
-    parser.add_argument("--quick", action="store_true", help="fewer batches, one context")
-    parser.add_argument("--device-kind", default=os.environ.get("FTBENCH_DEVICE_KIND", ""))
-    parser.add_argument("--cold-build-s", type=float, default=None,
-                        help="CUTLASS build time measured before (for the cold total)")  # fmt: skip
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the sweep of an interrupted run in --out-dir (its sweep "
-                             "time is added to this run's)")  # fmt: skip
-    args = parser.parse_args()
-    out_dir = Path(args.out_dir)
+    arguments = parser(__doc__, summary=True)
+    arguments.add_argument("--backends", default="cublas,cublaslt,cutlass,ftbench")
+    arguments.add_argument("--quick", action="store_true", help="fewer batches, one context")
+    arguments.add_argument(
+        "--cold-build-s", type=float, default=None,
+        help="CUTLASS build time measured before (for the cold total)",
+    )  # fmt: skip
+    arguments.add_argument("--resume", action="store_true",
+                           help="continue the sweep of an interrupted run in --out-dir (its "
+                                "sweep time is added to this run's)")  # fmt: skip
+    args = arguments.parse_args()
+    out_dir = args.out_dir
     environment = capture_environment()
 
     bandwidth = read_bandwidth()
@@ -242,8 +238,6 @@ def main() -> None:
                         if r["phase"] == phase and r[peer]])  # fmt: skip
 
     summary = {
-        "device": environment.device_label(args.device_kind),
-        "commit": environment.git_commit,
         "problems": len(rows),
         "slower_than_default_count": sum(r["slower_than_default"] for r in rows),
         **{
@@ -271,15 +265,13 @@ def main() -> None:
         "unavailable_backends": report.unavailable_backends,
         "utc_time": environment.utc_time,
     }
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     ceilings = {
         "ceilings": {"read": bandwidth, "small_read": small_read, "copy": copy, "peak": peak}
     }
-    write_results(
-        out_dir / f"tune-peers-{stamp}.json", "tune-peers", [ceilings, *rows], environment
-    )
-    write_json_atomic(out_dir / "acceptance" / "tune.json", summary)
-    print(json.dumps(summary, indent=2))
+    path = write(result_path(out_dir, "tune-peers"), "tune-peers", [ceilings, *rows], environment)
+    summary["source"] = str(path)
+    device = environment.device_label(args.device_kind)
+    write_summary(out_dir, "tune", summary, device, environment.git_commit)
 
 
 if __name__ == "__main__":

@@ -167,3 +167,31 @@ def test_every_command_that_writes_offers_force_and_says_what_it_replaces(comman
     text = help_text(*command.split())
     assert "--force" in text
     assert "replace" in text or "renewed" in text
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--arch", "70"], "no CUTLASS kernel set for sm70; choose 90 or 80"),
+        (["--arch", "90", "--dtype", "fp8"], "no CUTLASS kernels of ['fp8']; choose fp16 or bf16"),
+    ],
+)
+def test_build_cutlass_refuses_an_arch_or_dtype_it_has_no_kernels_of(tmp_path, arguments, message):
+    result = runner.invoke(cli.app, ["build-cutlass", *arguments, "--out", str(tmp_path)])
+    assert isinstance(result.exception, InvalidInputError)
+    assert str(result.exception) == message
+    assert not (tmp_path / "cutlass").exists()
+
+
+def test_build_cutlass_without_a_gpu_asks_for_the_arch(monkeypatch):
+    from ftbench.errors import NoGpuError
+    from ftbench.gemm.backends import cutlass
+
+    def no_gpu():
+        raise NoGpuError("no usable CUDA GPU through CuPy: no cupy")
+
+    monkeypatch.setattr(cutlass, "gpu_build_arch", no_gpu)
+    result = runner.invoke(cli.app, ["build-cutlass"])
+    assert str(result.exception).endswith(
+        "no cupy; to build for a GPU elsewhere give --arch 90 or 80"
+    )

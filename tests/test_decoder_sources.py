@@ -1,14 +1,10 @@
-"""The decoder kernels' source and launchers, without a GPU.
+"""The decoder's element-wise kernels' source and launchers, without a GPU.
 
 decoder.cu must build with nvcc for Ampere and Hopper, every template instance the launchers can
 ask for, without spilling; the launchers must refuse what the kernels cannot do before touching
 the GPU, and plan the launches they can (kernel instance, grid, block) from shapes and alignment.
 Arrays here are NumPy arrays, or fakes that add the device pointer a CuPy array has.
 """
-
-import re
-from dataclasses import dataclass
-from types import SimpleNamespace
 
 import ml_dtypes
 import numpy as np
@@ -23,65 +19,23 @@ from ftbench.kernels.decoder import (
     kernel_names,
     qkv_rotary,
     residual_norm,
-    sample,
 )
-from nvcc import compile_object, needs_nvcc
+from kernel_fakes import Fake, half, int32, launch_recorder
+from nvcc import assert_compiles_without_spills, needs_nvcc
 
-DTYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
-
-
-class Fake:
-    """A host array with the device pointer of a CuPy array (`data.ptr`), for launch planning."""
-
-    def __init__(self, shape, dtype, ptr=1 << 20):
-        self.array = np.zeros(shape, dtype=DTYPES.get(dtype, dtype))
-        self.shape, self.ndim, self.dtype = self.array.shape, self.array.ndim, self.array.dtype
-        self.flags, self.itemsize, self.nbytes = (
-            self.array.flags,
-            self.array.itemsize,
-            self.array.nbytes,
-        )
-        self.data = SimpleNamespace(ptr=ptr)
-
-
-@dataclass
-class Launch:
-    name: str
-    grid: tuple
-    block: tuple
-    args: tuple
-
-
-@pytest.fixture
-def launches(monkeypatch):
-    """Record launches instead of compiling and running them."""
-    recorded = []
-    monkeypatch.setattr(decoder, "_launch", lambda *call: recorded.append(Launch(*call)))
-    return recorded
+launches = launch_recorder(decoder)  # a fixture: the launches, recorded instead of run
 
 
 @needs_nvcc
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_every_instance_compiles_without_spills(tmp_path, arch):
-    names = sorted(set(kernel_names("float16") + kernel_names("bfloat16")))
-    source = tmp_path / "instances.cu"
-    # Taking a kernel's address instantiates it, without spelling out its signature.
-    source.write_text(
-        f'#include "{SOURCE_PATH}"\nvoid* instances[] = {{\n'
-        + "".join(f"    (void*)&{name},\n" for name in names)
-        + "};\n"
-    )
-    report = compile_object(source, tmp_path, arch, "-Xptxas", "-v", "-Werror", "all-warnings")
-    reports = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
-    assert len(reports) == len(names)
-    assert all(stores == "0" and loads == "0" for stores, loads in reports), report
+    assert_compiles_without_spills(SOURCE_PATH, kernel_names, tmp_path, arch)
 
 
-def test_instance_list_covers_both_dtypes_and_float32_logits():
+def test_instance_list_covers_both_dtypes():
     names = kernel_names("bfloat16")
-    assert len(names) == len(set(names)) == 43
+    assert len(names) == len(set(names)) == 35
     assert "ftb_residual_norm<__nv_bfloat16, 8, 1>" in names
-    assert "ftb_sample<float, 4>" in names and "ftb_greedy<__nv_bfloat16, 1>" in names
     with pytest.raises(InvalidInputError, match="dtype"):
         kernel_names("float32")
 
@@ -196,47 +150,13 @@ def test_bias_act_plan(launches, gated, ffn, vector):
     assert launch.grid[0] == 37 and launch.grid[1] * threads * vector >= ffn
 
 
-@pytest.mark.parametrize(
-    ("dtype", "padded", "vector"),
-    [("float16", 50304, 8), ("bfloat16", 50257, 1), ("float32", 128256, 4), ("float32", 50257, 1)],
-)
-@pytest.mark.parametrize("method", ["greedy", "sample"])
-def test_sample_plan(launches, dtype, padded, vector, method):
-    sample(Fake((4, padded), dtype), Fake((4,), "int32"), vocab_size=50257, method=method)
-    (launch,) = launches
-    assert launch.name == decoder.sample_kernel(dtype, vector, method)
-    assert launch.grid == (4,)
-    model_dtype = "float16" if dtype == "float32" else dtype
-    assert launch.name in kernel_names(model_dtype)
-
-
-def test_sample_passes_the_sampling_settings(launches):
-    step = Fake((1,), "int64", ptr=4096)
-    sample(Fake((2, 64), "float32"), Fake((2,), "int32"), vocab_size=60, method="sample",
-           temperature=0.5, top_k=7, top_p=0.9, seed=2**64 - 1, step=step,
-           finished=Fake((2,), "bool"), stop_tokens=Fake((3,), "int32"), pad_token=-1)  # fmt: skip
-    args = launches[0].args
-    assert args[1:3] == (64, 60) and args[6:8] == (3, -1)
-    assert args[8:] == (2.0, 7, 0.9, 2**64 - 1, 0, 4096)
-    assert launches[0].block == (decoder.SAMPLE_THREADS,)
-
-
 def test_empty_batches_launch_nothing(launches):
     embed(Fake((0,), "int32"), None, Fake((10, 8), "float16"), None, Fake((0, 8), "float32"))
     bias_act(Fake((0, 8), "float16"), None, Fake((0, 4), "float16"), "relu", True)
-    sample(Fake((0, 8), "float16"), Fake((0,), "int32"), vocab_size=8, method="greedy")
     assert launches == []
 
 
 # Refusals ------------------------------------------------------------------------------------
-
-
-def half(*shape):
-    return np.zeros(shape, np.float16)
-
-
-def int32(*shape):
-    return np.zeros(shape, np.int32)
 
 
 @pytest.mark.parametrize(
@@ -365,41 +285,3 @@ def test_bias_act_refuses_an_output_overlapping_its_input(gated):
     out = Fake((4, 8 if gated else 16), "float16", ptr=4096 + (0 if gated else 32))
     with pytest.raises(InvalidInputError, match="overlap"):
         bias_act(x, None, out, "gelu", gated)
-
-
-def sample_call(**overrides):
-    arguments = dict(logits=half(4, 16), tokens=int32(4), vocab_size=10, method="sample")
-    arguments.update(overrides)
-    return lambda: sample(**arguments)
-
-
-@pytest.mark.parametrize(
-    ("call", "message"),
-    [
-        (sample_call(method="beam"), "method must be one of"),
-        (sample_call(logits=np.zeros((4, 16), np.float64)), "dtype float64"),
-        (sample_call(vocab_size=17), "vocab_size must be in 1..16"),
-        (sample_call(vocab_size=0), "vocab_size must be in 1..16"),
-        (sample_call(tokens=np.zeros(4, np.int64)), "tokens must be int32"),
-        (sample_call(tokens=int32(5)), r"tokens must be int32 \[4\]"),
-        (sample_call(temperature=0.0), "use method='greedy'"),
-        (sample_call(temperature=float("nan")), "temperature"),
-        (sample_call(top_k=-1), "top_k must be in"),
-        (sample_call(top_p=0.0), "top_p"),
-        (sample_call(top_p=1.5), "top_p"),
-        (sample_call(seed=-1), "seed must be in"),
-        (sample_call(step=np.zeros(2, np.int64)), "step must be an int"),
-        (sample_call(step=1.0), "step must be an int"),
-        (sample_call(finished=np.zeros(4, np.int32)), "finished must be uint8 or bool"),
-        (sample_call(stop_tokens=int32(2)), "need a finished array"),
-        (sample_call(finished=np.zeros(4, bool), stop_tokens=int32(0)), "number of stop"),
-        (sample_call(pad_token=2**31), "pad_token"),
-        (
-            sample_call(logits=half(1, 2**20 + 8), tokens=int32(1), vocab_size=2**20 + 1),
-            "vocab_size <= 1048576",
-        ),
-    ],
-)
-def test_sample_refuses(call, message):
-    with pytest.raises(InvalidInputError, match=message):
-        call()

@@ -11,8 +11,9 @@ import pytest
 
 from ftbench.errors import InvalidInputError
 from ftbench.profiles.catalog import load_builtin
+from ftbench.runtime.random_weights import random_weights
 from ftbench.runtime.reference import ReferenceModel
-from ftbench.runtime.weights import from_named, random_weights
+from ftbench.runtime.weights import from_named
 
 torch = pytest.importorskip("torch")
 gptfast = pytest.importorskip("ftbench.modelbench.gptfast")

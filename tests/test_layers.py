@@ -22,7 +22,7 @@ LAYERS = (
     ("gemm",),
     ("profiles",),
     ("autotune", "runtime"),
-    ("modelbench",),
+    ("modelbench", "validation"),  # validation: checks of the runtime, for tests and benchmarks
     ("reports",),
     ("cli",),
     ("__main__",),

@@ -1,5 +1,7 @@
 """`ftbench run`'s host-side logic: the grid, floors, records, refusals, without a GPU."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -109,6 +111,27 @@ def test_run_config_refuses_unknown_engines_and_one_token_outputs():
         RunConfig(GPTJ, "fp32", (RunPoint(1, 128, 128),))
 
 
+def test_a_breakdown_is_taken_on_one_gpu_only():
+    assert RunConfig(GPTJ, "fp16", (RunPoint(1, 128, 128),), breakdown=True).breakdown
+    with pytest.raises(InvalidInputError, match="--breakdown takes steps apart on one GPU"):
+        RunConfig(GPTJ, "fp16", (RunPoint(1, 128, 128),), tp=2, breakdown=True)
+
+
+def test_a_measured_breakdown_goes_into_the_record_as_it_is():
+    taken_apart = {"decode": {"length": 192, "whole_ms": 3.0, "floor_ms": 2.0, "operations": []}}
+    measured = Measured(
+        ttft_ms=[10.0], end_to_end_ms=[500.0], step_ms=[3.9, 4.0], peak_memory_bytes=None,
+        gemm=None, conditions={}, breakdown=taken_apart,
+    )  # fmt: skip
+    record = point_record("ftbench", "gptj-6b", "fp16", 1, RunPoint(4, 8, 8), measured, 3, 5)
+    check_run_record(record, "test")
+    assert record["breakdown"] == taken_apart
+    untaken = replace(measured, breakdown=None)
+    assert "breakdown" not in point_record(
+        "ftbench", "m", "fp16", 1, RunPoint(4, 8, 8), untaken, 3, 5
+    )
+
+
 def test_micro_batches_default_to_one_and_need_as_many_sequences():
     assert [point_micro_batches(None, 4, batch) for batch in (1, 3, 4, 64)] == [1, 1, 1, 1]
     assert point_micro_batches(None, 1, 8) == 1
@@ -184,6 +207,7 @@ def test_run_without_a_gpu_is_a_one_line_error(monkeypatch, capsys):
             "--micro-batches 2 needs batches of at least 2 sequences; batch 1",
         ),
         (["--profile", "gptj-6b", "--tp", "2", "--compare", "hf"], "use it with --tp 1 --pp 1"),
+        (["--profile", "gptj-6b", "--tp", "2", "--breakdown"], "--breakdown takes steps apart"),
         (["--profile", "gptj-6b", "--tp", "2", "--allreduce", "mpi"], "--allreduce: 'mpi'"),
         (
             ["--profile", "gptj-6b", "--tp", "4", "--pp", "2"],

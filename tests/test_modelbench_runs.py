@@ -96,3 +96,41 @@ def test_optional_fields_may_be_null_or_absent():
     for name in ("throughput_tok_s", "peak_memory_bytes", "roofline_fraction", "flags"):
         check_run_record({**built, name: None}, "record")
         check_run_record({key: value for key, value in built.items() if key != name}, "record")
+
+
+def breakdown(whole_ms: float = 3.0) -> dict:
+    """What `ftbench run --breakdown` adds to a record (numbers made up)."""
+    operations = [
+        {"name": "layer 00 gemm", "per_step": 28, "step_ms": 2.0, "floor_ms": 1.8,
+         "roofline_fraction": 0.9, "bytes": 10**9, "flops": 10**7},
+        {"name": "layer 01 decode_attention", "per_step": 28, "step_ms": 1.0, "floor_ms": 0.5,
+         "roofline_fraction": 0.5, "bytes": 10**8, "flops": 0},
+    ]  # fmt: skip
+    return {
+        "decode": {"length": 192, "whole_ms": whole_ms, "floor_ms": 2.3, "operations": operations},
+        "prefill": {"tokens": 128, "whole_ms": 9.0, "floor_ms": 6.0, "operations": operations},
+    }
+
+
+def test_a_breakdown_of_the_shape_run_writes_is_accepted():
+    check_run_record({**record(), "breakdown": breakdown()}, "record 3")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda b: b.update(sample={}), "breakdown must map decode and/or prefill to steps"),
+        (lambda b: b["decode"].pop("operations"), "breakdown.decode must be a step with a list"),
+        (lambda b: b["decode"].pop("length"), r"breakdown.decode.length must be a finite number"),
+        (lambda b: b["prefill"].update(whole_ms=0), "breakdown.prefill.whole_ms must be a finite"),
+        (lambda b: b["decode"]["operations"][1].pop("step_ms"),
+         r"breakdown.decode.operations\[1\] lacks step_ms"),
+        (lambda b: b["decode"]["operations"][0].update(step_ms=-1.0),
+         r"breakdown.decode.operations\[0\].step_ms must be a finite number >= 0"),
+    ],
+)  # fmt: skip
+def test_a_malformed_breakdown_is_refused(edit, message):
+    taken_apart = breakdown()
+    edit(taken_apart)
+    with pytest.raises(InvalidInputError, match=f"^record 3: {message}"):
+        check_run_record({**record(), "breakdown": taken_apart}, "record 3")

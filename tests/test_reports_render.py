@@ -22,11 +22,12 @@ from ftbench.bench.results import write_results
 from ftbench.modelbench.runs import run_record
 from ftbench.reports.history import add_files
 from ftbench.reports.records import load_result_set
-from ftbench.reports.report import foundation_section, write_report
+from ftbench.reports.report import write_report
+from ftbench.reports.sections import foundation_section
 
 RESULTS = Path(__file__).parent / "data" / "results"
 FOUNDATIONS = sorted(RESULTS.glob("foundation-*.json"))
-GEMV = sorted((Path(__file__).parents[1] / "benchmarks" / "results").glob("gemv-*.json"))
+GEMV = sorted((Path(__file__).parents[1] / "benchmarks" / "results").glob("gemv-*.json.gz"))
 IMAGE = re.compile(r'<img class="plot" alt="([^"]*)" src="data:image/png;base64,([^"]+)">')
 SYNTHETIC_SPEED = {"ftbench": 1.0, "ftbench-untuned": 1.08, "hf-eager": 2.5, "hf-compile": 1.4}
 
@@ -243,3 +244,29 @@ def test_run_report_shows_n_a_for_optional_fields_a_record_lacks(tmp_path):
     rows = [line for line in lines if line.startswith("| ftbench | synthetic-gptj")]
     assert rows and all("| n/a |" in row for row in rows)
     assert "latency vs batch" in embedded_images(page_path.read_text())
+
+
+def test_a_run_with_breakdowns_shows_where_each_step_goes(tmp_path):
+    path = synthetic_run_file(tmp_path / "run.json")
+    document = json.loads(path.read_text())
+    operations = [
+        {"name": "layer 00 gemm", "per_step": 28, "step_ms": 5.0, "floor_ms": 4.5,
+         "roofline_fraction": 0.9, "bytes": 10**9, "flops": 10**7},
+        {"name": "layer 01 decode_attention", "per_step": 28, "step_ms": 2.0, "floor_ms": 1.0,
+         "roofline_fraction": 0.5, "bytes": 10**8, "flops": 0},
+    ]  # fmt: skip
+    taken_apart = {
+        "decode": {"length": 192, "whole_ms": 7.0, "floor_ms": 5.5, "operations": operations},
+        "prefill": {"tokens": 128, "whole_ms": 7.0, "floor_ms": 5.5, "operations": operations},
+    }
+    for record in document["records"]:
+        if record["engine"] == "ftbench" and record["input_len"] == 128:
+            record["breakdown"] = taken_apart
+    path.write_text(json.dumps(document))
+    page_path, markdown_path = write_report([path], tmp_path / "out")
+    image = embedded_images(page_path.read_text())["time per operation"]
+    assert image.height > 200 and non_white_fraction(image) > 0.02
+    markdown = markdown_path.read_text()
+    step = "ftbench b=4 128/128: decode at length 192"
+    assert f"| {step} | layer 00 gemm | 28 | 5.0 | 71.4% | 90.0% |" in markdown
+    assert "| ftbench b=16 128/128: prefill 128 tokens | layer 01 decode_attention |" in markdown

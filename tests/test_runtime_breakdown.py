@@ -11,8 +11,9 @@ import pytest
 from ftbench.profiles.catalog import load_builtin
 from ftbench.runtime import breakdown
 from ftbench.runtime.model import Decoder
+from ftbench.runtime.random_weights import random_weights
 from ftbench.runtime.rank import RankDecoder
-from ftbench.runtime.weights import random_weights, shard
+from ftbench.runtime.sharding import shard
 from runtime_fakes import FakeCommunicator, decode_step, installed, silent
 
 TINY = dataclasses.replace(

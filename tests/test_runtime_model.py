@@ -9,7 +9,7 @@ import pytest
 
 from ftbench.profiles.catalog import load_builtin
 from ftbench.runtime.model import Decoder, DecoderOps
-from ftbench.runtime.weights import random_weights
+from ftbench.runtime.random_weights import random_weights
 from runtime_fakes import decode_step, installed, recorded_step, silent
 
 SMALL = {"num_layers": 2, "hidden_size": 128, "num_heads": 2, "head_dim": 64, "vocab_size": 97}

@@ -23,9 +23,11 @@ from ftbench.runtime.pipeline import (
     stage_plan,
     tensor_group,
 )
+from ftbench.runtime.random_weights import random_weights
 from ftbench.runtime.rank import micro_batch_inputs, step_micro_batches
 from ftbench.runtime.reference import ReferenceModel
-from ftbench.runtime.weights import check_shapes, random_weights, shard, stage_weights
+from ftbench.runtime.sharding import shard, stage_weights
+from ftbench.runtime.weights import check_shapes
 
 LLAMA = {
     "model_type": "llama", "vocab_size": 101, "hidden_size": 64, "intermediate_size": 96,

@@ -10,8 +10,9 @@ import pytest
 from ftbench.profiles.catalog import load_builtin
 from ftbench.runtime.model import Decoder
 from ftbench.runtime.pipeline import Stage, stage_plan
+from ftbench.runtime.random_weights import random_weights
 from ftbench.runtime.rank import RankDecoder
-from ftbench.runtime.weights import random_weights, shard, stage_weights
+from ftbench.runtime.sharding import shard, stage_weights
 from runtime_fakes import FakeCommunicator, decode_step, installed, recorded_step, silent
 
 SMALL = {"hidden_size": 128, "num_heads": 2, "head_dim": 64, "vocab_size": 97}

@@ -9,8 +9,9 @@ import pytest
 
 from ftbench.errors import InvalidInputError
 from ftbench.profiles.hf import spec_from_hf_config
+from ftbench.runtime.hf_checkpoint import from_state_dict
+from ftbench.runtime.random_weights import random_weights
 from ftbench.runtime.reference import ReferenceModel
-from ftbench.runtime.weights import from_state_dict, random_weights
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -260,8 +261,8 @@ def test_reference_refuses_what_it_does_not_implement():
 
     from ftbench.errors import InvalidInputError
     from ftbench.profiles.catalog import load_builtin
+    from ftbench.runtime.random_weights import random_weights
     from ftbench.runtime.reference import ReferenceModel
-    from ftbench.runtime.weights import random_weights
 
     spec = dataclasses.replace(
         load_builtin("llama2-7b"), num_layers=1, hidden_size=64, num_heads=4, num_kv_heads=2,

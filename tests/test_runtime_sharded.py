@@ -10,8 +10,9 @@ import pytest
 
 from ftbench.errors import InvalidInputError
 from ftbench.profiles.hf import spec_from_hf_config
+from ftbench.runtime.random_weights import random_weights
 from ftbench.runtime.sharded import MANIFEST, load_sharded, rank_file, read_manifest, save_sharded
-from ftbench.runtime.weights import random_weights, shard
+from ftbench.runtime.sharding import shard
 
 LLAMA = spec_from_hf_config(
     {
@@ -92,7 +93,7 @@ def test_convert_command_shards_an_hf_checkpoint(tmp_path):
     from typer.testing import CliRunner
 
     from ftbench import cli
-    from ftbench.runtime.weights import load_hf_weights
+    from ftbench.runtime.hf_checkpoint import load_hf_weights
 
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
@@ -143,7 +144,7 @@ def test_convert_to_a_read_only_place_fails_before_the_checkpoint_is_read(tmp_pa
     from typer.testing import CliRunner
 
     from ftbench import cli, files
-    from ftbench.runtime import weights
+    from ftbench.runtime import hf_checkpoint
 
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "config.json").write_text(json.dumps({
@@ -158,7 +159,7 @@ def test_convert_to_a_read_only_place_fails_before_the_checkpoint_is_read(tmp_pa
         raise AssertionError("the checkpoint was read before the output folder was checked")
 
     monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
-    monkeypatch.setattr(weights, "load_hf_weights", never)
+    monkeypatch.setattr(hf_checkpoint, "load_hf_weights", never)
     result = CliRunner().invoke(cli.app, ["convert", str(tmp_path / "hf"), str(tmp_path / "out")])
     assert isinstance(result.exception, InvalidInputError), result.output
     assert str(result.exception) == f"cannot write in {tmp_path / 'out'}: Read-only file system"

@@ -722,7 +722,10 @@ def compare_command(
 def report_command(
     results: Annotated[
         list[Path],
-        typer.Argument(help="Result files (tune, tune-peers, foundation, gemv, run) or caches."),
+        typer.Argument(
+            help="Result files, acceptance summaries or tuned caches (.json, .json.gz), or "
+            "folders of them (every such file under a folder)."
+        ),
     ],
     out: Annotated[
         Path,
@@ -810,6 +813,76 @@ def _choices(values: tuple[str, ...]) -> str:
     return ", ".join(values[:-1]) + " or " + values[-1]
 
 
+@app.command("build-cutlass")
+def build_cutlass_command(
+    arch: Annotated[
+        int | None,
+        typer.Option(
+            "--arch", help="Build for sm90 (Hopper) or sm80 (Ampere, Ada); default: this GPU's."
+        ),
+    ] = None,
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="Kernel dtypes, comma-separated: fp16, bf16.")
+    ] = "fp16,bf16",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Build under OUT/cutlass/ (use it with FTBENCH_CACHE_DIR=OUT) instead of the "
+            "cache folder `ftbench tune` reads ($FTBENCH_CACHE_DIR/cutlass).",
+        ),
+    ] = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option("--jobs", help="nvcc processes at once (default: one per core).", min=1),
+    ] = None,
+) -> None:
+    """Compile the curated CUTLASS kernels ahead of tuning: nvcc and nvidia-cutlass are needed
+    only here, so a machine without the GPU can build for it.
+
+    Kernels already built are kept; one that fails to compile is listed with its log and the
+    others still build.
+    """
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from ftbench.errors import NoGpuError
+    from ftbench.files import check_folder_writable
+    from ftbench.gemm.backends.cutlass import gpu_build_arch, prebuild
+    from ftbench.kernels.cutlass_build import cache_root
+
+    try:
+        arch = arch or gpu_build_arch()
+    except NoGpuError as exc:
+        raise InvalidInputError(
+            f"{exc}; to build for a GPU elsewhere give --arch 90 or 80"
+        ) from exc
+    if arch is None:
+        raise InvalidInputError("no CUTLASS kernel set for this GPU; give --arch 90 or 80")
+    root = cache_root() if out is None else out / "cutlass"
+    check_folder_writable(root)  # kernels already there are its own: kept, not replaced
+    start = time.perf_counter()
+    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
+        results = prebuild(arch, jobs, progress, tuple(_names(dtype)), root=root)
+    table = Table(title="CUTLASS kernels", box=box.SIMPLE_HEAD)
+    for header in ("kernel", "status", "compile s", "library MiB"):
+        table.add_column(header, justify="left" if header in ("kernel", "status") else "right")
+    for name, result in results.items():
+        size = "" if result.library is None else f"{result.library.stat().st_size / 2**20:.2f}"
+        status = "failed" if result.library is None else "cached" if result.cached else "built"
+        table.add_row(name, status, f"{result.compile_s:.1f}", size)
+    _print_table(table)
+    for name, result in results.items():
+        if result.error is not None:
+            console.print(f"[red]{name}[/red]: {escape(result.error)}")
+    built = sum(result.library is not None for result in results.values())
+    console.print(
+        f"{built}/{len(results)} kernels in {time.perf_counter() - start:.0f} s under {root}"
+    )
+
+
 @app.command("convert")
 def convert_command(
     checkpoint: Annotated[
@@ -836,8 +909,8 @@ def convert_command(
     Needs the whole checkpoint in host memory once; see docs/runtime/parallel.md.
     """
     from ftbench.profiles.hf import spec_from_hf_config
+    from ftbench.runtime.hf_checkpoint import load_hf_weights
     from ftbench.runtime.sharded import check_output, save_sharded
-    from ftbench.runtime.weights import load_hf_weights
 
     if dtype not in STORED_DTYPES:
         raise InvalidInputError(f"--dtype must be {_choices(STORED_DTYPES)}, got {dtype!r}")
@@ -943,6 +1016,15 @@ def run_command(
             min=1.0,
         ),
     ] = DEFAULT_TIMEOUT_S,
+    breakdown: Annotated[
+        bool,
+        typer.Option(
+            "--breakdown",
+            help="Also take one decode step (at the average decode length) and the prefill of "
+            "every ftbench point apart, operation by operation, into its record (one GPU; "
+            "`ftbench report` shows where each step's time goes).",
+        ),
+    ] = False,
 ) -> None:
     """Measure text generation: time to first token, per-token latency, throughput, memory.
 
@@ -994,7 +1076,7 @@ def run_command(
     run = RunConfig(
         spec, dtype, tuple(run_grid(batches, inputs, outputs)), engines,
         None if tuned is None else str(tuned), None if checkpoint is None else str(checkpoint),
-        repeats, tp=tp, pp=pp, micro_batches=micro_batches,
+        repeats, tp=tp, pp=pp, micro_batches=micro_batches, breakdown=breakdown,
     )  # fmt: skip
     if out is not None:
         check_run_outputs(out, force)

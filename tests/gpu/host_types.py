@@ -1,4 +1,5 @@
-"""Host (NumPy) dtypes of the GPU tests' device arrays, bfloat16 included."""
+"""Host (NumPy) dtypes of the GPU tests' device arrays, bfloat16 included, and host values
+rounded to them or copied to the device."""
 
 import numpy as np
 import pytest
@@ -19,3 +20,14 @@ def host_dtype(dtype):
     except Exception as exc:
         pytest.skip(f"CuPy {cupy.__version__} cannot hold bfloat16 arrays: {exc!r}")
     return np.dtype(ml_dtypes.bfloat16)
+
+
+def rounded(values, dtype):
+    """`values` rounded to `dtype`, as float64 (what the device array will hold exactly)."""
+    return np.asarray(values).astype(host_dtype(dtype)).astype(np.float64)
+
+
+def device(values, dtype):
+    import cupy
+
+    return cupy.asarray(np.asarray(values).astype(host_dtype(dtype)))

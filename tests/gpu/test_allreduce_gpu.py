@@ -15,8 +15,8 @@ from ftbench.runtime.generate import Generator
 from ftbench.runtime.ipc import NCCL, ONE_SHOT, IpcCommunicator, local_group
 from ftbench.runtime.model import Decoder
 from ftbench.runtime.parallel import CollectiveTimeoutError
+from ftbench.runtime.random_weights import random_weights
 from ftbench.runtime.rank import RankDecoder
-from ftbench.runtime.weights import random_weights
 
 pytestmark = pytest.mark.gpu
 

@@ -6,15 +6,11 @@ import json
 import pytest
 
 from ftbench.dtypes import DTYPES
-from ftbench.gemm.backends.cublaslt import (
-    AlgoConfig,
-    CublasLtBackend,
-    decode_algo,
-    heuristic,
-)
+from ftbench.gemm.backends.cublaslt import CublasLtBackend, heuristic
 from ftbench.gemm.candidate import Candidate
 from ftbench.gemm.operands import make_operands, relative_error
 from ftbench.gemm.problem import GemmProblem
+from ftbench.kernels.cublaslt import AlgoConfig, decode_algo
 
 pytestmark = pytest.mark.gpu
 

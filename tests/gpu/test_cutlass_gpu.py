@@ -1,7 +1,7 @@
 """Every built CUTLASS kernel against the fp32 reference on a real GPU, and its runner's contract.
 
 Kernels come from the cache (FTBENCH_CACHE_DIR); build them first with
-`python benchmarks/build_cutlass.py --arch 90 --out-dir DIR`. A kernel not built is skipped.
+`ftbench build-cutlass --arch 90 --out DIR`. A kernel not built is skipped.
 """
 
 from dataclasses import replace
@@ -38,7 +38,7 @@ def built_candidate(spec):
     if gpu_build_arch() != spec.arch:
         pytest.skip(f"{spec.name} is for sm{spec.arch}")
     if cutlass_build.built_library(spec) is None:
-        pytest.skip(f"{spec.name} is not built (benchmarks/build_cutlass.py)")
+        pytest.skip(f"{spec.name} is not built (ftbench build-cutlass)")
     return Candidate("cutlass", spec.name, spec.config())
 
 

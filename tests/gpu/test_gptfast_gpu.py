@@ -8,7 +8,7 @@ import pytest
 
 from ftbench.errors import InvalidInputError
 from ftbench.profiles.catalog import load_builtin
-from ftbench.runtime.weights import random_weights
+from ftbench.runtime.random_weights import random_weights
 
 pytestmark = pytest.mark.gpu
 

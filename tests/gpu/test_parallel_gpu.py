@@ -14,8 +14,9 @@ from ftbench.profiles.catalog import load_builtin
 from ftbench.runtime.generate import Generator
 from ftbench.runtime.launch import visible_gpus
 from ftbench.runtime.model import Decoder
+from ftbench.runtime.random_weights import random_weights
 from ftbench.runtime.rank import RankDecoder
-from ftbench.runtime.tpcheck import (
+from ftbench.validation.parallel_check import (
     CASES,
     MICRO_BATCH_SIZES,
     PIPELINE_SIZES,
@@ -26,7 +27,6 @@ from ftbench.runtime.tpcheck import (
     run_logits,
     tp1_logits,
 )
-from ftbench.runtime.weights import random_weights
 
 pytestmark = pytest.mark.gpu
 
@@ -282,10 +282,11 @@ def test_a_collective_that_never_completes_times_out():
     assert "rank 0 of 1 waited 0.5 s for a barrier" in " ".join(message)
 
 
-def _tpcheck(ranks, case, tp, pp):
-    """The JSON lines of `python -m ftbench.runtime.tpcheck` run as `ranks` local ranks."""
+def _parallel_check(ranks, case, tp, pp):
+    """The JSON lines of `python -m ftbench.validation.parallel_check` run as `ranks` local
+    ranks."""
     spawn = [sys.executable, "-m", "ftbench.runtime.launch", "spawn", str(ranks), "--"]
-    check = [sys.executable, "-m", "ftbench.runtime.tpcheck", case, str(tp), str(pp)]
+    check = [sys.executable, "-m", "ftbench.validation.parallel_check", case, str(tp), str(pp)]
     done = subprocess.run([*spawn, *check], env=_clean_env(), capture_output=True, text=True,
                           timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -295,7 +296,7 @@ def _tpcheck(ranks, case, tp, pp):
 def test_real_rank_check_with_one_rank_equals_tp1():
     # The rank program's path (launcher, groups, decode graphs) at tp = pp = 1: the graphs'
     # logits against the eager TP=1 run.
-    (result,) = _tpcheck(1, "gptj", 1, 1)
+    (result,) = _parallel_check(1, "gptj", 1, 1)
     print(result)
     assert result["max_rel_err"] < 5e-3 and result["argmax_agreement"] > 0.95
 
@@ -304,7 +305,7 @@ def test_real_rank_check_with_one_rank_equals_tp1():
 @pytest.mark.parametrize("case", ["gptj", "llama-gqa"])
 @pytest.mark.parametrize(("tp", "pp"), [(2, 1), (1, 2)])
 def test_two_real_ranks_match_tp1(case, tp, pp):
-    results = _tpcheck(2, case, tp, pp)
+    results = _parallel_check(2, case, tp, pp)
     print(results)
     assert len(results) == tp  # every last-stage rank reports
     assert len({result["logits_sha256"] for result in results}) == 1

@@ -9,8 +9,8 @@ from ftbench.errors import InvalidInputError
 from ftbench.profiles.catalog import load_builtin
 from ftbench.runtime.generate import Generator, Sampling
 from ftbench.runtime.model import Decoder
+from ftbench.runtime.random_weights import random_weights
 from ftbench.runtime.rank import make_decoder
-from ftbench.runtime.weights import random_weights
 
 pytestmark = pytest.mark.gpu
 

@@ -12,7 +12,7 @@ of 32 teacher-forced decode steps, and 32 greedily generated tokens.
 import numpy as np
 import pytest
 
-from ftbench.runtime.hfcheck import CASES, DTYPES, compare_with_hf
+from ftbench.validation.hf_check import CASES, DTYPES, compare_with_hf
 
 pytestmark = pytest.mark.gpu
 

@@ -1,4 +1,9 @@
-"""Result files: records of one kind of measurement with the environment they came from."""
+"""Result files: records of one kind of measurement with the environment they came from, and
+acceptance summaries: a benchmark's headline numbers with the device and commit they came from.
+
+Both are JSON, written atomically, read back gzip-compressed as well (`files.read_json`: a large
+file is kept as NAME.json.gz). Every kind, its records and how `ftbench report` shows them:
+`reports.kinds`."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from ftbench.errors import InvalidInputError
 from ftbench.files import read_json, write_json_atomic
 
 SCHEMA = 1
+ACCEPTANCE = "acceptance"  # the kind of an acceptance summary
 
 
 def write_results(
@@ -56,3 +62,13 @@ def parse_results(document: Any, path: str) -> dict[str, Any]:
     except (TypeError, AttributeError, ValueError) as exc:
         raise InvalidInputError(f"{path}: malformed environment record ({exc})") from exc
     return document
+
+
+def write_acceptance(
+    path: str | os.PathLike[str], name: str, summary: dict[str, Any], device: str, commit: str
+) -> Path:
+    """Write an acceptance summary atomically: {schema, kind: "acceptance", name, device,
+    commit, ...summary}; `name` says which benchmark (e.g. "tune"), `device` the machine (e.g.
+    "nvidia-h200 (NVIDIA H200)", `EnvironmentRecord.device_label`)."""
+    header = {"schema": SCHEMA, "kind": ACCEPTANCE, "name": name, "device": device}
+    return write_json_atomic(path, {**header, "commit": commit, **summary})

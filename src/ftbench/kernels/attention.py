@@ -75,7 +75,7 @@ class DecodeTiles:
 
 
 # One tile shape per head dim, all free of register arrays in local memory (sm_80 and sm_90),
-# chosen for D = 64, 128 and 256 by a sweep on an H200 (docs/kernels/attention.md).
+# chosen for D = 64, 128 and 256 by a sweep on an H200 (docs/results/attention.md).
 CONTEXT_TILES = {
     64: ContextTiles(m_tiles=1, keys=128, warps=4),
     80: ContextTiles(m_tiles=1, keys=64, warps=4),

@@ -244,6 +244,9 @@ def kernels_for(arch: int, elements: Sequence[str] = ELEMENTS) -> tuple[KernelSp
     """The curated kernels of build arch 90 or 80 for the given elements (default all)."""
     if arch not in KERNELS:
         raise InvalidInputError(f"no CUTLASS kernel set for sm{arch}; choose 90 or 80")
+    unknown = [element for element in elements if element not in ELEMENTS]
+    if unknown:
+        raise InvalidInputError(f"no CUTLASS kernels of {unknown}; choose {' or '.join(ELEMENTS)}")
     return tuple(spec for spec in KERNELS[arch] if spec.element in elements)
 
 

@@ -192,7 +192,7 @@ def config_error(config: GemvConfig, m: int, n: int, k: int) -> str | None:
 def _shapes(m: int) -> list[tuple[str, int, int, int, int]]:
     """(kernel, rows, warps, unroll, row_bytes) tuples worth timing for m tokens.
 
-    Chosen from wider sweeps on an H200 (docs/kernels/gemv.md): each was the best or within a
+    Chosen from wider sweeps on an H200 (docs/results/gemv.md): each was the best or within a
     few per cent of it for some GPT-J decode shape and m.
     """
     mma = [

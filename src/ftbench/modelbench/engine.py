@@ -22,12 +22,16 @@ rank 0's calls by kind, count and ms, are the record's `comm_calls`). A
 rank's error is not recorded: it stops the run (`launch.run_rank` aborts the communicators
 and the spawner stops the other ranks). A pipeline step runs in `micro_batches` micro-batches
 (`point_micro_batches`: 1 unless asked), which the records carry.
+
+With `RunConfig.breakdown` (`ftbench run --breakdown`, one GPU) every point of ftbench's engines
+also takes one decode step and its prefill apart, operation by operation, after its timed
+requests (`step_breakdown`): the record's "breakdown".
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -38,6 +42,7 @@ from ftbench.modelbench.ceilings import Ceilings, measure_ceilings
 from ftbench.modelbench.grid import RunConfig, RunPoint, point_micro_batches
 from ftbench.modelbench.records import Measured, conditions_dict, engine_record, failed_record
 from ftbench.modelbench.runs import OUR_ENGINES, PEER_ENGINES
+from ftbench.modelbench.step_breakdown import point_breakdown
 from ftbench.runtime.pipeline import Stage
 
 
@@ -121,7 +126,9 @@ def _ftbench_weights(config: RunConfig, ranks: Ranks | None):
     """This rank's weights on the GPU: its stage's layers of its tensor-parallel shard."""
     import cupy
 
-    from ftbench.runtime.weights import load_hf_weights, random_weights, shard, stage_weights
+    from ftbench.runtime.hf_checkpoint import load_hf_weights
+    from ftbench.runtime.random_weights import random_weights
+    from ftbench.runtime.sharding import shard, stage_weights
 
     spec, tp = config.spec, config.tp
     if ranks is None:
@@ -191,11 +198,16 @@ def _measure_ftbench(
     communication = calls = None
     if ranks is not None:
         communication, calls = _communication_per_rank(decoder, generator, ranks, ceilings)
-    return Measured(
+    measured = Measured(
         ttft, end_to_end, steps, int(pool.total_bytes()), gemm.stats.to_dict(),
         conditions_dict(conditions), tuple(conditions.flags),
         comm_step_ms_per_rank=communication, micro_batches=micro_batches, comm_calls=calls,
     )  # fmt: skip
+    if not config.breakdown:
+        return measured
+    # after the memory and GEMM counts are taken: the breakdown's graphs are not the run's
+    taken_apart = point_breakdown(decoder, generator, prompts, point.output_len, ceilings)
+    return replace(measured, breakdown=taken_apart)
 
 
 def _communication_per_rank(decoder, generator, ranks: Ranks, ceilings: Ceilings):

@@ -77,6 +77,7 @@ class RunConfig:
     tp: int = 1
     pp: int = 1
     micro_batches: int | None = None
+    breakdown: bool = False  # ftbench's points: a decode step and prefill taken apart
 
     def __post_init__(self) -> None:
         unknown = [engine for engine in self.engines if engine not in ENGINES]
@@ -100,6 +101,11 @@ class RunConfig:
         peers = [engine for engine in self.engines if engine in PEER_ENGINES]
         if self.tp * self.pp > 1 and peers:
             raise InvalidInputError(f"peers {peers} run on one GPU; compare them at tp=pp=1")
+        if self.tp * self.pp > 1 and self.breakdown:
+            raise InvalidInputError(
+                "--breakdown takes steps apart on one GPU; with --tp/--pp every record has "
+                "each rank's communication time per step"
+            )
         from ftbench.runtime.model import check_runnable
 
         check_runnable(self.spec, 1)  # the model itself, then each point's lengths

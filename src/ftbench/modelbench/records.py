@@ -50,6 +50,7 @@ class Measured:
     compile_s: float | None = None
     micro_batches: int | None = None
     comm_calls: dict[str, dict[str, float]] | None = None
+    breakdown: dict[str, dict[str, Any]] | None = None
 
 
 def point_record(
@@ -85,6 +86,8 @@ def point_record(
     record["compile_s"] = measured.compile_s
     if measured.comm_calls is not None:
         record["comm_calls"] = measured.comm_calls
+    if measured.breakdown is not None:
+        record["breakdown"] = measured.breakdown
     record["conditions"] = measured.conditions
     record["status"] = "ok"
     return record

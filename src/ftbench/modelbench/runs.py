@@ -18,7 +18,11 @@ decode step spends in communicator calls (all-reduce, all-gather, send, recv; op
 older records and single-process runs) and "micro_batches": how many micro-batches each pipeline
 step ran in (optional, absent in older records: 1). ftbench's engines add "tuned_cache": {path,
 entries, note}, the tuned cache the point ran with (`gemm.cache.TunedChoice`; note says why none
-was used, e.g. tuned on another GPU; absent in older records). Fields a peer cannot report
+was used, e.g. tuned on another GPU; absent in older records). With `ftbench run --breakdown`
+ftbench's records add "breakdown": {"decode": STEP, "prefill": STEP}, one decode step (at the
+average decode length, "length") and the point's prefill ("tokens") taken apart operation by
+operation (`modelbench.step_breakdown`): STEP is {whole_ms, floor_ms, operations: [{name,
+per_step, step_ms, floor_ms, roofline_fraction, bytes, flops}]}. Fields a peer cannot report
 are null (or absent: throughput_tok_s, peak_memory_bytes, floor_decode_step_ms, roofline_fraction,
 gemm_cache_misses, flags). A configuration that could not run has the key fields, a status other
 than "ok" (e.g. "does not fit") and a "reason", and no timings. Writers may add fields of their
@@ -154,6 +158,8 @@ def check_run_record(record: Any, where: str) -> None:
         isinstance(flags, list) and all(isinstance(f, str) for f in flags)
     ):
         raise InvalidInputError(f"{where}: flags must be a list of strings, got {flags!r}")
+    if record.get("breakdown") is not None:
+        _check_breakdown(record["breakdown"], f"{where}: breakdown")
     communication = record.get("comm_step_ms_per_rank")
     if communication is not None and (
         not isinstance(communication, list)
@@ -162,6 +168,30 @@ def check_run_record(record: Any, where: str) -> None:
         raise InvalidInputError(
             f"{where}: comm_step_ms_per_rank must be a list of non-negative ms, one per rank"
         )
+
+
+BREAKDOWN_STEPS = {"decode": "length", "prefill": "tokens"}  # each step and what sizes it
+OPERATION_FIELDS = ("name", "per_step", "step_ms", "floor_ms", "roofline_fraction")
+
+
+def _check_breakdown(breakdown: Any, where: str) -> None:
+    """Raise InvalidInputError naming `where` unless `breakdown` has the shape `ftbench run
+    --breakdown` writes (the module docstring)."""
+    if not isinstance(breakdown, Mapping) or not set(breakdown) <= set(BREAKDOWN_STEPS):
+        raise InvalidInputError(f"{where} must map {' and/or '.join(BREAKDOWN_STEPS)} to steps")
+    for phase, step in breakdown.items():
+        at = f"{where}.{phase}"
+        if not isinstance(step, Mapping) or not isinstance(step.get("operations"), list):
+            raise InvalidInputError(f"{at} must be a step with a list of operations")
+        positive_number(step.get(BREAKDOWN_STEPS[phase]), f"{at}.{BREAKDOWN_STEPS[phase]}")
+        positive_number(step.get("whole_ms"), f"{at}.whole_ms")
+        positive_number(step.get("floor_ms"), f"{at}.floor_ms", zero_ok=True)
+        for index, operation in enumerate(step["operations"]):
+            missing = [name for name in OPERATION_FIELDS if name not in operation]
+            if missing:
+                raise InvalidInputError(f"{at}.operations[{index}] lacks {', '.join(missing)}")
+            for name in OPERATION_FIELDS[1:]:
+                positive_number(operation[name], f"{at}.operations[{index}].{name}", zero_ok=True)
 
 
 def measured_ok(record: Mapping[str, Any]) -> bool:

@@ -1,4 +1,5 @@
-"""Self-contained HTML and Markdown pieces: figures as base64 PNG, tables from pandas.
+"""Self-contained HTML and Markdown pieces: figures as base64 PNG, tables from pandas, and a
+report's sections made of them.
 
 Nothing here needs the network: styles are inline and every image is embedded in the page.
 """
@@ -9,7 +10,8 @@ import base64
 import html
 import io
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -88,6 +90,37 @@ def check_site_folder(
         folder, f"the {title}", force, inputs=inputs,
         written_before=lambda path: is_page(Path(path) / page_name, title),
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Section:
+    """One part of a report, as HTML and as Markdown."""
+
+    title: str
+    html: str
+    markdown: str
+
+
+def section(
+    title: str,
+    source: str,
+    summary: str,
+    figures: Sequence[str],
+    tables: Sequence[pd.DataFrame],
+    note: str = "",
+) -> Section:
+    """A report section: its title, the file it shows, a summary line, an optional note (why a
+    file is shown only as a table), the figures (`figure_html`), then the tables."""
+    notes = [html.escape(text) for text in (source, note) if text]
+    body = (
+        f"<h2>{html.escape(title)}</h2>"
+        + "".join(f"<p class=note>{text}</p>" for text in notes)
+        + f"<p>{html.escape(summary)}</p>{''.join(figures)}"
+        + "".join(table_html(table) for table in tables)
+    )
+    parts = [f"## {title}", source, *([f"Note: {note}"] if note else []), summary]
+    markdown = "\n\n".join([*parts, *(markdown_table(table) for table in tables)]) + "\n"
+    return Section(title, body, markdown)
 
 
 def page(title: str, sections: Iterable[str], head: str = "") -> str:

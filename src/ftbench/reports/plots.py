@@ -6,6 +6,8 @@ a Figure; `reports.html` embeds it as a PNG.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -121,8 +123,13 @@ def probe_boxes(table: pd.DataFrame, ncu_ms: dict[str, float]) -> Figure:
     return figure
 
 
-def gemv_fractions(table: pd.DataFrame, columns: list[str]) -> Figure:
-    """Fraction of the measured HBM read bandwidth per shape. Columns: label and `columns`."""
+def fraction_bars(
+    table: pd.DataFrame,
+    columns: list[str],
+    title: str = "Decode GEMV: bytes moved / time / read bandwidth",
+) -> Figure:
+    """Fraction of the measured HBM read bandwidth per case, a bar per column.
+    Columns: label and `columns`."""
     figure = Figure(figsize=(10, 4), layout="constrained")
     axes = figure.add_subplot()
     positions = np.arange(len(table))
@@ -134,24 +141,31 @@ def gemv_fractions(table: pd.DataFrame, columns: list[str]) -> Figure:
     axes.set_xticks(positions + 0.4 - width / 2, table["label"], rotation=60, ha="right",
                     fontsize=7)  # fmt: skip
     axes.set_ylabel("fraction of HBM read bandwidth")
-    axes.set_title("Decode GEMV: bytes moved / time / read bandwidth")
+    axes.set_title(title)
     axes.legend(fontsize=8)
     return figure
 
 
 def engine_lines(
-    table: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str, title: str
+    table: pd.DataFrame,
+    x: str,
+    y: str,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    series: str = "engine",
 ) -> Figure:
-    """One panel per scenario, one line per engine: y (with its interval when the table has
-    y_low and y_high) against x. Columns: scenario, engine, x, y."""
+    """One panel per scenario, one line per engine (or other `series`): y (with its interval
+    when the table has y_low and y_high) against x, both on log scales.
+    Columns: scenario, `series`, x, y."""
     scenarios = list(dict.fromkeys(table["scenario"]))
     figure = Figure(figsize=(6 * min(len(scenarios), 2), 4 * ((len(scenarios) + 1) // 2)),
                     layout="constrained")  # fmt: skip
-    engines = list(dict.fromkeys(table["engine"]))
+    engines = list(dict.fromkeys(table[series]))
     for index, scenario in enumerate(scenarios):
         axes = figure.add_subplot((len(scenarios) + 1) // 2, min(len(scenarios), 2), index + 1)
         for number, engine in enumerate(engines):
-            rows = table[(table["scenario"] == scenario) & (table["engine"] == engine)]
+            rows = table[(table["scenario"] == scenario) & (table[series] == engine)]
             rows = rows.sort_values(x)
             if rows.empty:
                 continue
@@ -167,6 +181,36 @@ def engine_lines(
         axes.set_title(f"{title}\n{scenario}", fontsize=10)
         axes.grid(True, alpha=0.3)
         axes.legend(fontsize=8)
+    return figure
+
+
+def breakdown_bars(table: pd.DataFrame) -> Figure:
+    """Where each step's time goes: a panel per phase (decode, prefill: their times differ by
+    orders of magnitude), a stacked bar per step, a segment per kind of operation, and a tick
+    at the step's floor. Columns: phase, step, operation, ms, floor_ms (the step's)."""
+    phases = list(dict.fromkeys(table["phase"]))
+    operations = list(dict.fromkeys(table["operation"]))
+    colors = dict(zip(operations, itertools.cycle((*LINE_COLORS, *OTHER_COLORS)), strict=False))
+    heights = [table[table["phase"] == phase]["step"].nunique() + 1.5 for phase in phases]
+    figure = Figure(figsize=(10, 0.45 * sum(heights) + 0.6), layout="constrained")
+    panels = figure.subplots(len(phases), 1, squeeze=False, height_ratios=heights)[:, 0]
+    for axes, phase in zip(panels, phases, strict=True):
+        rows = table[table["phase"] == phase]
+        steps = list(dict.fromkeys(rows["step"]))
+        positions = np.arange(len(steps))[::-1]
+        left = np.zeros(len(steps))
+        for operation in operations:
+            part = rows[rows["operation"] == operation].set_index("step").reindex(steps)
+            widths = part["ms"].fillna(0.0).to_numpy()
+            axes.barh(positions, widths, left=left, label=operation, color=colors[operation])
+            left += widths
+        floors = rows.drop_duplicates("step").set_index("step").reindex(steps)["floor_ms"]
+        axes.scatter(floors.to_numpy(), positions, marker="|", s=300, color="black", zorder=3,
+                     label="floor (bytes at HBM read or FLOPs at GEMM peak)")  # fmt: skip
+        axes.set_yticks(positions, steps, fontsize=8)
+        axes.set_title(f"Where a {phase} step's time goes", fontsize=10)
+    panels[-1].set_xlabel("ms per step (operations timed one after another in the captured step)")
+    panels[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return figure
 
 

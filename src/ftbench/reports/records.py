@@ -14,7 +14,13 @@ quantity with its samples, by a stable name, for comparisons and the history:
 - gemv: per shape "gemv m=.. n=.. k=.. best" (the fastest config), "... cublas" and
   "... best+pdl".
 - run: per configuration (`runs.run_key`) and timing metric, "<key> decode_step_ms" etc.
-- tune-peers and tuned caches keep no samples: they can be reported, not compared.
+- attention: per case "attention decode <model> B=.. L=.." or "attention context <model> S=..".
+- allreduce: per case "allreduce <method> x<ranks> <bytes> B" (" emulated" after the ranks
+  where one GPU played them).
+- tune-peers, tuned caches and the kinds with nothing to plot (`kinds.KINDS`, `plotted`) keep
+  no samples: they can be reported, not compared.
+
+Which kinds there are, who writes them and which fields each record must have: `kinds`.
 """
 
 from __future__ import annotations
@@ -26,15 +32,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ftbench.bench.environment import EnvironmentRecord
-from ftbench.bench.results import parse_results
+from ftbench.bench.results import SCHEMA, parse_results
 from ftbench.errors import InvalidInputError
 from ftbench.files import positive_number, positive_numbers, read_json
 from ftbench.gemm.cache import KIND as CACHE_KIND
 from ftbench.gemm.cache import TunedCache, parse_cache
 from ftbench.gemm.problem import GemmProblem
 from ftbench.modelbench import runs
-
-TUNED_CACHE = "tuned-cache"
+from ftbench.reports.kinds import FLAT_KINDS, KINDS, TUNED_CACHE, UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -98,9 +103,29 @@ class GemvShape:
 
 
 @dataclass(frozen=True)
+class Measured:
+    """The records of a kind with nothing parsed beyond its fields' presence (attention,
+    allreduce, the table kinds): the run's ceilings (the record holding "ceilings", if any)
+    and every other record, checked."""
+
+    ceilings: dict[str, Any] | None
+    records: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """A file of a kind ftbench does not read: the document as it is, and why it is not read."""
+
+    document: Any
+    note: str
+
+
+@dataclass(frozen=True)
 class ResultSet:
     """One input file, parsed: `data` is a list of TuneOutcome (tune, tuned cache), Peers,
-    Foundation, a list of GemvShape, or a list of run records, by `kind`."""
+    Foundation, a list of GemvShape, a list of run records, a `Measured` (the other kinds of
+    result file), the document itself (a flat kind: an acceptance summary, a parallel step) or
+    an `Unknown`, by `kind`."""
 
     path: str
     kind: str
@@ -260,21 +285,95 @@ def _run(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return records
 
 
+def _measured(kind: str) -> Callable[[list[dict[str, Any]]], Measured]:
+    """The reader of a kind whose records need only their `kinds.KINDS` fields (and valid
+    timings where they were timed): one record may hold the run's "ceilings"."""
+    schema = KINDS[kind]
+
+    def parse(records: list[dict[str, Any]]) -> Measured:
+        ceilings = [r["ceilings"] for r in records if "ceilings" in r]
+        if len(ceilings) > 1:
+            raise ValueError(f"expected at most one ceilings record, found {len(ceilings)}")
+        measured = [r for r in records if "ceilings" not in r]
+        for index, record in enumerate(measured):
+            required = schema.required
+            if schema.variants:
+                variant = record.get("kind")
+                if variant not in schema.variants:
+                    known = " or ".join(schema.variants)
+                    raise ValueError(f"record {index}: kind {variant!r} is not {known}")
+                required = (*required, *schema.variants[variant])
+            missing = [name for name in required if name not in record]
+            if missing:
+                raise ValueError(f"record {index} lacks {', '.join(missing)}")
+            if record.get("timing") is not None:
+                _timing(record["timing"], f"record {index}: timing")
+        return Measured(ceilings[0] if ceilings else None, measured)
+
+    return parse
+
+
 _PARSERS: dict[str, Callable[[list[dict[str, Any]]], Any]] = {
     "tune": _tune,
     "tune-peers": _peers,
     "foundation": _foundation,
     "gemv": _gemv,
     runs.KIND: _run,
+    **{
+        kind: _measured(kind)
+        for kind in (
+            "attention",
+            "allreduce",
+            "parallel-emulated",
+            "runtime-acceptance",
+            "comm-cost",
+        )
+    },  # fmt: skip
 }
-KINDS = (*_PARSERS, TUNED_CACHE)
 
 
-def load_result_set(path: str | os.PathLike[str]) -> ResultSet:
-    """Read a result file or a tuned cache; errors are one line starting with the path."""
+def _flat(source: str, kind: str, document: dict[str, Any]) -> ResultSet:
+    """An acceptance summary or a parallel step: one object with the `kinds.KINDS` fields."""
+    if "schema" in document and document["schema"] != SCHEMA:
+        raise InvalidInputError(
+            f"{source}: {kind} schema {document['schema']} is not supported (this ftbench reads "
+            f"schema {SCHEMA})"
+        )
+    missing = [name for name in KINDS[kind].required if name not in document]
+    if missing:
+        raise InvalidInputError(f"{source}: {kind} file lacks {', '.join(missing)}")
+    return ResultSet(source, kind, None, document)
+
+
+def _unknown(source: str, document: Any) -> ResultSet:
+    """A file no reader takes, kept for the report with the reason (and its environment, where
+    it has a valid one)."""
+    kind = document.get("kind") if isinstance(document, dict) else None
+    environment = None
+    if isinstance(document, dict) and isinstance(document.get("environment"), dict):
+        try:
+            environment = EnvironmentRecord.from_dict(document["environment"])
+        except (TypeError, AttributeError, ValueError):
+            environment = None
+    if kind is None:
+        note = "no kind: not a file ftbench writes, or written before files had one"
+    else:
+        note = f"kind {kind!r} is not one ftbench reads (it reads {', '.join(KINDS)})"
+    return ResultSet(source, UNKNOWN, environment, Unknown(document, note))
+
+
+def load_result_set(path: str | os.PathLike[str], *, unknown_ok: bool = False) -> ResultSet:
+    """Read a result file, an acceptance summary, a parallel step or a tuned cache; errors are
+    one line starting with the path. A JSON file of a kind ftbench does not read (or with none)
+    is an error, or with `unknown_ok` a ResultSet of kind `kinds.UNKNOWN` (`Unknown`)."""
     source = str(path)
     document = read_json(path)
-    if isinstance(document, dict) and document.get("kind") == CACHE_KIND:
+    kind = document.get("kind") if isinstance(document, dict) else None
+    if kind in FLAT_KINDS:
+        return _flat(source, kind, document)
+    if unknown_ok and kind != CACHE_KIND and kind not in _PARSERS:
+        return _unknown(source, document)
+    if kind == CACHE_KIND:
         cache = parse_cache(document, source)
         outcomes = [
             TuneOutcome(
@@ -337,7 +436,21 @@ def _timed(result_set: ResultSet) -> dict[str, tuple[tuple[float, ...], list[flo
         for record in filter(runs.measured_ok, data):
             for name in runs.TIMING_METRICS:
                 add(f"{runs.run_key(record)} {name}", record[name])
+    elif kind in ("attention", "allreduce"):
+        for record in data.records:
+            if record["timing"] is not None:
+                add(case_name(kind, record), record["timing"])
     return found
+
+
+def case_name(kind: str, record: dict[str, Any]) -> str:
+    """The stable name of an attention or all-reduce case (see the module docstring)."""
+    if kind == "allreduce":
+        ranks = f"x{record['world_size']}" + (" emulated" if record["emulated"] else "")
+        return f"allreduce {record['method']} {ranks} {record['bytes']} B"
+    if record["kind"] == "decode":
+        return f"attention decode {record['model']} B={record['batch']} L={record['length']}"
+    return f"attention context {record['model']} S={record['tokens']}"
 
 
 def metrics(result_set: ResultSet) -> dict[str, tuple[float, ...]]:

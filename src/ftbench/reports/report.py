@@ -1,394 +1,128 @@
 """`ftbench report`: one self-contained HTML page (plots first) and a Markdown summary.
 
-Every input file gets a section by its kind (`records.load_result_set`):
-- tune / tuned cache: speed-up of the tuned choice over the cuBLAS default per problem, and the
-  winning backends;
-- tune-peers: time against the roofline measured in the same run, and the peers re-measured
-  side by side (cuBLAS default, torch, torch+TunableOp);
-- foundation: each probe's samples per run, with Nsight Compute's time for the cold GEMV;
-- gemv: fraction of the HBM read bandwidth per decode shape;
-- run: decode latency and throughput against batch, time to first token against input length,
-  ftbench tuned against untuned and peers.
+Every input gets a section by its kind (`kinds.KINDS`): the kinds with something to plot their
+own (`sections`), the others a table of their fields (`tables`), a file of a kind ftbench does
+not read a table of what it holds and a note saying so. A folder given as input stands for
+every JSON file under it (`*.json`, `*.json.gz`, subfolders included); another file there or
+given by name (a log, a CSV) is listed at the end as not a result file. A file that says it is
+of a kind ftbench reads but is malformed stops the report with an error naming it.
 The environment of every input (GPU, clocks, driver, library versions, commit) closes the page.
 """
 
 from __future__ import annotations
 
-import html
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from ftbench.errors import InvalidInputError
 from ftbench.files import write_text_atomic
-from ftbench.modelbench import runs
-from ftbench.reports import plots
-from ftbench.reports.html import check_site_folder, figure_html, markdown_table, page, table_html
-from ftbench.reports.records import TUNED_CACHE, ResultSet, load_result_set
+from ftbench.reports.html import check_site_folder, markdown_table, page, table_html
+from ftbench.reports.records import ResultSet, load_result_set
+from ftbench.reports.sections import SECTIONS
+from ftbench.reports.tables import table_section
+
+RESULT_SUFFIXES = (".json", ".json.gz")
 
 TITLE = "ftbench report"
 
 
-@dataclass
-class Section:
-    """One part of the report, as HTML and as Markdown."""
-
-    title: str
-    html: str
-    markdown: str
+def is_result_name(path: Path) -> bool:
+    """True for a name a result file can have (NAME.json, NAME.json.gz)."""
+    return path.name.endswith(RESULT_SUFFIXES)
 
 
-def _us(ms: float | None) -> float | None:
-    return None if ms is None else round(ms * 1e3, 2)
-
-
-def _text(value: object) -> str:
-    return "n/a" if value is None else str(value)
-
-
-def _rounded(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(value, digits)
-
-
-def _gib(size: int | None) -> float | None:
-    return None if size is None else round(size / 2**30, 2)
-
-
-def _shape(m: int, n: int, k: int) -> str:
-    return f"{m}x{n}x{k}"
-
-
-def _geomean(values) -> float:
-    values = np.asarray(list(values), dtype=np.float64)
-    return float(np.exp(np.log(values).mean()))
-
-
-def _section(title: str, source: str, summary: str, figures: list[str], table: pd.DataFrame):
-    body = (
-        f"<h2>{html.escape(title)}</h2><p class=note>{html.escape(source)}</p>"
-        f"<p>{html.escape(summary)}</p>{''.join(figures)}{table_html(table)}"
-    )
-    markdown = f"## {title}\n\n{source}\n\n{summary}\n\n{markdown_table(table)}\n"
-    return Section(title, body, markdown)
-
-
-def tune_section(result_set: ResultSet) -> Section:
-    outcomes = sorted(result_set.data, key=lambda o: (o.problem.n, o.problem.k, o.problem.m))
-    table = pd.DataFrame(
-        {
-            "problem (m x n x k)": [
-                _shape(o.problem.m, o.problem.n, o.problem.k) for o in outcomes
-            ],
-            "default us": [_us(o.default_ms) for o in outcomes],
-            "tuned us": [_us(o.winner_ms) for o in outcomes],
-            "speed-up": [round(o.speedup, 3) for o in outcomes],
-            "winner": [f"{o.winner_backend}: {o.winner_name}" for o in outcomes],
-        }
-    )
-    plot_table = pd.DataFrame(
-        {
-            "label": table["problem (m x n x k)"],
-            "speedup": [o.speedup for o in outcomes],
-            "backend": [o.winner_backend for o in outcomes],
-        }
-    )
-    counts = plot_table["backend"].value_counts()
-    summary = (
-        f"{len(outcomes)} problems on {result_set.gpu}; geometric-mean speed-up over the cuBLAS "
-        f"default {_geomean(plot_table['speedup']):.3f}x; winners: "
-        + ", ".join(f"{name} {count}" for name, count in counts.items())
-    )
-    figures = [
-        figure_html(plots.speedup_bars(plot_table), "speed-up per problem"),
-        figure_html(plots.backend_counts(counts), "winning backend counts"),
-    ]
-    kind = "tuned cache" if result_set.kind == TUNED_CACHE else "tune sweep"
-    return _section(f"GEMM tuning ({kind})", result_set.path, summary, figures, table)
-
-
-PEERS = {"default_ms": "cuBLAS default", "torch_ms": "torch", "tunableop_ms": "torch+TunableOp"}
-
-
-def peers_section(result_set: ResultSet) -> Section:
-    peers = result_set.data
-    rows = peers.rows
-    flops = np.array([2.0 * r["m"] * r["n"] * r["k"] for r in rows])
-    # bytes as the benchmark counted them: its HBM fraction times the time times the bandwidth
-    chosen_s = np.array([r["chosen_ms"] for r in rows]) / 1e3
-    moved = np.array([r["hbm_fraction"] for r in rows]) * chosen_s * peers.read_bytes_per_s
-    default_s = np.array([r["default_ms"] for r in rows]) / 1e3
-    labels = [f"{r['phase'][:3]} {_shape(r['m'], r['n'], r['k'])}" for r in rows]
-    roof = pd.DataFrame(
-        {
-            "phase": [r["phase"] for r in rows],
-            "intensity": flops / moved,
-            "chosen_tflops": flops / chosen_s / 1e12,
-            "default_tflops": flops / default_s / 1e12,
-        }
-    )
-    ratios = pd.DataFrame({"label": labels})
-    for column, name in PEERS.items():
-        ratios[name] = [r[column] / r["chosen_ms"] if r.get(column) else None for r in rows]
-    table = pd.DataFrame(
-        {
-            "phase": [r["phase"] for r in rows],
-            "problem (m x n x k)": [_shape(r["m"], r["n"], r["k"]) for r in rows],
-            "tuned us": [_us(r["chosen_ms"]) for r in rows],
-            **{f"{name} us": [_us(r.get(column)) for r in rows] for column, name in PEERS.items()},
-            "roofline": [f"{r['roofline_fraction']:.0%} {r['bound']}" for r in rows],
-            "winner": [f"{r['chosen']['backend']}: {r['chosen']['name']}" for r in rows],
-        }
-    )
-    geomeans = ", ".join(
-        f"{name} {_geomean(ratios[name].dropna()):.3f}x"
-        for name in PEERS.values()
-        if ratios[name].notna().any()
-    )
-    summary = (
-        f"{len(rows)} problems on {result_set.gpu}; measured ceilings: HBM read "
-        f"{peers.read_bytes_per_s / 1e12:.2f} TB/s, GEMM peak {peers.peak_flops_per_s / 1e12:.0f} "
-        f"TFLOP/s. Geometric-mean speed-up of the tuned choice over {geomeans}."
-    )
-    figures = [
-        figure_html(
-            plots.roofline(roof, peers.peak_flops_per_s, peers.read_bytes_per_s), "roofline"
-        ),
-        figure_html(plots.peer_speedups(ratios, list(PEERS.values())), "peer speed-ups"),
-    ]
-    return _section("GEMM tuning against peers", result_set.path, summary, figures, table)
-
-
-def foundation_section(result_set: ResultSet) -> Section:
-    probes = result_set.data.probes
-    table = pd.DataFrame(
-        {
-            "probe": [p.probe for p in probes],
-            "run": [p.run for p in probes],
-            "median us": [_us(p.timing["median_ms"]) for p in probes],
-            "95% CI us": [
-                f"{_us(p.timing['ci_low_ms'])} - {_us(p.timing['ci_high_ms'])}" for p in probes
-            ],
-            "samples": [len(p.timing.get("samples_ms", ())) for p in probes],
-            "noise": [f"{p.timing['rel_noise']:.2%}" for p in probes],
-            "method": [f"{p.timing['method']}, {p.timing['l2']}" for p in probes],
-            "flags": [", ".join(p.timing.get("flags", ())) for p in probes],
-        }
-    )
-    boxes = pd.DataFrame(
-        {
-            "probe": [p.probe for p in probes],
-            "run": [p.run for p in probes],
-            "samples_ms": [p.timing.get("samples_ms", [p.timing["median_ms"]]) for p in probes],
-        }
-    )
-    ncu = result_set.data.ncu_gemv_cold_ms
-    ncu_ms = {} if ncu is None else {"gemv_cold": ncu}
-    summary = f"{len(set(table['run']))} run(s) of {len(set(table['probe']))} probes"
-    if ncu is not None:
-        summary += f"; Nsight Compute times the cold GEMV at {ncu * 1e3:.2f} us"
-    figures = [figure_html(plots.probe_boxes(boxes, ncu_ms), "probe samples per run")]
-    return _section("Timing core (foundation)", result_set.path, summary, figures, table)
-
-
-def gemv_section(result_set: ResultSet) -> Section:
-    shapes = result_set.data
-
-    fractions = pd.DataFrame({"label": [s.label.removeprefix("gemv ") for s in shapes]})
-    columns = {"best": "best config", "best_pdl": "best + PDL", "cublas": "cuBLAS default"}
-    for field, name in columns.items():
-        fractions[name] = [
-            None
-            if getattr(s, field) is None
-            else s.bytes / (getattr(s, field)["median_ms"] / 1e3) / (s.read_tb_per_s * 1e12)
-            for s in shapes
-        ]
-    table = pd.DataFrame(
-        {
-            "shape": fractions["label"],
-            "best config": [s.best_name for s in shapes],
-            "best us": [_us(s.best["median_ms"]) for s in shapes],
-            "best + PDL us": [_us(s.best_pdl["median_ms"]) if s.best_pdl else None for s in shapes],
-            "cuBLAS us": [_us(s.cublas["median_ms"]) for s in shapes],
-            **{f"{name} of HBM": fractions[name].map("{:.0%}".format) for name in columns.values()},
-        }
-    )
-    summary = f"{len(shapes)} shapes on {result_set.gpu}"
-    figure = plots.gemv_fractions(fractions, list(columns.values()))
-    figures = [figure_html(figure, "fraction of HBM bandwidth")]
-    return _section("Decode GEMV kernels", result_set.path, summary, figures, table)
-
-
-def _scenario(record: dict, *, without: str) -> str:
-    parts = {
-        "model": record["model"], "dtype": record["dtype"], "tp": f"tp={record['tp']}",
-        "pp": f"pp={record['pp']}", "batch": f"batch={record['batch']}",
-        "input_len": f"in={record['input_len']}", "output_len": f"out={record['output_len']}",
-    }  # fmt: skip
-    return " ".join(value for name, value in parts.items() if name != without)
-
-
-def run_section(result_set: ResultSet) -> Section:
-    order = {engine: rank for rank, engine in enumerate(runs.ENGINES)}
-    ranked = sorted(result_set.data, key=lambda r: order.get(r["engine"], len(order)))
-    records = [r for r in ranked if runs.measured_ok(r)]
-    skipped = [r for r in result_set.data if not runs.measured_ok(r)]
-    points = []
-    for r in records:
-        point = {"engine": r["engine"], "batch": r["batch"], "input_len": r["input_len"]}
-        for metric in runs.TIMING_METRICS:
-            timing = r[metric]
-            point[metric] = timing["median_ms"]
-            point[f"{metric}_low"] = timing["ci_low_ms"]
-            point[f"{metric}_high"] = timing["ci_high_ms"]
-        point["throughput_tok_s"] = r.get("throughput_tok_s")
-        point["by_batch"] = _scenario(r, without="batch")
-        point["by_input"] = _scenario(r, without="input_len")
-        points.append(point)
-    frame = pd.DataFrame(points)
-    figures = []
-    if not frame.empty:
-        by_batch = _varying(frame.rename(columns={"by_batch": "scenario"}), "batch")
-        by_input = _varying(frame.rename(columns={"by_input": "scenario"}), "input_len")
-        if not by_batch.empty:
-            figures.append(figure_html(plots.engine_lines(
-                by_batch, "batch", "decode_step_ms", "batch", "ms per decode step",
-                "Decode latency against batch"), "latency vs batch"))  # fmt: skip
-            figures.append(figure_html(plots.engine_lines(
-                by_batch, "batch", "throughput_tok_s", "batch", "generated tokens / s",
-                "Throughput against batch"), "throughput vs batch"))  # fmt: skip
-        if not by_input.empty:
-            figures.append(figure_html(plots.engine_lines(
-                by_input, "input_len", "ttft_ms", "input length (tokens)",
-                "time to first token (ms)", "Time to first token against input length"),
-                "ttft vs input length"))  # fmt: skip
-        ratios = _engine_ratios(frame)
-        if not ratios.empty:
-            title = f"ftbench against untuned and peers: decode step\n{ratios.attrs['scenario']}"
-            figures.append(figure_html(plots.engine_speedups(ratios, title), "tuned vs peers"))
-    table = pd.DataFrame(
-        {
-            "engine": [r["engine"] for r in records],
-            "scenario": [_scenario(r, without="") for r in records],
-            "TTFT ms": [round(r["ttft_ms"]["median_ms"], 3) for r in records],
-            "decode step ms": [round(r["decode_step_ms"]["median_ms"], 4) for r in records],
-            "end-to-end ms": [round(r["end_to_end_ms"]["median_ms"], 2) for r in records],
-            "tokens/s": [_rounded(r.get("throughput_tok_s"), 1) for r in records],
-            "roofline": [
-                None if r.get("roofline_fraction") is None else f"{r['roofline_fraction']:.0%}"
-                for r in records
-            ],
-            "peak GiB": [_gib(r.get("peak_memory_bytes")) for r in records],
-            "GEMM cache misses": [_text(r.get("gemm_cache_misses")) for r in records],
-            "flags": [", ".join(r.get("flags") or ()) for r in records],
-        }
-    )
-    summary = f"{len(records)} measured configurations on {result_set.gpu}"
-    if skipped:
-        summary += "; not run: " + "; ".join(
-            f"{runs.run_key(r)} ({r.get('status')}: {r.get('reason')})" for r in skipped
-        )
-    return _section("Model runs", result_set.path, summary, figures, table)
-
-
-def _varying(frame: pd.DataFrame, x: str, panels: int = 4) -> pd.DataFrame:
-    """The rows of the (at most `panels`) scenarios in which `x` takes two values or more."""
-    values = frame.groupby("scenario", sort=False)[x].nunique()
-    keep = list(values[values >= 2].index[:panels])
-    return frame[frame["scenario"].isin(keep)]
-
-
-def _engine_ratios(frame: pd.DataFrame) -> pd.DataFrame:
-    """Each other engine's decode step over ftbench's, per batch, in the scenario with the most
-    batches where ftbench ran."""
-    ours = frame[frame["engine"] == "ftbench"]
-    if ours.empty or frame["engine"].nunique() < 2:
-        return pd.DataFrame()
-    scenario = ours["by_batch"].value_counts().index[0]
-    rows = frame[frame["by_batch"] == scenario]
-    base = rows[rows["engine"] == "ftbench"].set_index("batch")["decode_step_ms"]
-    others = rows[rows["engine"] != "ftbench"]
-    ratios = pd.DataFrame(
-        {
-            "batch": others["batch"],
-            "engine": others["engine"],
-            "ratio": others["decode_step_ms"].to_numpy() / base.reindex(others["batch"]).to_numpy(),
-        }
-    ).dropna()
-    ratios.attrs["scenario"] = scenario
-    return ratios
-
-
-SECTIONS = {
-    "tune": tune_section,
-    TUNED_CACHE: tune_section,
-    "tune-peers": peers_section,
-    "foundation": foundation_section,
-    "gemv": gemv_section,
-    runs.KIND: run_section,
-}
+def report_inputs(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[Path]]:
+    """(the result files to read, the other files) of `paths`, folders expanded to every file
+    under them, sorted; a path that does not exist is an InvalidInputError."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file())
+        elif path.exists():
+            files.append(path)
+        else:
+            raise InvalidInputError(f"cannot read {path}: no such file or folder")
+    readable = [path for path in files if is_result_name(path)]
+    return readable, [path for path in files if not is_result_name(path)]
 
 
 def environment_table(result_sets: Sequence[ResultSet]) -> pd.DataFrame:
-    """One column per input: GPU, clocks, driver, versions, commit, time, command."""
+    """One column per input that says where it was measured: GPU, clocks, driver, versions,
+    commit, time, command (a tuned cache: its header; a flat file: its device and commit)."""
     columns = {}
     for result_set in result_sets:
         name = Path(result_set.path).name
-        environment = result_set.environment
-        if environment is None:
-            header = result_set.cache.header
-            columns[name] = {
-                "GPU": f"{header.gpu_name} (sm {header.compute_capability})",
-                "driver": header.driver,
-                "cuda_runtime": header.cuda_runtime,
-                "cublas": header.cublas,
-                "cublaslt": header.cublaslt,
-                "cutlass": header.cutlass,
-                "ftbench": header.ftbench,
-                "time (UTC)": header.created_utc,
-            }
-            continue
-        first = environment.gpus[0] if environment.gpus else None
-        column = {"GPU": result_set.gpu}
-        if first is not None:
-            column["GPU"] += (
-                f" (sm {first.compute_capability}, {first.sm_count} SMs, "
-                f"{first.memory_total_mib} MiB)"
-            )
-            column["SM clock now / max MHz"] = f"{first.sm_clock_mhz} / {first.sm_clock_max_mhz}"
-            column["memory clock now / max MHz"] = (
-                f"{first.memory_clock_mhz} / {first.memory_clock_max_mhz}"
-            )
-            column["power limit W"] = first.power_limit_w
-        column |= {
-            "driver": environment.driver_version,
-            **environment.software,
-            "ftbench": environment.ftbench_version,
-            "commit": environment.git_commit + (" (dirty)" if environment.git_dirty else ""),
-            "time (UTC)": environment.utc_time,
-            "host": environment.host,
-            "command": environment.command_line,
-        }
-        columns[name] = column
+        column = _environment_column(result_set)
+        if column:
+            columns[name] = column
     table = pd.DataFrame(columns)
     table.insert(0, "", table.index)
     return table.reset_index(drop=True)
 
 
-def build_report(result_sets: Sequence[ResultSet]) -> tuple[str, str]:
-    """(HTML page, Markdown summary) of `result_sets`."""
-    sections = [SECTIONS[result_set.kind](result_set) for result_set in result_sets]
+def _environment_column(result_set: ResultSet) -> dict[str, object]:
+    environment = result_set.environment
+    if result_set.cache is not None:
+        header = result_set.cache.header
+        return {
+            "GPU": f"{header.gpu_name} (sm {header.compute_capability})",
+            "driver": header.driver,
+            "cuda_runtime": header.cuda_runtime,
+            "cublas": header.cublas,
+            "cublaslt": header.cublaslt,
+            "cutlass": header.cutlass,
+            "ftbench": header.ftbench,
+            "time (UTC)": header.created_utc,
+        }
+    if environment is None:
+        document = result_set.data if isinstance(result_set.data, dict) else {}
+        found = {"GPU": document.get("device"), "commit": document.get("commit")}
+        return {name: value for name, value in found.items() if value is not None}
+    first = environment.gpus[0] if environment.gpus else None
+    column: dict[str, object] = {"GPU": result_set.gpu}
+    if first is not None:
+        column["GPU"] = (
+            f"{result_set.gpu} (sm {first.compute_capability}, {first.sm_count} SMs, "
+            f"{first.memory_total_mib} MiB)"
+        )
+        column["SM clock now / max MHz"] = f"{first.sm_clock_mhz} / {first.sm_clock_max_mhz}"
+        column["memory clock now / max MHz"] = (
+            f"{first.memory_clock_mhz} / {first.memory_clock_max_mhz}"
+        )
+        column["power limit W"] = first.power_limit_w
+    return column | {
+        "driver": environment.driver_version,
+        **environment.software,
+        "ftbench": environment.ftbench_version,
+        "commit": environment.git_commit + (" (dirty)" if environment.git_dirty else ""),
+        "time (UTC)": environment.utc_time,
+        "host": environment.host,
+        "command": environment.command_line,
+    }
+
+
+def build_report(result_sets: Sequence[ResultSet], others: Sequence[Path] = ()) -> tuple[str, str]:
+    """(HTML page, Markdown summary) of `result_sets`; `others`: files listed as not read."""
+    sections = [SECTIONS.get(rs.kind, table_section)(rs) for rs in result_sets]
     environment = environment_table(result_sets)
     title = TITLE
     html_sections = [section.html for section in sections]
+    markdown = [f"# {title}\n", *(section.markdown for section in sections)]
+    if others:
+        listed = pd.DataFrame(
+            {
+                "file": [str(path) for path in others],
+                "why": ["not a result file (.json, .json.gz)"] * len(others),
+            }
+        )
+        html_sections.append(f"<h2>Not read</h2>{table_html(listed)}")
+        markdown += ["## Not read\n", markdown_table(listed), ""]
     html_sections.append(f"<h2>Environment</h2>{table_html(environment)}")
-    markdown = "\n".join(
-        [f"# {title}\n", *(s.markdown for s in sections), "## Environment\n"]
-        + [markdown_table(environment), ""]
-    )
-    return page(title, html_sections), markdown
+    markdown += ["## Environment\n", markdown_table(environment), ""]
+    return page(title, html_sections), "\n".join(markdown)
 
 
 def write_report(
@@ -396,11 +130,14 @@ def write_report(
 ) -> tuple[Path, Path]:
     """Read every input (errors name the file) and write OUT/report.html and OUT/report.md.
 
-    OUT may be new, empty or an earlier report's folder; a folder that holds anything else is
-    written into only with `force`."""
+    OUT may be new, empty (but for the inputs and hidden entries) or an earlier report's
+    folder; a folder that holds anything else is written into only with `force`."""
     check_site_folder(out_dir, "report.html", TITLE, force, inputs=paths)
-    result_sets = [load_result_set(path) for path in paths]
-    page_html, markdown = build_report(result_sets)
+    readable, others = report_inputs(paths)
+    if not readable:
+        raise InvalidInputError("no result file to report (files named *.json or *.json.gz)")
+    result_sets = [load_result_set(path, unknown_ok=True) for path in readable]
+    page_html, markdown = build_report(result_sets, others)
     out = Path(out_dir)
     return (
         write_text_atomic(out / "report.html", page_html),

@@ -302,7 +302,7 @@ class Generator:
         """Choose the next tokens into the decode input (on the last pipeline stage, which has
         the logits; it hands them to the first); the random stream advances through a device
         counter, so a replayed graph draws new numbers every step."""
-        from ftbench.kernels.decoder import sample
+        from ftbench.kernels.sampling import sample
 
         state = self._require_state()
         if logits is not None:

@@ -14,7 +14,7 @@ stages pass, with `send` and `recv`:
   (`Stage.share_tokens`, called by `runtime.generate`). Stages in between never see tokens.
 
 Stage s holds `profiles.problems.stage_layers` (contiguous, balanced), their weights
-(`weights.stage_weights`: the embeddings only on the first stage, the final norm and LM head
+(`sharding.stage_weights`: the embeddings only on the first stage, the final norm and LM head
 only on the last) and a KV cache for those layers alone.
 
 Micro-batches (GPipe): a step's B sequences are cut into m contiguous ranges

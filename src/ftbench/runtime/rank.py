@@ -2,7 +2,7 @@
 `Decoder` (`runtime.model`) with the parallel parts added where they belong, as gpt-fast keeps
 `tp.py` apart from `model.py`.
 
-- Tensor parallelism (Megatron's split, `weights.shard`). A rank's attention-out and FFN-down
+- Tensor parallelism (Megatron's split, `sharding.shard`). A rank's attention-out and FFN-down
   give partial sums over its heads and FFN columns; they are summed over the ranks (the tensor
   communicator's `all_reduce`, `runtime.parallel`) where they join the residual stream, right
   before the fused residual add, whose biases so count once: one all-reduce per add, and GPT-J's
@@ -44,7 +44,8 @@ from ftbench.profiles.spec import ModelSpec
 from ftbench.runtime.model import Decoder, DecoderOps, NextNorm, Rows, StepInputs
 from ftbench.runtime.parallel import Communicator
 from ftbench.runtime.pipeline import MicroBatch, Stage, micro_batches, whole_model
-from ftbench.runtime.weights import ModelWeights, vocabulary_start
+from ftbench.runtime.sharding import vocabulary_start
+from ftbench.runtime.weights import ModelWeights
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,8 @@ class RankOps(DecoderOps):
 class RankDecoder(Decoder):
     """One rank's decoder (see the module docstring).
 
-    `weights` are this rank's shard (`weights.shard`) of its stage's layers
-    (`weights.stage_weights`); `comm`: the tensor communicator of `tp` ranks (None: tp=1);
+    `weights` are this rank's shard (`sharding.shard`) of its stage's layers
+    (`sharding.stage_weights`); `comm`: the tensor communicator of `tp` ranks (None: tp=1);
     `stage`: the pipeline stage (None: the whole model); `micro_batches` m, at most max_batch:
     every step runs as m micro-batches (a step of fewer than m sequences is an error).
     """

@@ -5,14 +5,14 @@ over speed. It covers the decoder families (gpt2, megatron-gpt, gptj, llama/mist
 rotary positions, LayerNorm or RMSNorm, grouped-query attention, gated or plain FFN, sequential
 or parallel (GPT-J) blocks.
 
-Given the per-rank shards of `weights.shard()` instead of full weights, it runs every rank's part
+Given the per-rank shards of `sharding.shard()` instead of full weights, it runs every rank's part
 of each layer and sums the partial outputs where the tensor-parallel runtime all-reduces (the
 embedding: each rank's rows for the tokens in its vocabulary slice, zeros for the others, then
 the learned positions once; after attention-out and after FFN-down, each followed by that
 layer's bias) and concatenates the LM head's vocabulary slices where it all-gathers. That is how
 the sharding is checked.
 
-Given one pipeline stage's weights (`weights.stage_weights`) and that stage's `layers`, it runs
+Given one pipeline stage's weights (`sharding.stage_weights`) and that stage's `layers`, it runs
 those layers only: a first stage takes token ids, a later one the hidden states [batch, seq,
 hidden] the stage before returned; a last stage returns logits, an earlier one hidden states.
 Chaining the stages' `prefill` and `decode` calls is the pipeline's math. With `micro_batches`
@@ -35,7 +35,8 @@ from ftbench.files import is_positive_number
 from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import ModelSpec
 from ftbench.runtime.pipeline import split_sequences
-from ftbench.runtime.weights import Linear, ModelWeights, Norm, check_shapes, vocabulary_start
+from ftbench.runtime.sharding import vocabulary_start
+from ftbench.runtime.weights import Linear, ModelWeights, Norm, check_shapes
 
 COMPUTE_DTYPES = ("float32", "float64")
 

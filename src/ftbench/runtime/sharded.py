@@ -1,6 +1,6 @@
 """Pre-sharded checkpoints: each tensor-parallel rank's weights in a file of its own.
 
-Sharding at load time (`weights.shard`) reads the whole HF checkpoint on every rank. For very
+Sharding at load time (`sharding.shard`) reads the whole HF checkpoint on every rank. For very
 large models `ftbench convert` does that once: `save_sharded` writes, into one directory,
 
 - `rank-<r>-of-<tp>.safetensors`: rank r's arrays under ftbench names (`ModelWeights.
@@ -32,13 +32,9 @@ from ftbench.files import (
 )
 from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import SPEC_LIMITS, ModelSpec
-from ftbench.runtime.weights import (
-    ModelWeights,
-    check_shapes,
-    from_named,
-    reading_safetensors,
-    shard,
-)
+from ftbench.runtime.hf_checkpoint import reading_safetensors
+from ftbench.runtime.sharding import shard
+from ftbench.runtime.weights import ModelWeights, check_shapes, from_named
 
 SCHEMA = 2
 MANIFEST = "ftbench-sharded.json"

@@ -52,18 +52,18 @@ def main() -> None:
     candidates["records"] = tune_records(candidates["records"])
     write("tune-candidates.json", candidates)
 
-    peers = json.loads((SOURCE / f"tune-peers-{TUNE_STAMP}.json").read_text())
+    peers = read_json(SOURCE / f"tune-peers-{TUNE_STAMP}.json.gz")
     peers["records"] = [
         r for r in peers["records"] if "ceilings" in r or r["problem"] in TUNE_PROBLEMS
     ]
     write("tune-peers.json", peers)
 
-    cache = json.loads((SOURCE / f"tune-{TUNE_STAMP}-cache.json").read_text())
+    cache = read_json(SOURCE / f"tune-{TUNE_STAMP}-cache.json.gz")
     cache["entries"] = {k: v for k, v in cache["entries"].items() if k in TUNE_PROBLEMS}
     write("tune-cache.json", cache)
 
     for stamp in FOUNDATION_STAMPS:
-        foundation = json.loads((SOURCE / f"foundation-{stamp}.json").read_text())
+        foundation = read_json(SOURCE / f"foundation-{stamp}.json.gz")
         foundation["records"] = [r for r in foundation["records"] if r.get("run", 0) == 0]
         write(f"foundation-{stamp}.json", foundation)
 

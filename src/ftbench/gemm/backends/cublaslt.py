@@ -1,4 +1,5 @@
-"""The `cublaslt` backend: cuBLASLt matmul algorithms, from its heuristic and by enumeration.
+"""The `cublaslt` backend: which cuBLASLt matmul algorithms to try, from its heuristic and by
+enumeration (the library calls themselves are `kernels.cublaslt`).
 
 Candidates, in this order:
 - the heuristic's top results (`cublasLtMatmulAlgoGetHeuristic`, 32 MiB workspace; cuBLASLt 13.1
@@ -16,16 +17,13 @@ Candidates, in this order:
   `select_diverse` picks from each pool so that algorithm ids, split-K counts, tiles and stages
   are all covered before any is repeated; duplicates of the heuristic's results are dropped.
 
-A candidate's config is an `AlgoConfig`: the algorithm id and every configuration attribute of
-`cublasLtMatmulAlgo_t` (the lowercased `CUBLASLT_ALGO_CONFIG_*` names, library enum values).
-`cublasLtMatmulAlgoInit` plus those attributes rebuild the algorithm byte for byte, in another
-process, without the heuristic. Results are valid for the cuBLASLt version that made them; the
-tuned cache's header records it.
+A candidate's config is an `AlgoConfig` (`kernels.cublaslt`): the algorithm id and every
+configuration attribute of `cublasLtMatmulAlgo_t`, enough to rebuild the algorithm byte for byte
+in another process. Results are valid for the cuBLASLt version that made them; the tuned cache's
+header records it.
 
-The runner calls `cublasLtMatmul` through nvmath-python's binding (a thin Cython call that works
-during CUDA-graph capture) on CuPy's current stream, with descriptors made once per problem, a
-32 MiB workspace per device and host fp32 alpha/beta. A runner belongs to the device that was
-current when it was prepared; operands must be aligned as CuPy allocates them (256 bytes).
+The runner is a `kernels.cublaslt.Matmul` on the problem's descriptors, made once per problem;
+it belongs to the device that was current when it was prepared.
 """
 
 from __future__ import annotations
@@ -34,19 +32,17 @@ import functools
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
-
-import numpy as np
+from dataclasses import dataclass, field, replace
 
 from ftbench.dtypes import DTYPES
-from ftbench.errors import InvalidInputError, NoGpuError
+from ftbench.errors import GpuError, InvalidInputError
 from ftbench.gemm.backends.base import CandidateUnsupported
 from ftbench.gemm.candidate import Candidate
 from ftbench.gemm.operands import operand_shapes
 from ftbench.gemm.problem import GemmProblem
-from ftbench.kernels.cublas import CUBLAS_COMPUTE_32F, CUBLAS_OP, WORKSPACE_BYTES
-from ftbench.kernels.streams import scratch_slot
+from ftbench.kernels import cublaslt
+from ftbench.kernels.cublas import CUBLAS_COMPUTE_32F, WORKSPACE_BYTES
+from ftbench.kernels.cublaslt import CONFIG_FIELDS, AlgoCaps, AlgoConfig, MatrixSpec
 
 BACKEND_NAME = "cublaslt"
 HEURISTIC_COUNT = 16
@@ -72,96 +68,10 @@ CLUSTER_SHAPE_NAMES = (
 )  # fmt: skip
 # Those tried, in this order after AUTO, to find a cluster shape a (tile, stages) pair accepts.
 BASE_CLUSTER_SHAPE_COUNT = 3
-CUDA_R_32F = 0
 COMPUTE_DTYPES = {"fp32": CUBLAS_COMPUTE_32F}
 
-_ONE = np.array(1.0, dtype=np.float32)
-_ZERO = np.array(0.0, dtype=np.float32)
-
-
-@dataclass(frozen=True)
-class AlgoConfig:
-    """One cuBLASLt algorithm: its id and every `CUBLASLT_ALGO_CONFIG_*` attribute (enum values)."""
-
-    id: int
-    tile_id: int = 0
-    stages_id: int = 0
-    splitk_num: int = 1
-    reduction_scheme: int = 0
-    cta_swizzling: int = 0
-    custom_option: int = 0
-    inner_shape_id: int = 0
-    cluster_shape_id: int = 0
-
-    def to_config(self) -> dict[str, int]:
-        """The JSON-ready candidate config."""
-        return asdict(self)
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> AlgoConfig:
-        """Inverse of `to_config`; a missing, unknown or non-integer field is an error."""
-        names = [f.name for f in fields(cls)]
-        missing = sorted(set(names) - config.keys())
-        unknown = sorted(config.keys() - set(names))
-        if missing or unknown:
-            raise InvalidInputError(
-                f"cublaslt config {config!r}: missing {missing or 'nothing'}, "
-                f"unknown {unknown or 'nothing'}"
-            )
-        bad = [n for n in names if isinstance(config[n], bool) or not isinstance(config[n], int)]
-        if bad:
-            raise InvalidInputError(
-                f"cublaslt config {config!r}: {', '.join(bad)} must be integers"
-            )
-        return cls(**{name: config[name] for name in names})
-
-    def describe(self) -> str:
-        """A short display name, e.g. "algo 66 tile 64x8 stages 64x6 split-k 4 (INPLACE)"."""
-        parts = [
-            f"algo {self.id}",
-            f"tile {_label('MatmulTile', self.tile_id)}",
-            f"stages {_label('MatmulStages', self.stages_id)}",
-        ]
-        if self.splitk_num != 1:
-            scheme = _label("ReductionScheme", self.reduction_scheme)
-            parts.append(f"split-k {self.splitk_num} ({scheme})")
-        if self.cta_swizzling:
-            parts.append(f"swizzle {self.cta_swizzling}")
-        if self.custom_option:
-            parts.append(f"custom {self.custom_option}")
-        if self.inner_shape_id:
-            parts.append(f"inner {_label('MatmulInnerShape', self.inner_shape_id)}")
-        if self.cluster_shape_id:
-            parts.append(f"cluster {_label('ClusterShape', self.cluster_shape_id)}")
-        return " ".join(parts)
-
-
-CONFIG_FIELDS = tuple(f.name for f in fields(AlgoConfig))
 # Attributes that `select_diverse` spreads after the algorithm id and the split-K count.
 SECONDARY_FIELDS = tuple(name for name in CONFIG_FIELDS if name not in ("id", "splitk_num"))
-
-
-@dataclass(frozen=True)
-class AlgoCaps:
-    """What `cublasLtMatmulAlgoCapGetAttribute` says an algorithm id can be configured with."""
-
-    tile_ids: tuple[int, ...]
-    stages_ids: tuple[int, ...]
-    splitk_support: bool
-    reduction_scheme_mask: int
-    cta_swizzling_support: bool
-    custom_option_max: int
-    strided_batch_support: bool
-
-
-@dataclass(frozen=True)
-class MatrixSpec:
-    """One cuBLASLt matrix layout: column-major rows x cols, leading dimension, batch stride."""
-
-    rows: int
-    cols: int
-    ld: int
-    batch_stride: int
 
 
 def layout_specs(problem: GemmProblem) -> tuple[MatrixSpec, MatrixSpec, MatrixSpec]:
@@ -192,7 +102,7 @@ def candidate_for(config: AlgoConfig, heuristic_rank: int | None = None) -> Cand
 
 def tile_dims(tile_id: int) -> tuple[int, int] | None:
     """(rows, cols) of a `cublasLtMatmulTile_t` tile of C, or None when unknown or undefined."""
-    rows, _, cols = _label("MatmulTile", tile_id).partition("x")
+    rows, _, cols = cublaslt.enum_label("MatmulTile", tile_id).partition("x")
     if rows.isdigit() and cols.isdigit():
         return int(rows), int(cols)
     return None
@@ -293,238 +203,28 @@ def merge_candidates(
     return candidates
 
 
-# --- names of the library's enum values (nvmath's enums; "#value" without nvmath) ---
-
-
 @functools.cache
-def _enum_labels(enum_name: str) -> dict[int, str]:
-    try:
-        from nvmath.bindings import cublasLt
-    except Exception:
-        return {}
-    prefixes = ("TILE_", "STAGES_", "SHAPE_")
-    labels = {}
-    for member in getattr(cublasLt, enum_name):
-        label = member.name
-        for prefix in prefixes:
-            label = label.removeprefix(prefix)
-        labels[int(member)] = label
-    return labels
-
-
-def _label(enum_name: str, value: int) -> str:
-    return _enum_labels(enum_name).get(value, f"#{value}")
-
-
-# --- the library (GPU side) ---
-
-
-def _library():
-    """nvmath's cuBLASLt binding, or NoGpuError saying what is missing."""
-    try:
-        from nvmath.bindings import cublasLt
-    except Exception as exc:
-        raise NoGpuError(
-            f"the cublaslt backend needs nvmath-python (pip install nvmath-python): {exc}"
-        ) from exc
-    return cublasLt
-
-
-@functools.cache
-def _handle(device_id: int) -> int:
-    """One cuBLASLt handle per device, made once."""
-    import cupy
-
-    with cupy.cuda.Device(device_id):
-        return _library().create()
-
-
-@functools.cache
-def _workspace(device_id: int, slot: int) -> Any:
-    """A 32 MiB workspace per device and scratch slot (`kernels.streams.scratch_slot`) for
-    cuBLASLt alone (cuBLAS has its own)."""
-    import cupy
-
-    with cupy.cuda.Device(device_id):
-        return cupy.empty(WORKSPACE_BYTES, dtype=cupy.uint8)
-
-
-def _set(setter: Callable, dtype_of: Callable, target: int, attribute: Any, value: int) -> None:
-    buffer = np.array(value, dtype=dtype_of(attribute))
-    setter(target, attribute, buffer.ctypes.data, buffer.nbytes)
-
-
-def _get(getter: Callable, dtype_of: Callable, target: int, attribute: Any) -> int:
-    buffer = np.zeros(1, dtype=dtype_of(attribute))
-    written = np.zeros(1, dtype=np.uint64)
-    getter(target, attribute, buffer.ctypes.data, buffer.nbytes, written.ctypes.data)
-    return int(buffer[0])
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """The matmul descriptor and matrix layouts of one problem (host objects, made once)."""
-
-    desc: int
-    a_layout: int
-    b_layout: int
-    c_layout: int
-    types: tuple[int, int, int, int, int, int]  # compute, scale, A, B, C, D as cuBLASLt sees them
-
-
-@functools.cache
-def _plan(problem: GemmProblem) -> _Plan:
-    lt = _library()
+def _plan(problem: GemmProblem) -> cublaslt.MatmulPlan:
+    """The descriptor and layouts of `problem`, made once per problem."""
     call = problem.cublas_call()
-    compute = COMPUTE_DTYPES[problem.compute_dtype]
-    desc = lt.matmul_desc_create(compute, CUDA_R_32F)
-    set_desc = functools.partial(
-        _set, lt.matmul_desc_set_attribute, lt.get_matmul_desc_attribute_dtype, desc
-    )
-    set_desc(lt.MatmulDescAttribute.TRANSA, CUBLAS_OP[call["transa"]])
-    set_desc(lt.MatmulDescAttribute.TRANSB, CUBLAS_OP[call["transb"]])
     # cuBLASLt's A is our B and its B our A (see GemmProblem.cublas_call).
     dtypes = [DTYPES[d].cuda_data_type for d in (problem.b_dtype, problem.a_dtype, problem.c_dtype)]
-    layouts = []
-    for spec, dtype in zip(layout_specs(problem), dtypes, strict=True):
-        layout = lt.matrix_layout_create(dtype, spec.rows, spec.cols, spec.ld)
-        if problem.batch_count > 1:
-            set_layout = functools.partial(
-                _set, lt.matrix_layout_set_attribute, lt.get_matrix_layout_attribute_dtype, layout
-            )
-            set_layout(lt.MatrixLayoutAttribute.BATCH_COUNT, problem.batch_count)
-            set_layout(lt.MatrixLayoutAttribute.STRIDED_BATCH_OFFSET, spec.batch_stride)
-        layouts.append(layout)
-    return _Plan(desc, *layouts, types=(compute, CUDA_R_32F, *dtypes, dtypes[2]))
-
-
-def _algo_buffer() -> np.ndarray:
-    return np.zeros(_library().matmul_algo_dtype.itemsize // 8, dtype=np.uint64)
-
-
-def _init_algo(handle: int, plan: _Plan, algo_id: int) -> np.ndarray:
-    algo = _algo_buffer()
-    _library().matmul_algo_init(handle, *plan.types, algo_id, algo.ctypes.data)
-    return algo
-
-
-def build_algo(handle: int, plan: _Plan, config: AlgoConfig) -> np.ndarray:
-    """The `cublasLtMatmulAlgo_t` of `config`: AlgoInit, then every configuration attribute."""
-    lt = _library()
-    algo = _init_algo(handle, plan, config.id)
-    for name in CONFIG_FIELDS[1:]:
-        attribute = lt.MatmulAlgoConfigAttribute[name.upper()]
-        _set(
-            lt.matmul_algo_config_set_attribute,
-            lt.get_matmul_algo_config_attribute_dtype,
-            algo.ctypes.data,
-            attribute,
-            getattr(config, name),
-        )
-    return algo
-
-
-def decode_algo(algo: np.ndarray) -> AlgoConfig:
-    """The `AlgoConfig` of a `cublasLtMatmulAlgo_t` (read back with ConfigGetAttribute)."""
-    lt = _library()
-    values = {
-        name: _get(
-            lt.matmul_algo_config_get_attribute,
-            lt.get_matmul_algo_config_attribute_dtype,
-            algo.ctypes.data,
-            lt.MatmulAlgoConfigAttribute[name.upper()],
-        )
-        for name in CONFIG_FIELDS
-    }
-    return AlgoConfig(**values)
-
-
-def check_algo(handle: int, plan: _Plan, algo: np.ndarray) -> int | None:
-    """Workspace bytes `algo` needs for the problem, or None if AlgoCheck refuses it or it needs
-    more than the 32 MiB workspace."""
-    lt = _library()
-    result = np.zeros(1, dtype=lt.matmul_heuristic_result_dtype)
-    try:
-        lt.matmul_algo_check(
-            handle, plan.desc, plan.a_layout, plan.b_layout, plan.c_layout, plan.c_layout,
-            algo.ctypes.data, result.ctypes.data,
-        )  # fmt: skip
-    except lt.cuBLASLtError:
-        return None
-    workspace = int(result["workspace_size"][0])
-    return workspace if workspace <= WORKSPACE_BYTES else None
+    return cublaslt.matmul_plan(
+        call["transa"],
+        call["transb"],
+        layout_specs(problem),
+        tuple(dtypes),
+        problem.batch_count,
+        COMPUTE_DTYPES[problem.compute_dtype],
+    )
 
 
 def heuristic(problem: GemmProblem, count: int = HEURISTIC_COUNT) -> list[tuple[AlgoConfig, bytes]]:
     """The heuristic's ranked results: (decoded config, the raw `cublasLtMatmulAlgo_t` bytes)."""
     import cupy
 
-    lt = _library()
-    handle, plan = _handle(cupy.cuda.Device().id), _plan(problem)
-    preference = lt.matmul_preference_create()
-    results = np.zeros(count, dtype=lt.matmul_heuristic_result_dtype)
-    returned = np.zeros(1, dtype=np.int32)
-    try:
-        _set(
-            lt.matmul_preference_set_attribute,
-            lt.get_matmul_preference_attribute_dtype,
-            preference,
-            lt.MatmulPreferenceAttribute.MAX_WORKSPACE_BYTES,
-            WORKSPACE_BYTES,
-        )
-        lt.matmul_algo_get_heuristic(
-            handle, plan.desc, plan.a_layout, plan.b_layout, plan.c_layout, plan.c_layout,
-            preference, count, results.ctypes.data, returned.ctypes.data,
-        )  # fmt: skip
-    except lt.cuBLASLtError:
-        return []
-    finally:
-        lt.matmul_preference_destroy(preference)
-    out = []
-    for result in results[: int(returned[0])]:
-        if int(result["state"]) != 0:
-            continue
-        raw = result["algo"].tobytes()
-        out.append((decode_algo(np.frombuffer(raw, dtype=np.uint64).copy()), raw))
-    return out
-
-
-def _cap(algo: np.ndarray, attribute: Any) -> int:
-    lt = _library()
-    return _get(
-        lt.matmul_algo_cap_get_attribute,
-        lt.get_matmul_algo_cap_attribute_dtype,
-        algo.ctypes.data,
-        attribute,
-    )
-
-
-def _cap_ids(algo: np.ndarray, attribute: Any) -> tuple[int, ...]:
-    """A variable-length capability (tile or stages ids): ask its size, then read it."""
-    lt = _library()
-    dtype = np.dtype(lt.get_matmul_algo_cap_attribute_dtype(attribute))
-    size = np.zeros(1, dtype=np.uint64)
-    lt.matmul_algo_cap_get_attribute(algo.ctypes.data, attribute, 0, 0, size.ctypes.data)
-    ids = np.zeros(int(size[0]) // dtype.itemsize, dtype=dtype)
-    if ids.size:
-        lt.matmul_algo_cap_get_attribute(
-            algo.ctypes.data, attribute, ids.ctypes.data, ids.nbytes, size.ctypes.data
-        )
-    return tuple(int(value) for value in ids)
-
-
-def algo_caps(algo: np.ndarray) -> AlgoCaps:
-    """The capabilities of an initialised algorithm."""
-    cap = _library().MatmulAlgoCapAttribute
-    return AlgoCaps(
-        tile_ids=_cap_ids(algo, cap.TILE_IDS) or (0,),
-        stages_ids=_cap_ids(algo, cap.STAGES_IDS) or (0,),
-        splitk_support=bool(_cap(algo, cap.SPLITK_SUPPORT)),
-        reduction_scheme_mask=_cap(algo, cap.REDUCTION_SCHEME_MASK),
-        cta_swizzling_support=bool(_cap(algo, cap.CTA_SWIZZLING_SUPPORT)),
-        custom_option_max=_cap(algo, cap.CUSTOM_OPTION_MAX),
-        strided_batch_support=bool(_cap(algo, cap.STRIDED_BATCH_SUPPORT)),
-    )
+    handle = cublaslt.device_handle(cupy.cuda.Device().id)
+    return cublaslt.heuristic_algos(handle, _plan(problem), count)
 
 
 @dataclass
@@ -547,15 +247,14 @@ def enumerate_configs(
     docstring); and their `promise`, for ordering."""
     import cupy
 
-    lt = _library()
     stats = stats if stats is not None else EnumerationStats()
     start = time.perf_counter()
     device = cupy.cuda.Device()
-    handle, plan = _handle(device.id), _plan(problem)
+    handle, plan = cublaslt.device_handle(device.id), _plan(problem)
     sm_count = device.attributes["MultiProcessorCount"]
     cluster_shapes = ()
     if int(device.compute_capability) >= 90:
-        cluster_shapes = tuple(int(lt.ClusterShape[name]) for name in CLUSTER_SHAPE_NAMES)
+        cluster_shapes = tuple(cublaslt.cluster_shape_id(name) for name in CLUSTER_SHAPE_NAMES)
     c_spec, batch = layout_specs(problem)[2], problem.batch_count
     checked: dict[AlgoConfig, bool] = {}
 
@@ -565,15 +264,15 @@ def enumerate_configs(
     def accepted(config: AlgoConfig) -> bool:
         if config not in checked:
             try:
-                algo = build_algo(handle, plan, config)
-                checked[config] = check_algo(handle, plan, algo) is not None
-            except lt.cuBLASLtError:
+                algo = cublaslt.build_algo(handle, plan, config)
+                checked[config] = cublaslt.check_algo(handle, plan, algo) is not None
+            except GpuError:
                 checked[config] = False
         return checked[config]
 
     @functools.cache
     def caps_of(algo_id: int) -> AlgoCaps:
-        return algo_caps(_init_algo(handle, plan, algo_id))
+        return cublaslt.algo_caps(cublaslt.init_algo(handle, plan, algo_id))
 
     def neighbors(base: AlgoConfig) -> list[AlgoConfig]:
         ctas = grid_ctas(tile_dims(base.tile_id), c_spec, batch)
@@ -591,7 +290,7 @@ def enumerate_configs(
 
     near = [config for base in around for config in neighbors(base)]
     far: list[AlgoConfig] = []
-    ids = lt.matmul_algo_get_ids(handle, *plan.types, MAX_ALGO_IDS)
+    ids = cublaslt.algo_ids(handle, plan, MAX_ALGO_IDS)
     for algo_id in ids:
         caps = caps_of(algo_id)
         if batch > 1 and not caps.strided_batch_support:
@@ -618,46 +317,24 @@ def enumerate_configs(
     return near, far, score
 
 
-class CublasLtRunner:
-    """`runner(a, b, c)`: C = op(A) @ op(B) through cublasLtMatmul with one fixed algorithm."""
+def prepare_runner(problem: GemmProblem, config: AlgoConfig) -> cublaslt.Matmul:
+    """The runner of `config` for `problem` on the current device; CandidateUnsupported when
+    cuBLASLt refuses it or it needs more than the workspace."""
+    import cupy
 
-    __slots__ = ("config", "algo", "workspace_bytes", "_arguments", "_matmul", "_stream", "_device")
-
-    def __init__(self, problem: GemmProblem, config: AlgoConfig):
-        import cupy
-
-        lt = _library()
-        device_id = cupy.cuda.Device().id
-        handle, plan = _handle(device_id), _plan(problem)
-        try:
-            algo = build_algo(handle, plan, config)
-        except lt.cuBLASLtError as exc:
-            raise CandidateUnsupported(f"cuBLASLt refused {config.describe()}: {exc}") from exc
-        workspace_bytes = check_algo(handle, plan, algo)
-        if workspace_bytes is None:
-            raise CandidateUnsupported(
-                f"cublasLtMatmulAlgoCheck refuses {config.describe()} for {problem.key()} "
-                f"(or it needs more than {WORKSPACE_BYTES} bytes of workspace)"
-            )
-        self.config, self.algo, self.workspace_bytes = config, algo, workspace_bytes
-        self._matmul = lt.matmul
-        self._stream = cupy.cuda.get_current_stream
-        self._device = device_id
-        self._arguments = (
-            handle, plan.desc, _ONE.ctypes.data, plan.a_layout, plan.b_layout, _ZERO.ctypes.data,
-            plan.c_layout, algo.ctypes.data,
-        )  # fmt: skip
-
-    def __call__(self, a: Any, b: Any, c: Any) -> None:
-        handle, desc, alpha, a_layout, b_layout, beta, c_layout, algo = self._arguments
-        stream = self._stream().ptr
-        workspace = _workspace(self._device, scratch_slot())
-        # cuBLASLt's A is our B and its B our A (see GemmProblem.cublas_call); D is C.
-        out = c.data.ptr
-        self._matmul(
-            handle, desc, alpha, b.data.ptr, a_layout, a.data.ptr, b_layout, beta, out, c_layout,
-            out, c_layout, algo, workspace.data.ptr, workspace.nbytes, stream,
-        )  # fmt: skip
+    device_id = cupy.cuda.Device().id
+    handle, plan = cublaslt.device_handle(device_id), _plan(problem)
+    try:
+        algo = cublaslt.build_algo(handle, plan, config)
+    except GpuError as exc:
+        raise CandidateUnsupported(str(exc)) from exc
+    workspace_bytes = cublaslt.check_algo(handle, plan, algo)
+    if workspace_bytes is None:
+        raise CandidateUnsupported(
+            f"cublasLtMatmulAlgoCheck refuses {config.describe()} for {problem.key()} "
+            f"(or it needs more than {WORKSPACE_BYTES} bytes of workspace)"
+        )
+    return cublaslt.Matmul(device_id, plan, config, algo, workspace_bytes)
 
 
 class CublasLtBackend:
@@ -674,21 +351,7 @@ class CublasLtBackend:
         self.heuristic_count = heuristic_count
 
     def unavailable_reason(self) -> str | None:
-        try:
-            from nvmath.bindings import cublasLt
-        except Exception as exc:
-            return f"nvmath-python is not installed or does not load ({exc})"
-        try:
-            import cupy
-        except ImportError:
-            return "CuPy is not installed"
-        try:
-            if cupy.cuda.runtime.getDeviceCount() == 0:
-                return "no CUDA device"
-            cublasLt.get_version()
-        except Exception as exc:
-            return f"cuBLASLt is not usable here: {exc}"
-        return None
+        return cublaslt.unavailable_reason()
 
     def candidates(self, problem: GemmProblem) -> list[Candidate]:
         if problem.compute_dtype not in COMPUTE_DTYPES:
@@ -708,10 +371,10 @@ class CublasLtBackend:
         results = heuristic(problem, self.heuristic_count)
         return candidate_for(results[0][0], 0) if results else None
 
-    def prepare(self, candidate: Candidate, problem: GemmProblem) -> CublasLtRunner:
+    def prepare(self, candidate: Candidate, problem: GemmProblem) -> cublaslt.Matmul:
         if problem.compute_dtype not in COMPUTE_DTYPES:
             raise CandidateUnsupported(f"cuBLASLt backend computes in fp32 only, not {problem}")
-        return CublasLtRunner(problem, AlgoConfig.from_config(candidate.config))
+        return prepare_runner(problem, AlgoConfig.from_config(candidate.config))
 
 
 BACKEND = CublasLtBackend()

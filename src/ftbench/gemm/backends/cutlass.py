@@ -65,9 +65,11 @@ def prebuild(
     jobs: int | None = None,
     progress: Any | None = None,
     elements: Sequence[str] = ("fp16",),
+    root: Path | None = None,
 ) -> dict[str, BuildResult]:
     """Build (or find in the cache) the curated kernels of `arch` (default the current GPU's)
-    for `elements` (the dtypes of the problems to tune).
+    for `elements` (the dtypes of the problems to tune), into `root` (default
+    `cutlass_build.cache_root()`, where `candidates()` looks).
 
     Call before a sweep, outside any timing; `progress` is a rich Progress. Kernels that fail to
     compile are left out of `candidates()` and named in the result with their nvcc log.
@@ -76,7 +78,7 @@ def prebuild(
     if arch is None:
         return {}
     names = [spec.name for spec in cutlass_build.kernels_for(arch, elements)]
-    return cutlass_build.build_kernels(names, arch, jobs, progress=progress)
+    return cutlass_build.build_kernels(names, arch, jobs, root=root, progress=progress)
 
 
 class CutlassBackend:

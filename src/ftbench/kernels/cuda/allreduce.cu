@@ -7,7 +7,8 @@
 //      acquire load of its own slots, bounded in time),
 //   3. reads the same pieces from every rank's buffer (16-byte loads), adds them in rank order in
 //      fp32 (so every rank gets bit-identical sums) and writes them to the output.
-// Design, the layout and the measurements: docs/runtime/parallel.md ("One-shot all-reduce").
+// Design and the layout: docs/runtime/parallel.md ("One-shot all-reduce"); measurements:
+// docs/results/parallel.md.
 //
 // Workspace of one rank (one cudaMalloc, shared with the other processes by an IPC handle):
 //   [ARRIVALS_OFFSET]  uint32 [MAX_BLOCKS][MAX_RANKS]  slot [b][p]: the last epoch in which

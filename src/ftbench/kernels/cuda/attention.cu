@@ -1,5 +1,6 @@
 // Fused attention for the decoder runtime, fp16 or bf16 in and out, fp32 softmax and sums.
-// Design and measurements: docs/kernels/attention.md. Launchers: ftbench/kernels/attention.py.
+// Design: docs/kernels/attention.md; measurements: docs/results/attention.md.
+// Launchers: ftbench/kernels/attention.py.
 //
 // Layouts (all C-contiguous, T = __half or __nv_bfloat16, D = head dim, a multiple of 16):
 //   q        [tokens, Hq, D] (context: packed sequences) or [B, Hq, D] (decode)

@@ -2,7 +2,8 @@
 // fp32 accumulation. W is row-major [n, k] (torch F.linear layout), X row-major [m, k], Y
 // row-major [m, n]. These kernels exist to stream W from HBM at full speed: every byte of W is
 // read exactly once, with 16-byte loads that skip L1 (W is never reused), while X (small, shared
-// by every block) is read through the cached path. Design and measurements: docs/kernels/gemv.md.
+// by every block) is read through the cached path. Design: docs/kernels/gemv.md; measurements:
+// docs/results/gemv.md.
 //
 // Requirements the launcher (ftbench/kernels/gemv.py) checks: k % 8 == 0 and 16-byte aligned
 // x and w, so each lane's 8-element vector of a row is one aligned 16-byte load.
@@ -61,7 +62,7 @@ __device__ __forceinline__ uint4 keep_if(bool keep, const uint4& v) {
 // Bytes of each of its rows a block asks L2 to fetch before it waits for the previous grid:
 // enough, over every block, to keep HBM busy while that grid drains (about 1 us of bandwidth
 // for 4096 rows), not so much that the prefetches evict each other. Measured: see
-// docs/kernels/gemv.md.
+// docs/results/gemv.md.
 constexpr unsigned kPrefetchRowBytes = 2048;
 
 // Start fetching the first kPrefetchRowBytes of rows [row0, row0 + rows) of W, from element
@@ -170,7 +171,7 @@ __device__ __forceinline__ void finish_block(const float (&red)[WARPS][M][ROWS],
   // half (cumulative) publishes them at GPU scope; its acquire half makes the other blocks'
   // published partials visible to thread 0, and the second barrier to the rest of the block.
   // An acq_rel atomic rather than __threadfence() on both sides of a plain one: 3-6 % faster
-  // split-K launches on an H200 (docs/kernels/gemv.md, "Split-K's cost").
+  // split-K launches on an H200 (docs/results/gemv.md, "Split-K's cost").
   __syncthreads();
   if (threadIdx.x == 0) {
     asm volatile("atom.add.acq_rel.gpu.u32 %0, [%1], 1;"
