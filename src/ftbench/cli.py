@@ -617,7 +617,8 @@ def compare_command(
         typer.Option(
             "--threshold",
             help="Smallest change that counts, as 3% or 0.03. A metric is slower when its 95% "
-            "interval lies above zero and its change exceeds this.",
+            "interval lies above zero and its change exceeds this (with fewer than 5 samples a "
+            "side: when its sample range lies above this).",
         ),
     ] = "3%",
     fmt: Annotated[
@@ -631,10 +632,16 @@ def compare_command(
         ),
     ] = False,
 ) -> None:
-    """Compare two result files metric by metric, with bootstrap intervals and verdicts.
+    """Compare two result files metric by metric, with intervals and verdicts.
 
-    Verdicts: faster, slower, unchanged, too noisy to tell. Exit code 0: nothing slower beyond
-    the threshold; 1: a significant regression; 2: bad input (unreadable, wrong kind, other GPU).
+    Verdicts: faster, slower, unchanged (the interval lies within the threshold), too noisy to
+    tell (the interval straddles it). A file against itself is unchanged. With 5 or more samples
+    a side the interval is a 95% bootstrap; with fewer (`ftbench run` keeps 3 TTFT samples) it
+    is the sample range, and slower needs every current sample above every baseline sample by
+    more than the threshold: 2 samples a side can show a clear regression, never a subtle one,
+    and 1 a side cannot show the noise. The output names the metrics so limited. Exit code 0:
+    nothing slower beyond the threshold; 1: a significant regression; 2: bad input
+    (unreadable, wrong kind, other GPU).
     """
     from ftbench.reports.compare import compare_files, parse_threshold, render
 
