@@ -22,7 +22,8 @@ def ftbench(*args, env=None):
         (["report"], ["--out"]),
         (["compare"], ["--threshold", "--format", "--allow-env-mismatch"]),
         (["history", "add"], ["--db", "--benchmark"]),
-        (["dashboard"], ["--out", "--db", "--threshold"]),
+        (["history", "check"], ["--db", "--threshold", "--window"]),
+        (["dashboard"], ["--out", "--db", "--threshold", "--window"]),
     ],
 )
 def test_help_explains_every_option(command, options):
@@ -37,10 +38,10 @@ def test_history_defaults_to_the_cache_dir_and_feeds_the_dashboard(tmp_path):
     env = {"FTBENCH_CACHE_DIR": str(tmp_path / "cache"), "PATH": ""}
     added = ftbench("history", "add", *sorted(RESULTS.glob("foundation-*.json")), env=env)
     assert added.returncode == 0, added.stderr
-    assert added.stdout.count("added as run") == 3
+    assert added.stdout.count(": added 3 run(s) (3 metrics) in ") == 3
     assert (tmp_path / "cache" / "history.sqlite3").exists()
     again = ftbench("history", "add", RESULTS / "foundation-20261124T154141Z.json", env=env)
-    assert "already stored as run 1" in again.stdout
+    assert "already stored (3 run(s), 3 metrics)" in again.stdout
     site = ftbench("dashboard", "--out", tmp_path / "site", env=env)
     assert site.returncode == 0, site.stderr
     assert (tmp_path / "site" / "index.html").stat().st_size > 10_000

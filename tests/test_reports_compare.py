@@ -12,13 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ftbench.bench.stats import bootstrap_ratio_ci
 from ftbench.errors import InvalidInputError
 from ftbench.reports.compare import (
+    BOOTSTRAP,
     FASTER,
+    IDENTICAL,
     NOISY,
+    SAMPLE_RANGE,
     SLOWER,
     UNCHANGED,
     compare_files,
+    few_samples_note,
     judge,
     parse_threshold,
     render,
@@ -208,27 +213,128 @@ def test_other_kinds_environments_and_sample_less_files_are_refused(tmp_path):
     assert "environments differ: GPU: baseline NVIDIA H200" in allowed.stdout
 
 
-def test_judge_rules():
+def test_many_samples_are_judged_by_the_bootstrap_interval():
     rng = np.random.default_rng(5)
     tight = rng.normal(1.0, 0.002, size=200)
     assert judge("m", tight, tight * 1.05).verdict == SLOWER
     assert judge("m", tight, tight * 0.95).verdict == FASTER
     assert judge("m", tight, tight * 1.01).verdict == UNCHANGED
-    # significant but only 2%: within the threshold, yet the interval reaches past it
-    wide = rng.normal(1.0, 0.05, size=200)
-    assert judge("m", wide, wide * 1.025).verdict == NOISY
-    # fewer than 5 samples a side: slower or faster only when the samples separate beyond t
+    assert judge("m", tight, tight * 1.05, threshold=0.10).verdict == UNCHANGED
+    assert judge("m", tight, tight * 1.05).interval == BOOTSTRAP
+    assert judge("m", tight, tight * 1.05) == judge("m", tight, tight * 1.05)
+
+
+def test_an_interval_that_straddles_the_threshold_is_too_noisy_to_tell():
+    # significant but only 2.5%: within the threshold, yet the interval reaches past it
+    wide = np.random.default_rng(5).normal(1.0, 0.05, size=200)
+    change = judge("m", wide, wide * 1.025)
+    assert change.verdict == NOISY and change.ci_low < 0.03 < change.ci_high
+    few = np.array([1.00, 1.02, 0.99])
+    change = judge("m", few, few * 1.02)  # sample range -1.0% .. +5.1%
+    assert change.verdict == NOISY and change.interval == SAMPLE_RANGE
+    assert change.ci_low == pytest.approx(0.99 * 1.02 / 1.02 - 1)
+    assert change.ci_high == pytest.approx(1.02 * 1.02 / 0.99 - 1)
+
+
+def test_with_few_samples_slower_needs_every_pair_beyond_the_threshold():
     few = np.array([1.00, 1.02, 0.99])
     assert judge("m", few, few * 1.2).verdict == SLOWER
     assert judge("m", few, few * 0.8).verdict == FASTER
-    assert judge("m", few, few * 1.02).verdict == NOISY  # separated by less than 3%
-    assert judge("m", few, few[[0, 2, 1]] * 1.01).verdict == NOISY  # overlapping
+    assert judge("m", few, few[[0, 2, 1]] * 1.04).verdict == NOISY  # 1.02 -> 1.0296: +0.9%
     assert judge("m", few, few * 1.01, threshold=0.0).verdict == NOISY  # overlapping
     assert judge("m", few, few * 1.05, threshold=0.0).verdict == SLOWER
-    assert judge("m", few[:2], few[:2] * 1.5).verdict == NOISY  # two samples say nothing
-    assert judge("m", tight[:4], tight[:4] * 1.01).verdict == NOISY  # never "unchanged"
-    assert judge("m", tight, tight * 1.05, threshold=0.10).verdict == UNCHANGED
-    assert judge("m", tight, tight * 1.05) == judge("m", tight, tight * 1.05)
+
+
+def test_two_samples_a_side_fifty_percent_apart_are_slower():
+    change = judge("ttft", [30.98, 31.88], [46.48, 47.81])
+    assert change.verdict == SLOWER and change.few_samples
+    assert change.ci_low == pytest.approx(46.48 / 31.88 - 1)
+    assert change.ci_high == pytest.approx(47.81 / 30.98 - 1)
+
+
+def test_one_sample_a_side_is_judged_by_its_ratio():
+    # A single ratio is its own interval: beyond the threshold or within it, never noisy.
+    assert judge("m", [10.0], [15.0]).verdict == SLOWER
+    assert judge("m", [10.0], [10.4]).verdict == SLOWER
+    assert judge("m", [10.0], [9.0]).verdict == FASTER
+    assert judge("m", [10.0], [10.2]).verdict == UNCHANGED
+    change = judge("m", [10.0], [10.4])
+    assert change.few_samples and change.ci_low == change.ci_high == pytest.approx(0.04)
+    note = few_samples_note([change], 0.03)
+    assert note.endswith("; with 1 sample on a side nothing shows the noise")
+
+
+def test_few_samples_all_within_the_threshold_are_unchanged():
+    # two runs of one commit: TTFT +0.57%, every sample within 2% of every other
+    baseline, current = [31.00, 31.10, 31.20], [31.022, 31.277, 31.595]
+    change = judge("ttft_ms", baseline, current)
+    assert change.verdict == UNCHANGED
+    assert change.change == pytest.approx(0.0057, abs=1e-4)
+    assert (round(change.ci_low, 4), round(change.ci_high, 4)) == (-0.0057, 0.0192)
+    assert judge("m", [1.0, 1.001, 0.999, 1.0005], [1.01, 1.011, 1.009, 1.0105]).verdict == (
+        UNCHANGED
+    )
+
+
+def test_identical_samples_are_unchanged_however_noisy():
+    noisy = [30.0, 33.0, 36.0]  # a 20% spread: any other data this wide would be too noisy
+    change = judge("m", noisy, noisy[::-1])
+    assert change.verdict == UNCHANGED and change.interval == IDENTICAL
+    assert (change.change, change.ci_low, change.ci_high) == (0.0, 0.0, 0.0)
+    wide = np.random.default_rng(3).lognormal(0.0, 0.3, size=50)
+    assert judge("m", wide, wide).verdict == UNCHANGED
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_at_three_samples_or_fewer_a_side_the_bootstrap_interval_is_the_sample_range(size):
+    # Why the sample range loses nothing there: the 95% bootstrap interval is the same.
+    rng = np.random.default_rng(size)
+    for _ in range(20):
+        base, now = rng.lognormal(0.0, 0.05, size), rng.lognormal(0.0, 0.05, size)
+        low, high = bootstrap_ratio_ci(base, now)
+        assert (low, high) == pytest.approx((now.min() / base.max(), now.max() / base.min()))
+
+
+def test_two_samples_a_side_fifty_percent_apart_fail_compare_and_say_samples_were_few(tmp_path):
+    run = RESULTS / "run-llama2-7b-bf16.json"
+
+    def samples(values):
+        def edit(document):
+            for record in document["records"]:
+                for metric in ("ttft_ms", "decode_step_ms", "end_to_end_ms"):
+                    record[metric].update(samples_ms=values, median_ms=float(np.median(values)))
+
+        return edit
+
+    baseline = variant(tmp_path, run, samples([30.98, 31.88]), "baseline.json")
+    current = variant(tmp_path, run, samples([46.48, 47.81]), "current.json")
+    result = ftbench("compare", baseline, current)
+    assert result.returncode == 1, result.stderr
+    assert "REGRESSION: 12 metric(s) slower beyond 3.0% (12 slower)" in result.stdout
+    assert "[+45.80%, +54.33%] range  2/2      slower" in result.stdout
+    few = "12 metric(s) with fewer than 5 samples on a side (interval marked range)"
+    assert few in result.stdout
+    markdown = ftbench("compare", baseline, current, "--format", "md")
+    assert markdown.returncode == 1 and f"- {few}" in markdown.stdout
+    document = json.loads(ftbench("compare", baseline, current, "--format", "json").stdout)
+    assert document["exit_code"] == 1 and any(few in note for note in document["notes"])
+    assert {change["interval"] for change in document["changes"]} == {SAMPLE_RANGE}
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["run-llama2-7b-bf16.json", FOUNDATION.name, TUNE.name, "foundation-20261124T154141Z.json"],
+)
+def test_a_file_against_itself_is_unchanged_for_every_metric(name):
+    path = RESULTS / name
+    comparison = compare_files(path, path)
+    assert comparison.changes and {c.verdict for c in comparison.changes} == {UNCHANGED}
+    assert {(c.change, c.ci_low, c.ci_high) for c in comparison.changes} == {(0.0, 0.0, 0.0)}
+    result = ftbench("compare", path, path)
+    assert result.returncode == 0
+    count = len(comparison.changes)
+    assert f"no significant regression beyond 3.0% ({count} unchanged)" in result.stdout
+    assert "fewer than 5 samples" not in result.stdout
 
 
 def test_a_planted_ttft_regression_in_a_run_file_fails_compare(tmp_path):

@@ -224,7 +224,7 @@ def test_report_and_dashboard_render_in_chromium(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     page = (site / "index.html").read_text()
-    assert len(embedded_images(page)) == 2
+    assert len(embedded_images(page)) == 9  # a series per foundation probe and tuned problem
     assert '<option value="NVIDIA H200">' in page
     regressions = page.split('class="slower">Regressions')[1]
     assert "gemv_cold" in regressions and "+5.00%" in regressions

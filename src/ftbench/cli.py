@@ -25,9 +25,10 @@ ALLREDUCE_METHODS = ("nccl", "one-shot")
 L2_MODES = ("cold", "hot")
 MAX_AGE_DAYS = 36500  # a century: any older cache entry is older than CUDA
 EXIT_CODES = (
-    "Exit codes: 0: success; 1: a command's own verdict (`compare`: a significant regression; "
-    "`cache validate`: tuned elsewhere); 2: bad input, or a failure ftbench explains; 3: an "
-    "internal error (a bug; FTBENCH_DEBUG=1 shows its traceback); 130: interrupted."
+    "Exit codes: 0: success; 1: a command's own verdict (`compare`, `history check`: a "
+    "significant regression; `cache validate`: tuned elsewhere); 2: bad input, or a failure "
+    "ftbench explains; 3: an internal error (a bug; FTBENCH_DEBUG=1 shows its traceback); 130: "
+    "interrupted."
 )
 
 app = typer.Typer(
@@ -692,7 +693,8 @@ def compare_command(
         typer.Option(
             "--threshold",
             help="Smallest change that counts, as 3% or 0.03. A metric is slower when its 95% "
-            "interval lies above zero and its change exceeds this.",
+            "interval lies above zero and its change exceeds this (with fewer than 5 samples a "
+            "side: when its sample range lies above this).",
         ),
     ] = "3%",
     fmt: Annotated[
@@ -706,10 +708,16 @@ def compare_command(
         ),
     ] = False,
 ) -> None:
-    """Compare two result files metric by metric, with bootstrap intervals and verdicts.
+    """Compare two result files metric by metric, with intervals and verdicts.
 
-    Verdicts: faster, slower, unchanged, too noisy to tell. Exit code 0: nothing slower beyond
-    the threshold; 1: a significant regression; 2: bad input (unreadable, wrong kind, other GPU).
+    Verdicts: faster, slower, unchanged (the interval lies within the threshold), too noisy to
+    tell (the interval straddles it). A file against itself is unchanged. With 5 or more samples
+    a side the interval is a 95% bootstrap; with fewer (`ftbench run` keeps 3 TTFT samples) it
+    is the sample range, and slower needs every current sample above every baseline sample by
+    more than the threshold: 2 samples a side can show a clear regression, never a subtle one,
+    and 1 a side cannot show the noise. The output names the metrics so limited. Exit code 0:
+    nothing slower beyond the threshold; 1: a significant regression; 2: bad input
+    (unreadable, wrong kind, other GPU).
     """
     from ftbench.reports.compare import compare_files, parse_threshold, render
 
@@ -749,11 +757,16 @@ def report_command(
 
 
 history_app = typer.Typer(
-    name="history", help="The SQLite history of results that feeds the dashboard.",
+    name="history", help="The SQLite history of results that feeds the dashboard and CI.",
     no_args_is_help=True,
 )  # fmt: skip
 app.add_typer(history_app)
 DB_HELP = "History database (default: $FTBENCH_CACHE_DIR/history.sqlite3, else under XDG cache)."
+THRESHOLD_HELP = "Change that marks a regression, as 3% or 0.03 (the rules of `ftbench compare`)."
+WINDOW_HELP = (
+    "Runs in the baseline window: each run is also judged against the median run of the last N "
+    "runs before it (from 2 runs before on), so that small steps that add up are flagged."
+)
 
 
 @history_app.command("add")
@@ -762,18 +775,48 @@ def history_add_command(
     db: Annotated[Path | None, typer.Option("--db", help=DB_HELP)] = None,
     benchmark: Annotated[
         str | None,
-        typer.Option("--benchmark", help="Name of the series (default: the file's kind)."),
+        typer.Option(
+            "--benchmark",
+            help="Name of the benchmark (default: the file's kind); two measurements of one "
+            "commit and time need two names.",
+        ),
     ] = None,
 ) -> None:
-    """Store result files as runs keyed by benchmark, commit, time and GPU (again: no-op)."""
+    """Store result files: one run per series (benchmark, model, dtype, shape, GPU) a file
+    holds, keyed by its commit and time (adding a file again: no-op). Tuned caches keep no
+    samples: add the tune run's result file."""
     from ftbench.reports.history import add_files, default_history_path
 
     target = db or default_history_path()
     for path, added in add_files(target, results, benchmark):
-        state = "added" if added.new else "already stored"
-        console.print(
-            f"{path}: {state} as run {added.run_id} ({added.metrics} metrics) in {target}"
-        )
+        runs, stored = len(added.run_ids), len(added.run_ids) - added.new
+        if not added.new:
+            state = f"already stored ({runs} run(s), {added.metrics} metrics)"
+        else:
+            again = f", {stored} already stored" if stored else ""
+            state = f"added {added.new} run(s){again} ({added.metrics} metrics)"
+        console.print(f"{path}: {state} in {target}", markup=False, highlight=False)
+
+
+@history_app.command("check")
+def history_check_command(
+    db: Annotated[Path | None, typer.Option("--db", help=DB_HELP)] = None,
+    threshold: Annotated[str, typer.Option("--threshold", help=THRESHOLD_HELP)] = "3%",
+    window: Annotated[int, typer.Option("--window", help=WINDOW_HELP)] = 5,
+) -> None:
+    """Judge the newest run of every series against the run before it and against the median
+    of the last runs; one line per series, one per slower metric.
+
+    Exit code 0: no newest run is slower beyond the threshold; 1: one is (a regression, or a
+    drift of small steps); 2: bad input (no such history, a bad option).
+    """
+    from ftbench.reports.compare import parse_threshold
+    from ftbench.reports.history import check_newest_runs, default_history_path, render_check
+
+    limit = parse_threshold(threshold)
+    checks = check_newest_runs(db or default_history_path(), limit, window)
+    typer.echo(render_check(checks, limit, window))
+    raise typer.Exit(1 if any(not check.slower.empty for check in checks) else 0)
 
 
 @app.command("dashboard")
@@ -788,15 +831,15 @@ def dashboard_command(
         ),
     ],
     db: Annotated[Path | None, typer.Option("--db", help=DB_HELP)] = None,
-    threshold: Annotated[
-        str, typer.Option("--threshold", help="Change that marks a regression, as 3% or 0.03.")
-    ] = "3%",
+    threshold: Annotated[str, typer.Option("--threshold", help=THRESHOLD_HELP)] = "3%",
+    window: Annotated[int, typer.Option("--window", help=WINDOW_HELP)] = 5,
     force: Annotated[
         bool, typer.Option("--force", help="Let --out be a folder that holds other files.")
     ] = False,
 ) -> None:
-    """Write a static site from the history: a time series per benchmark and GPU, regressions
-    marked, a GPU filter."""
+    """Write a static site from the history: a time series per series (benchmark, model,
+    dtype, shape, GPU), regressions against the run before and the window marked, a GPU
+    filter."""
     from ftbench.reports.compare import parse_threshold
     from ftbench.reports.dashboard import write_dashboard
     from ftbench.reports.history import default_history_path
@@ -804,7 +847,7 @@ def dashboard_command(
 
     history = db or default_history_path()
     check_site_folder(out, "index.html", "ftbench dashboard", force, inputs=[history])
-    page = write_dashboard(history, out, parse_threshold(threshold))
+    page = write_dashboard(history, out, parse_threshold(threshold), window)
     console.print(f"wrote {page}")
 
 

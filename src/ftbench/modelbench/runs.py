@@ -201,11 +201,17 @@ def measured_ok(record: Mapping[str, Any]) -> bool:
 
 def run_key(record: Mapping[str, Any]) -> str:
     """A readable unique name of a run configuration, e.g.
-    "ftbench gptj-6b fp16 tp=1 pp=1 batch=8 in=128 out=128" (with " mb=M" after pp=P where a
-    pipeline step ran in M > 1 micro-batches)."""
+    "ftbench gptj-6b fp16 tp=1 pp=1 batch=8 in=128 out=128": the engine and its `series_key`."""
+    return f"{record['engine']} {series_key(record)}"
+
+
+def series_key(record: Mapping[str, Any]) -> str:
+    """What a configuration measures, whichever engine ran it: model, dtype and shape, e.g.
+    "gptj-6b fp16 tp=1 pp=1 batch=8 in=128 out=128" (with " mb=M" after pp=P where a pipeline
+    step ran in M > 1 micro-batches)."""
     micro = record.get("micro_batches", 1)
     return (
-        f"{record['engine']} {record['model']} {record['dtype']} tp={record['tp']} "
-        f"pp={record['pp']}{f' mb={micro}' if micro > 1 else ''} batch={record['batch']} "
+        f"{record['model']} {record['dtype']} tp={record['tp']} pp={record['pp']}"
+        f"{f' mb={micro}' if micro > 1 else ''} batch={record['batch']} "
         f"in={record['input_len']} out={record['output_len']}"
     )

@@ -2,18 +2,30 @@
 
 Method, stated once (`docs/reports.md` explains it):
 - the change of a metric is median(current) / median(baseline) - 1 (times: positive is slower);
-- its 95% interval is a percentile bootstrap of that ratio, each side resampled on its own
-  (`bench.stats.bootstrap_ratio_ci`, fixed seed: the same files always give the same answer);
+- its interval, by the samples each side has:
+    MIN_SAMPLES (5) or more a side  the 95% percentile bootstrap of that ratio, each side
+                                    resampled on its own (`bench.stats.bootstrap_ratio_ci`,
+                                    fixed seed: the same files always give the same answer);
+    fewer on a side                 the sample range: from the smallest current sample over the
+                                    largest baseline sample to the largest over the smallest.
+                                    Every bootstrap ratio lies inside it (at 3 or fewer samples a
+                                    side the bootstrap's 2.5% and 97.5% points are its ends), so
+                                    it is the honest interval when a bootstrap has too few
+                                    samples to resample (`ftbench run` keeps 3 TTFT and
+                                    end-to-end samples a point by default);
+    the same samples on both sides  [0, 0]: a measurement compared with itself has not changed,
+                                    however noisy it is;
 - with threshold t (3% by default) the verdict is
-    slower             the interval lies above 0 and the change is above +t,
-    faster             the interval lies below 0 and the change is below -t,
-    unchanged          the whole interval lies within [-t, +t],
-    too noisy to tell  anything else;
-  with fewer than MIN_SAMPLES samples on a side (`ftbench run` keeps 3 TTFT and end-to-end
-  samples a point by default) the bootstrap says little, so the verdict is slower only when every
-  current sample is above every baseline sample by more than t (at least MIN_SEPARATED samples a
-  side; by chance 1 in 20 at 3 against 3 before the margin), faster the other way round, and too
-  noisy to tell otherwise;
+    slower             bootstrap: the interval lies above 0 and the change is above +t;
+                       sample range: the interval lies above +t (every current sample is above
+                       every baseline sample by more than t, whatever the count: 2 against 2,
+                       even 1 against 1, where nothing shows the noise);
+    faster             the same, below 0 and -t;
+    unchanged          the whole interval lies within [-t, +t];
+    too noisy to tell  anything else: the interval straddles +t or -t;
+  equal distributions separate completely by chance once in 20 at 3 samples against 3 (1 in 6
+  at 2 against 2, 1 in 2 at 1 against 1), before the margin t: the output marks the metrics
+  with fewer than MIN_SAMPLES samples on a side and says how few limit their verdicts;
 - a run fails (exit code 1) when any metric is slower; results from another GPU or library set
   are refused unless the caller allows it.
 """
@@ -40,9 +52,10 @@ from ftbench.reports.records import (
 
 DEFAULT_THRESHOLD = 0.03
 MIN_SAMPLES = 5
-MIN_SEPARATED = 3
 SLOWER, FASTER, UNCHANGED, NOISY = "slower", "faster", "unchanged", "too noisy to tell"
 VERDICTS = (FASTER, SLOWER, UNCHANGED, NOISY)
+# How an interval was found (see the module's docstring).
+BOOTSTRAP, SAMPLE_RANGE, IDENTICAL = "95% bootstrap", "sample range", "identical samples"
 # Versions whose change can change performance; others (python, numpy, nvml...) cannot.
 PERFORMANCE_SOFTWARE = (
     "cuda_runtime", "cuda_driver", "cublas", "cublaslt", "cutlass", "nccl", "cupy", "torch",
@@ -69,7 +82,8 @@ def parse_threshold(text: str) -> float:
 
 @dataclass(frozen=True)
 class MetricChange:
-    """One metric in both files: medians (ms), the change and its 95% interval, the verdict."""
+    """One metric in both files: medians (ms), the change and its interval (how it was found:
+    `interval`), the sample counts, the verdict."""
 
     name: str
     baseline_ms: float
@@ -80,6 +94,12 @@ class MetricChange:
     baseline_samples: int
     current_samples: int
     verdict: str
+    interval: str
+
+    @property
+    def few_samples(self) -> bool:
+        """Fewer than MIN_SAMPLES samples on a side: the verdict rests on the sample range."""
+        return self.interval == SAMPLE_RANGE
 
 
 def judge(
@@ -88,35 +108,30 @@ def judge(
     """Compare the samples of one metric (see the module's docstring for the rules)."""
     base = np.asarray(baseline_ms, dtype=np.float64)
     now = np.asarray(current_ms, dtype=np.float64)
-    base_median, now_median = float(np.median(base)), float(np.median(now))
-    ratio = now_median / base_median
-    low, high = bootstrap_ratio_ci(base, now)
-    change, ci_low, ci_high = ratio - 1.0, low - 1.0, high - 1.0
-    if min(base.size, now.size) < MIN_SAMPLES:
-        verdict = _separated(base, now, threshold)
-    elif ci_low > 0.0 and change > threshold:
-        verdict = SLOWER
-    elif ci_high < 0.0 and change < -threshold:
-        verdict = FASTER
-    elif -threshold <= ci_low and ci_high <= threshold:
-        verdict = UNCHANGED
+    if np.array_equal(np.sort(base), np.sort(now)):
+        interval, low, high = IDENTICAL, 1.0, 1.0
+    elif min(base.size, now.size) < MIN_SAMPLES:
+        interval, low, high = SAMPLE_RANGE, now.min() / base.max(), now.max() / base.min()
     else:
-        verdict = NOISY
+        interval, (low, high) = BOOTSTRAP, bootstrap_ratio_ci(base, now)
+    base_median, now_median = float(np.median(base)), float(np.median(now))
+    change, low, high = now_median / base_median - 1.0, float(low) - 1.0, float(high) - 1.0
     return MetricChange(
-        name, base_median, now_median, change, ci_low, ci_high, int(base.size), int(now.size),
-        verdict,
+        name, base_median, now_median, change, low, high, int(base.size), int(now.size),
+        _verdict(change, low, high, threshold, interval), interval,
     )  # fmt: skip
 
 
-def _separated(base: np.ndarray, now: np.ndarray, threshold: float) -> str:
-    """The verdict from few samples: every sample of one side beyond every sample of the
-    other by more than the threshold, or too noisy to tell."""
-    if min(base.size, now.size) < MIN_SEPARATED:
-        return NOISY
-    if now.min() > base.max() * (1.0 + threshold):
+def _verdict(change: float, low: float, high: float, threshold: float, interval: str) -> str:
+    # A sample range holds every pair of samples, so it must clear the threshold itself; a
+    # bootstrap interval must exclude zero, with the change beyond the threshold.
+    beyond = threshold if interval == SAMPLE_RANGE else 0.0
+    if low > beyond and change > threshold:
         return SLOWER
-    if now.max() < base.min() * (1.0 - threshold):
+    if high < -beyond and change < -threshold:
         return FASTER
+    if -threshold <= low and high <= threshold:
+        return UNCHANGED
     return NOISY
 
 
@@ -272,12 +287,29 @@ def _row(change: MetricChange) -> list[str]:
         f"{change.baseline_ms * 1e3:.2f}",
         f"{change.current_ms * 1e3:.2f}",
         f"{change.change:+.2%}",
-        f"[{change.ci_low:+.2%}, {change.ci_high:+.2%}]",
+        f"[{change.ci_low:+.2%}, {change.ci_high:+.2%}]" + (" range" if change.few_samples else ""),
+        f"{change.baseline_samples}/{change.current_samples}",
         change.verdict,
     ]
 
 
-HEADERS = ["metric", "baseline us", "current us", "change", "95% interval", "verdict"]
+HEADERS = ["metric", "baseline us", "current us", "change", "interval", "samples", "verdict"]
+
+
+def few_samples_note(changes: list[MetricChange], threshold: float) -> str | None:
+    """How few samples limited the verdicts of `changes` (None when none had too few)."""
+    few = [change for change in changes if change.few_samples]
+    if not few:
+        return None
+    single = any(min(c.baseline_samples, c.current_samples) == 1 for c in few)
+    return (
+        f"{len(few)} metric(s) with fewer than {MIN_SAMPLES} samples on a side (interval marked "
+        "range): the interval is the sample range (every current sample over every baseline "
+        "sample), not a bootstrap; "
+        f"slower or faster there means every pair of samples differs by more than "
+        f"{threshold:.1%}, unchanged that every pair is within it"
+        + ("; with 1 sample on a side nothing shows the noise" if single else "")
+    )
 
 
 def _notes(comparison: Comparison) -> list[str]:
@@ -291,7 +323,8 @@ def _notes(comparison: Comparison) -> list[str]:
     if comparison.without_samples:
         changes = ", ".join(f"{name} {change:+.2%}" for name, change in comparison.without_samples)
         notes.append(f"not judged, no samples on a side (change of the medians): {changes}")
-    return notes
+    few = few_samples_note(comparison.changes, comparison.threshold)
+    return notes if few is None else [*notes, few]
 
 
 def render_text(comparison: Comparison) -> str:
@@ -319,12 +352,13 @@ def render_markdown(comparison: Comparison) -> str:
         "",
         f"- baseline: `{_origin(comparison.baseline)}`",
         f"- current: `{_origin(comparison.current)}`",
-        f"- change = current / baseline median - 1, 95% bootstrap interval; threshold "
+        f"- change = current / baseline median - 1; interval: 95% bootstrap with "
+        f"{MIN_SAMPLES} or more samples a side, else the sample range; threshold "
         f"{comparison.threshold:.1%}",
         *(f"- {note}" for note in _notes(comparison)),
         "",
         "| " + " | ".join(HEADERS) + " |",
-        "|" + "|".join([" --- "] + [" ---: "] * 4 + [" --- "]) + "|",
+        "|" + "|".join([" --- "] + [" ---: "] * 5 + [" --- "]) + "|",
     ]
     for change in comparison.changes:
         cells = _row(change)
@@ -350,6 +384,7 @@ def render_json(comparison: Comparison) -> str:
             {"name": name, "change": change} for name, change in comparison.without_samples
         ],
         "environment_mismatches": comparison.environment_mismatches,
+        "notes": _notes(comparison),
     }
     return json.dumps(document, indent=2)
 

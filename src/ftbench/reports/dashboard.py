@@ -1,9 +1,10 @@
 """`ftbench dashboard`: a static site (one self-contained index.html) from the history.
 
-One section per benchmark and GPU: every metric's median over the runs, relative to its first
-run, with each run judged against the run before it on the same GPU by the rules of
-`ftbench compare` (slower runs marked red, faster green); the runs and the regressions as
-tables. A selector filters the sections by GPU (inline script; the page needs no network).
+One section per series (benchmark, model, dtype, shape and GPU: `history`): every metric's
+median over the runs, relative to its first run, with each run judged against the run before it
+and against the median run of the last runs (`history.judged_series`, the rules of `ftbench
+compare`; slower runs marked red, faster green); the runs and the regressions as tables. A
+selector filters the sections by GPU (inline script; the page needs no network).
 """
 
 from __future__ import annotations
@@ -16,17 +17,19 @@ from pathlib import Path
 import pandas as pd
 
 from ftbench.bench.environment import EnvironmentRecord
-from ftbench.errors import InvalidInputError
-from ftbench.files import positive_numbers, write_text_atomic
+from ftbench.files import write_text_atomic
 from ftbench.reports import plots
-from ftbench.reports.compare import (
-    DEFAULT_THRESHOLD,
-    FASTER,
-    SLOWER,
-    environment_mismatches,
-    judge,
+from ftbench.reports.compare import DEFAULT_THRESHOLD, FASTER, SLOWER, environment_mismatches
+from ftbench.reports.history import (
+    DEFAULT_WINDOW,
+    MIN_WINDOW_RUNS,
+    check_window,
+    judged_series,
+    metric_label,
+    read_history,
+    series_groups,
+    window_basis,
 )
-from ftbench.reports.history import metrics_table, open_history, runs_table
 from ftbench.reports.html import figure_html, page, table_html
 
 FILTER_SCRIPT = """<script>
@@ -38,33 +41,6 @@ function filterGpu(choice) {
 </script>"""
 
 
-def judged_points(metrics: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    """The metrics of one benchmark on one GPU, runs in time order, each judged against the
-    same metric in the run before: columns run (0..), label, name, median_ms, relative,
-    verdict ("" for a first value), change, ci_low, ci_high."""
-    order = metrics.drop_duplicates("run_id").sort_values(["utc_time", "run_id"])
-    position = {run_id: index for index, run_id in enumerate(order["run_id"])}
-    points = []
-    for name, rows in metrics.groupby("name", sort=False):
-        rows = rows.assign(run=rows["run_id"].map(position)).sort_values("run")
-        first = rows["median_ms"].iloc[0]
-        previous = None
-        for row in rows.itertuples():
-            point = {
-                "run": row.run, "name": name, "median_ms": row.median_ms,
-                "relative": row.median_ms / first, "verdict": "", "change": None,
-                "ci_low": None, "ci_high": None,
-                "label": f"{row.git_commit[:8]} {row.utc_time[5:16].replace('T', ' ')}",
-            }  # fmt: skip
-            if previous is not None:
-                change = judge(name, previous, row.samples_ms, threshold)
-                point.update(verdict=change.verdict, change=change.change,
-                             ci_low=change.ci_low, ci_high=change.ci_high)  # fmt: skip
-            previous = row.samples_ms
-            points.append(point)
-    return pd.DataFrame(points).sort_values(["run", "name"], kind="stable")
-
-
 def _environment_changes(environments: pd.Series) -> list[str]:
     """Per run (in order), what changed in its environment since the run before (`ftbench
     compare` refuses such pairs; the dashboard judges them, so it says so)."""
@@ -74,10 +50,28 @@ def _environment_changes(environments: pd.Series) -> list[str]:
     return ["", *("; ".join(change) for change in changes)]
 
 
-def _series_section(benchmark: str, gpu: str, runs: pd.DataFrame, points: pd.DataFrame) -> str:
-    title = f"{benchmark} on {gpu}"
+def _regressions(points: pd.DataFrame) -> pd.DataFrame:
+    """One row per slower judgement: the run, the metric, what it was judged against, the
+    change and its interval."""
+    labels = points.drop_duplicates("run").set_index("run")["label"]
+    rows = []
+    for point in points.to_dict("records"):
+        bases = {"previous": "the run before", "window": window_basis(point)}
+        rows += [
+            {
+                "run": labels[point["run"]], "metric": point["name"], "against": basis,
+                "change": f"{point[f'{p}_change']:+.2%}",
+                "interval": f"[{point[f'{p}_ci_low']:+.2%}, {point[f'{p}_ci_high']:+.2%}] "
+                f"({point[f'{p}_interval']})",
+            }
+            for p, basis in bases.items()
+            if point[f"{p}_verdict"] == SLOWER
+        ]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _series_section(title: str, gpu: str, runs: pd.DataFrame, points: pd.DataFrame) -> str:
     figure = plots.history_lines(points, title)
-    slower = points[points["verdict"] == SLOWER]
     counts = points.groupby("run")["verdict"].agg(
         slower=lambda v: int((v == SLOWER).sum()), faster=lambda v: int((v == FASTER).sum())
     )
@@ -100,46 +94,38 @@ def _series_section(benchmark: str, gpu: str, runs: pd.DataFrame, points: pd.Dat
         "<h3>Runs</h3>",
         table_html(run_table),
     ]
-    if not slower.empty:
-        labels = points.drop_duplicates("run").set_index("run")["label"]
-        regressions = pd.DataFrame(
-            {
-                "run": slower["run"].map(labels).to_numpy(),
-                "metric": slower["name"].to_numpy(),
-                "change": slower["change"].map("{:+.2%}".format).to_numpy(),
-                "95% interval": [
-                    f"[{low:+.2%}, {high:+.2%}]"
-                    for low, high in zip(slower["ci_low"], slower["ci_high"], strict=True)
-                ],
-            }
-        )
+    regressions = _regressions(points)
+    if not regressions.empty:
         parts += ['<h3 class="slower">Regressions</h3>', table_html(regressions)]
     parts.append("</section>")
     return "\n".join(parts)
 
 
-def build_dashboard(runs: pd.DataFrame, metrics: pd.DataFrame, threshold: float) -> str:
-    """The dashboard page of the history's runs and metrics (`history.runs_table`,
-    `history.metrics_table`)."""
+def build_dashboard(
+    runs: pd.DataFrame, metrics: pd.DataFrame, threshold: float, window: int = DEFAULT_WINDOW
+) -> str:
+    """The dashboard page of the history's runs and metrics (`history.read_history`)."""
     gpus = sorted(runs["gpu"].unique())
     options = "".join(
         f'<option value="{html.escape(gpu, quote=True)}">{html.escape(gpu)}</option>'
         for gpu in gpus
     )
+    groups = list(series_groups(runs, metrics))
     sections = [
-        f"<p>{len(runs)} runs of {runs['benchmark'].nunique()} benchmarks on {len(gpus)} GPU "
-        f"kind(s). Each run is judged against the run before it on the same GPU: slower or "
-        f"faster when the 95% bootstrap interval of the change excludes zero and the change "
-        f"exceeds {threshold:.1%} (the rules of <code>ftbench compare</code>).</p>",
+        f"<p>{len(runs)} runs of {len(groups)} series ({runs['benchmark'].nunique()} "
+        f"benchmark(s); a series is one benchmark, model, dtype and shape on one GPU kind) on "
+        f"{len(gpus)} GPU kind(s). Each run is judged against the run before it and, with "
+        f"{MIN_WINDOW_RUNS} or more runs before it, against the median run of the last "
+        f"{window} (or fewer) runs, so that a drift of small steps shows; slower and faster "
+        f"follow the rules of <code>ftbench compare</code> at a threshold of "
+        f"{threshold:.1%}.</p>",
         '<p><label for="gpu">GPU: </label><select id="gpu" onchange="filterGpu(this.value)">'
         f'<option value="">all</option>{options}</select></p>',
     ]
-    for (benchmark, gpu), group in runs.groupby(["benchmark", "gpu"], sort=True):
-        selected = metrics[(metrics["benchmark"] == benchmark) & (metrics["gpu"] == gpu)]
-        if selected.empty:
-            continue
-        points = judged_points(selected, threshold)
-        sections.append(_series_section(benchmark, gpu, group, points))
+    for (benchmark, series, gpu), group, selected in groups:
+        points = judged_series(selected, threshold, window)
+        points["name"] = [metric_label(name, series) for name in points["name"]]
+        sections.append(_series_section(f"{benchmark}: {series} on {gpu}", gpu, group, points))
     return page("ftbench dashboard", sections, head=FILTER_SCRIPT)
 
 
@@ -147,16 +133,11 @@ def write_dashboard(
     db: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     threshold: float = DEFAULT_THRESHOLD,
+    window: int = DEFAULT_WINDOW,
 ) -> Path:
     """Write OUT/index.html from the history at `db`."""
-    with open_history(db, create=False) as connection:
-        runs, metrics = runs_table(connection), metrics_table(connection)
-    if runs.empty:
-        raise InvalidInputError(
-            f"{db}: the history holds no runs yet (add some with `ftbench history add`)"
-        )
-    for row in metrics.itertuples():  # `history add` checks them; older versions did not
-        positive_numbers(row.samples_ms, f"{db}: run {row.run_id} {row.name}: samples_ms")
+    check_window(window)
+    runs, metrics = read_history(db)
     return write_text_atomic(
-        Path(out_dir) / "index.html", build_dashboard(runs, metrics, threshold)
+        Path(out_dir) / "index.html", build_dashboard(runs, metrics, threshold, window)
     )

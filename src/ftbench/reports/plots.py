@@ -259,7 +259,7 @@ def history_lines(table: pd.DataFrame, title: str, highlight: int = 12) -> Figur
         rows = table[table["verdict"] == verdict]
         if not rows.empty:
             axes.scatter(rows["run"], rows["relative"], marker=marker, s=90, color=color,
-                         zorder=4, label=f"{verdict} than the run before")  # fmt: skip
+                         zorder=4, label=f"{verdict} (run before or window)")  # fmt: skip
     labels = table.drop_duplicates("run").sort_values("run")
     axes.set_xticks(labels["run"], labels["label"], rotation=30, ha="right", fontsize=8)
     axes.axhline(1.0, color="black", linewidth=0.6)

@@ -3,20 +3,27 @@
 `load_result_set(path)` reads a result file (`bench.results`) or a tuned cache
 (`gemm.cache`), checks the records of its kind and returns them parsed; anything malformed is
 an InvalidInputError whose message starts with the path. `metrics(result_set)` gives every timed
-quantity with its samples, by a stable name, for comparisons and the history:
+quantity with its samples, by a stable name, for comparisons and the history, and
+`metrics_by_series` the same grouped by series: what one model, dtype and shape measures, the
+unit the history judges over time (runs of several models or shapes in one file are several
+series):
 
 - tune (every candidate of a sweep): per problem "<problem key> tuned" (the winner) and
-  "<problem key> default" (the cuBLAS default). A pass over one problem starts at the default's
-  record; the winner is the other record whose samples were kept (the sweep keeps samples of the
-  default and the winner only), or the default itself. A problem tuned twice in one file counts
-  once, by its last pass (the one the cache keeps).
-- foundation: per probe ("gemm_hot", "gemv_cold", "copy"), the samples of all runs pooled.
+  "<problem key> default" (the cuBLAS default); the series is the problem key (its dtypes and
+  shape). A pass over one problem starts at the default's record; the winner is the other
+  record whose samples were kept (the sweep keeps samples of the default and the winner only),
+  or the default itself. A problem tuned twice in one file counts once, by its last pass (the
+  one the cache keeps).
+- foundation: per probe ("gemm_hot", "gemv_cold", "copy"), the samples of all runs pooled; the
+  series is the probe's timer name with its shape ("gemm_hot 2048x4096x4096").
 - gemv: per shape "gemv m=.. n=.. k=.. best" (the fastest config), "... cublas" and
-  "... best+pdl".
-- run: per configuration (`runs.run_key`) and timing metric, "<key> decode_step_ms" etc.
-- attention: per case "attention decode <model> B=.. L=.." or "attention context <model> S=..".
-- allreduce: per case "allreduce <method> x<ranks> <bytes> B" (" emulated" after the ranks
-  where one GPU played them).
+  "... best+pdl"; the series is the shape ("gemv m=.. n=.. k=..").
+- run: per configuration (`runs.run_key`) and timing metric, "<key> decode_step_ms" etc.; the
+  series is the configuration without its engine (`runs.series_key`: model, dtype, tp, pp,
+  batch, lengths), so ftbench and its peers on one shape are one series.
+- attention: per case "attention decode <model> B=.. L=.." or "attention context <model> S=..";
+  allreduce: per case "allreduce <method> x<ranks> <bytes> B" (" emulated" after the ranks
+  where one GPU played them); each case is its own series.
 - tune-peers, tuned caches and the kinds with nothing to plot (`kinds.KINDS`, `plotted`) keep
   no samples: they can be reported, not compared.
 
@@ -402,44 +409,57 @@ def load_result_set(path: str | os.PathLike[str], *, unknown_ok: bool = False) -
     return ResultSet(source, kind, parsed["environment"], data)
 
 
-def _timed(result_set: ResultSet) -> dict[str, tuple[tuple[float, ...], list[float]]]:
-    """Every timed quantity of `result_set` by name: its samples (pooled over runs; none where
-    the file kept none) and its medians (one per run), in ms per launch."""
-    found: dict[str, tuple[tuple[float, ...], list[float]]] = {}
+@dataclass
+class _Timed:
+    """One timed quantity: its series, its samples (pooled over runs; none where the file kept
+    none) and its medians (one per run), in ms per launch."""
 
-    def add(name: str, timing: dict[str, Any]) -> None:
-        samples, medians = found.get(name, ((), []))
-        found[name] = (samples + _samples(timing), [*medians, float(timing["median_ms"])])
+    series: str
+    samples: tuple[float, ...] = ()
+    medians: list[float] = field(default_factory=list)
+
+
+def _timed(result_set: ResultSet) -> dict[str, _Timed]:
+    """Every timed quantity of `result_set` by name (see the module's docstring)."""
+    found: dict[str, _Timed] = {}
+
+    def add(series: str, name: str, timing: dict[str, Any]) -> None:
+        timed = found.setdefault(name, _Timed(series))
+        timed.samples += _samples(timing)
+        timed.medians.append(float(timing["median_ms"]))
 
     kind, data = result_set.kind, result_set.data
     if kind == "tune":
         for outcome in data:
             key = outcome.problem.key()
             add(
+                key,
                 f"{key} tuned",
                 {"median_ms": outcome.winner_ms, "samples_ms": outcome.winner_samples_ms},
             )
             add(
+                key,
                 f"{key} default",
                 {"median_ms": outcome.default_ms, "samples_ms": outcome.default_samples_ms},
             )
     elif kind == "foundation":
         for probe in data.probes:
-            add(probe.probe, probe.timing)
+            add(str(probe.timing.get("name", probe.probe)), probe.probe, probe.timing)
     elif kind == "gemv":
         for shape in data:
-            add(f"{shape.label} best", shape.best)
-            add(f"{shape.label} cublas", shape.cublas)
+            add(shape.label, f"{shape.label} best", shape.best)
+            add(shape.label, f"{shape.label} cublas", shape.cublas)
             if shape.best_pdl is not None:
-                add(f"{shape.label} best+pdl", shape.best_pdl)
+                add(shape.label, f"{shape.label} best+pdl", shape.best_pdl)
     elif kind == runs.KIND:
         for record in filter(runs.measured_ok, data):
             for name in runs.TIMING_METRICS:
-                add(f"{runs.run_key(record)} {name}", record[name])
+                add(runs.series_key(record), f"{runs.run_key(record)} {name}", record[name])
     elif kind in ("attention", "allreduce"):
         for record in data.records:
             if record["timing"] is not None:
-                add(case_name(kind, record), record["timing"])
+                case = case_name(kind, record)
+                add(case, case, record["timing"])
     return found
 
 
@@ -455,14 +475,23 @@ def case_name(kind: str, record: dict[str, Any]) -> str:
 
 def metrics(result_set: ResultSet) -> dict[str, tuple[float, ...]]:
     """Every timed quantity of `result_set` with samples, by name (all in ms per launch)."""
-    return {name: samples for name, (samples, _) in _timed(result_set).items() if samples}
+    return {name: timed.samples for name, timed in _timed(result_set).items() if timed.samples}
+
+
+def metrics_by_series(result_set: ResultSet) -> dict[str, dict[str, tuple[float, ...]]]:
+    """`metrics(result_set)` grouped by series (one model, dtype and shape), in file order."""
+    grouped: dict[str, dict[str, tuple[float, ...]]] = {}
+    for name, timed in _timed(result_set).items():
+        if timed.samples:
+            grouped.setdefault(timed.series, {})[name] = timed.samples
+    return grouped
 
 
 def unsampled_medians(result_set: ResultSet) -> dict[str, float]:
     """The timed quantities of `result_set` kept without samples (a summary only), by name: the
     median of their medians, in ms per launch."""
     return {
-        name: statistics.median(medians)
-        for name, (samples, medians) in _timed(result_set).items()
-        if not samples
+        name: statistics.median(timed.medians)
+        for name, timed in _timed(result_set).items()
+        if not timed.samples
     }
