@@ -22,16 +22,24 @@ def test_bf16_arrays_use_ml_dtypes():
 
 def test_every_row_names_its_numpy_dtype_and_size():
     for name, row in DTYPES.items():
-        if name != "bf16":
+        if name not in ("bf16", "fp8"):
             assert numpy_dtype(name).itemsize == row.bytes
             assert array_dtype(np.zeros(1, row.numpy_name)) == name
 
 
 def test_cuda_data_types_are_the_headers_values():
-    # library_types.h: CUDA_R_16F = 2, CUDA_R_16BF = 14, CUDA_R_32F = 0, CUDA_R_64F = 1.
+    # library_types.h: CUDA_R_16F = 2, CUDA_R_16BF = 14, CUDA_R_32F = 0, CUDA_R_64F = 1,
+    # CUDA_R_8F_E4M3 = 28, CUDA_R_8I = 3.
     assert {name: row.cuda_data_type for name, row in DTYPES.items()} == {
-        "fp16": 2, "bf16": 14, "fp32": 0, "fp64": 1,
+        "fp16": 2, "bf16": 14, "fp32": 0, "fp64": 1, "fp8": 28, "int8": 3,
     }  # fmt: skip
+
+
+def test_fp8_arrays_use_ml_dtypes_e4m3():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    assert numpy_dtype("fp8") == np.dtype(ml_dtypes.float8_e4m3fn)
+    assert array_dtype(np.zeros(2, ml_dtypes.float8_e4m3fn)) == "fp8"
+    assert float(np.array(448.0, np.float32).astype(ml_dtypes.float8_e4m3fn)) == 448.0  # E4M3 max
 
 
 def test_kernel_template_types_come_from_the_table():
@@ -44,7 +52,7 @@ def test_problem_keys_use_the_table_codes():
 
 
 def test_an_unknown_name_lists_the_known_ones():
-    with pytest.raises(InvalidInputError, match="fp16, bf16, fp32, fp64"):
+    with pytest.raises(InvalidInputError, match="fp16, bf16, fp32, fp64, fp8, int8"):
         dtype_info("int4")
 
 

@@ -1,11 +1,12 @@
 """The one dtype table: every name, size, CUDA enum and library spelling of a number format.
 
-ftbench names formats "fp16", "bf16", "fp32" and "fp64" (the workload's and the tuned cache's
-names). Each row says how the others spell it: NumPy/CuPy and torch ("float16", "bfloat16"), CUDA
-C ("__half"), cudaDataType_t (CUDA_R_16F = 2), the short code of problem keys and CUTLASS
-(`DataType.f16`), and the relative error a GEMM with that output format may have against an fp32
-reference. Modules look a format up here instead of keeping their own dictionaries; what a kernel
-*supports* is the kernel's business and stays with it.
+ftbench names formats "fp16", "bf16", "fp32", "fp64", and the 8-bit "fp8" (E4M3, the format
+Hopper's FP8 tensor cores read and FP8 checkpoints store) and "int8" (the workload's and the tuned
+cache's names). Each row says how the others spell it: NumPy/CuPy and torch ("float16",
+"bfloat16", "float8_e4m3fn"), CUDA C ("__half"), cudaDataType_t (CUDA_R_16F = 2), the short code
+of problem keys and CUTLASS (`DataType.f16`), and the relative error a GEMM with that output format
+may have against an fp32 reference. Modules look a format up here instead of keeping their own
+dictionaries; what a kernel *supports* is the kernel's business and stays with it.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ class DType:
     cuda_data_type: int  # cudaDataType_t (library_types.h)
     c_type: str  # CUDA C type of kernel templates
     code: str  # short code of GEMM problem keys, and CUTLASS's DataType member
-    numpy_name: str  # NumPy / CuPy dtype name (bf16: ml_dtypes' bfloat16)
+    numpy_name: str  # NumPy / CuPy dtype name (bf16 and fp8: ml_dtypes' types)
     torch_name: str  # attribute of the torch module
     # Largest relative (Frobenius) error of a GEMM with this output format against the
-    # fp32-accumulated reference: a few units of its rounding (fp16 2^-11, bf16 2^-8).
+    # fp32-accumulated reference: a few units of its rounding (fp16 2^-11, bf16 2^-8, E4M3 2^-4;
+    # int8: one quantisation step of a full-range tensor, 1/127).
     gemm_tolerance: float
 
 
@@ -39,10 +41,16 @@ DTYPES: dict[str, DType] = {
         DType("bf16", 2, 14, "__nv_bfloat16", "bf16", "bfloat16", "bfloat16", 1.6e-2),
         DType("fp32", 4, 0, "float", "f32", "float32", "float32", 1e-5),
         DType("fp64", 8, 1, "double", "f64", "float64", "float64", 1e-12),
+        DType("fp8", 1, 28, "__nv_fp8_e4m3", "e4m3", "float8_e4m3fn", "float8_e4m3fn", 1.25e-1),
+        DType("int8", 1, 3, "int8_t", "s8", "int8", "int8", 7.9e-3),
     )
 }
 # The formats the GPU runtime computes in (and that `ftbench tune` / `ftbench run` accept).
 RUNTIME_DTYPES = ("fp16", "bf16")
+# The 8-bit formats: weights (and, for fp8, activations) stored in them are read with a scale.
+EIGHT_BIT_DTYPES = ("fp8", "int8")
+# NumPy names that only ml_dtypes provides.
+ML_DTYPES_NAMES = ("bfloat16", "float8_e4m3fn")
 # ftbench's name of each NumPy name: {"float16": "fp16", ...}
 DTYPE_OF_NUMPY = {row.numpy_name: row.name for row in DTYPES.values()}
 
@@ -60,10 +68,11 @@ def dtype_info(name: str) -> DType:
 def numpy_name(array_or_dtype: Any) -> str:
     """The NumPy name of an array's (or a dtype's) element type: "float16", "bfloat16", ...
 
-    CuPy reports ml_dtypes' bfloat16 as a 2-byte void ("|V2"), read here as bfloat16.
+    CuPy reports ml_dtypes' bfloat16 as a 2-byte void ("|V2") and float8_e4m3fn as a 1-byte one
+    ("|V1"), read here as those.
     """
     name = str(getattr(array_or_dtype, "dtype", array_or_dtype))
-    return "bfloat16" if name == "|V2" else name
+    return {"|V2": "bfloat16", "|V1": "float8_e4m3fn"}.get(name, name)
 
 
 def array_dtype(array_or_dtype: Any) -> str:
@@ -77,21 +86,21 @@ def array_dtype(array_or_dtype: Any) -> str:
 
 
 def numpy_dtype(dtype: Any) -> Any:
-    """A NumPy dtype from ftbench's names ("fp16", "bf16", "fp32", "fp64") or any NumPy dtype.
+    """A NumPy dtype from ftbench's names ("fp16", "bf16", "fp8", ...) or any NumPy dtype.
 
-    NumPy has no bfloat16 of its own: "bf16" needs the ml_dtypes package.
+    NumPy has no bfloat16 or float8 of its own: "bf16" and "fp8" need the ml_dtypes package.
     """
     import numpy as np
 
     name = DTYPES[dtype].numpy_name if isinstance(dtype, str) and dtype in DTYPES else dtype
-    if name == "bfloat16":
+    if name in ML_DTYPES_NAMES:
         try:
             import ml_dtypes
         except ImportError:
             raise InvalidInputError(
-                "bf16 NumPy arrays need the ml_dtypes package (pip install ml_dtypes)"
+                f"{name} NumPy arrays need the ml_dtypes package (pip install ml_dtypes)"
             ) from None
-        return np.dtype(ml_dtypes.bfloat16)
+        return np.dtype(getattr(ml_dtypes, name))
     try:
         return np.dtype(name)
     except TypeError:
