@@ -200,7 +200,7 @@ def test_run_without_a_gpu_is_a_one_line_error(monkeypatch, capsys):
         (["--profile", "gptj-6b", "--compare", "vllm"], "--compare: unknown"),
         (["--profile", "gpt2-124m", "--pp", "13"], "pp=13 pipeline stages but only 12 layers"),
         (["--profile", "gptj-6b", "--tp", "3"], "cannot be split evenly over tp=3"),
-        (["--profile", "gptj-6b", "--pp", "0"], "must be at least 1"),
+        (["--profile", "gptj-6b", "--pp", "0"], "Invalid value for '--pp'"),
         (["--profile", "gptj-6b", "--pp", "2", "--micro-batches", "0"], "must be at least 1"),
         (
             ["--profile", "gptj-6b", "--pp", "2", "--batch", "1,4", "--micro-batches", "2"],
@@ -208,7 +208,7 @@ def test_run_without_a_gpu_is_a_one_line_error(monkeypatch, capsys):
         ),
         (["--profile", "gptj-6b", "--tp", "2", "--compare", "hf"], "use it with --tp 1 --pp 1"),
         (["--profile", "gptj-6b", "--tp", "2", "--breakdown"], "--breakdown takes steps apart"),
-        (["--profile", "gptj-6b", "--tp", "2", "--allreduce", "mpi"], "--allreduce: 'mpi'"),
+        (["--profile", "gptj-6b", "--tp", "2", "--allreduce", "mpi"], "'mpi' is not one of"),
         (
             ["--profile", "gptj-6b", "--tp", "4", "--pp", "2"],
             "needs 8 GPUs, one per rank; this machine shows 1",
@@ -217,7 +217,7 @@ def test_run_without_a_gpu_is_a_one_line_error(monkeypatch, capsys):
         ([], "exactly one of --profile"),
         (
             ["--profile", "gptj-6b", "--dtype", "fp8"],
-            "ftbench run measures fp16 or bf16, not 'fp8'",
+            "'fp8' is not one of 'fp16', 'bf16'",
         ),
         (["--profile", "gptj-6b", "--repeats", "0"], "--repeats must be at least 1, got 0"),
         (["--profile", "gptj-6b", "--output-len", "1"], "output lengths must be at least 2"),

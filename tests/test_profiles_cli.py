@@ -62,7 +62,7 @@ def test_show_json_for_gptj_tp2():
 
 
 def show_json(*options):
-    result = runner.invoke(app, ["profiles", "show", "gptj-6b", *options, "--json"])
+    result = runner.invoke(app, ["profiles", "show", "--profile", "gptj-6b", *options, "--json"])
     assert result.exit_code == 0, result.output
     return {row["key"]: row for row in json.loads(result.stdout)["problems"]}
 
@@ -88,7 +88,9 @@ def test_show_beam_help_says_the_runtime_has_no_beam_search():
 
 
 def test_show_table_lists_roles_and_shapes():
-    result = runner.invoke(app, ["profiles", "show", "llama2-70b", "--tp", "8", "--unfused"])
+    result = runner.invoke(
+        app, ["profiles", "show", "--profile", "llama2-70b", "--tp", "8", "--unfused"]
+    )
     assert result.exit_code == 0
     for text in ("ffn_gate, ffn_up", "k, v", "attn_scores*", "4000", "3584"):
         assert text in result.stdout
@@ -97,7 +99,15 @@ def test_show_table_lists_roles_and_shapes():
 def test_show_reads_a_local_hf_config():
     result = runner.invoke(
         app,
-        ["profiles", "show", str(CONFIGS / "bert-base-uncased.json"), "--json", "--gpu", "a100"],
+        [
+            "profiles",
+            "show",
+            "--config",
+            str(CONFIGS / "bert-base-uncased.json"),
+            "--json",
+            "--gpu",
+            "a100",
+        ],
     )
     assert result.exit_code == 0
     summary = json.loads(result.stdout)
@@ -109,21 +119,34 @@ def test_show_reads_a_local_hf_config():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["nope"], "no built-in profile 'nope'"),
-        (["gptj-6b", "--batch", "1,x"], "--batch takes comma-separated positive integers"),
-        (["gptj-6b", "--input-len", "0"], "--input-len takes comma-separated positive integers"),
-        (["gptj-6b", "--batch", "1,8,1"], "--batch lists 1 twice"),
-        (["gptj-6b", "--output-len", "128, 128"], "--output-len lists 128 twice"),
-        (["gptj-6b", "--batch", "\u00b2"], "--batch takes comma-separated positive integers"),
-        (["gptj-6b", "--batch", "\u0663"], "--batch takes comma-separated positive integers"),
-        (["gptj-6b", "--batch", "99999999999999999999"], "--batch: 99999999999999999999 is above"),
-        (["gptj-6b", "--input-len", "2147483649"], "--input-len: 2147483649 is above 2147483648"),
-        (["gptj-6b", "--tp", "3"], "cannot be split evenly over tp=3"),
-        (["gptj-6b", "--dtype", "fp8"], "--dtype must be fp16 or bf16, got 'fp8'"),
-        (["gptj-6b", "--tp", "0"], "--tp must be at least 1, got 0"),
-        (["gptj-6b", "--pp", "-2"], "--pp must be at least 1, got -2"),
-        (["gptj-6b", "--beam", "0"], "--beam must be at least 1, got 0"),
-        (["gptj-6b", "--gpu", "v100"], "no datasheet peaks for GPU 'v100'"),
+        (["--profile", "nope"], "no built-in profile 'nope'"),
+        (
+            ["--profile", "gptj-6b", "--batch", "1,x"],
+            "--batch takes comma-separated positive integers",
+        ),
+        (
+            ["--profile", "gptj-6b", "--input-len", "0"],
+            "--input-len takes comma-separated positive integers",
+        ),
+        (["--profile", "gptj-6b", "--batch", "1,8,1"], "--batch lists 1 twice"),
+        (["--profile", "gptj-6b", "--output-len", "128, 128"], "--output-len lists 128 twice"),
+        (
+            ["--profile", "gptj-6b", "--batch", "\u00b2"],
+            "--batch takes comma-separated positive integers",
+        ),
+        (
+            ["--profile", "gptj-6b", "--batch", "\u0663"],
+            "--batch takes comma-separated positive integers",
+        ),
+        (
+            ["--profile", "gptj-6b", "--batch", "99999999999999999999"],
+            "--batch: 99999999999999999999 is above",
+        ),
+        (
+            ["--profile", "gptj-6b", "--input-len", "2147483649"],
+            "--input-len: 2147483649 is above 2147483648",
+        ),
+        (["--profile", "gptj-6b", "--tp", "3"], "cannot be split evenly over tp=3"),
     ],
 )
 def test_bad_arguments_raise_ftbench_errors(args, message):
@@ -131,6 +154,41 @@ def test_bad_arguments_raise_ftbench_errors(args, message):
     assert result.exit_code != 0
     assert isinstance(result.exception, InvalidInputError)
     assert message in str(result.exception)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dtype", "fp8"], "'fp8' is not one of 'fp16', 'bf16'"),
+        (["--tp", "0"], "Invalid value for '--tp'"),
+        (["--pp", "-2"], "Invalid value for '--pp'"),
+        (["--beam", "0"], "Invalid value for '--beam'"),
+        (["--gpu", "v100"], "'v100' is not one of 'a100', 'h100', 'h200'"),
+    ],
+)
+def test_values_outside_an_options_choices_or_range_are_usage_errors(args, message, capsys):
+    from ftbench import cli
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["ftbench", "profiles", "show", "--profile", "gptj-6b", *args])
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main()
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_old_positional_model_still_works_with_a_deprecation_warning():
+    old = CliRunner().invoke(app, ["profiles", "show", "gptj-6b", "--json"])
+    new = CliRunner().invoke(app, ["profiles", "show", "--profile", "gptj-6b", "--json"])
+    assert old.exit_code == new.exit_code == 0
+    assert old.stdout == new.stdout
+    assert old.stderr.startswith("warning: `profiles show gptj-6b` is deprecated")
+
+
+def test_profiles_show_tune_and_run_select_the_model_with_the_same_options():
+    for command in (["profiles", "show"], ["tune"], ["run"]):
+        help_text = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"}).stdout
+        assert "--profile" in help_text and "--config" in help_text, command
 
 
 MISTRAL = str(CONFIGS / "mistral-7b-v0.1.json")
@@ -143,7 +201,7 @@ PAST_MISTRAL = (
 
 @pytest.mark.parametrize(
     "command",
-    [["profiles", "show", MISTRAL], ["tune", "--config", MISTRAL, "--dry-run"]],
+    [["profiles", "show", "--config", MISTRAL], ["tune", "--config", MISTRAL, "--dry-run"]],
     ids=["profiles show", "tune --dry-run"],
 )
 def test_lengths_past_a_rotary_models_positions_warn_naming_the_limit(command):
@@ -166,14 +224,16 @@ def test_run_warns_of_lengths_past_the_positions_before_it_looks_for_a_gpu(monke
 
 
 def test_lengths_within_the_positions_give_no_warning():
-    result = CliRunner().invoke(app, ["profiles", "show", MISTRAL, "--input-len", "32641"])
+    result = CliRunner().invoke(
+        app, ["profiles", "show", "--config", MISTRAL, "--input-len", "32641"]
+    )
     assert result.exit_code == 0, result.output
     assert result.stderr == ""
 
 
 def test_bad_name_is_one_line_on_stderr_and_exit_code_2():
     result = subprocess.run(
-        [sys.executable, "-m", "ftbench", "profiles", "show", "nope"],
+        [sys.executable, "-m", "ftbench", "profiles", "show", "--profile", "nope"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -50,7 +50,7 @@ UNSUPPORTED = {
 def _show_and_tune(path, *options):
     """`profiles show` and `tune --dry-run` of one config with the same options."""
     return [
-        runner.invoke(app, ["profiles", "show", str(path), *options]),
+        runner.invoke(app, ["profiles", "show", "--config", str(path), *options]),
         runner.invoke(app, ["tune", "--config", str(path), *options, "--dry-run"]),
     ]
 
@@ -205,7 +205,7 @@ def test_unsupported_architectures_are_refused_naming_the_model_type(config):
 @pytest.mark.parametrize(
     "args",
     [
-        ["profiles", "show", str(CONFIGS / "mixtral-8x7b-v0.1.json")],
+        ["profiles", "show", "--config", str(CONFIGS / "mixtral-8x7b-v0.1.json")],
         ["tune", "--config", str(CONFIGS / "mixtral-8x7b-v0.1.json"), "--dry-run"],
         ["run", "--config", str(CONFIGS / "mixtral-8x7b-v0.1.json"), "--out", "unused.json"],
     ],
@@ -224,7 +224,9 @@ def test_refusal_is_one_line_and_exit_code_2(args):
 @pytest.mark.parametrize("config", sorted(PARAMETERS))
 def test_show_and_tune_dry_run_list_the_same_problems(config):
     options = ["--tp", "2", "--batch", "1,8", "--input-len", "128,512", "--dtype", "bf16"]
-    shown = runner.invoke(app, ["profiles", "show", str(CONFIGS / config), *options, "--json"])
+    shown = runner.invoke(
+        app, ["profiles", "show", "--config", str(CONFIGS / config), *options, "--json"]
+    )
     tuned = runner.invoke(app, ["tune", "--config", str(CONFIGS / config), *options, "--dry-run"])
     assert shown.exit_code == 0 and tuned.exit_code == 0
     keys = [

@@ -2,6 +2,7 @@
 
 import json
 import warnings
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -145,11 +146,20 @@ def test_merge_refuses_caches_from_different_gpus():
     )
 
 
-def test_prune_drops_selected_entries():
+def test_prune_drops_entries_below_the_speedup_floor():
     cache = cache_with(entry(PROBLEMS[0], winner_ms=1.0), entry(PROBLEMS[1], winner_ms=0.5))
-    pruned, dropped = prune_cache(cache, lambda e: e.speedup < 1.05)
+    pruned, dropped = prune_cache(cache, min_speedup=1.05)
     assert dropped == 1
     assert list(pruned.entries) == [PROBLEMS[1].key()]
+
+
+def test_prune_drops_entries_older_than_the_age_limit():
+    cache = cache_with(entry(PROBLEMS[0], winner_ms=1.0), entry(PROBLEMS[1], winner_ms=0.5))
+    measured = datetime.fromisoformat(next(iter(cache.entries.values())).measured_utc)
+    pruned, dropped = prune_cache(cache, older_than_days=1, now=measured + timedelta(days=2))
+    assert (dropped, pruned.entries) == (2, {})
+    kept, dropped = prune_cache(cache, older_than_days=3, now=measured + timedelta(days=2))
+    assert (dropped, len(kept.entries)) == (0, 2)
 
 
 def test_interrupted_sweep_resumes_where_it_stopped(tmp_path):

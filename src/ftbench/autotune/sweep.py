@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ftbench.bench.timer import (
+    L2_MODES,
     TimingPolicy,
     TooSlow,
     cold_input_sets,
@@ -50,7 +51,7 @@ from ftbench.gemm.cache import (
     TunedEntry,
     load_cache,
 )
-from ftbench.gemm.candidate import Candidate
+from ftbench.gemm.candidate import BACKEND_NAMES, Candidate
 from ftbench.gemm.operands import (
     make_operands,
     poison,
@@ -85,6 +86,18 @@ class SweepOptions:
     max_operand_bytes: int = MAX_OPERAND_BYTES
     abandon_factor: float = 3.0
     min_gain: float = MIN_GAIN
+
+    def __post_init__(self) -> None:
+        if not self.backends:
+            raise InvalidInputError(f"--backends: name at least one of {', '.join(BACKEND_NAMES)}")
+        for name in self.backends:
+            get_backend(name)  # an unknown name is an error listing the known ones
+            if self.backends.count(name) > 1:
+                raise InvalidInputError(f"--backends lists {name} twice")
+        if self.l2 not in L2_MODES:
+            raise InvalidInputError(f"--l2 must be {' or '.join(L2_MODES)}, got {self.l2!r}")
+        if self.budget_s is not None and not self.budget_s > 0:
+            raise InvalidInputError(f"--budget must be more than zero, got {self.budget_s:g} s")
 
 
 @dataclass

@@ -114,11 +114,15 @@ def cold_input_sets(set_bytes: int, l2_bytes: int) -> int:
     return max(2, 1 + math.ceil(2 * l2_bytes / set_bytes))
 
 
+# The L2 modes a timing may ask for (`choose_l2_mode` picks how "cold" is made cold).
+L2_MODES = ("cold", "hot")
+
+
 def choose_l2_mode(l2: str, input_sets: int, set_bytes: int, l2_bytes: int) -> str:
     """'hot', 'cold-rotate' (the sets evict each other) or 'cold-flush' (flush before each)."""
     if l2 == "hot":
         return "hot"
-    if l2 != "cold":
+    if l2 not in L2_MODES:
         raise InvalidInputError(f"l2 must be 'hot' or 'cold', not {l2!r}")
     if input_sets >= 2 and (input_sets - 1) * set_bytes >= 2 * l2_bytes:
         return "cold-rotate"

@@ -23,9 +23,8 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -353,14 +352,32 @@ def merge_caches(caches: dict[str, TunedCache]) -> TunedCache:
     return merged
 
 
-def check_min_speedup(cache: TunedCache, min_speedup: float) -> None:
-    """Refuse a speed-up floor (`cache prune --min-speedup`) that is not a finite ratio >= 0,
-    or that lies above every entry's speed-up: a typo such as 100 for 1.00 would leave an empty
-    cache."""
+MAX_AGE_DAYS = 36500  # a century: any older cache entry is older than CUDA
+
+
+def prune_cache(
+    cache: TunedCache,
+    min_speedup: float = 0.0,
+    older_than_days: float | None = None,
+    now: datetime | None = None,
+) -> tuple[TunedCache, int]:
+    """A copy of `cache` without the entries that no longer pay (speed-up below
+    `min_speedup`) or were measured more than `older_than_days` before `now`, and how many
+    were dropped.
+
+    Refused before anything is dropped: a speed-up floor that is not a finite ratio >= 0 or
+    that lies above every entry's speed-up (a typo such as 100 for 1.00 would empty the cache),
+    and an age outside 0 to MAX_AGE_DAYS.
+    """
     if not (math.isfinite(min_speedup) and min_speedup >= 0):
         raise InvalidInputError(
             "--min-speedup takes a ratio >= 0, the cuBLAS default's time over the winner's "
             f"(e.g. 1.05: keep winners at least 5% faster), got {min_speedup}"
+        )
+    if older_than_days is not None and not 0 <= older_than_days <= MAX_AGE_DAYS:
+        raise InvalidInputError(
+            f"--older-than-days takes a number of days from 0 to {MAX_AGE_DAYS}, "
+            f"got {older_than_days}"
         )
     largest = max((entry.speedup for entry in cache.entries.values()), default=None)
     if largest is not None and min_speedup > largest:
@@ -368,9 +385,13 @@ def check_min_speedup(cache: TunedCache, min_speedup: float) -> None:
             f"--min-speedup {min_speedup:g} is above every entry's speed-up (the largest is "
             f"{largest:.3f}): it would drop all {len(cache.entries)} entries; nothing written"
         )
+    cutoff = None
+    if older_than_days is not None:
+        cutoff = (now or datetime.now(timezone.utc)) - timedelta(days=older_than_days)
 
+    def keep(entry: TunedEntry) -> bool:
+        too_old = cutoff is not None and datetime.fromisoformat(entry.measured_utc) < cutoff
+        return entry.speedup >= min_speedup and not too_old
 
-def prune_cache(cache: TunedCache, drop: Callable[[TunedEntry], bool]) -> tuple[TunedCache, int]:
-    """A copy of `cache` without the entries `drop` selects, and how many were dropped."""
-    kept = {key: entry for key, entry in cache.entries.items() if not drop(entry)}
+    kept = {key: entry for key, entry in cache.entries.items() if keep(entry)}
     return TunedCache(header=cache.header, entries=kept), len(cache.entries) - len(kept)

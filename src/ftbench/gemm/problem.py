@@ -196,6 +196,13 @@ class GpuPeaks:
         """Classify `problem` as "memory"- or "compute"-bound on this GPU."""
         return problem.bound_on(self.dense_fp16_flops_per_s, self.hbm_bytes_per_s)
 
+    def floor_s(self, problem: GemmProblem) -> float:
+        """The roofline floor of `problem`: the longer of its FLOPs at peak and its bytes at
+        full bandwidth (a measured time over it is the fraction of the roofline reached)."""
+        return max(
+            problem.flops() / self.dense_fp16_flops_per_s, problem.bytes() / self.hbm_bytes_per_s
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record."""
         return {

@@ -150,3 +150,19 @@ def free_memory_for_runs() -> int:
 def throughput_batches(largest: int) -> list[int]:
     """Batches tried by --max-throughput: powers of two below the largest that fits, and it."""
     return sorted({1 << i for i in range(largest.bit_length()) if 1 << i < largest} | {largest})
+
+
+def throughput_points(
+    spec: ModelSpec, dtype: str, input_lens, output_lens, micro_batches: int | None = None
+) -> tuple[RunPoint, ...]:
+    """`--max-throughput`'s points: per length pair, the batches of `throughput_batches` up to
+    the largest that fits in this GPU's free memory (from `micro_batches` up: a batch needs a
+    sequence per micro-batch)."""
+    free = free_memory_for_runs()
+    return tuple(
+        RunPoint(batch, input_len, output_len)
+        for input_len in input_lens
+        for output_len in output_lens
+        for batch in throughput_batches(max_batch(spec, input_len, output_len, dtype, free))
+        if micro_batches is None or batch >= micro_batches
+    )

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ftbench.errors import InvalidInputError
-from ftbench.files import check_file_target
+from ftbench.files import check_file_target, write_text_atomic
 
 RUN_COLUMNS = {
     "engine": "engine", "batch": "batch", "input_len": "in", "output_len": "out",
@@ -57,3 +57,10 @@ def run_table(records: Iterable[dict[str, Any]]):
             f"{record.get('reason', '')}"[:80],
         })  # fmt: skip
     return pd.DataFrame(rows, columns=list(RUN_COLUMNS))
+
+
+def write_run_table(records: Iterable[dict[str, Any]], out: Path):
+    """Write the records' table as CSV beside the results file `out` (OUT.csv); return it."""
+    table = run_table(records)
+    write_text_atomic(out.with_suffix(".csv"), table.to_csv(index=False))
+    return table

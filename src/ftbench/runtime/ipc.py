@@ -43,6 +43,7 @@ DEFAULT_MAX_ONE_SHOT_BYTES = 256 * 1024
 # over NVLink, few enough to leave the GPU to the decoder's other work.
 DEFAULT_BLOCKS = 32
 ONE_SHOT, NCCL = "one-shot", "nccl"
+ALLREDUCE_METHODS = (NCCL, ONE_SHOT)  # `ftbench run --allreduce`
 HANDLE_BYTES = 64
 HOST_BYTES = 64
 BUS_ID_BYTES = 16
