@@ -264,3 +264,88 @@ def test_deduplicate_order_does_not_depend_on_input_order():
 def test_fused_must_be_true_false_or_both():
     with pytest.raises(InvalidInputError, match="fused must be"):
         gemm_problems(load_builtin("gpt2-124m"), Workload(), fused="yes")
+
+
+# 8-bit workloads: the linear layers are quantised, attention products and the LM head are not.
+
+UNQUANTISED_ROLES = ("attn_scores", "attn_context", "lm_head")
+
+
+def counted_keys(name, **workload):
+    uses = gemm_problems(load_builtin(name), Workload((1,), (128,), **workload))
+    return [(item.problem.key(), item.count) for item in deduplicate(uses)]
+
+
+def test_gptj_6b_fp8_problems():
+    assert counted_keys("gptj-6b", dtype="fp8") == [
+        ("gemm:f16f16f16:f32:NT:m=1:n=50400:k=4096:b=1", 2),
+        ("gemm:e4m3e4m3f16:f32:NT:m=128:n=12288:k=4096:b=1:s=tensor", 28),
+        ("gemm:f16f16f16:f32:NT:m=128:n=128:k=256:b=16", 28),
+        ("gemm:f16f16f16:f32:NN:m=128:n=256:k=128:b=16", 28),
+        ("gemm:e4m3e4m3f16:f32:NT:m=128:n=4096:k=4096:b=1:s=tensor", 28),
+        ("gemm:e4m3e4m3f16:f32:NT:m=128:n=16384:k=4096:b=1:s=tensor", 28),
+        ("gemm:e4m3e4m3f16:f32:NT:m=128:n=4096:k=16384:b=1:s=tensor", 28),
+        ("gemm:e4m3e4m3f16:f32:NT:m=1:n=12288:k=4096:b=1:s=tensor", 28),
+        ("gemm:e4m3e4m3f16:f32:NT:m=1:n=4096:k=4096:b=1:s=tensor", 28),
+        ("gemm:e4m3e4m3f16:f32:NT:m=1:n=16384:k=4096:b=1:s=tensor", 28),
+        ("gemm:e4m3e4m3f16:f32:NT:m=1:n=4096:k=16384:b=1:s=tensor", 28),
+    ]
+
+
+def test_llama3_8b_int8_weight_only_problems():
+    assert counted_keys("llama3-8b", dtype="bf16", weights="int8") == [
+        ("gemm:bf16bf16bf16:f32:NT:m=1:n=128256:k=4096:b=1", 2),
+        ("gemm:bf16s8bf16:f32:NT:m=128:n=6144:k=4096:b=1:s=channel", 32),
+        ("gemm:bf16bf16bf16:f32:NT:m=128:n=128:k=128:b=32", 32),
+        ("gemm:bf16bf16bf16:f32:NN:m=128:n=128:k=128:b=32", 32),
+        ("gemm:bf16s8bf16:f32:NT:m=128:n=4096:k=4096:b=1:s=channel", 32),
+        ("gemm:bf16s8bf16:f32:NT:m=128:n=28672:k=4096:b=1:s=channel", 32),
+        ("gemm:bf16s8bf16:f32:NT:m=128:n=4096:k=14336:b=1:s=channel", 32),
+        ("gemm:bf16s8bf16:f32:NT:m=1:n=6144:k=4096:b=1:s=channel", 32),
+        ("gemm:bf16s8bf16:f32:NT:m=1:n=4096:k=4096:b=1:s=channel", 32),
+        ("gemm:bf16s8bf16:f32:NT:m=1:n=28672:k=4096:b=1:s=channel", 32),
+        ("gemm:bf16s8bf16:f32:NT:m=1:n=4096:k=14336:b=1:s=channel", 32),
+    ]
+
+
+@pytest.mark.parametrize("name", ["gptj-6b", "llama3-8b"])
+@pytest.mark.parametrize(
+    ("workload", "quantised", "unquantised"),
+    [
+        ({"dtype": "fp8"}, ("fp8", "fp8", "fp16", "tensor"), ("fp16", "fp16", "fp16", "none")),
+        (
+            {"dtype": "fp8", "out_dtype": "bf16", "scaling": "outer"},
+            ("fp8", "fp8", "bf16", "outer"),
+            ("bf16", "bf16", "bf16", "none"),
+        ),
+        (
+            {"weights": "int8"},
+            ("fp16", "int8", "fp16", "channel"),
+            ("fp16", "fp16", "fp16", "none"),
+        ),
+        (
+            {"dtype": "bf16", "weights": "fp8"},
+            ("bf16", "fp8", "bf16", "channel"),
+            ("bf16", "bf16", "bf16", "none"),
+        ),
+    ],
+)
+def test_8_bit_workloads_keep_the_shapes_and_quantise_only_the_linear_layers(
+    name, workload, quantised, unquantised
+):
+    assert shape_table(name, **workload) == shape_table(name)
+    uses = gemm_problems(load_builtin(name), Workload(**workload))
+    for use in uses:
+        p = use.problem
+        expected = unquantised if use.role in UNQUANTISED_ROLES else quantised
+        assert (p.a_dtype, p.b_dtype, p.c_dtype, p.scaling) == expected, use.role
+    counted = deduplicate(uses)
+    assert len(counted) == 11
+    assert sum(item.problem.scaling != "none" for item in counted) == 8
+
+
+def test_t5_cross_attention_projections_are_quantised_and_its_products_are_not():
+    uses = gemm_problems(load_builtin("t5-base"), Workload(dtype="fp8"))
+    scaling = {use.role: use.problem.scaling for use in uses}
+    assert scaling["cross_q"] == scaling["cross_kv"] == scaling["cross_out"] == "tensor"
+    assert scaling["cross_scores"] == scaling["cross_context"] == "none"
