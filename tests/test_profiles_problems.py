@@ -5,11 +5,9 @@ Each expected table maps (phase, role) to (m, n, k, batch_count, calls_per_step)
 
 import dataclasses
 
-import numpy as np
 import pytest
 
 from ftbench.errors import InvalidInputError
-from ftbench.gemm.problem import DATASHEET_PEAKS, GemmProblem, datasheet_peaks
 from ftbench.profiles.catalog import load_builtin
 from ftbench.profiles.problems import deduplicate, gemm_problems, rank_shapes, valid_tp_sizes
 from ftbench.profiles.spec import Workload
@@ -268,91 +266,86 @@ def test_fused_must_be_true_false_or_both():
         gemm_problems(load_builtin("gpt2-124m"), Workload(), fused="yes")
 
 
-# GemmProblem: the contract type.
+# 8-bit workloads: the linear layers are quantised, attention products and the LM head are not.
+
+UNQUANTISED_ROLES = ("attn_scores", "attn_context", "lm_head")
 
 
-def test_problem_key_flops_and_bytes():
-    problem = GemmProblem(m=1, n=12288, k=4096)
-    assert problem.key() == "gemm:f16f16f16:f32:NT:m=1:n=12288:k=4096:b=1"
-    assert problem.flops() == 2 * 12288 * 4096
-    assert problem.bytes() == 2 * (4096 + 12288 * 4096 + 12288)
-    batched = GemmProblem(128, 64, 128, "bf16", "bf16", "fp32", transb=False, batch_count=24)
-    assert batched.key() == "gemm:bf16bf16f32:f32:NN:m=128:n=64:k=128:b=24"
-    assert batched.bytes() == 24 * (128 * 128 * 2 + 128 * 64 * 2 + 128 * 64 * 4)
+def counted_keys(name, **workload):
+    uses = gemm_problems(load_builtin(name), Workload((1,), (128,), **workload))
+    return [(item.problem.key(), item.count) for item in deduplicate(uses)]
 
 
-def test_roofline_classification_on_h100():
-    h100 = DATASHEET_PEAKS["h100"]
-    assert GemmProblem(1, 4096, 4096).bound_on(
-        h100.dense_fp16_flops_per_s, h100.hbm_bytes_per_s
-    ) == ("memory")
-    assert h100.bound(GemmProblem(4096, 4096, 4096)) == "compute"  # intensity 4096/3 > ~295
-    assert GemmProblem(4096, 4096, 4096).arithmetic_intensity() == pytest.approx(4096 / 3)
+def test_gptj_6b_fp8_problems():
+    assert counted_keys("gptj-6b", dtype="fp8") == [
+        ("gemm:f16f16f16:f32:NT:m=1:n=50400:k=4096:b=1", 2),
+        ("gemm:e4m3e4m3f16:f32:NT:m=128:n=12288:k=4096:b=1:s=tensor", 28),
+        ("gemm:f16f16f16:f32:NT:m=128:n=128:k=256:b=16", 28),
+        ("gemm:f16f16f16:f32:NN:m=128:n=256:k=128:b=16", 28),
+        ("gemm:e4m3e4m3f16:f32:NT:m=128:n=4096:k=4096:b=1:s=tensor", 28),
+        ("gemm:e4m3e4m3f16:f32:NT:m=128:n=16384:k=4096:b=1:s=tensor", 28),
+        ("gemm:e4m3e4m3f16:f32:NT:m=128:n=4096:k=16384:b=1:s=tensor", 28),
+        ("gemm:e4m3e4m3f16:f32:NT:m=1:n=12288:k=4096:b=1:s=tensor", 28),
+        ("gemm:e4m3e4m3f16:f32:NT:m=1:n=4096:k=4096:b=1:s=tensor", 28),
+        ("gemm:e4m3e4m3f16:f32:NT:m=1:n=16384:k=4096:b=1:s=tensor", 28),
+        ("gemm:e4m3e4m3f16:f32:NT:m=1:n=4096:k=16384:b=1:s=tensor", 28),
+    ]
 
 
-def test_unknown_gpu_peaks_list_the_known_ones():
-    with pytest.raises(InvalidInputError, match="choose one of a100, h100, h200"):
-        datasheet_peaks("v100")
+def test_llama3_8b_int8_weight_only_problems():
+    assert counted_keys("llama3-8b", dtype="bf16", weights="int8") == [
+        ("gemm:bf16bf16bf16:f32:NT:m=1:n=128256:k=4096:b=1", 2),
+        ("gemm:bf16s8bf16:f32:NT:m=128:n=6144:k=4096:b=1:s=channel", 32),
+        ("gemm:bf16bf16bf16:f32:NT:m=128:n=128:k=128:b=32", 32),
+        ("gemm:bf16bf16bf16:f32:NN:m=128:n=128:k=128:b=32", 32),
+        ("gemm:bf16s8bf16:f32:NT:m=128:n=4096:k=4096:b=1:s=channel", 32),
+        ("gemm:bf16s8bf16:f32:NT:m=128:n=28672:k=4096:b=1:s=channel", 32),
+        ("gemm:bf16s8bf16:f32:NT:m=128:n=4096:k=14336:b=1:s=channel", 32),
+        ("gemm:bf16s8bf16:f32:NT:m=1:n=6144:k=4096:b=1:s=channel", 32),
+        ("gemm:bf16s8bf16:f32:NT:m=1:n=4096:k=4096:b=1:s=channel", 32),
+        ("gemm:bf16s8bf16:f32:NT:m=1:n=28672:k=4096:b=1:s=channel", 32),
+        ("gemm:bf16s8bf16:f32:NT:m=1:n=4096:k=14336:b=1:s=channel", 32),
+    ]
 
 
-def test_problem_round_trips_through_its_dict():
-    problem = GemmProblem(7, 9, 11, "bf16", "bf16", "bf16", batch_count=3)
-    data = problem.to_dict()
-    assert data == {
-        "schema": 1, "a_dtype": "bf16", "b_dtype": "bf16", "c_dtype": "bf16",
-        "compute_dtype": "fp32", "transa": False, "transb": True, "m": 7, "n": 9, "k": 11,
-        "batch_count": 3,
-    }  # fmt: skip
-    assert GemmProblem.from_dict(data) == problem
-
-
-def test_problem_written_with_the_old_op_field_still_loads():
-    # Records written before "op" was dropped carry "op": "gemm"; their key is unchanged.
-    problem = GemmProblem.from_dict({**GemmProblem(1, 2, 3).to_dict(), "op": "gemm"})
-    assert problem == GemmProblem(1, 2, 3)
-    assert problem.key() == "gemm:f16f16f16:f32:NT:m=1:n=2:k=3:b=1"
-
-
+@pytest.mark.parametrize("name", ["gptj-6b", "llama3-8b"])
 @pytest.mark.parametrize(
-    ("data", "message"),
+    ("workload", "quantised", "unquantised"),
     [
-        ({"schema": 2}, "schema 2 is not supported"),
-        ({"schema": 1, "m": 1}, "missing field"),
-        ({**GemmProblem(1, 2, 3).to_dict(), "alpha": 1}, "unknown field"),
-        ({**GemmProblem(1, 2, 3).to_dict(), "m": 0}, "m must be a positive integer"),
-        ({**GemmProblem(1, 2, 3).to_dict(), "a_dtype": "int8"}, "a_dtype must be one of"),
-        ({**GemmProblem(1, 2, 3).to_dict(), "op": "conv"}, "op 'conv' is not supported"),
+        ({"dtype": "fp8"}, ("fp8", "fp8", "fp16", "tensor"), ("fp16", "fp16", "fp16", "none")),
+        (
+            {"dtype": "fp8", "out_dtype": "bf16", "scaling": "outer"},
+            ("fp8", "fp8", "bf16", "outer"),
+            ("bf16", "bf16", "bf16", "none"),
+        ),
+        (
+            {"weights": "int8"},
+            ("fp16", "int8", "fp16", "channel"),
+            ("fp16", "fp16", "fp16", "none"),
+        ),
+        (
+            {"dtype": "bf16", "weights": "fp8"},
+            ("bf16", "fp8", "bf16", "channel"),
+            ("bf16", "bf16", "bf16", "none"),
+        ),
     ],
 )
-def test_problem_from_bad_dict_is_an_error(data, message):
-    with pytest.raises(InvalidInputError, match=message):
-        GemmProblem.from_dict(data)
+def test_8_bit_workloads_keep_the_shapes_and_quantise_only_the_linear_layers(
+    name, workload, quantised, unquantised
+):
+    assert shape_table(name, **workload) == shape_table(name)
+    uses = gemm_problems(load_builtin(name), Workload(**workload))
+    for use in uses:
+        p = use.problem
+        expected = unquantised if use.role in UNQUANTISED_ROLES else quantised
+        assert (p.a_dtype, p.b_dtype, p.c_dtype, p.scaling) == expected, use.role
+    counted = deduplicate(uses)
+    assert len(counted) == 11
+    assert sum(item.problem.scaling != "none" for item in counted) == 8
 
 
-def _column_major_gemm(transa, transb, m, n, k, a, lda, b, ldb, ldc):
-    """What cuBLAS computes: C = op(A) @ op(B), every buffer read column-major."""
-
-    def matrix(buffer, ld, rows, cols):
-        return buffer[: ld * cols].reshape(cols, ld).T[:rows, :]
-
-    op_a = matrix(a, lda, k, m).T if transa == "T" else matrix(a, lda, m, k)
-    op_b = matrix(b, ldb, n, k).T if transb == "T" else matrix(b, ldb, k, n)
-    result = np.zeros(ldc * n)
-    matrix(result, ldc, m, n)[...] = op_a @ op_b
-    return result
-
-
-@pytest.mark.parametrize("transb", [True, False])
-def test_cublas_call_computes_the_row_major_problem(transb):
-    rng = np.random.default_rng(0)
-    m, n, k = 5, 7, 3
-    x = rng.standard_normal((m, k))
-    weight = rng.standard_normal((n, k)) if transb else rng.standard_normal((k, n))
-    expected = x @ (weight.T if transb else weight)
-    call = GemmProblem(m, n, k, transb=transb).cublas_call()
-    # cuBLAS's first operand is our B (the weight), its second our A (the activations).
-    out = _column_major_gemm(
-        call["transa"], call["transb"], call["m"], call["n"], call["k"],
-        weight.ravel(), call["lda"], x.ravel(), call["ldb"], call["ldc"],
-    )  # fmt: skip
-    np.testing.assert_allclose(out.reshape(m, n), expected)
+def test_t5_cross_attention_projections_are_quantised_and_its_products_are_not():
+    uses = gemm_problems(load_builtin("t5-base"), Workload(dtype="fp8"))
+    scaling = {use.role: use.problem.scaling for use in uses}
+    assert scaling["cross_q"] == scaling["cross_kv"] == scaling["cross_out"] == "tensor"
+    assert scaling["cross_scores"] == scaling["cross_context"] == "none"

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -281,11 +282,72 @@ def test_workload_defaults_and_lists_become_tuples():
         ({"batch_sizes": ()}, "batch_sizes must not be empty"),
         ({"input_lens": (0,)}, "input_lens must be a positive integer"),
         ({"output_lens": "128"}, "output_lens must be a list"),
-        ({"dtype": "fp32"}, "dtype must be one of fp16, bf16"),
+        ({"dtype": "fp32"}, "dtype must be one of fp16, bf16, fp8, got 'fp32'"),
         ({"tp": 0}, "tp must be a positive integer"),
         ({"beam_width": 1.5}, "beam_width must be a positive integer"),
     ],
 )
 def test_workload_rejects_bad_values(changes, message):
     with pytest.raises(InvalidInputError, match=message):
+        Workload(**changes)
+
+
+@pytest.mark.parametrize(
+    ("changes", "formats"),
+    [
+        ({}, ("fp16", "fp16", "fp16", "none")),
+        ({"dtype": "bf16"}, ("bf16", "bf16", "bf16", "none")),
+        ({"dtype": "fp8"}, ("fp8", "fp8", "fp16", "tensor")),
+        ({"dtype": "fp8", "weights": "fp8"}, ("fp8", "fp8", "fp16", "tensor")),
+        (
+            {"dtype": "fp8", "out_dtype": "bf16", "scaling": "outer"},
+            ("fp8", "fp8", "bf16", "outer"),
+        ),
+        ({"weights": "int8"}, ("fp16", "int8", "fp16", "channel")),
+        ({"dtype": "bf16", "weights": "fp8"}, ("bf16", "fp8", "bf16", "channel")),
+    ],
+)
+def test_workload_formats_are_resolved_when_made(changes, formats):
+    workload = Workload(**changes)
+    assert (workload.dtype, workload.weights, workload.out_dtype, workload.scaling) == formats
+
+
+def test_workload_record_names_every_format():
+    data = Workload(dtype="bf16", weights="int8").to_dict()
+    assert (data["dtype"], data["weights"], data["out_dtype"], data["scaling"]) == (
+        "bf16", "int8", "bf16", "channel",
+    )  # fmt: skip
+    assert Workload(**data) == Workload(dtype="bf16", weights="int8")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"dtype": "fp8", "weights": "int8"},
+            "dtype fp8 takes fp8 weights, not int8: FP8 tensor cores multiply E4M3 by E4M3",
+        ),
+        ({"dtype": "fp8", "weights": "fp16"}, "workload: weights must be one of fp8, got 'fp16'"),
+        ({"weights": "bf16"}, "workload: weights must be one of fp16, fp8, int8, got 'bf16'"),
+        (
+            {"dtype": "fp8", "out_dtype": "fp8"},
+            "workload: out_dtype must be one of fp16, bf16, got 'fp8'",
+        ),
+        (
+            {"dtype": "bf16", "out_dtype": "fp16"},
+            "workload: out_dtype fp16 differs from dtype bf16",
+        ),
+        (
+            {"dtype": "fp8", "scaling": "channel"},
+            "workload: fp8 x fp8 GEMMs take scaling tensor or outer, got 'channel'",
+        ),
+        (
+            {"weights": "int8", "scaling": "tensor"},
+            "weight-only (fp16 x int8) GEMMs take scaling channel, got 'tensor'",
+        ),
+        ({"scaling": "tensor"}, "workload: fp16 x fp16 GEMMs take scaling none, got 'tensor'"),
+    ],
+)
+def test_workload_refuses_format_combinations_saying_why(changes, message):
+    with pytest.raises(InvalidInputError, match=re.escape(message)):
         Workload(**changes)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from ftbench.errors import FtbenchError, InvalidInputError
 from ftbench.gemm.backends import get_backend
-from ftbench.gemm.problem import DATASHEET_PEAKS, GpuPeaks
+from ftbench.gemm.problem import DATASHEET_PEAKS, GemmProblem, GpuPeaks
 from ftbench.profiles.problems import CountedProblem, Fused, deduplicate, gemm_problems
 from ftbench.profiles.spec import ModelSpec, Workload
 
@@ -32,18 +31,27 @@ def tuning_problems(
 
 
 def candidate_counts(
-    problem: Any, backend_names: list[str], reasons: dict[str, str]
+    problem: GemmProblem, backend_names: list[str], reasons: dict[str, str]
 ) -> dict[str, int | None]:
-    """Per backend, how many candidates it offers for `problem`; None where it cannot say
-    here (a GPU or package is missing), with the reason put in `reasons`."""
+    """Per backend, how many candidates it offers for `problem`; None where it cannot compute
+    the problem (an 8-bit one, a shape its kernels do not take) or cannot say here (a GPU or
+    package is missing), with the reason added to `reasons` (distinct reasons joined by "; ")."""
     counts: dict[str, int | None] = {}
     for name in backend_names:
         backend = get_backend(name)
-        try:
-            counts[name] = len(backend.candidates(problem))
-        except (FtbenchError, ImportError, RuntimeError, OSError) as exc:
-            counts[name] = None
-            reasons[name] = backend.unavailable_reason() or str(exc)
+        reason = backend.unsupported_reason(problem)
+        if reason is None:
+            try:
+                counts[name] = len(backend.candidates(problem))
+                continue
+            except (FtbenchError, ImportError, RuntimeError, OSError) as exc:
+                reason = backend.unavailable_reason() or str(exc)
+        counts[name] = None
+        previous = reasons.get(name)
+        if previous is None:
+            reasons[name] = reason
+        elif reason not in previous.split("; "):
+            reasons[name] = f"{previous}; {reason}"
     return counts
 
 

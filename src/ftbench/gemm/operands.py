@@ -11,7 +11,7 @@ from typing import Any
 
 from ftbench.dtypes import DTYPES, numpy_dtype
 from ftbench.errors import InvalidInputError
-from ftbench.gemm.problem import GEMM_DTYPES, GemmProblem
+from ftbench.gemm.problem import UNSCALED_DTYPES, GemmProblem
 
 _BF16_NAN = 0x7FC0
 
@@ -27,9 +27,9 @@ def operand_shapes(problem: GemmProblem) -> tuple[tuple[int, ...], ...]:
 
 
 def _check_dtype(dtype: str) -> None:
-    if dtype not in GEMM_DTYPES:
+    if dtype not in UNSCALED_DTYPES:
         raise InvalidInputError(
-            f"GEMMs in {dtype} cannot be run here (supported: {', '.join(GEMM_DTYPES)})"
+            f"GEMMs in {dtype} cannot be run here (supported: {', '.join(UNSCALED_DTYPES)})"
         )
 
 

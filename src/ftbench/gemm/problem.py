@@ -13,6 +13,24 @@ weights stored [out_features, in_features]. A problem is described in those row-
 
 `cublas_call()` translates a problem into the column-major cuBLAS arguments, so backends never
 re-derive the row-major/column-major swap.
+
+8-bit problems carry a `scaling` scheme: the fp32 scales their 8-bit operands are read with.
+C[i, j] = scale_a[i] * scale_b[j] * sum_k op(A)[i, k] * op(B)[k, j], in the operands' stored
+values, where a "tensor" scale stands for every row or column and an operand without scales
+counts 1:
+
+- "none": no scales, fp16/bf16/fp32 operands (the default: every unquantised GEMM).
+- "tensor": FP8 x FP8 (E4M3 A and B), one fp32 scale per operand.
+- "outer": FP8 x FP8 with one fp32 scale per row of op(A) (m of them, one per token) and one per
+  column of op(B) (n, one per output channel): cuBLASLt's outer-vector scaling.
+- "channel": weight-only, fp16/bf16 activations A (unscaled) and fp8 or int8 weights B with one
+  fp32 scale per output channel (n of them).
+
+C is never 8-bit and the accumulation is fp32. An 8-bit problem is one GEMM (batch_count 1): the
+batched attention products stay in fp16/bf16. `key()` appends ":s=SCHEME" to the key of a
+scaled problem only, e.g. "gemm:e4m3e4m3f16:f32:NT:m=16:n=4096:k=4096:b=1:s=tensor", so the keys
+of "none" problems, in tuned caches on disk, are those of before. Records (`to_dict`) carry
+"scaling"; a record written before it existed loads as "none".
 """
 
 from __future__ import annotations
@@ -21,13 +39,60 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from ftbench.dtypes import DTYPES
+from ftbench.dtypes import DTYPES, EIGHT_BIT_DTYPES
 from ftbench.errors import InvalidInputError
 
 PROBLEM_SCHEMA = 1
 
-# Formats a GEMM problem may name (fp64 is the NumPy reference's, never a GPU GEMM's).
-GEMM_DTYPES = ("fp16", "bf16", "fp32")
+# Formats of C, of the accumulation and of the operands of an unscaled problem (fp64 is the
+# NumPy reference's, never a GPU GEMM's).
+UNSCALED_DTYPES = ("fp16", "bf16", "fp32")
+# Formats a GEMM problem's operands may name.
+GEMM_DTYPES = (*UNSCALED_DTYPES, *EIGHT_BIT_DTYPES)
+# What each field may hold: activations are never int8 (8-bit activations are E4M3).
+_FIELD_DTYPES = {
+    "a_dtype": (*UNSCALED_DTYPES, "fp8"),
+    "b_dtype": GEMM_DTYPES,
+    "c_dtype": UNSCALED_DTYPES,
+    "compute_dtype": UNSCALED_DTYPES,
+}
+SCALINGS = ("none", "tensor", "outer", "channel")  # see the module docstring
+SCALE_DTYPE = "fp32"
+# Formats of weight-only problems' activations.
+_WEIGHT_ONLY_ACTIVATIONS = ("fp16", "bf16")
+
+
+def default_out_dtype(a_dtype: str) -> str:
+    """The format C gets unless told: A's, fp16 when A is fp8 (C is never 8-bit)."""
+    return "fp16" if a_dtype in EIGHT_BIT_DTYPES else a_dtype
+
+
+def default_scaling(a_dtype: str, b_dtype: str) -> str:
+    """The scheme a problem of these operand formats gets unless told: "tensor" for FP8 x FP8,
+    "channel" for 8-bit weights with fp16/bf16 activations, else "none"."""
+    if a_dtype == "fp8":
+        return "tensor"
+    return "channel" if b_dtype in EIGHT_BIT_DTYPES else "none"
+
+
+def scaling_error(a_dtype: str, b_dtype: str, scaling: str) -> str | None:
+    """Why operands (A, B) of these formats cannot take `scaling`, or None (the formats are
+    ones the fields may hold)."""
+    if scaling not in SCALINGS:
+        return f"scaling must be one of {', '.join(SCALINGS)}, got {scaling!r}"
+    if a_dtype == "fp8":
+        if b_dtype != "fp8":
+            return f"fp8 activations (A) need fp8 weights (B), got {b_dtype}"
+        allowed, kind = ("tensor", "outer"), "fp8 x fp8"
+    elif b_dtype in EIGHT_BIT_DTYPES:
+        if a_dtype not in _WEIGHT_ONLY_ACTIVATIONS:
+            return f"{b_dtype} weights (B) need fp16 or bf16 activations (A), got {a_dtype}"
+        allowed, kind = ("channel",), f"weight-only ({a_dtype} x {b_dtype})"
+    else:
+        allowed, kind = ("none",), f"{a_dtype} x {b_dtype}"
+    if scaling not in allowed:
+        return f"{kind} GEMMs take scaling {' or '.join(allowed)}, got {scaling!r}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -44,6 +109,7 @@ class GemmProblem:
     transa: bool = False
     transb: bool = True
     batch_count: int = 1
+    scaling: str = "none"
 
     def __post_init__(self) -> None:
         for field_name in ("m", "n", "k", "batch_count"):
@@ -52,15 +118,30 @@ class GemmProblem:
                 raise InvalidInputError(
                     f"GEMM problem {field_name} must be a positive integer, got {value!r}"
                 )
-        for field_name in ("a_dtype", "b_dtype", "c_dtype", "compute_dtype"):
+        for field_name, allowed in _FIELD_DTYPES.items():
             value = getattr(self, field_name)
-            if value not in GEMM_DTYPES:
+            if value not in allowed:
                 raise InvalidInputError(
-                    f"GEMM problem {field_name} must be one of {sorted(GEMM_DTYPES)}, got {value!r}"
+                    f"GEMM problem {field_name} must be one of {sorted(allowed)}, got {value!r}"
                 )
         for field_name in ("transa", "transb"):
             if not isinstance(getattr(self, field_name), bool):
                 raise InvalidInputError(f"GEMM problem {field_name} must be true or false")
+        error = scaling_error(self.a_dtype, self.b_dtype, self.scaling)
+        if error is None and self.scaling != "none":
+            error = self._scaled_error()
+        if error is not None:
+            raise InvalidInputError(f"GEMM problem: {error}")
+
+    def _scaled_error(self) -> str | None:
+        if self.compute_dtype != "fp32":
+            return f"8-bit GEMMs accumulate in fp32, got compute_dtype {self.compute_dtype}"
+        if self.batch_count != 1:
+            return (
+                f"8-bit GEMMs are single GEMMs (batch_count 1), got {self.batch_count}: the "
+                "batched attention products stay in fp16/bf16"
+            )
+        return None
 
     @property
     def layout(self) -> str:
@@ -71,14 +152,26 @@ class GemmProblem:
         """Multiply-adds counted as two operations: 2 * m * n * k * batch_count."""
         return 2 * self.m * self.n * self.k * self.batch_count
 
+    def scale_lengths(self) -> tuple[int, int]:
+        """How many fp32 scales A and B are read with: (0, 0) unscaled, (1, 1) "tensor",
+        (m, n) "outer", (0, n) "channel"."""
+        return {
+            "none": (0, 0),
+            "tensor": (1, 1),
+            "outer": (self.m, self.n),
+            "channel": (0, self.n),
+        }[self.scaling]
+
     def bytes(self) -> int:
-        """Bytes moved if A and B are read once and C written once, at their dtypes' sizes."""
+        """Bytes moved if A, B and their scales are read once and C written once, at their
+        dtypes' sizes (8-bit operands one byte an element)."""
         per_batch = (
             self.m * self.k * DTYPES[self.a_dtype].bytes
             + self.k * self.n * DTYPES[self.b_dtype].bytes
             + self.m * self.n * DTYPES[self.c_dtype].bytes
         )
-        return per_batch * self.batch_count
+        scales = sum(self.scale_lengths()) * DTYPES[SCALE_DTYPE].bytes
+        return per_batch * self.batch_count + scales
 
     def arithmetic_intensity(self) -> float:
         """FLOPs per byte of compulsory memory traffic."""
@@ -99,11 +192,13 @@ class GemmProblem:
         return "compute" if self.arithmetic_intensity() >= ridge_flops_per_byte else "memory"
 
     def key(self) -> str:
-        """Stable cache key, e.g. "gemm:f16f16f16:f32:NT:m=1:n=12288:k=4096:b=1"."""
+        """Stable cache key, e.g. "gemm:f16f16f16:f32:NT:m=1:n=12288:k=4096:b=1", with
+        ":s=SCHEME" after it when scaled (see the module docstring)."""
         dtypes = "".join(DTYPES[d].code for d in (self.a_dtype, self.b_dtype, self.c_dtype))
+        scaling = "" if self.scaling == "none" else f":s={self.scaling}"
         return (
             f"gemm:{dtypes}:{DTYPES[self.compute_dtype].code}:{self.layout}:"
-            f"m={self.m}:n={self.n}:k={self.k}:b={self.batch_count}"
+            f"m={self.m}:n={self.n}:k={self.k}:b={self.batch_count}{scaling}"
         )
 
     def cublas_call(self) -> dict[str, Any]:
@@ -145,6 +240,7 @@ class GemmProblem:
             "n": self.n,
             "k": self.k,
             "batch_count": self.batch_count,
+            "scaling": self.scaling,
         }
 
     @classmethod
@@ -152,7 +248,8 @@ class GemmProblem:
         """Inverse of `to_dict`; a wrong schema or a missing or unknown field is an error.
 
         Records written before the "op" field was dropped carry "op": "gemm" (it never had
-        another value); they still load, and any other op is refused.
+        another value); they still load, and any other op is refused. Records written before
+        "scaling" existed hold unscaled problems and load as scaling "none".
         """
         if not isinstance(data, dict):
             raise InvalidInputError(f"a GEMM problem must be a JSON object, got {data!r}")
@@ -161,7 +258,8 @@ class GemmProblem:
                 f"GEMM problem schema {data.get('schema')!r} is not supported "
                 f"(this ftbench reads schema {PROBLEM_SCHEMA})"
             )
-        fields = {key: value for key, value in data.items() if key not in ("schema", "op")}
+        fields = {"scaling": "none"}
+        fields.update((key, value) for key, value in data.items() if key not in ("schema", "op"))
         if data.get("op", "gemm") != "gemm":
             raise InvalidInputError(
                 f"GEMM problem op {data['op']!r} is not supported (ftbench tunes only 'gemm')"
@@ -177,10 +275,31 @@ class GemmProblem:
 
 
 @functools.lru_cache(maxsize=4096)
-def linear_problem(m: int, n: int, k: int, dtype: str) -> GemmProblem:
-    """The problem of a linear layer Y[m, n] = X[m, k] @ W[n, k]^T in `dtype` (the one
-    constructor: profiles, the runtime's dispatch and the benchmarks all build it here)."""
-    return GemmProblem(m=m, n=n, k=k, a_dtype=dtype, b_dtype=dtype, c_dtype=dtype)
+def linear_problem(
+    m: int,
+    n: int,
+    k: int,
+    dtype: str,
+    *,
+    weights: str | None = None,
+    out_dtype: str | None = None,
+    scaling: str | None = None,
+) -> GemmProblem:
+    """The problem of a linear layer Y[m, n] = X[m, k] @ W[n, k]^T (the one constructor:
+    profiles, the runtime's dispatch and the benchmarks all build it here).
+
+    `dtype` is X's format, `weights` W's (default `dtype`), `out_dtype` Y's (default
+    `default_out_dtype`: `dtype`, fp16 for fp8) and `scaling` the scheme (default
+    `default_scaling`): a plain fp16 layer is `linear_problem(m, n, k, "fp16")`, an FP8 one
+    `linear_problem(m, n, k, "fp8")`, an int8 weight-only one `linear_problem(m, n, k, "bf16",
+    weights="int8")`.
+    """
+    weights = dtype if weights is None else weights
+    out_dtype = default_out_dtype(dtype) if out_dtype is None else out_dtype
+    scaling = default_scaling(dtype, weights) if scaling is None else scaling
+    return GemmProblem(
+        m=m, n=n, k=k, a_dtype=dtype, b_dtype=weights, c_dtype=out_dtype, scaling=scaling
+    )
 
 
 @dataclass(frozen=True)

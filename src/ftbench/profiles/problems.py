@@ -21,6 +21,12 @@ Conventions (docs/profiles.md explains them with examples):
   Decoder self-attention during generation reads a growing KV cache and has no fixed GEMM shape.
 - T5: the encoder runs in the context phase, which also projects the encoder output to every
   decoder layer's cross-attention K and V (m = batch x input length, once per request).
+- 8-bit workloads quantise the linear layers of every transformer layer (projections, attention
+  output, MLP, T5's cross-attention projections): an fp8 workload's are FP8 x FP8 problems
+  (scaling "tensor" or "outer", output in `out_dtype`), an fp8 or int8 `weights` workload's are
+  weight-only problems (scaling "channel"). The attention products (batched GEMMs) and the LM
+  head stay unquantised, in the 16-bit format (`Workload.out_dtype`), as the common FP8 and
+  weight-only recipes keep them (TensorRT Model Optimizer leaves lm_head unquantised).
 """
 
 from __future__ import annotations
@@ -216,18 +222,26 @@ class _Emitter:
     def __init__(self, spec: ModelSpec, workload: Workload, shapes: RankShapes, fused: Fused):
         self.spec = spec
         self.shapes = shapes
-        self.dtype = workload.dtype
+        self.workload = workload
         self.fused = fused
         self.uses: list[ProblemUse] = []
         self.batch = 0
         self.input_len = 0
 
-    def _gemm(
+    def _quantised(self, m: int, n: int, k: int) -> GemmProblem:
+        """A linear layer of a transformer layer, in the workload's formats and scaling."""
+        w = self.workload
+        return linear_problem(
+            m, n, k, w.dtype, weights=w.weights, out_dtype=w.out_dtype, scaling=w.scaling
+        )
+
+    def _unquantised(
         self, m: int, n: int, k: int, batch_count: int = 1, transb: bool = True
     ) -> GemmProblem:
+        """The LM head and the attention products: in the 16-bit format, never 8-bit."""
+        dtype = self.workload.out_dtype
         if batch_count == 1 and transb:
-            return linear_problem(m, n, k, self.dtype)
-        dtype = self.dtype
+            return linear_problem(m, n, k, dtype)
         return GemmProblem(m, n, k, dtype, dtype, dtype, transb=transb, batch_count=batch_count)
 
     def add(
@@ -238,7 +252,7 @@ class _Emitter:
         )
 
     def linear(self, phase: str, role: str, m: int, n: int, k: int, calls: int) -> None:
-        self.add(phase, role, self._gemm(m, n, k), calls)
+        self.add(phase, role, self._quantised(m, n, k), calls)
 
     def self_attention_projections(self, phase: str, m: int, calls: int) -> None:
         hidden, q_width, kv_width = self.spec.hidden_size, self.shapes.q_width, self.shapes.kv_width
@@ -263,8 +277,8 @@ class _Emitter:
     ) -> None:
         head_dim = self.spec.head_dim
         batch_count = sequences * self.shapes.q_heads
-        scores = self._gemm(q_len, kv_len, head_dim, batch_count, transb=True)
-        context = self._gemm(q_len, head_dim, kv_len, batch_count, transb=False)
+        scores = self._unquantised(q_len, kv_len, head_dim, batch_count, transb=True)
+        context = self._unquantised(q_len, head_dim, kv_len, batch_count, transb=False)
         self.add(phase, f"{prefix}_scores", scores, calls, attention=True)
         self.add(phase, f"{prefix}_context", context, calls, attention=True)
 
@@ -284,7 +298,8 @@ class _Emitter:
         self.linear(phase, "ffn_down", m, hidden, ffn, calls)
 
     def lm_head(self, phase: str, m: int) -> None:
-        self.linear(phase, "lm_head", m, self.shapes.lm_head_rows, self.spec.hidden_size, 1)
+        problem = self._unquantised(m, self.shapes.lm_head_rows, self.spec.hidden_size)
+        self.add(phase, "lm_head", problem, 1)
 
     def self_attention_layer(
         self, phase: str, m: int, sequences: int, seq_len: int, calls: int

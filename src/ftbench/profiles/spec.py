@@ -10,9 +10,10 @@ import json
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
-from ftbench.dtypes import RUNTIME_DTYPES
+from ftbench.dtypes import EIGHT_BIT_DTYPES, RUNTIME_DTYPES
 from ftbench.errors import InvalidInputError
 from ftbench.files import is_positive_number
+from ftbench.gemm.problem import default_out_dtype, default_scaling, scaling_error
 
 SPEC_SCHEMA = 1
 WORKLOAD_SCHEMA = 1
@@ -21,7 +22,9 @@ FAMILIES = ("gpt2", "megatron-gpt", "gptj", "llama", "bert", "t5")
 ACTIVATIONS = ("gelu_new", "gelu", "silu", "relu")
 NORMS = ("layernorm", "rmsnorm")
 POSITION_EMBEDDINGS = ("learned", "rotary", "relative")
-DTYPES = RUNTIME_DTYPES
+DTYPES = RUNTIME_DTYPES  # the formats the runtime computes in (the CLI's --dtype)
+# A workload's dtype: those, and FP8 (E4M3 linear layers).
+WORKLOAD_DTYPES = (*RUNTIME_DTYPES, "fp8")
 MAX_SIZE = 2**31  # GEMM libraries take 32-bit sizes: a larger width or count is a typo
 # The largest value a model's number may take: several times that of any released model (the
 # largest have about 126 layers, a hidden size of 16-20k, an FFN of 74k, 128 heads, head_dim
@@ -341,6 +344,18 @@ class Workload:
     `output_lens` only decides whether a generation phase exists (shapes do not depend on it);
     `tp` and `pp` are the tensor- and pipeline-parallel sizes; `beam_width` multiplies the rows
     of every generation-phase GEMM.
+
+    Number formats, each resolved when the workload is made (a record names all of them):
+    - `dtype`: the linear layers' activations, "fp16", "bf16" or "fp8" (E4M3 activations and
+      weights with fp32 scales: an FP8 deployment);
+    - `weights`: the linear layers' weights, default `dtype`; "fp8" or "int8" with an fp16 or
+      bf16 `dtype` is weight-only quantisation (one scale per output channel). An fp8 workload
+      takes fp8 weights only: FP8 tensor cores multiply E4M3 by E4M3;
+    - `out_dtype`: the fp16/bf16 format of the GEMM outputs and of everything that is not a
+      quantised linear layer (attention, the LM head); default `dtype`, fp16 for fp8. Only an
+      fp8 workload chooses it;
+    - `scaling`: the linear layers' scaling scheme (`gemm.problem.SCALINGS`): default "tensor"
+      for fp8 ("outer" is the other choice), "channel" for weight-only, "none" otherwise.
     """
 
     batch_sizes: tuple[int, ...] = (1,)
@@ -350,6 +365,9 @@ class Workload:
     tp: int = 1
     pp: int = 1
     beam_width: int = 1
+    weights: str | None = None
+    out_dtype: str | None = None
+    scaling: str | None = None
     schema: int = WORKLOAD_SCHEMA
 
     def __post_init__(self) -> None:
@@ -369,9 +387,37 @@ class Workload:
             for value in values:
                 _check_int(owner, name, value, 1)
             object.__setattr__(self, name, values)
-        _check_choice(owner, "dtype", self.dtype, DTYPES)
+        _check_choice(owner, "dtype", self.dtype, WORKLOAD_DTYPES)
         for name in ("tp", "pp", "beam_width"):
             _check_int(owner, name, getattr(self, name), 1)
+        self._resolve_formats(owner)
+
+    def _resolve_formats(self, owner: str) -> None:
+        """Check `weights`, `out_dtype` and `scaling` against `dtype` and fill in defaults."""
+        dtype = self.dtype
+        weights = dtype if self.weights is None else self.weights
+        if dtype == "fp8" and weights == "int8":
+            raise InvalidInputError(
+                f"{owner}: dtype fp8 takes fp8 weights, not int8: FP8 tensor cores multiply E4M3 "
+                "by E4M3, so int8 weights would need a dequantising pass; for int8 weights use "
+                "dtype fp16 or bf16 (weight-only)"
+            )
+        choices = ("fp8",) if dtype == "fp8" else (dtype, *EIGHT_BIT_DTYPES)
+        _check_choice(owner, "weights", weights, choices)
+        out_dtype = default_out_dtype(dtype) if self.out_dtype is None else self.out_dtype
+        _check_choice(owner, "out_dtype", out_dtype, RUNTIME_DTYPES)
+        if dtype != "fp8" and out_dtype != dtype:
+            raise InvalidInputError(
+                f"{owner}: out_dtype {out_dtype} differs from dtype {dtype}: out_dtype is the "
+                f"output format of an fp8 workload; dtype {dtype} writes {dtype}"
+            )
+        scaling = default_scaling(dtype, weights) if self.scaling is None else self.scaling
+        error = scaling_error(dtype, weights, scaling)
+        if error is not None:
+            raise InvalidInputError(f"{owner}: {error}")
+        object.__setattr__(self, "weights", weights)
+        object.__setattr__(self, "out_dtype", out_dtype)
+        object.__setattr__(self, "scaling", scaling)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record (schema first)."""

@@ -27,6 +27,10 @@ class Backend(Protocol):
     def unavailable_reason(self) -> str | None:
         """None when the backend can run here, else why not (missing package, no GPU, ...)."""
 
+    def unsupported_reason(self, problem: GemmProblem) -> str | None:
+        """None when the backend computes `problem` (its formats, scaling, layout, shape), else
+        why not; answered from the problem alone, without a GPU."""
+
     def candidates(self, problem: GemmProblem) -> list[Candidate]:
         """Every configuration worth timing for `problem` (may query the GPU)."""
 

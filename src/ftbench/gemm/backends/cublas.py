@@ -7,7 +7,7 @@ import functools
 from typing import Any
 
 from ftbench.dtypes import array_dtype
-from ftbench.gemm.backends.base import Runner, cupy_missing
+from ftbench.gemm.backends.base import CandidateUnsupported, Runner, cupy_missing
 from ftbench.gemm.candidate import Candidate
 from ftbench.gemm.problem import GemmProblem, linear_problem
 from ftbench.kernels import cublas
@@ -34,13 +34,25 @@ class CublasBackend:
     def unavailable_reason(self) -> str | None:
         return cupy_missing()
 
+    def unsupported_reason(self, problem: GemmProblem) -> str | None:
+        if problem.scaling == "channel":
+            return "cublasGemmEx has no fp16/bf16 x 8-bit weight-only GEMM"
+        if problem.scaling != "none":
+            return "cublasGemmEx takes no FP8 operands (FP8 GEMMs are cuBLASLt's)"
+        return None
+
     def candidates(self, problem: GemmProblem) -> list[Candidate]:
+        if self.unsupported_reason(problem) is not None:
+            return []
         return [Candidate(self.name, algo_name(algo), {"algo": algo}) for algo in ALGOS]
 
     def default(self, problem: GemmProblem) -> Candidate:
         return Candidate(self.name, algo_name(DEFAULT_ALGO), {"algo": DEFAULT_ALGO})
 
     def prepare(self, candidate: Candidate, problem: GemmProblem) -> Runner:
+        reason = self.unsupported_reason(problem)
+        if reason is not None:
+            raise CandidateUnsupported(f"{problem.key()}: {reason}")
         algo = int(candidate.config["algo"])
         arguments = _arguments(problem)
         return lambda a, b, c: cublas.gemm(arguments, a, b, c, algo)

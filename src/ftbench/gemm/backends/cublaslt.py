@@ -353,8 +353,17 @@ class CublasLtBackend:
     def unavailable_reason(self) -> str | None:
         return cublaslt.unavailable_reason()
 
-    def candidates(self, problem: GemmProblem) -> list[Candidate]:
+    def unsupported_reason(self, problem: GemmProblem) -> str | None:
         if problem.compute_dtype not in COMPUTE_DTYPES:
+            return f"the cuBLASLt backend computes in fp32 only, not {problem.compute_dtype}"
+        if problem.scaling == "channel":
+            return "cuBLASLt has no fp16/bf16 x 8-bit weight-only GEMM"
+        if problem.scaling != "none":
+            return f"the cuBLASLt backend does not pass {problem.scaling} scales to FP8 GEMMs yet"
+        return None
+
+    def candidates(self, problem: GemmProblem) -> list[Candidate]:
+        if self.unsupported_reason(problem) is not None:
             return []
         ranked = [config for config, _ in heuristic(problem, self.heuristic_count)]
         ranked = list(dict.fromkeys(ranked))[: self.max_candidates]
@@ -366,14 +375,15 @@ class CublasLtBackend:
         return merge_candidates(ranked, chosen, self.max_candidates)
 
     def default(self, problem: GemmProblem) -> Candidate | None:
-        if problem.compute_dtype not in COMPUTE_DTYPES:
+        if self.unsupported_reason(problem) is not None:
             return None
         results = heuristic(problem, self.heuristic_count)
         return candidate_for(results[0][0], 0) if results else None
 
     def prepare(self, candidate: Candidate, problem: GemmProblem) -> cublaslt.Matmul:
-        if problem.compute_dtype not in COMPUTE_DTYPES:
-            raise CandidateUnsupported(f"cuBLASLt backend computes in fp32 only, not {problem}")
+        reason = self.unsupported_reason(problem)
+        if reason is not None:
+            raise CandidateUnsupported(f"{problem.key()}: {reason}")
         return prepare_runner(problem, AlgoConfig.from_config(candidate.config))
 
 

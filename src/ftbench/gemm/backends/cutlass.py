@@ -98,6 +98,11 @@ class CutlassBackend:
             return f"no CUTLASS kernels are built for sm{arch} and {blocker}"
         return None
 
+    def unsupported_reason(self, problem: GemmProblem) -> str | None:
+        if supports(problem):
+            return None
+        return "CUTLASS kernels compute fp16 or bf16 NT single-batch GEMMs, fp32 accumulation"
+
     def candidates(self, problem: GemmProblem) -> list[Candidate]:
         arch = gpu_build_arch()
         if not supports(problem) or arch is None:
@@ -110,10 +115,9 @@ class CutlassBackend:
 
     def prepare(self, candidate: Candidate, problem: GemmProblem) -> Runner:
         spec = KernelSpec.from_config(candidate.config)
-        if not supports(problem):
-            raise CandidateUnsupported(
-                f"CUTLASS kernels compute fp16 or bf16 NT single-batch GEMMs, not {problem.key()}"
-            )
+        reason = self.unsupported_reason(problem)
+        if reason is not None:
+            raise CandidateUnsupported(f"{reason}, not {problem.key()}")
         if spec.element != problem.a_dtype:
             raise CandidateUnsupported(
                 f"{spec.name} computes {spec.element}, not {problem.a_dtype}"

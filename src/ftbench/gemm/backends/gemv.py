@@ -29,6 +29,9 @@ class GemvBackend:
     def unavailable_reason(self) -> str | None:
         return cupy_missing()
 
+    def unsupported_reason(self, problem: GemmProblem) -> str | None:
+        return _shape_error(problem)
+
     def candidates(self, problem: GemmProblem) -> list[Candidate]:
         from ftbench.kernels.gemv import gemv_configs
 

@@ -1,0 +1,81 @@
+"""What `ftbench tune --dry-run` counts: candidates per backend, and why a backend has none."""
+
+import re
+
+import pytest
+
+from ftbench.autotune.plan import candidate_counts
+from ftbench.gemm.backends import get_backend
+from ftbench.gemm.backends.base import CandidateUnsupported
+from ftbench.gemm.backends.cublas import ALGOS
+from ftbench.gemm.backends.cublaslt import candidate_for
+from ftbench.gemm.problem import GemmProblem, linear_problem
+from ftbench.kernels.cublaslt import AlgoConfig
+
+BACKENDS = ["cublas", "cublaslt", "cutlass", "ftbench"]
+FP8 = linear_problem(16, 4096, 4096, "fp8")
+INT8_WEIGHTS = linear_problem(16, 4096, 4096, "fp16", weights="int8")
+
+
+@pytest.mark.parametrize(
+    ("problem", "expected"),
+    [
+        (
+            FP8,
+            {
+                "cublas": "cublasGemmEx takes no FP8 operands (FP8 GEMMs are cuBLASLt's)",
+                "cublaslt": "the cuBLASLt backend does not pass tensor scales to FP8 GEMMs yet",
+                "cutlass": "CUTLASS kernels compute fp16 or bf16 NT single-batch GEMMs, fp32 "
+                "accumulation",
+                "ftbench": "only fp16 or bf16 in and out",
+            },
+        ),
+        (
+            INT8_WEIGHTS,
+            {
+                "cublas": "cublasGemmEx has no fp16/bf16 x 8-bit weight-only GEMM",
+                "cublaslt": "cuBLASLt has no fp16/bf16 x 8-bit weight-only GEMM",
+                "cutlass": "CUTLASS kernels compute fp16 or bf16 NT single-batch GEMMs, fp32 "
+                "accumulation",
+                "ftbench": "only fp16 or bf16 in and out",
+            },
+        ),
+    ],
+    ids=["fp8", "int8-weights"],
+)
+def test_backends_without_8_bit_kernels_count_na_and_say_why(problem, expected):
+    reasons = {}
+    assert candidate_counts(problem, BACKENDS, reasons) == dict.fromkeys(BACKENDS)
+    assert reasons == expected
+
+
+def test_an_unscaled_problem_counts_every_cublas_algorithm():
+    reasons = {}
+    assert candidate_counts(GemmProblem(16, 4096, 4096), ["cublas"], reasons) == {
+        "cublas": len(ALGOS)
+    }
+    assert reasons == {}
+
+
+def test_a_backends_distinct_reasons_are_each_given_once():
+    wide = GemmProblem(2048, 4096, 4096)  # more rows than the decode kernels take
+    reasons = {}
+    for problem in (FP8, wide, FP8, wide):
+        candidate_counts(problem, ["ftbench"], reasons)
+    backend = get_backend("ftbench")
+    assert reasons == {
+        "ftbench": f"{backend.unsupported_reason(FP8)}; {backend.unsupported_reason(wide)}"
+    }
+
+
+@pytest.mark.parametrize(
+    "candidate",
+    [
+        get_backend("cublas").default(GemmProblem(16, 4096, 4096)),
+        candidate_for(AlgoConfig(id=66, tile_id=18, stages_id=21)),
+    ],
+    ids=["cublas", "cublaslt"],
+)
+def test_preparing_an_8_bit_problem_on_a_16_bit_backend_is_unsupported(candidate):
+    with pytest.raises(CandidateUnsupported, match=re.escape(FP8.key())):
+        get_backend(candidate.backend).prepare(candidate, FP8)
