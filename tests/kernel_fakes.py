@@ -16,6 +16,7 @@ class Fake:
     def __init__(self, shape, dtype, ptr=1 << 20):
         self.array = np.zeros(shape, dtype=DTYPES.get(dtype, dtype))
         self.shape, self.ndim, self.dtype = self.array.shape, self.array.ndim, self.array.dtype
+        self.size = self.array.size
         self.flags, self.itemsize, self.nbytes = (
             self.array.flags,
             self.array.itemsize,

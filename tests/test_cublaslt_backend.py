@@ -1,15 +1,21 @@
-"""The GPU-free logic of the cuBLASLt backend: configs, names, layouts, variants, selection."""
+"""The GPU-free logic of the cuBLASLt backend: configs, names, layouts, variants, selection, and
+fast accumulation as the FP8 problems' second tuning dimension."""
 
+import json
 import sys
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 
 from ftbench.errors import InvalidInputError
+from ftbench.gemm.backends import cublaslt as cublaslt_backend
 from ftbench.gemm.backends.cublaslt import (
     CublasLtBackend,
     candidate_for,
+    config_of,
     grid_ctas,
+    in_turn,
     layout_specs,
     merge_candidates,
     promise,
@@ -223,3 +229,80 @@ def test_backend_is_registered_under_its_name():
     from ftbench.gemm.backends import get_backend
 
     assert get_backend("cublaslt").name == "cublaslt"
+
+
+# --- FP8: fast accumulation as a tuning dimension ---
+# GemmProblem names fp8 operands and their `scaling` only from the FP8-problems change on; until
+# then these tests stand a problem in with the fields the backend reads.
+
+
+def fp8_problem(a_dtype="fp8", b_dtype="fp8"):
+    return SimpleNamespace(
+        a_dtype=a_dtype, b_dtype=b_dtype, c_dtype="fp16", compute_dtype="fp32", scaling="outer"
+    )
+
+
+def test_fp8_candidates_store_fast_accumulation_beside_the_algorithm():
+    on, off = candidate_for(FULL, 0, fast_accum=True), candidate_for(FULL, 0, fast_accum=False)
+    assert on.config == {**FULL.to_config(), "fast_accum": True}
+    assert off.config == {**FULL.to_config(), "fast_accum": False}
+    assert on.name == off.name + " fast-accum" and off.name.startswith("heuristic #0: algo 66")
+    assert on.key() != off.key()
+
+
+def test_a_stored_fp8_candidate_reads_back_with_its_fast_accumulation():
+    stored = json.loads(json.dumps(candidate_for(FULL, fast_accum=True).to_dict()))
+    assert config_of(Candidate.from_dict(stored).config, fp8=True) == (FULL, True)
+    assert config_of(FULL.to_config(), fp8=False) == (FULL, False)
+
+
+def test_an_fp8_config_without_fast_accumulation_is_refused():
+    with pytest.raises(InvalidInputError, match="needs fast_accum true or false"):
+        config_of(FULL.to_config(), fp8=True)
+
+
+def test_a_16_bit_config_with_fast_accumulation_is_refused():
+    with pytest.raises(InvalidInputError, match="unknown \\['fast_accum'\\]"):
+        config_of({**FULL.to_config(), "fast_accum": True}, fp8=False)
+
+
+def test_merge_gives_every_candidate_the_fast_accumulation_setting():
+    a, b = AlgoConfig(id=1), AlgoConfig(id=2)
+    merged = merge_candidates([a], [b], max_candidates=10, fast_accum=True)
+    assert [x.config["fast_accum"] for x in merged] == [True, True]
+    assert merged[0].name.startswith("heuristic #0: algo 1 ")
+    assert merged[1].name.startswith("algo 2 ")
+    assert all(x.name.endswith(" fast-accum") for x in merged)
+
+
+def test_lists_taken_in_turn_keep_each_order_and_every_item():
+    assert in_turn([1, 2, 3], [10], [20, 21]) == [1, 10, 20, 2, 21, 3]
+
+
+def test_fp8_problems_are_searched_once_per_fast_accumulation_setting(monkeypatch):
+    searched = []
+
+    def search(self, problem, room, fast_accum):
+        searched.append((room, fast_accum))
+        return [f"{fast_accum} #{i}" for i in range(room)]
+
+    monkeypatch.setattr(cublaslt_backend, "unsupported_reason", lambda problem: None)
+    monkeypatch.setattr(CublasLtBackend, "_search", search)
+    candidates = CublasLtBackend(max_candidates=5).candidates(fp8_problem())
+    assert searched == [(3, False), (2, True)]
+    # In turn, the default setting (fast accumulation off) first.
+    assert candidates == ["False #0", "True #0", "False #1", "True #1", "False #2"]
+
+
+def test_16_bit_problems_are_searched_once_without_fast_accumulation(monkeypatch):
+    searched = []
+    monkeypatch.setattr(
+        CublasLtBackend, "_search", lambda self, p, room, fast: searched.append((room, fast)) or []
+    )
+    CublasLtBackend(max_candidates=5).candidates(GemmProblem(m=1, n=64, k=64))
+    assert searched == [(5, None)]
+
+
+def test_8_bit_weights_with_16_bit_activations_are_not_a_cublaslt_problem():
+    reason = cublaslt_backend.unsupported_reason(fp8_problem(a_dtype="fp16"))
+    assert reason == "cuBLASLt multiplies 8-bit operands here only as fp8 x fp8, not fp16 x fp8"

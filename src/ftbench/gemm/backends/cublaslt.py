@@ -24,17 +24,27 @@ header records it.
 
 The runner is a `kernels.cublaslt.Matmul` on the problem's descriptors, made once per problem;
 it belongs to the device that was current when it was prepared.
+
+FP8 problems (E4M3 A and B, `problem.scaling` "tensor" or "outer") are searched the same way
+once for each fast-accumulation setting (`FAST_ACCUM_SETTINGS`, off first): each setting has its
+own plan, so its own heuristic ranking (its top 8 among the candidates) and enumeration, and half
+of `max_candidates`; the two lists are taken in turn, so a time budget cuts both alike. Their
+configs also store `fast_accum`; `default` is the heuristic's first choice with it off (the
+library's default). Their runner is a `kernels.cublaslt.ScaledMatmul`, called
+`runner(a, b, c, a_scale, b_scale)`.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
-from ftbench.dtypes import DTYPES
+from ftbench.dtypes import DTYPES, EIGHT_BIT_DTYPES
 from ftbench.errors import GpuError, InvalidInputError
 from ftbench.gemm.backends.base import CandidateUnsupported
 from ftbench.gemm.candidate import Candidate
@@ -42,7 +52,7 @@ from ftbench.gemm.operands import operand_shapes
 from ftbench.gemm.problem import GemmProblem
 from ftbench.kernels import cublaslt
 from ftbench.kernels.cublas import CUBLAS_COMPUTE_32F, WORKSPACE_BYTES
-from ftbench.kernels.cublaslt import CONFIG_FIELDS, AlgoCaps, AlgoConfig, MatrixSpec
+from ftbench.kernels.cublaslt import CONFIG_FIELDS, AlgoCaps, AlgoConfig, Fp8Settings, MatrixSpec
 
 BACKEND_NAME = "cublaslt"
 HEURISTIC_COUNT = 16
@@ -69,6 +79,9 @@ CLUSTER_SHAPE_NAMES = (
 # Those tried, in this order after AUTO, to find a cluster shape a (tile, stages) pair accepts.
 BASE_CLUSTER_SHAPE_COUNT = 3
 COMPUTE_DTYPES = {"fp32": CUBLAS_COMPUTE_32F}
+# Fast accumulation, the FP8 tuning dimension beside the algorithm: off (the library's default,
+# partial sums promoted to fp32) first.
+FAST_ACCUM_SETTINGS = (False, True)
 
 # Attributes that `select_diverse` spreads after the algorithm id and the split-K count.
 SECONDARY_FIELDS = tuple(name for name in CONFIG_FIELDS if name not in ("id", "splitk_num"))
@@ -92,12 +105,62 @@ def layout_specs(problem: GemmProblem) -> tuple[MatrixSpec, MatrixSpec, MatrixSp
     )
 
 
-def candidate_for(config: AlgoConfig, heuristic_rank: int | None = None) -> Candidate:
-    """The `Candidate` of `config`; heuristic results are named "heuristic #rank: ..."."""
+def is_fp8(problem: GemmProblem) -> bool:
+    """Whether `problem` is an FP8 matmul: E4M3 A and B (scaled as `problem.scaling` says)."""
+    return (problem.a_dtype, problem.b_dtype) == ("fp8", "fp8")
+
+
+def unsupported_reason(problem: GemmProblem) -> str | None:
+    """Why this backend cannot run `problem` here, or None: a compute type other than fp32,
+    8-bit operands other than E4M3 x E4M3, or an FP8 problem cuBLASLt's FP8 rules or version
+    refuse (`kernels.cublaslt.fp8_refusal`; asks the library)."""
+    if problem.compute_dtype not in COMPUTE_DTYPES:
+        return f"the cuBLASLt backend computes in fp32 only, not {problem.compute_dtype}"
+    if is_fp8(problem):
+        try:
+            _plan(problem, False)
+        except InvalidInputError as exc:
+            return str(exc)
+        return None
+    operands = (problem.a_dtype, problem.b_dtype)
+    if not set(operands).isdisjoint(EIGHT_BIT_DTYPES):
+        return (
+            f"cuBLASLt multiplies 8-bit operands here only as fp8 x fp8, not {' x '.join(operands)}"
+        )
+    return None
+
+
+def candidate_for(
+    config: AlgoConfig, heuristic_rank: int | None = None, fast_accum: bool | None = None
+) -> Candidate:
+    """The `Candidate` of `config`; heuristic results are named "heuristic #rank: ...". An FP8
+    problem's candidates (`fast_accum` true or false, None for others) store it beside the
+    algorithm, and are named "... fast-accum" when it is on."""
     name = config.describe()
     if heuristic_rank is not None:
         name = f"heuristic #{heuristic_rank}: {name}"
-    return Candidate(BACKEND_NAME, name, config.to_config())
+    stored = config.to_config()
+    if fast_accum is not None:
+        stored["fast_accum"] = fast_accum
+        name += " fast-accum" if fast_accum else ""
+    return Candidate(BACKEND_NAME, name, stored)
+
+
+def config_of(stored: dict[str, Any], fp8: bool) -> tuple[AlgoConfig, bool]:
+    """(algorithm, fast accumulation) of a candidate's stored config: an FP8 problem's holds
+    `fast_accum` (true or false) beside the `AlgoConfig` fields, any other's only those."""
+    fields = dict(stored)
+    fast_accum = fields.pop("fast_accum", None) if fp8 else False
+    if not isinstance(fast_accum, bool):
+        raise InvalidInputError(
+            f"cublaslt config {stored!r} of an FP8 problem needs fast_accum true or false"
+        )
+    return AlgoConfig.from_config(fields), fast_accum
+
+
+def in_turn(*lists: Sequence[Candidate]) -> list[Candidate]:
+    """The items of `lists` taken in turn: the first of each, then the second of each, ..."""
+    return [item for group in itertools.zip_longest(*lists) for item in group if item is not None]
 
 
 def tile_dims(tile_id: int) -> tuple[int, int] | None:
@@ -192,20 +255,30 @@ def select_diverse(
 
 
 def merge_candidates(
-    heuristic: Sequence[AlgoConfig], enumerated: Sequence[AlgoConfig], max_candidates: int
+    heuristic: Sequence[AlgoConfig],
+    enumerated: Sequence[AlgoConfig],
+    max_candidates: int,
+    fast_accum: bool | None = None,
 ) -> list[Candidate]:
-    """Heuristic results first (ranked), then enumerated configs, each algorithm once."""
+    """Heuristic results first (ranked), then enumerated configs, each algorithm once (all with
+    the FP8 `fast_accum` setting, see `candidate_for`)."""
     ranked = list(dict.fromkeys(heuristic))[:max_candidates]
     known = set(ranked)
     rest = [config for config in dict.fromkeys(enumerated) if config not in known]
-    candidates = [candidate_for(config, rank) for rank, config in enumerate(ranked)]
-    candidates += [candidate_for(config) for config in rest[: max_candidates - len(ranked)]]
+    candidates = [candidate_for(config, rank, fast_accum) for rank, config in enumerate(ranked)]
+    candidates += [
+        candidate_for(config, fast_accum=fast_accum)
+        for config in rest[: max_candidates - len(ranked)]
+    ]
     return candidates
 
 
 @functools.cache
-def _plan(problem: GemmProblem) -> cublaslt.MatmulPlan:
-    """The descriptor and layouts of `problem`, made once per problem."""
+def _plan(problem: GemmProblem, fast_accum: bool) -> cublaslt.MatmulPlan:
+    """The descriptor and layouts of `problem` (FP8: with fast accumulation on or off), made
+    once per problem and setting."""
+    if fast_accum and not is_fp8(problem):
+        raise InvalidInputError(f"fast accumulation is an FP8 setting, not one of {problem.key()}")
     call = problem.cublas_call()
     # cuBLASLt's A is our B and its B our A (see GemmProblem.cublas_call).
     dtypes = [DTYPES[d].cuda_data_type for d in (problem.b_dtype, problem.a_dtype, problem.c_dtype)]
@@ -216,15 +289,18 @@ def _plan(problem: GemmProblem) -> cublaslt.MatmulPlan:
         tuple(dtypes),
         problem.batch_count,
         COMPUTE_DTYPES[problem.compute_dtype],
+        fp8=Fp8Settings(problem.scaling, fast_accum) if is_fp8(problem) else None,
     )
 
 
-def heuristic(problem: GemmProblem, count: int = HEURISTIC_COUNT) -> list[tuple[AlgoConfig, bytes]]:
+def heuristic(
+    problem: GemmProblem, count: int = HEURISTIC_COUNT, fast_accum: bool = False
+) -> list[tuple[AlgoConfig, bytes]]:
     """The heuristic's ranked results: (decoded config, the raw `cublasLtMatmulAlgo_t` bytes)."""
     import cupy
 
     handle = cublaslt.device_handle(cupy.cuda.Device().id)
-    return cublaslt.heuristic_algos(handle, _plan(problem), count)
+    return cublaslt.heuristic_algos(handle, _plan(problem, fast_accum), count)
 
 
 @dataclass
@@ -240,17 +316,20 @@ class EnumerationStats:
 
 
 def enumerate_configs(
-    problem: GemmProblem, around: Sequence[AlgoConfig] = (), stats: EnumerationStats | None = None
+    problem: GemmProblem,
+    around: Sequence[AlgoConfig] = (),
+    stats: EnumerationStats | None = None,
+    fast_accum: bool = False,
 ) -> tuple[list[AlgoConfig], list[AlgoConfig], Callable[[AlgoConfig], float]]:
     """(near, far, score): the configs AlgoCheck accepts that change one thing of a config in
     `around` (the heuristic's results); those of the enumeration by algorithm id (see the module
-    docstring); and their `promise`, for ordering."""
+    docstring); and their `promise`, for ordering. FP8: for the plan with `fast_accum`."""
     import cupy
 
     stats = stats if stats is not None else EnumerationStats()
     start = time.perf_counter()
     device = cupy.cuda.Device()
-    handle, plan = cublaslt.device_handle(device.id), _plan(problem)
+    handle, plan = cublaslt.device_handle(device.id), _plan(problem, fast_accum)
     sm_count = device.attributes["MultiProcessorCount"]
     cluster_shapes = ()
     if int(device.compute_capability) >= 90:
@@ -317,13 +396,16 @@ def enumerate_configs(
     return near, far, score
 
 
-def prepare_runner(problem: GemmProblem, config: AlgoConfig) -> cublaslt.Matmul:
-    """The runner of `config` for `problem` on the current device; CandidateUnsupported when
-    cuBLASLt refuses it or it needs more than the workspace."""
+def prepare_runner(
+    problem: GemmProblem, config: AlgoConfig, fast_accum: bool = False
+) -> cublaslt.Matmul:
+    """The runner of `config` for `problem` on the current device (FP8: a ScaledMatmul, with
+    fast accumulation on or off); CandidateUnsupported when cuBLASLt refuses it or it needs
+    more than the workspace."""
     import cupy
 
     device_id = cupy.cuda.Device().id
-    handle, plan = cublaslt.device_handle(device_id), _plan(problem)
+    handle, plan = cublaslt.device_handle(device_id), _plan(problem, fast_accum)
     try:
         algo = cublaslt.build_algo(handle, plan, config)
     except GpuError as exc:
@@ -334,7 +416,8 @@ def prepare_runner(problem: GemmProblem, config: AlgoConfig) -> cublaslt.Matmul:
             f"cublasLtMatmulAlgoCheck refuses {config.describe()} for {problem.key()} "
             f"(or it needs more than {WORKSPACE_BYTES} bytes of workspace)"
         )
-    return cublaslt.Matmul(device_id, plan, config, algo, workspace_bytes)
+    runner = cublaslt.ScaledMatmul if plan.fp8 is not None else cublaslt.Matmul
+    return runner(device_id, plan, config, algo, workspace_bytes)
 
 
 class CublasLtBackend:
@@ -354,37 +437,51 @@ class CublasLtBackend:
         return cublaslt.unavailable_reason()
 
     def unsupported_reason(self, problem: GemmProblem) -> str | None:
-        if problem.compute_dtype not in COMPUTE_DTYPES:
-            return f"the cuBLASLt backend computes in fp32 only, not {problem.compute_dtype}"
-        if problem.scaling == "channel":
-            return "cuBLASLt has no fp16/bf16 x 8-bit weight-only GEMM"
-        if problem.scaling != "none":
-            return f"the cuBLASLt backend does not pass {problem.scaling} scales to FP8 GEMMs yet"
-        return None
+        return unsupported_reason(problem)
 
     def candidates(self, problem: GemmProblem) -> list[Candidate]:
-        if self.unsupported_reason(problem) is not None:
+        if unsupported_reason(problem) is not None:
             return []
-        ranked = [config for config, _ in heuristic(problem, self.heuristic_count)]
-        ranked = list(dict.fromkeys(ranked))[: self.max_candidates]
-        near, far, score = enumerate_configs(problem, ranked)
+        if not is_fp8(problem):
+            return self._search(problem, self.max_candidates, None)
+        # Half the room for each fast-accumulation setting (the first gets the odd one).
+        rooms = ((self.max_candidates + 1) // 2, self.max_candidates // 2)
+        return in_turn(
+            *(
+                self._search(problem, room, fast_accum)
+                for room, fast_accum in zip(rooms, FAST_ACCUM_SETTINGS, strict=True)
+                if room
+            )
+        )
+
+    def _search(
+        self, problem: GemmProblem, max_candidates: int, fast_accum: bool | None
+    ) -> list[Candidate]:
+        """The heuristic's results, then enumerated configs, up to `max_candidates`, for the
+        plan with `fast_accum` (None: not an FP8 problem)."""
+        setting = bool(fast_accum)
+        ranked = [config for config, _ in heuristic(problem, self.heuristic_count, setting)]
+        ranked = list(dict.fromkeys(ranked))[:max_candidates]
+        near, far, score = enumerate_configs(problem, ranked, fast_accum=setting)
         # Half the room goes to the heuristic's neighbourhood, the rest to the wider enumeration.
-        room = self.max_candidates - len(ranked)
+        room = max_candidates - len(ranked)
         chosen = select_diverse(near, (room + 1) // 2, ranked, score)
         chosen += select_diverse(far, room - len(chosen), ranked + chosen, score)
-        return merge_candidates(ranked, chosen, self.max_candidates)
+        return merge_candidates(ranked, chosen, max_candidates, fast_accum)
 
     def default(self, problem: GemmProblem) -> Candidate | None:
-        if self.unsupported_reason(problem) is not None:
+        if unsupported_reason(problem) is not None:
             return None
         results = heuristic(problem, self.heuristic_count)
-        return candidate_for(results[0][0], 0) if results else None
+        fast_accum = False if is_fp8(problem) else None
+        return candidate_for(results[0][0], 0, fast_accum) if results else None
 
     def prepare(self, candidate: Candidate, problem: GemmProblem) -> cublaslt.Matmul:
-        reason = self.unsupported_reason(problem)
+        reason = unsupported_reason(problem)
         if reason is not None:
             raise CandidateUnsupported(f"{problem.key()}: {reason}")
-        return prepare_runner(problem, AlgoConfig.from_config(candidate.config))
+        config, fast_accum = config_of(candidate.config, is_fp8(problem))
+        return prepare_runner(problem, config, fast_accum)
 
 
 BACKEND = CublasLtBackend()
