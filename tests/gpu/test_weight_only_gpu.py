@@ -10,6 +10,7 @@ surely as a wrong one.
 import numpy as np
 import pytest
 from host_types import host_dtype
+from outputs import poison, relative_error
 
 from ftbench.bench.timer import TimingPolicy, time_launch
 from ftbench.dtypes import numpy_dtype
@@ -66,25 +67,6 @@ def operands(m, n, k, dtype, weights, scale_dtype="float32"):
     reference = weight_only_reference(x, codes, scales)
     y = cupy.asarray(np.full((m, n), np.nan, dtype=host_dtype(dtype)))
     return cupy.asarray(x), device_codes(codes), cupy.asarray(scales), y, reference
-
-
-def poison(y):
-    """Fill y with NaN by a plain copy on the current stream (works for any dtype)."""
-    import cupy
-
-    nan = cupy.asarray(np.full(y.shape, np.nan, dtype=np.float16)).view(np.uint16)
-    if str(y.dtype) == "bfloat16":
-        nan[...] = 0x7FC0  # a bfloat16 quiet NaN
-    y.data.copy_from_device_async(nan.data, y.nbytes)
-
-
-def relative_error(y, reference):
-    import cupy
-
-    got = cupy.asnumpy(y).astype(np.float64)
-    if not np.isfinite(got).all():
-        return float("inf")
-    return float(np.linalg.norm(got - reference) / np.linalg.norm(reference))
 
 
 @pytest.mark.parametrize(("m", "n", "k", "dtype", "weights"), SHAPES)

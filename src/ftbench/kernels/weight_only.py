@@ -46,7 +46,7 @@ from ftbench.kernels.streams import scratch_slot
 
 SOURCE_PATH = Path(__file__).parent / "cuda" / "weight_only.cu"
 CODE_MAX = {"int8": 127.0, "fp8": 448.0}  # a row's absmax becomes this code
-# NumPy names of the device arrays that hold each format's codes.
+# The format of the codes in a device array, by its NumPy name.
 CODE_ARRAYS = {"int8": "int8", "uint8": "fp8", "float8_e4m3fn": "fp8"}
 SCALE_TYPES = c_types("fp32", "fp16")
 K_MULTIPLE = 16  # each lane loads 16 weights (16 bytes) of a row at once

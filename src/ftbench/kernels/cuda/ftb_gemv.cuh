@@ -194,4 +194,67 @@ __device__ __forceinline__ void transpose_groups(uint4 (&v)[GROUP], int p) {
   }
 }
 
+// The mma kernels' bookkeeping. first_rows[tile][h] is the first of the GROUP rows that lane
+// group p loads (chunk p of each) for half h of a 16-row tile: rows g and g + 8 of the mma.
+template <int TILES>
+__device__ __forceinline__ void tile_first_rows(int (&first_rows)[TILES][2], int row0,
+                                                int group_base) {
+#pragma unroll
+  for (int tile = 0; tile < TILES; ++tile) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) first_rows[tile][h] = row0 + tile * 16 + h * 8 + group_base;
+  }
+}
+
+template <int TILES, int MT>
+__device__ __forceinline__ void zero_accumulators(float (&acc)[TILES][MT][4]) {
+#pragma unroll
+  for (int tile = 0; tile < TILES; ++tile) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[tile][mt][i] = 0.0f;
+    }
+  }
+}
+
+// A warp's mma sums into red[warp][token][row] for finish_block: accumulator i of tile/mt holds
+// row g + 8 * (i / 2), token mt * 8 + 2t + i % 2 (the m16n8 C fragment); tokens past M dropped.
+template <int M, int ROWS, int WARPS, int TILES, int MT>
+__device__ __forceinline__ void store_mma_sums(float (&red)[WARPS][M][ROWS],
+                                               const float (&acc)[TILES][MT][4], int warp, int g,
+                                               int t) {
+#pragma unroll
+  for (int tile = 0; tile < TILES; ++tile) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int token = mt * 8 + 2 * t + i % 2;
+        if (token < M) red[warp][token][tile * 16 + g + 8 * (i / 2)] = acc[tile][mt][i];
+      }
+    }
+  }
+}
+
+// One step of a lane's W vectors in the mma kernels: load j of (tile, h) reads row
+// first_rows[tile][h] + j (clamped to the last row, which is read but never written) at
+// `offset` elements past w_lane, zeroed unless in_range (a select, so every load stays in flight).
+template <typename W, int TILES, int GROUP>
+__device__ __forceinline__ void load_w_step(uint4 (&wv)[TILES][2][GROUP], const W* w_lane,
+                                            const int (&first_rows)[TILES][2], int n, int k,
+                                            int offset, bool in_range) {
+#pragma unroll
+  for (int tile = 0; tile < TILES; ++tile) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+#pragma unroll
+      for (int j = 0; j < GROUP; ++j) {
+        const size_t row = min(first_rows[tile][h] + j, n - 1);
+        wv[tile][h][j] = keep_if(in_range, load_stream(w_lane + row * k + offset));
+      }
+    }
+  }
+}
+
 }  // namespace ftb

@@ -158,17 +158,7 @@ __device__ __forceinline__ void weight_only_chunk(float (&acc)[TILES][(M + 7) / 
     // the compiler keeps every load of the chunk in flight together.
     const bool in_range = !CHECK || kc + u * STEP + p * 64 + lane_k < k_end;
     const int offset = in_range ? kc + u * STEP : -(p * 64 + lane_k);
-#pragma unroll
-    for (int tile = 0; tile < TILES; ++tile) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-#pragma unroll
-        for (int j = 0; j < GROUP; ++j) {
-          const size_t row = min(first_rows[tile][h] + j, n - 1);
-          wv[u][tile][h][j] = keep_if(in_range, load_stream(w_lane + row * k + offset));
-        }
-      }
-    }
+    load_w_step(wv[u], w_lane, first_rows, n, k, offset, in_range);
     // Slot c of a lane will hold chunk c of its row (after the transpose): X follows it.
 #pragma unroll
     for (int c = 0; c < GROUP; ++c) {
@@ -275,11 +265,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
   // Load j of (tile, h) reads row first_rows[tile][h] + j, chunk p of each step.
   const Q* w_lane = w + p * 64 + lane_k;
   int first_rows[TILES][2];
-#pragma unroll
-  for (int tile = 0; tile < TILES; ++tile) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) first_rows[tile][h] = row0 + tile * 16 + h * 8 + group_base;
-  }
+  ftb::tile_first_rows(first_rows, row0, group_base);
   // The lane's token of each n8 tile (clamped to M - 1 and zeroed past it).
   const T* x_lanes[MT];
   bool tokens_in[MT];
@@ -291,14 +277,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
   }
 
   float acc[TILES][MT][4];
-#pragma unroll
-  for (int tile = 0; tile < TILES; ++tile) {
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[tile][mt][i] = 0.0f;
-    }
-  }
+  ftb::zero_accumulators(acc);
   int kc = k_begin + warp * CHUNK;
   ftb::prefetch_rows_l2(w, row0, ROWS, n, k, k_begin, k_end);
   ftb_pdl::wait_for_previous_grid();
@@ -313,18 +292,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
   // Let the next grid start (and prefetch) while this one drains; see ftb_pdl.cuh.
   ftb_pdl::allow_next_grid();
 
-  // Accumulator i of tile/mt holds row g + 8 * (i / 2), token mt * 8 + 2t + i % 2.
-#pragma unroll
-  for (int tile = 0; tile < TILES; ++tile) {
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int token = mt * 8 + 2 * t + i % 2;
-        if (token < M) red[warp][token][tile * 16 + g + 8 * (i / 2)] = acc[tile][mt][i];
-      }
-    }
-  }
+  ftb::store_mma_sums(red, acc, warp, g, t);
   ftb::finish_block<T, M, ROWS, WARPS>(red, y, partial, counters, n, row0,
                                        ftb::RowScale<S>{scale});
 }
