@@ -7,6 +7,7 @@ unwritten element fails as surely as a wrong one.
 import numpy as np
 import pytest
 from host_types import host_dtype
+from outputs import poison, relative_error
 
 from ftbench.bench.timer import TimingPolicy, time_launch
 from ftbench.errors import InvalidInputError
@@ -40,25 +41,6 @@ def operands(m, n, k, dtype):
     reference = x.astype(np.float64) @ w.astype(np.float64).T
     y = cupy.asarray(np.full((m, n), np.nan, dtype=element))
     return cupy.asarray(x), cupy.asarray(w), y, reference
-
-
-def poison(y):
-    """Fill y with NaN by a plain copy on the current stream (works for any dtype)."""
-    import cupy
-
-    nan = cupy.asarray(np.full(y.shape, np.nan, dtype=np.float16)).view(np.uint16)
-    if str(y.dtype) == "bfloat16":
-        nan[...] = 0x7FC0  # a bfloat16 quiet NaN
-    y.data.copy_from_device_async(nan.data, y.nbytes)
-
-
-def relative_error(y, reference):
-    import cupy
-
-    got = cupy.asnumpy(y).astype(np.float64)
-    if not np.isfinite(got).all():
-        return float("inf")
-    return float(np.linalg.norm(got - reference) / np.linalg.norm(reference))
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

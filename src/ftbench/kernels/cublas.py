@@ -29,8 +29,9 @@ _ONE = np.array(1.0, dtype=np.float32)
 _ZERO = np.array(0.0, dtype=np.float32)
 
 
-def check_linear_operands(x: Any, w: Any, y: Any) -> tuple[int, int, int]:
-    """Check shapes, dtypes and layout of Y = X @ W^T; return (m, n, k)."""
+def check_linear_shapes(x: Any, w: Any, y: Any) -> tuple[int, int, int]:
+    """Check that Y = X @ W^T has row-major 2-D operands x[m, k], w[n, k], y[m, n]; return
+    (m, n, k)."""
     for label, array in (("x", x), ("w", w), ("y", y)):
         if array.ndim != 2:
             raise InvalidInputError(f"linear GEMM: {label} must be 2-D, got shape {array.shape}")
@@ -43,6 +44,12 @@ def check_linear_operands(x: Any, w: Any, y: Any) -> tuple[int, int, int]:
             f"linear GEMM: expected x[m, k], w[n, k], y[m, n]; got x{tuple(x.shape)}, "
             f"w{tuple(w.shape)}, y{tuple(y.shape)}"
         )
+    return m, n, k
+
+
+def check_linear_operands(x: Any, w: Any, y: Any) -> tuple[int, int, int]:
+    """Check shapes, dtypes and layout of Y = X @ W^T (all fp16 or all bf16); return (m, n, k)."""
+    m, n, k = check_linear_shapes(x, w, y)
     dtypes = {numpy_name(a) for a in (x, w, y)}
     if len(dtypes) != 1 or not dtypes <= {"float16", "bfloat16"}:
         raise InvalidInputError(

@@ -56,6 +56,7 @@ PLANNING_SM_COUNT = 132  # H100 / H200
 TARGET_WARPS_PER_SM = 16  # split K until a launch has this many warps per SM (the data said so)
 SPLITS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 C_TYPES = c_types("fp16", "bf16")
+W_BYTES = 2  # bytes of one element of W (fp16 or bf16)
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,8 @@ class GemvConfig:
     rows:      rows of W (outputs) per block: 16, 32 or 64 for mma, 1..8 for fma.
     warps:     warps per block; they split the block's K range and add up in shared memory.
     unroll:    steps of K each warp loads at once (all its loads of a step are in flight
-               together); a step is row_bytes / 2 elements of K for every row of the block.
+               together); a step is row_bytes of every row of the block (row_bytes / 2 elements
+               of K for fp16/bf16 weights, row_bytes for the 8-bit ones of `weight_only`).
     row_bytes: contiguous bytes of one W row that one warp load instruction reads: 64, 128, 256
                or 512 for mma (wider pieces stream better but need a register transpose), 512
                for fma.
@@ -91,10 +93,9 @@ class GemvConfig:
     def threads(self) -> int:
         return 32 * self.warps
 
-    @property
-    def chunk_k(self) -> int:
-        """Elements of K one warp covers per loop iteration."""
-        return self.row_bytes // 2 * self.unroll
+    def chunk_k(self, weight_bytes: int) -> int:
+        """Elements of K one warp covers per loop iteration, for weights of `weight_bytes`."""
+        return self.row_bytes // weight_bytes * self.unroll
 
     @property
     def w_loads(self) -> int:
@@ -224,12 +225,14 @@ def _shapes(m: int) -> list[tuple[str, int, int, int, int]]:
     return mma + fma
 
 
-def _split_choices(base: GemvConfig, m: int, n: int, k: int, sm_count: int) -> list[int]:
+def _split_choices(
+    base: GemvConfig, m: int, n: int, k: int, sm_count: int, weight_bytes: int
+) -> list[int]:
     """Split-K factors around the smallest that puts TARGET_WARPS_PER_SM warps on every SM.
 
     A split must give every warp of a block at least one full chunk of K.
     """
-    block_k = base.warps * base.chunk_k
+    block_k = base.warps * base.chunk_k(weight_bytes)
     valid = [1] + [
         split
         for split in SPLITS[1:]
@@ -243,20 +246,35 @@ def _split_choices(base: GemvConfig, m: int, n: int, k: int, sm_count: int) -> l
     return valid[max(0, best - 1) : best + 2]
 
 
+def tuning_configs(
+    shapes: list[tuple[str, int, int, int, int]],
+    m: int,
+    n: int,
+    k: int,
+    sm_count: int,
+    weight_bytes: int,
+) -> list[GemvConfig]:
+    """Each of `shapes` ((kernel, rows, warps, unroll, row_bytes) tuples) that can run
+    Y[m, n] = X[m, k] @ W[n, k]^T, with the split-K factors worth timing for it; W's elements
+    are `weight_bytes` bytes, `sm_count` (multiprocessors of the target GPU) sets how far K is
+    split to fill the GPU."""
+    if m < 1 or n < 1 or k < 1:
+        raise InvalidInputError(f"m, n, k must be positive, got {m}, {n}, {k}")
+    configs = []
+    for kernel, rows, warps, unroll, row_bytes in shapes:
+        base = GemvConfig(kernel, rows, warps, unroll, row_bytes)
+        if config_error(base, m, n, k) is None:
+            splits = _split_choices(base, m, n, k, sm_count, weight_bytes)
+            configs.extend(replace(base, split_k=split) for split in splits)
+    return configs
+
+
 def gemv_configs(m: int, n: int, k: int, sm_count: int = PLANNING_SM_COUNT) -> list[GemvConfig]:
     """The configs worth timing for Y[m, n] = X[m, k] @ W[n, k]^T, all valid for the shape.
 
     `sm_count` (multiprocessors of the target GPU) sets how far K is split to fill the GPU.
     """
-    if m < 1 or n < 1 or k < 1:
-        raise InvalidInputError(f"m, n, k must be positive, got {m}, {n}, {k}")
-    configs = []
-    for kernel, rows, warps, unroll, row_bytes in _shapes(m):
-        base = GemvConfig(kernel, rows, warps, unroll, row_bytes)
-        if config_error(base, m, n, k) is None:
-            splits = _split_choices(base, m, n, k, sm_count)
-            configs.extend(replace(base, split_k=split) for split in splits)
-    return configs
+    return tuning_configs(_shapes(m), m, n, k, sm_count, W_BYTES)
 
 
 def kernel_name(config: GemvConfig, m: int, dtype: str) -> str:
@@ -281,9 +299,10 @@ def _kernel(name: str) -> Any:
 
 
 @functools.cache
-def _workspace(device_id: int, slot: int) -> tuple[Any, Any]:
+def workspace(device_id: int, slot: int) -> tuple[Any, Any]:
     """(fp32 partial sums, zeroed uint32 counters) for split-K on one device and scratch slot
-    (`streams.scratch_slot`), made once."""
+    (`streams.scratch_slot`), made once; shared with the weight-only GEMVs (`weight_only`),
+    whose launches on a stream are ordered with these like any two launches."""
     import cupy
 
     with cupy.cuda.Device(device_id):
@@ -300,7 +319,7 @@ def prepare(configs: list[GemvConfig], m: int, dtype: str) -> float:
 
     if dtype not in C_TYPES:
         raise InvalidInputError(f"dtype must be one of {sorted(C_TYPES)}, not {dtype!r}")
-    _workspace(cupy.cuda.Device().id, scratch_slot())
+    workspace(cupy.cuda.Device().id, scratch_slot())
     return _compile([kernel_name(config, m, dtype) for config in configs])
 
 
@@ -335,7 +354,7 @@ def gemv(x: Any, w: Any, y: Any, config: GemvConfig, *, pdl: bool | None = None)
     kernel = _kernel(name)
     if pdl and nvrtc.compute_capability(device) < 90:
         raise InvalidInputError("gemv: pdl=True needs compute capability 9.0 or newer")
-    partial, counters = _workspace(device, scratch_slot())
+    partial, counters = workspace(device, scratch_slot())
     pointers = (x.data.ptr, w.data.ptr, y.data.ptr, partial.data.ptr, counters.data.ptr)
     arguments = [np.uint64(p) for p in pointers] + [
         np.int32(n),
