@@ -39,13 +39,13 @@ def candidate_counts(
     counts: dict[str, int | None] = {}
     for name in backend_names:
         backend = get_backend(name)
-        reason = backend.unsupported_reason(problem)
-        if reason is None:
-            try:
+        try:  # asking may need the backend's library (cuBLASLt checks FP8 rules itself)
+            reason = backend.unsupported_reason(problem)
+            if reason is None:
                 counts[name] = len(backend.candidates(problem))
                 continue
-            except (FtbenchError, ImportError, RuntimeError, OSError) as exc:
-                reason = backend.unavailable_reason() or str(exc)
+        except (FtbenchError, ImportError, RuntimeError, OSError) as exc:
+            reason = backend.unavailable_reason() or str(exc)
         counts[name] = None
         previous = reasons.get(name)
         if previous is None:

@@ -122,6 +122,8 @@ def unsupported_reason(problem: GemmProblem) -> str | None:
         except InvalidInputError as exc:
             return str(exc)
         return None
+    if problem.scaling == "channel":
+        return "cuBLASLt has no fp16/bf16 x 8-bit weight-only GEMM"
     operands = (problem.a_dtype, problem.b_dtype)
     if not set(operands).isdisjoint(EIGHT_BIT_DTYPES):
         return (
