@@ -6,9 +6,13 @@ from __future__ import annotations
 from rich.console import Console
 from rich.markup import escape
 from rich.measure import Measurement
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
 console = Console(soft_wrap=True)
 error_console = Console(stderr=True)
+# The progress bar of long commands (tune, build-cutlass, run): what, bar, done/total, time.
+PROGRESS_COLUMNS = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn())  # fmt: skip
 
 
 def print_table(table: object) -> None:

@@ -25,9 +25,8 @@ from ftbench.cli.options import (
     model_spec,
     names,
 )
-from ftbench.cli.output import console, warn
+from ftbench.cli.output import PROGRESS_COLUMNS, console, warn
 from ftbench.cli.tables import print_run_table
-from ftbench.cli.tune import PROGRESS_COLUMNS
 from ftbench.errors import InvalidInputError
 from ftbench.modelbench.runs import COMPARE_NAMES
 from ftbench.runtime.parallel import DEFAULT_TIMEOUT_S

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich import box
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
 from ftbench.cli.options import (
@@ -28,12 +28,9 @@ from ftbench.cli.options import (
     names,
     workload,
 )
-from ftbench.cli.output import console, print_table, warn
+from ftbench.cli.output import PROGRESS_COLUMNS, console, print_table, warn
 from ftbench.cli.tables import print_tuned
 from ftbench.errors import FtbenchError, InvalidInputError
-
-PROGRESS_COLUMNS = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn())  # fmt: skip
 
 
 def tune_command(
