@@ -51,6 +51,9 @@ def linear_layouts(m, n, k):
 def lt(monkeypatch):
     fake = FakeCublasLt()
     monkeypatch.setattr(cublaslt, "_library", lambda: fake)
+    monkeypatch.setattr(
+        cublaslt, "_placeholder_scales", lambda length: Fake((length,), np.float32, ptr=0xF000)
+    )
     return fake
 
 
@@ -77,6 +80,9 @@ def test_fp8_plan_with_outer_scales_sets_outer_vector_mode_on_a_and_b(lt):
     descriptor = lt.descriptors[plan.desc]
     assert (descriptor["A_SCALE_MODE"], descriptor["B_SCALE_MODE"]) == (3, 3)  # OUTER_VEC_32F
     assert descriptor["FAST_ACCUM"] == 1
+    # Until a call, both point at the plan's ones: never null (cuBLASLt then offers nothing).
+    assert descriptor["A_SCALE_POINTER"] == descriptor["B_SCALE_POINTER"] == 0xF000
+    assert plan.scale_placeholder.shape == (32,)
     # cuBLASLt's A scales run along its M (our n), its B scales along its N (our m).
     assert plan.scale_lengths == (32, 3)
 

@@ -262,7 +262,8 @@ class MatmulPlan:
     """The matmul descriptor and matrix layouts of one problem (host objects, made once).
 
     An FP8 plan has its `fp8` settings and `scale_lengths`: how many fp32 scales cuBLASLt reads
-    for its A and for its B (1 and 1 for "tensor" scales, M and N for "outer" ones).
+    for its A and for its B (1 and 1 for "tensor" scales, M and N for "outer" ones); an
+    outer-scaled one holds the device vector its descriptor points at until a call.
     """
 
     desc: int
@@ -272,6 +273,7 @@ class MatmulPlan:
     types: tuple[int, int, int, int, int, int]  # compute, scale, A, B, C, D as cuBLASLt sees them
     fp8: Fp8Settings | None = None
     scale_lengths: tuple[int, int] | None = None
+    scale_placeholder: Any = None  # the ones an outer-scaled plan points at (see matmul_plan)
 
 
 def _version_text(version: int) -> str:
@@ -368,6 +370,12 @@ def matmul_plan(
             mode = lt.MatmulMatrixScale[SCALE_MODES[fp8.scaling]]
             set_desc(lt.MatmulDescAttribute.A_SCALE_MODE, mode)
             set_desc(lt.MatmulDescAttribute.B_SCALE_MODE, mode)
+            # With null outer-vector scale pointers the heuristic offers no algorithm and
+            # AlgoCheck accepts none (an H100, cuBLASLt 13.1): the plan points both at a vector
+            # of ones of its own until a ScaledMatmul call points them at the real scales.
+            placeholder = _placeholder_scales(max(scale_lengths))
+            set_desc(lt.MatmulDescAttribute.A_SCALE_POINTER, placeholder.data.ptr)
+            set_desc(lt.MatmulDescAttribute.B_SCALE_POINTER, placeholder.data.ptr)
     created = []
     for spec, dtype in zip(layouts, data_types, strict=True):
         layout = lt.matrix_layout_create(dtype, spec.rows, spec.cols, spec.ld)
@@ -379,7 +387,18 @@ def matmul_plan(
             set_layout(lt.MatrixLayoutAttribute.STRIDED_BATCH_OFFSET, spec.batch_stride)
         created.append(layout)
     types = (compute_type, CUDA_R_32F, *data_types, data_types[2])
-    return MatmulPlan(desc, *created, types=types, fp8=fp8, scale_lengths=scale_lengths)
+    return MatmulPlan(
+        desc, *created, types=types, fp8=fp8, scale_lengths=scale_lengths,
+        scale_placeholder=placeholder if fp8 is not None and fp8.scaling == "outer" else None,
+    )  # fmt: skip
+
+
+def _placeholder_scales(length: int) -> Any:
+    """`length` fp32 ones on the current device: an outer-scaled plan's scales until its first
+    call (see `matmul_plan`)."""
+    import cupy
+
+    return cupy.ones(length, dtype=cupy.float32)
 
 
 def _algo_buffer() -> np.ndarray:
