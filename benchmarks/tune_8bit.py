@@ -80,8 +80,9 @@ def remeasure(problem: GemmProblem, entry) -> dict:
             lambda i: runner(*operands[i]), name=f"{name} {problem.key()}", l2="cold",
             input_sets=sets, set_bytes=problem.bytes(), policy=TUNING_POLICY,
         )  # fmt: skip
-        return {"name": name, "median_ms": timing.median_ms,
-                "ci_ms": [timing.ci_low_ms, timing.ci_high_ms], "flags": list(timing.flags)}  # fmt: skip
+        ci_ms = [timing.ci_low_ms, timing.ci_high_ms]
+        return {"name": name, "median_ms": timing.median_ms, "ci_ms": ci_ms,
+                "flags": list(timing.flags)}  # fmt: skip
 
     passes = [timed("default"), timed("chosen"), timed("chosen"), timed("default")]
     slower = entry.winner != entry.default and min(p["ci_ms"][0] for p in passes[1:3]) > max(
@@ -160,8 +161,9 @@ def main() -> None:
             r["problem"]: round(r["speedup_over_default"], 4) for r in rows if r["group"] == "fp8"
         },
         "weight_only_problems": len(weight_only),
-        "weight_only_min_read_fraction": min((r["read_fraction"] for r in weight_only),
-                                             default=None),  # fmt: skip
+        "weight_only_min_read_fraction": min(
+            (r["read_fraction"] for r in weight_only), default=None
+        ),  # fmt: skip
         "weight_only_read_fraction": {
             f"{r['model']} {r['problem']}": round(r["read_fraction"], 4) for r in weight_only
         },

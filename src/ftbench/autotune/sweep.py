@@ -176,7 +176,7 @@ class ProblemTuner:
             return _record(
                 problem, candidate, "failed", reason=f"{type(exc).__name__}: {exc}"
             ), None
-        limit = tolerance(problem, candidate.config.get("fast_accum") is True)
+        limit = tolerance(problem.c_dtype, candidate.config.get("fast_accum") is True)
         if not error <= limit:
             reason = f"wrong result: relative error {error:.3g} > {limit:g}"
             return _record(problem, candidate, "wrong", reason=reason, rel_err=error), None

@@ -108,11 +108,11 @@ def nan_array(shape: tuple[int, ...], dtype: str) -> Any:
     return array
 
 
-def tolerance(problem: GemmProblem, fast_accum: bool = False) -> float:
-    """The largest relative error a correct kernel may have on `problem`: C's rounding (its
-    format's `gemm_tolerance`), or FAST_ACCUM_TOLERANCE for an FP8 kernel with fast accumulation
-    (a cuBLASLt configuration's `fast_accum`)."""
-    accurate = DTYPES[problem.c_dtype].gemm_tolerance
+def tolerance(c_dtype: str, fast_accum: bool = False) -> float:
+    """The largest relative error a correct kernel may have on a GEMM writing C in `c_dtype`:
+    C's rounding (its format's `gemm_tolerance`), or FAST_ACCUM_TOLERANCE for an FP8 kernel with
+    fast accumulation (a cuBLASLt configuration's `fast_accum`)."""
+    accurate = DTYPES[c_dtype].gemm_tolerance
     return max(accurate, FAST_ACCUM_TOLERANCE) if fast_accum else accurate
 
 

@@ -35,6 +35,7 @@ from ftbench.files import is_positive_number
 from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import ModelSpec
 from ftbench.runtime.pipeline import split_sequences
+from ftbench.runtime.quantize import dequantize_weights
 from ftbench.runtime.sharding import vocabulary_start
 from ftbench.runtime.weights import Linear, ModelWeights, Norm, check_shapes
 
@@ -199,7 +200,8 @@ class ReferenceModel:
 
     `weights` is a `ModelWeights` or the list of per-rank shards from `shard()` (tp = its
     length), of the whole model or of the pipeline stage holding `layers` (see the module
-    docstring). `dtype` (float64 or float32) is the compute dtype; weights are converted to it.
+    docstring). `dtype` (float64 or float32) is the compute dtype; weights are converted to it
+    (8-bit linears: their codes times their scales, `runtime.quantize`).
     `micro_batches`: how many groups of sequences each call runs (see the module docstring).
     """
 
@@ -227,7 +229,11 @@ class ReferenceModel:
         self.rank_shapes = rank_shapes(spec, self.tp)
         for rank_weights in ranks:
             check_shapes(rank_weights, spec, self.tp, self.layers)
-        self.ranks = [rank_weights.astype(self.dtype) for rank_weights in ranks]
+        # 8-bit linears run as their codes times their scales, exactly, in the compute dtype.
+        self.ranks = [
+            dequantize_weights(rank_weights, self.dtype).astype(self.dtype)
+            for rank_weights in ranks
+        ]
         self.lengths: np.ndarray | None = None
         self._caches: list[list[_KVCache]] = []
 
