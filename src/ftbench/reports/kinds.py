@@ -70,7 +70,8 @@ KINDS = {
             writer="`benchmarks/tune_8bit.py`",
             record="per 8-bit problem: the choice and its default re-measured side by side, the "
             "weight-only read fraction; one record of the run's ceilings",
-            shown="a table of the fields",
+            shown="a table of the problems",
+            required=_fields("model group problem default_ms chosen_ms slower_than_default"),
             plotted=False,
         ),
         ResultKind(

@@ -39,11 +39,11 @@ DEFAULT_BACKENDS = {
 def default_candidate(problem: GemmProblem) -> tuple[Backend, Candidate]:
     """(backend, candidate) of `problem`'s default (`DEFAULT_BACKENDS`)."""
     backend = get_backend(DEFAULT_BACKENDS[problem.scaling])
-    reason = backend.unavailable_reason() or backend.unsupported_reason(problem)
+    reason = backend.unsupported_reason(problem)
     candidate = None if reason else backend.default(problem)
     if candidate is None:
         raise FtbenchError(
-            f"{problem.key()}: its default, {backend.name}'s, cannot run here "
+            f"{problem.key()}: its default, {backend.name}'s, cannot run it "
             f"({reason or 'the library offers no algorithm'})"
         )
     return backend, candidate
