@@ -119,3 +119,42 @@ def test_bad_quantisation_requests_say_what_is_wrong():
     layers = (mixed.layers[0], quantize_weights(weights, "fp8").layers[1])
     with pytest.raises(InvalidInputError, match="mix weight formats"):
         weight_format(dataclasses.replace(mixed, layers=layers))
+
+
+@pytest.mark.parametrize("scaling", ["token", "tensor"])
+def test_fp8_activations_round_to_e4m3_under_an_absmax_scale(scaling):
+    from ftbench.runtime.quantize import fp8_activations
+
+    x = (
+        np.random.default_rng(1).standard_normal((3, 5, 64))
+        * np.array([1, 30, 0.01])[:, None, None]
+    )
+    x[1, 2] = 0.0  # a zero row stays zero
+    got = fp8_activations(x, scaling)
+    axis = -1 if scaling == "token" else None
+    # absmax maps to E4M3's 448 exactly, so each scaled group keeps its largest magnitude
+    np.testing.assert_allclose(np.abs(got).max(axis=axis), np.abs(x).max(axis=axis), rtol=1e-6)
+    assert np.all(got[1, 2] == 0)
+    # 3 mantissa bits: within 2^-4 of each element, or below the scale's subnormal step
+    step = np.abs(x).max(axis=axis, keepdims=True) / 448 * 2.0**-9
+    assert np.all(np.abs(got - x) <= np.abs(x) * 2.0**-4 + step)
+    assert not np.array_equal(got, x)
+
+
+@pytest.mark.parametrize("activations", ["fp8-token", "fp8-tensor"])
+def test_the_reference_reads_fp8_activations_into_fp8_linears_only(activations):
+    spec, weights = model("llama-gqa")
+    quantised = quantize_weights(weights, "fp8")
+    tokens = np.random.default_rng(0).integers(0, spec.vocab_size, (2, 5))
+    weight_only = ReferenceModel(spec, quantised).prefill(tokens)
+    fp8 = ReferenceModel(spec, quantised, activations=activations).prefill(tokens)
+    error = np.linalg.norm(fp8 - weight_only) / np.linalg.norm(weight_only)
+    assert 0 < error < 0.1
+
+
+def test_fp8_activations_need_fp8_weights_and_a_known_scaling():
+    spec, weights = model("gptj")
+    with pytest.raises(InvalidInputError, match="fp8 activations need fp8 weights"):
+        ReferenceModel(spec, quantize_weights(weights, "int8"), activations="fp8-token")
+    with pytest.raises(InvalidInputError, match="fp8-token or fp8-tensor, got 'fp8-row'"):
+        ReferenceModel(spec, quantize_weights(weights, "fp8"), activations="fp8-row")

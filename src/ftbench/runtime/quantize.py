@@ -86,3 +86,27 @@ def dequantize_weights(weights: ModelWeights, dtype: object = np.float64) -> Mod
         for layer in weights.layers
     )
     return dataclasses.replace(weights, layers=layers)
+
+
+ACTIVATION_SCALINGS = ("token", "tensor")
+E4M3_MAX = 448.0
+
+
+def fp8_activations(x: np.ndarray, scaling: str = "token") -> np.ndarray:
+    """What an FP8 linear layer reads of its input x: x rounded to E4M3 under a dynamic scale,
+    times that scale, as float64. The scale is absmax / 448 per token (over the last axis) or
+    over the whole tensor; x / scale is computed in fp32 and rounded to nearest even, saturating
+    at +-448 (cvt.rn.satfinite, as a device quantiser does); an all-zero row stays zero."""
+    if scaling not in ACTIVATION_SCALINGS:
+        raise InvalidInputError(
+            f"activation scaling must be {' or '.join(ACTIVATION_SCALINGS)}, got {scaling!r}"
+        )
+    from ftbench.dtypes import numpy_dtype
+
+    values = np.asarray(x, dtype=np.float32)
+    axis = -1 if scaling == "token" else None
+    absmax = np.abs(values).max(axis=axis, keepdims=True)
+    scale = absmax / np.float32(E4M3_MAX)
+    ratio = values / np.where(scale > 0, scale, np.float32(1))
+    codes = np.clip(ratio, -E4M3_MAX, E4M3_MAX).astype(numpy_dtype("fp8"))
+    return codes.astype(np.float64) * scale.astype(np.float64)
