@@ -6,7 +6,8 @@ candidate checked against the dequantised reference."""
 import numpy as np
 import pytest
 
-from ftbench.autotune.sweep import SweepOptions, TimingPolicy, tune_problem
+from ftbench.autotune.sweep import SweepOptions, tune_problem
+from ftbench.bench.timer import TimingPolicy
 from ftbench.gemm.backends import get_backend
 from ftbench.gemm.operands import (
     make_operands,
