@@ -27,7 +27,7 @@ INT8_WEIGHTS = linear_problem(16, 4096, 4096, "fp16", weights="int8")
                 "cublaslt": None,  # cuBLASLt runs FP8: n/a only where its library is missing
                 "cutlass": "CUTLASS kernels compute fp16 or bf16 NT single-batch GEMMs, fp32 "
                 "accumulation",
-                "ftbench": "only fp16 or bf16 in and out",
+                "ftbench": "only fp16 or bf16 activations, and the output in their format",
             },
         ),
         (
@@ -37,7 +37,7 @@ INT8_WEIGHTS = linear_problem(16, 4096, 4096, "fp16", weights="int8")
                 "cublaslt": "cuBLASLt has no fp16/bf16 x 8-bit weight-only GEMM",
                 "cutlass": "CUTLASS kernels compute fp16 or bf16 NT single-batch GEMMs, fp32 "
                 "accumulation",
-                "ftbench": "only fp16 or bf16 in and out",
+                "ftbench": None,  # the project's weight-only kernels
             },
         ),
     ],
@@ -51,8 +51,23 @@ def test_backends_without_8_bit_kernels_count_na_and_say_why(problem, expected):
         pytest.skip("cuBLASLt is loadable here: it counts FP8 candidates")
     expected = {**expected, "cublaslt": expected["cublaslt"] or missing}
     reasons = {}
-    assert candidate_counts(problem, BACKENDS, reasons) == dict.fromkeys(BACKENDS)
-    assert reasons == expected
+    counts = candidate_counts(problem, BACKENDS, reasons)
+    assert counts == {name: None for name, reason in expected.items() if reason} | {
+        name: counts[name] for name, reason in expected.items() if not reason
+    }
+    assert reasons == {name: reason for name, reason in expected.items() if reason}
+
+
+def test_weight_only_problems_count_the_project_kernels_and_have_their_default():
+    from ftbench.kernels.weight_only import default_config, weight_only_configs
+
+    reasons = {}
+    configs = weight_only_configs(16, 4096, 4096)
+    assert candidate_counts(INT8_WEIGHTS, ["ftbench"], reasons) == {"ftbench": len(configs)}
+    default = get_backend("ftbench").default(INT8_WEIGHTS)
+    assert default.config == default_config(16, 4096, 4096).to_dict()
+    assert default.config in [config.to_dict() for config in configs]
+    assert get_backend("ftbench").default(GemmProblem(16, 4096, 4096)) is None
 
 
 def test_an_unscaled_problem_counts_every_cublas_algorithm():

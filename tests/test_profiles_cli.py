@@ -159,7 +159,9 @@ def test_bad_arguments_raise_ftbench_errors(args, message):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--dtype", "fp8"], "'fp8' is not one of 'fp16', 'bf16'"),
+        (["--dtype", "fp4"], "'fp4' is not one of 'fp16', 'bf16', 'fp8'"),
+        (["--weights", "fp4"], "'fp4' is not one of 'fp16', 'bf16', 'fp8', 'int8'"),
+        (["--scaling", "row"], "'row' is not one of 'tensor', 'outer', 'channel'"),
         (["--tp", "0"], "Invalid value for '--tp'"),
         (["--pp", "-2"], "Invalid value for '--pp'"),
         (["--beam", "0"], "Invalid value for '--beam'"),

@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 
 from ftbench.errors import InvalidInputError
+from ftbench.kernels.weight_only import MAX_M as WEIGHT_ONLY_MAX_M
 from ftbench.profiles.catalog import load_builtin
 from ftbench.profiles.problems import deduplicate, gemm_problems, rank_shapes, valid_tp_sizes
 from ftbench.profiles.spec import Workload
@@ -293,14 +294,16 @@ def test_gptj_6b_fp8_problems():
 
 
 def test_llama3_8b_int8_weight_only_problems():
+    """Weight-only up to the kernels' 16 rows; the prefill's m = 128 multiplies dequantised
+    weights in bf16."""
     assert counted_keys("llama3-8b", dtype="bf16", weights="int8") == [
         ("gemm:bf16bf16bf16:f32:NT:m=1:n=128256:k=4096:b=1", 2),
-        ("gemm:bf16s8bf16:f32:NT:m=128:n=6144:k=4096:b=1:s=channel", 32),
+        ("gemm:bf16bf16bf16:f32:NT:m=128:n=6144:k=4096:b=1", 32),  # dequantised
         ("gemm:bf16bf16bf16:f32:NT:m=128:n=128:k=128:b=32", 32),
         ("gemm:bf16bf16bf16:f32:NN:m=128:n=128:k=128:b=32", 32),
-        ("gemm:bf16s8bf16:f32:NT:m=128:n=4096:k=4096:b=1:s=channel", 32),
-        ("gemm:bf16s8bf16:f32:NT:m=128:n=28672:k=4096:b=1:s=channel", 32),
-        ("gemm:bf16s8bf16:f32:NT:m=128:n=4096:k=14336:b=1:s=channel", 32),
+        ("gemm:bf16bf16bf16:f32:NT:m=128:n=4096:k=4096:b=1", 32),  # dequantised
+        ("gemm:bf16bf16bf16:f32:NT:m=128:n=28672:k=4096:b=1", 32),  # dequantised
+        ("gemm:bf16bf16bf16:f32:NT:m=128:n=4096:k=14336:b=1", 32),  # dequantised
         ("gemm:bf16s8bf16:f32:NT:m=1:n=6144:k=4096:b=1:s=channel", 32),
         ("gemm:bf16s8bf16:f32:NT:m=1:n=4096:k=4096:b=1:s=channel", 32),
         ("gemm:bf16s8bf16:f32:NT:m=1:n=28672:k=4096:b=1:s=channel", 32),
@@ -335,13 +338,16 @@ def test_8_bit_workloads_keep_the_shapes_and_quantise_only_the_linear_layers(
 ):
     assert shape_table(name, **workload) == shape_table(name)
     uses = gemm_problems(load_builtin(name), Workload(**workload))
+    weight_only = quantised[3] == "channel"
     for use in uses:
         p = use.problem
-        expected = unquantised if use.role in UNQUANTISED_ROLES else quantised
+        dequantised = weight_only and p.m > WEIGHT_ONLY_MAX_M
+        expected = unquantised if use.role in UNQUANTISED_ROLES or dequantised else quantised
         assert (p.a_dtype, p.b_dtype, p.c_dtype, p.scaling) == expected, use.role
     counted = deduplicate(uses)
     assert len(counted) == 11
-    assert sum(item.problem.scaling != "none" for item in counted) == 8
+    # The 4 linear layers of the context phase (m = 128) and of a generation step (m = 1).
+    assert sum(item.problem.scaling != "none" for item in counted) == (4 if weight_only else 8)
 
 
 def test_t5_cross_attention_projections_are_quantised_and_its_products_are_not():

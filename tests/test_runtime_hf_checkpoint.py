@@ -236,3 +236,91 @@ def test_a_corrupt_safetensors_file_is_an_error_naming_it(tmp_path, content):
     (tmp_path / "model.safetensors").write_bytes(content)
     with pytest.raises(InvalidInputError, match=f"^cannot read {tmp_path}/model.safetensors as "):
         load_hf_weights(tmp_path, spec_of(GPT2), np.float32)
+
+
+# --- FP8 checkpoints -------------------------------------------------------------------------
+
+_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _fp8_llama(spec: ModelSpec, per_tensor: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")):
+    """A LLaMA state dict whose projections are E4M3 codes with `weight_scale`s (one per tensor
+    for `per_tensor`, one per output row, stored [rows, 1], for the others) and a static
+    `input_scale`; and the float64 weight each projection stands for."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    state = {name: value.astype(np.float32) for name, value in _llama_state_dict(spec).items()}
+    meant = {}
+    for name in list(state):
+        projection = name.rsplit(".", 2)[-2]
+        if projection not in _PROJECTIONS:
+            continue
+        weight = state.pop(name)
+        absmax = np.abs(weight).max() if projection in per_tensor else np.abs(weight).max(1)
+        scale = (absmax / 448).astype(np.float32)
+        scale = scale if projection in per_tensor else scale[:, None]
+        codes = (weight / scale).astype(ml_dtypes.float8_e4m3fn)
+        base = name.removesuffix(".weight")
+        state[name] = codes
+        state[f"{base}.weight_scale"] = np.asarray(scale, np.float32)
+        state[f"{base}.input_scale"] = np.asarray(0.5, np.float32)
+        meant[name] = codes.astype(np.float64) * scale.astype(np.float64)
+    return state, meant
+
+
+def _save_torch(state, path):
+    """`state` as a safetensors file written by torch (E4M3 as torch.float8_e4m3fn)."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    def tensor(value):
+        if str(value.dtype) == "float8_e4m3fn":
+            return torch.from_numpy(value.view(np.uint8).copy()).view(torch.float8_e4m3fn)
+        return torch.from_numpy(np.ascontiguousarray(value))
+
+    save_file({name: tensor(value) for name, value in state.items()}, str(path))
+
+
+@pytest.mark.parametrize("source", ["safetensors", "state-dict"])
+def test_an_fp8_checkpoint_loads_as_8_bit_linears_with_a_scale_per_output_channel(tmp_path, source):
+    spec = spec_of(LLAMA)
+    state, meant = _fp8_llama(spec)
+    if source == "safetensors":
+        _save_torch(state, tmp_path / "model.safetensors")
+        weights = load_hf_weights(tmp_path, spec, "fp16")
+    else:
+        weights = from_state_dict(state, spec, "fp16")
+    check_shapes(weights, spec)
+    for index, layer in enumerate(weights.layers):
+        prefix = f"model.layers.{index}."
+        stacks = {
+            "qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+            "attn_out": ("self_attn.o_proj",),
+            "ffn_up": ("mlp.gate_proj", "mlp.up_proj"),
+            "ffn_down": ("mlp.down_proj",),
+        }
+        for part, names in stacks.items():
+            linear = getattr(layer, part)
+            assert str(linear.weight.dtype) == "float8_e4m3fn"
+            assert linear.scale.dtype == np.float32
+            expected = np.concatenate([meant[f"{prefix}{name}.weight"] for name in names])
+            np.testing.assert_array_equal(linear.dequantized(), expected, err_msg=part)
+        assert layer.ln1.weight.dtype == np.float16
+    assert weights.embed.dtype == np.float16 and weights.lm_head.scale is None
+
+
+def test_an_fp8_checkpoint_missing_a_scale_or_quantising_the_lm_head_is_refused(tmp_path):
+    spec = spec_of(LLAMA)
+    state, _ = _fp8_llama(spec)
+    scale = "model.layers.1.self_attn.k_proj.weight_scale"
+    without = {name: value for name, value in state.items() if name != scale}
+    with pytest.raises(InvalidInputError, match=f"missing tensors: {scale}"):
+        from_state_dict(without, spec, "fp16")
+    _save_torch(without, tmp_path / "model.safetensors")
+    with pytest.raises(InvalidInputError, match=f"missing tensors: {scale}"):
+        load_hf_weights(tmp_path, spec, "fp16")
+    head = {**state, "lm_head.weight_scale": np.asarray(1.0, np.float32)}
+    with pytest.raises(InvalidInputError, match="lm_head.weight is stored quantised"):
+        from_state_dict(head, spec, "fp16")
+    wrong = {**state, scale: np.ones(3, np.float32)}
+    with pytest.raises(InvalidInputError, match=f"{scale} \\(expected \\[\\], \\[1\\]"):
+        from_state_dict(wrong, spec, "fp16")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from ftbench.errors import InvalidInputError
+from ftbench.gemm import backends as backends_module
 from ftbench.gemm import dispatch as gemm_module
 from ftbench.gemm.cache import CacheHeader, TunedCache
 from ftbench.gemm.dispatch import GemmDispatch
@@ -77,6 +78,9 @@ class _NumpyBackend:
         self.name = name
         self.prepared = []
 
+    def unsupported_reason(self, problem):
+        return None
+
     def default(self, problem):
         from ftbench.gemm.candidate import Candidate
 
@@ -94,6 +98,7 @@ class _NumpyBackend:
 def test_dispatch_uses_tuned_entries_and_counts_misses(monkeypatch):
     backend = _NumpyBackend("cublas")
     monkeypatch.setattr(gemm_module, "get_backend", lambda name: backend)
+    monkeypatch.setattr(backends_module, "get_backend", lambda name: backend)
     tuned = GemmProblem(4, 24, 16)
     cache = TunedCache(CacheHeader.from_environment(fake_environment()))
     cache.add(entry(tuned, algo=7))
@@ -115,6 +120,7 @@ def test_dispatch_uses_tuned_entries_and_counts_misses(monkeypatch):
 def test_dispatch_without_cache_runs_defaults(monkeypatch):
     backend = _NumpyBackend("cublas")
     monkeypatch.setattr(gemm_module, "get_backend", lambda name: backend)
+    monkeypatch.setattr(backends_module, "get_backend", lambda name: backend)
     dispatch = GemmDispatch()
     x = np.ones((3, 8), np.float16)
     dispatch.linear(x, np.ones((5, 8), np.float16), np.empty((3, 5), np.float16))

@@ -1,12 +1,10 @@
 """A linear layer of fresh E4M3 operands for the FP8 GPU tests, its float64 reference, and the
 error a result may have against it.
 
-Tolerances (relative Frobenius error). Without fast accumulation the sums are fp32 and the
-error is the output's rounding: the project's GEMM tolerance of the output format (fp16 2e-3,
-bf16 1.6e-2). With it, Hopper's FP8 tensor cores keep partial sums with about 14 bits of
-mantissa and never promote them to fp32 (DeepSeek-V3 technical report, 3.3.2: near 2% maximum
-relative error at K = 4096): 2e-2, still far below what a wrong scale, operand order or layout
-gives (0.3 and more).
+Tolerances (relative Frobenius error) are the sweep's (`gemm.operands.tolerance`): without
+fast accumulation the sums are fp32 and the error is the output's rounding, the GEMM tolerance of
+the output format (fp16 2e-3, bf16 1.6e-2); with it, `gemm.operands.FAST_ACCUM_TOLERANCE`
+(why: there).
 """
 
 import numpy as np
@@ -17,13 +15,7 @@ from ftbench.kernels.cublaslt import MatrixSpec
 
 ml_dtypes = pytest.importorskip("ml_dtypes", reason="E4M3 host arrays need ml_dtypes")
 
-FAST_ACCUM_TOLERANCE = 2e-2
 BF16_NAN = 0x7FC0
-
-
-def tolerance(out, fast_accum):
-    accurate = DTYPES[out].gemm_tolerance
-    return max(accurate, FAST_ACCUM_TOLERANCE) if fast_accum else accurate
 
 
 class Linear:

@@ -10,10 +10,11 @@ import functools
 import json
 
 import pytest
-from fp8_linear import Linear, error_of, output, tolerance
+from fp8_linear import Linear, error_of, output
 
 from ftbench.gemm.backends.cublaslt import CublasLtBackend, config_of, heuristic
 from ftbench.gemm.candidate import Candidate
+from ftbench.gemm.operands import tolerance
 from ftbench.kernels import cublaslt
 
 pytestmark = pytest.mark.gpu

@@ -12,10 +12,11 @@ import functools
 
 import numpy as np
 import pytest
-from fp8_linear import Linear, error_of, output, tolerance
+from fp8_linear import Linear, error_of, output
 
 from ftbench.dtypes import DTYPES
 from ftbench.errors import GpuError
+from ftbench.gemm.operands import tolerance
 from ftbench.kernels import cublaslt
 from ftbench.kernels.cublas import CUBLAS_COMPUTE_32F
 from ftbench.kernels.cublaslt import Fp8Settings

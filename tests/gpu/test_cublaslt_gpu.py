@@ -57,7 +57,7 @@ def error_of(problem, runner):
     a, b, c = make_operands(problem)[0]  # C starts as NaN
     cupy.cuda.get_current_stream().synchronize()
     runner(a, b, c)
-    return relative_error(problem, a, b, c)
+    return relative_error(problem, (a, b, c))
 
 
 @pytest.mark.parametrize("problem_id", PROBLEM_IDS)
@@ -140,7 +140,7 @@ def test_every_candidate_is_right_when_replayed_from_a_captured_graph(
             c.fill(cupy.nan)
             graph.launch(stream)
             stream.synchronize()
-            error = relative_error(problem, a, b, c)
+            error = relative_error(problem, (a, b, c))
             if not error < DTYPES["fp16"].gemm_tolerance:
                 wrong[candidate.name] = error
     assert not wrong, f"wrong after graph replay: {wrong}"

@@ -57,7 +57,7 @@ def test_kernel_matches_the_fp32_reference(spec, problem):
     ((a, b, c),) = make_operands(problem)  # C starts as NaN: unwritten outputs fail
     cupy.cuda.get_current_stream().synchronize()
     runner(a, b, c)
-    assert relative_error(problem, a, b, c) < DTYPES[spec.element].gemm_tolerance
+    assert relative_error(problem, (a, b, c)) < DTYPES[spec.element].gemm_tolerance
 
 
 @pytest.mark.parametrize("spec", ALL_SPECS[:1] + cutlass_build.kernels_for(90, ("bf16",))[:1])
@@ -101,4 +101,4 @@ def test_runner_is_captured_in_a_cuda_graph():
         lambda i: runner(a, b, c), name=candidate.name, policy=TimingPolicy(budget_s=1.0)
     )
     assert timing.method == "graph", timing.capture_error
-    assert relative_error(problem, a, b, c) < 2e-3
+    assert relative_error(problem, (a, b, c)) < 2e-3

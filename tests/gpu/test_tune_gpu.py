@@ -27,7 +27,7 @@ def test_cublas_gemm_matches_the_fp32_reference(problem):
 
     ((a, b, c),) = make_operands(problem)
     gemm(problem, a, b, c)
-    assert relative_error(problem, a, b, c) < DTYPES[problem.c_dtype].gemm_tolerance
+    assert relative_error(problem, (a, b, c)) < DTYPES[problem.c_dtype].gemm_tolerance
 
 
 def test_bf16_operands_round_to_nearest_even_and_widen_exactly():

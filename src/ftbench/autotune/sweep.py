@@ -1,11 +1,14 @@
 """The sweep: for every problem, verify and time every candidate of every backend; keep the best.
 
 Rules, stated once:
-- the reference for "default" is cuBLAS's default algorithm (`cublas` backend, algo -1), timed
-  first for every problem, whichever backends are swept;
+- the "default" is what runs untuned (`gemm.backends.DEFAULT_BACKENDS`): cuBLAS's default
+  algorithm (`cublas` backend, algo -1) for fp16/bf16, cuBLASLt's heuristic first choice for
+  FP8, the project's untuned weight-only kernel for 8-bit weights; it is timed first for every
+  problem, whichever backends are swept;
 - every candidate is first run once on fresh random inputs with its output poisoned (NaN) and
-  compared with an fp32-accumulated reference; a wrong or failing candidate is excluded and
-  listed with its reason;
+  compared with an fp32 reference computed from the dequantised operands
+  (`gemm.operands`), within C's tolerance (FP8 with fast accumulation: its looser one); a
+  wrong or failing candidate is excluded and listed with its reason;
 - timing goes through `bench.timer.time_launch`, cold L2 by default (rotating input copies);
 - a candidate replaces the default only when it is faster beyond the noise: its 95% interval
   lies entirely below the default's and it gains at least `min_gain` (1%, the run-to-run drift
@@ -38,10 +41,9 @@ from ftbench.bench.timer import (
     device_facts,
     time_launch,
 )
-from ftbench.dtypes import DTYPES
 from ftbench.errors import FtbenchError, InvalidInputError
 from ftbench.files import check_file_target
-from ftbench.gemm.backends import get_backend
+from ftbench.gemm.backends import default_candidate, get_backend
 from ftbench.gemm.backends.base import Backend, CandidateUnsupported
 from ftbench.gemm.cache import (
     KIND,
@@ -52,12 +54,7 @@ from ftbench.gemm.cache import (
     load_cache,
 )
 from ftbench.gemm.candidate import BACKEND_NAMES, Candidate
-from ftbench.gemm.operands import (
-    make_operands,
-    poison,
-    reference,
-    relative_error,
-)
+from ftbench.gemm.operands import make_operands, poison, reference, relative_error, tolerance
 from ftbench.gemm.problem import GemmProblem
 
 RESULTS_KIND = "tune"  # the kind of the results file: every candidate's timing
@@ -141,18 +138,17 @@ class ProblemTuner:
                 sets = 1  # the timer flushes L2 before each launch instead
         self.set_bytes = set_bytes
         self.operands = make_operands(problem, sets)
-        self.expected = reference(problem, *self.operands[0][:2])
-        self.tolerance = DTYPES[problem.c_dtype].gemm_tolerance
+        self.expected = reference(problem, self.operands[0])
 
     def verify(self, runner: Callable) -> float:
         """Relative error of one run on set 0 (output poisoned first)."""
         import cupy
 
-        a, b, c = self.operands[0]
-        poison(c)
+        operands = self.operands[0]
+        poison(operands[2])
         cupy.cuda.get_current_stream().synchronize()
-        runner(a, b, c)
-        return relative_error(self.problem, a, b, c, self.expected)
+        runner(*operands)
+        return relative_error(self.problem, operands, self.expected)
 
     def time(self, runner: Callable, name: str, abandon_above_ms: float | None) -> Any:
         operands = self.operands
@@ -180,8 +176,9 @@ class ProblemTuner:
             return _record(
                 problem, candidate, "failed", reason=f"{type(exc).__name__}: {exc}"
             ), None
-        if not error <= self.tolerance:
-            reason = f"wrong result: relative error {error:.3g} > {self.tolerance:g}"
+        limit = tolerance(problem.c_dtype, candidate.config.get("fast_accum") is True)
+        if not error <= limit:
+            reason = f"wrong result: relative error {error:.3g} > {limit:g}"
             return _record(problem, candidate, "wrong", reason=reason, rel_err=error), None
         try:
             timing = self.time(runner, f"{problem.key()} {candidate.name}", abandon_above_ms)
@@ -199,11 +196,12 @@ def tune_problem(
 ) -> ProblemOutcome:
     """Tune one problem; candidates left when `deadline` (time.monotonic) passes are skipped."""
     tuner = ProblemTuner(problem, options)
-    default_backend = get_backend("cublas")
-    default = default_backend.default(problem)
+    default_backend, default = default_candidate(problem)
     record, default_timing = tuner.try_candidate(default_backend, default)
     if default_timing is None:
-        raise FtbenchError(f"{problem.key()}: the cuBLAS default failed ({record['reason']})")
+        raise FtbenchError(
+            f"{problem.key()}: the {default_backend.name} default failed ({record['reason']})"
+        )
     record["timing"] = _timing_record(default_timing, keep_samples=True)
     records = {default.key(): record}
     timed: list[tuple[Candidate, Any]] = [(default, default_timing)]

@@ -14,10 +14,13 @@ from typing import Annotated
 import typer
 
 from ftbench.bench.timer import L2_MODES
-from ftbench.dtypes import RUNTIME_DTYPES
+from ftbench.dtypes import EIGHT_BIT_DTYPES, RUNTIME_DTYPES
 from ftbench.errors import InvalidInputError
-from ftbench.gemm.problem import DATASHEET_PEAKS
-from ftbench.profiles.spec import MAX_SIZE  # a batch or a length above it is a typo
+from ftbench.gemm.problem import DATASHEET_PEAKS, SCALINGS
+from ftbench.profiles.spec import (
+    MAX_SIZE,  # a batch or a length above it is a typo
+    WORKLOAD_DTYPES,
+)
 from ftbench.reports.compare import RENDERERS
 from ftbench.runtime.ipc import ALLREDUCE_METHODS
 from ftbench.runtime.sharded import STORED_DTYPES
@@ -35,6 +38,9 @@ def spelled(values: tuple[str, ...] | type[Enum]) -> str:
 
 
 RuntimeDType = choices("RuntimeDType", RUNTIME_DTYPES)
+GemmDType = choices("GemmDType", WORKLOAD_DTYPES)
+WeightDType = choices("WeightDType", (*RUNTIME_DTYPES, *EIGHT_BIT_DTYPES))
+Scaling = choices("Scaling", tuple(s for s in SCALINGS if s != "none"))
 StoredDType = choices("StoredDType", STORED_DTYPES)
 L2Mode = choices("L2Mode", L2_MODES)
 Allreduce = choices("Allreduce", ALLREDUCE_METHODS)
@@ -75,6 +81,33 @@ OutputLenOption = Annotated[
 ]
 DTypeOption = Annotated[
     RuntimeDType, typer.Option("--dtype", help="Activation and weight dtype of the model.")
+]
+# The GEMM formats of `tune` and `profiles show` (the shapes an 8-bit deployment issues).
+GemmDTypeOption = Annotated[
+    GemmDType,
+    typer.Option(
+        "--dtype",
+        help="The linear layers' activations (and weights unless --weights): fp16, bf16, or fp8 "
+        "(E4M3 activations and weights with fp32 scales; the outputs, attention and LM head "
+        "stay fp16).",
+    ),
+]
+WeightsOption = Annotated[
+    WeightDType | None,
+    typer.Option(
+        "--weights",
+        help="The linear layers' weights (default: --dtype): int8 or fp8 with an fp16/bf16 "
+        "--dtype is weight-only quantisation, one fp32 scale per output channel.",
+    ),
+]
+ScalingOption = Annotated[
+    Scaling | None,
+    typer.Option(
+        "--scaling",
+        help="Scales of the 8-bit linear layers (default: tensor for --dtype fp8, channel for "
+        "8-bit --weights): tensor (one per operand) or outer (one per token and one per output "
+        "channel) for fp8; channel for weight-only.",
+    ),
 ]
 TpOption = Annotated[
     int, typer.Option("--tp", min=1, help="Tensor-parallel size: shapes are per rank.")
@@ -180,12 +213,24 @@ def check_unique(values: list, option: str) -> None:
             raise InvalidInputError(f"{option} lists {value} twice")
 
 
+def formats(chosen) -> str:
+    """A workload's number formats in a title: "fp16", or e.g. "fp16, int8 weights (channel
+    scales)", "fp8 (tensor scales), fp16 out"."""
+    if chosen.scaling == "none":
+        return chosen.dtype
+    if chosen.dtype == "fp8":
+        return f"fp8 ({chosen.scaling} scales), {chosen.out_dtype} out"
+    return f"{chosen.dtype}, {chosen.weights} weights ({chosen.scaling} scales)"
+
+
 def workload(batch: str, input_len: str, output_len: str, dtype: str, tp: int, pp: int = 1,
-             beam: int = 1):  # fmt: skip
+             beam: int = 1, weights: Enum | None = None, scaling: Enum | None = None):  # fmt: skip
     """The `Workload` of the grid options shared by `profiles show` and `tune`."""
     from ftbench.profiles.spec import Workload
 
     return Workload(
+        weights=None if weights is None else weights.value,
+        scaling=None if scaling is None else scaling.value,
         batch_sizes=int_list(batch, "--batch"),
         input_lens=int_list(input_len, "--input-len"),
         output_lens=int_list(output_len, "--output-len"),

@@ -13,13 +13,16 @@ from ftbench.cli.options import (
     BatchOption,
     ConfigOption,
     DatasheetGpu,
-    DTypeOption,
+    GemmDType,
+    GemmDTypeOption,
     InputLenOption,
     OutputLenOption,
     PpOption,
     ProfileOption,
-    RuntimeDType,
+    ScalingOption,
     TpOption,
+    WeightsOption,
+    formats,
     json_option,
     model_spec,
     workload,
@@ -80,7 +83,9 @@ def profiles_show_command(
             "GEMMs of batch x beam rows). ftbench's runtime has no beam search yet.",
         ),
     ] = 1,
-    dtype: DTypeOption = RuntimeDType.fp16,
+    dtype: GemmDTypeOption = GemmDType.fp16,
+    weights: WeightsOption = None,
+    scaling: ScalingOption = None,
     unfused: Annotated[
         bool,
         typer.Option(
@@ -98,7 +103,9 @@ def profiles_show_command(
     from ftbench.profiles.problems import positions_warning
     from ftbench.profiles.summary import problem_summary
 
-    chosen = workload(batch, input_len, output_len, dtype.value, tp, pp, beam)
+    chosen = workload(
+        batch, input_len, output_len, dtype.value, tp, pp, beam, weights=weights, scaling=scaling
+    )
     peaks = datasheet_peaks(gpu.value)
     if model is None:
         spec = model_spec(profile, config)
@@ -116,7 +123,7 @@ def profiles_show_command(
     rank = summary["rank"]
     table = Table(
         title=f"{spec.name} ({spec.parameter_count() / 1e9:.2f}B parameters), "
-        f"tp={tp} pp={pp}, {dtype.value}, bound on {peaks.name} ({peaks.source})",
+        f"tp={tp} pp={pp}, {formats(chosen)}, bound on {peaks.name} ({peaks.source})",
         caption=f"per rank: {rank['q_heads']} query heads, {rank['kv_heads']} KV heads "
         f"(x{rank['kv_replicas']} replicated), FFN {rank['ffn_hidden_size']}, embedding and LM "
         f"head {rank['lm_head_rows']} rows, {rank['layers_per_stage']} layers per stage. "

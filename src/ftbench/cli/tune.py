@@ -16,14 +16,17 @@ from rich.table import Table
 from ftbench.cli.options import (
     BatchOption,
     ConfigOption,
-    DTypeOption,
+    GemmDType,
+    GemmDTypeOption,
     InputLenOption,
     L2Mode,
     OutputLenOption,
     ProfileOption,
-    RuntimeDType,
+    ScalingOption,
     TpOption,
+    WeightsOption,
     force_option,
+    formats,
     model_spec,
     names,
     workload,
@@ -36,7 +39,9 @@ from ftbench.errors import FtbenchError, InvalidInputError
 def tune_command(
     profile: ProfileOption = None,
     config: ConfigOption = None,
-    dtype: DTypeOption = RuntimeDType.fp16,
+    dtype: GemmDTypeOption = GemmDType.fp16,
+    weights: WeightsOption = None,
+    scaling: ScalingOption = None,
     tp: TpOption = 1,
     batch: BatchOption = "1",
     input_len: InputLenOption = "128",
@@ -97,8 +102,10 @@ def tune_command(
 ) -> None:
     """Sweep every GEMM of a model over cuBLAS, cuBLASLt, CUTLASS and ftbench's own kernels.
 
-    Each candidate is verified against an fp32 reference, then timed (cold L2 by default); a
-    candidate replaces the cuBLAS default only when faster beyond the noise. The cache is saved
+    Each candidate is verified against an fp32 reference from the dequantised operands, then
+    timed (cold L2 by default); a candidate replaces the default (cuBLAS's; for fp8, cuBLASLt's
+    heuristic first choice; for 8-bit weights, ftbench's untuned weight-only kernel) only when
+    faster beyond the noise. The cache is saved
     after every problem: an interrupted sweep resumes where it stopped when run again. Shapes are
     per tensor-parallel rank; every pipeline stage runs the same shapes, so one cache serves any
     `run --pp`.
@@ -110,7 +117,9 @@ def tune_command(
     from ftbench.profiles.problems import positions_warning
 
     spec = model_spec(profile, config)
-    chosen = workload(batch, input_len, output_len, dtype.value, tp)
+    chosen = workload(
+        batch, input_len, output_len, dtype.value, tp, weights=weights, scaling=scaling
+    )
     warn(positions_warning(spec, chosen.input_lens, chosen.output_lens))
     options = SweepOptions(
         backends=tuple(names(backends, "--backends")), l2=l2.value,
@@ -118,7 +127,7 @@ def tune_command(
     )  # fmt: skip
     counted = tuning_problems(spec, chosen, fused=not unfused, attention=attention)
     if dry_run:
-        _print_plan(spec.name, counted, list(options.backends))
+        _print_plan(f"{spec.name} ({formats(chosen)})", counted, list(options.backends))
         return
     if out is not None:  # the default --out is named after the GPU
         check_sweep_outputs(out, results, force)
@@ -128,7 +137,7 @@ def tune_command(
     out = out or default_cache_path(environment.gpus[0].name)
     with Progress(*PROGRESS_COLUMNS, console=console) as progress:
         if "cutlass" in options.backends:
-            _prebuild_cutlass(progress, dtype.value)
+            _prebuild_cutlass(progress, chosen.out_dtype)  # CUTLASS: fp16/bf16 GEMMs
         report = run_sweep(
             [item.problem for item in counted], out, options, results_path=results,
             force=force, progress=progress,

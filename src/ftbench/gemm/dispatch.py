@@ -15,7 +15,7 @@ from typing import Any
 
 from ftbench.dtypes import array_dtype
 from ftbench.errors import GpuError
-from ftbench.gemm.backends import get_backend
+from ftbench.gemm.backends import default_candidate, get_backend
 from ftbench.gemm.backends.base import Runner
 from ftbench.gemm.cache import TunedCache
 from ftbench.gemm.problem import GemmProblem, linear_problem
@@ -62,8 +62,7 @@ class GemmDispatch:
         key = problem.key()
         if entry is None:
             self.stats.misses.append(key)
-            backend = get_backend("cublas")
-            candidate = backend.default(problem)
+            backend, candidate = default_candidate(problem)
         else:
             self.stats.hits.append(key)
             candidate = entry.winner

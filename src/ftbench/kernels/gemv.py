@@ -225,10 +225,11 @@ def _shapes(m: int) -> list[tuple[str, int, int, int, int]]:
     return mma + fma
 
 
-def _split_choices(
+def _splits(
     base: GemvConfig, m: int, n: int, k: int, sm_count: int, weight_bytes: int
-) -> list[int]:
-    """Split-K factors around the smallest that puts TARGET_WARPS_PER_SM warps on every SM.
+) -> tuple[list[int], int]:
+    """(the split-K factors `base` can take, the index of the smallest that puts
+    TARGET_WARPS_PER_SM warps on every SM, or of the largest if none does).
 
     A split must give every warp of a block at least one full chunk of K.
     """
@@ -242,8 +243,15 @@ def _split_choices(
     warps_per_split = math.ceil(n / base.rows) * base.warps
     target = TARGET_WARPS_PER_SM * sm_count
     filling = [i for i, split in enumerate(valid) if split * warps_per_split >= target]
-    best = filling[0] if filling else len(valid) - 1
-    return valid[max(0, best - 1) : best + 2]
+    return valid, filling[0] if filling else len(valid) - 1
+
+
+def filling_config(
+    base: GemvConfig, m: int, n: int, k: int, sm_count: int, weight_bytes: int
+) -> GemvConfig:
+    """`base` with the smallest split-K that fills the GPU (see `_splits`): the untuned choice."""
+    valid, best = _splits(base, m, n, k, sm_count, weight_bytes)
+    return replace(base, split_k=valid[best])
 
 
 def tuning_configs(
@@ -264,7 +272,9 @@ def tuning_configs(
     for kernel, rows, warps, unroll, row_bytes in shapes:
         base = GemvConfig(kernel, rows, warps, unroll, row_bytes)
         if config_error(base, m, n, k) is None:
-            splits = _split_choices(base, m, n, k, sm_count, weight_bytes)
+            valid, best = _splits(base, m, n, k, sm_count, weight_bytes)
+            # Around the filling split: one less, it, one more.
+            splits = valid[max(0, best - 1) : best + 2]
             configs.extend(replace(base, split_k=split) for split in splits)
     return configs
 

@@ -36,6 +36,7 @@ from ftbench.kernels.gemv import (
     MAX_M,
     PLANNING_SM_COUNT,
     GemvConfig,
+    filling_config,
     k_per_split,
     tuning_configs,
     workspace,
@@ -70,9 +71,11 @@ def supports(m: int, n: int, k: int, dtype: str, weights: str, scale_dtype: str)
     """None if these kernels can compute Y[m, n] = X[m, k] @ (Wq[n, k] * scale[n])^T with X and
     Y in `dtype` ("float16", "bfloat16"), `weights` ("int8", "fp8") and scales in `scale_dtype`
     ("float32", "float16"), else why not."""
-    reason = _formats_error(dtype, weights, scale_dtype)
-    if reason:
-        return reason
+    return _formats_error(dtype, weights, scale_dtype) or _shape_error(m, n, k, dtype)
+
+
+def _shape_error(m: int, n: int, k: int, dtype: str) -> str | None:
+    """Why no weight-only kernel of activations `dtype` takes Y[m, n] = X[m, k] @ Wq[n, k]^T."""
     if not 1 <= m <= MAX_M:
         return f"m = {m}: the weight-only kernels take 1 to {MAX_M} rows of X"
     if k >= 1 and k % K_MULTIPLE:
@@ -127,6 +130,17 @@ def weight_only_configs(
     """The configs worth timing for the weight-only Y[m, n] = X[m, k] @ Wq[n, k]^T, all valid
     for the shape. `sm_count` (multiprocessors of the target GPU) sets how far K is split."""
     return tuning_configs(_shapes(m), m, n, k, sm_count, WEIGHT_BYTES)
+
+
+def default_config(m: int, n: int, k: int, sm_count: int = PLANNING_SM_COUNT) -> GemvConfig:
+    """The config an untuned weight-only GEMM runs: the first of `_shapes` with the split-K that
+    fills the GPU (what tuning must beat)."""
+    kernel, rows, warps, unroll, row_bytes = _shapes(m)[0]
+    base = GemvConfig(kernel, rows, warps, unroll, row_bytes)
+    reason = _shape_error(m, n, k, "float16") or config_error(base, m, n, k)
+    if reason:
+        raise InvalidInputError(f"weight-only GEMV for m={m}, n={n}, k={k}: {reason}")
+    return filling_config(base, m, n, k, sm_count, WEIGHT_BYTES)
 
 
 def hbm_bytes(m: int, n: int, k: int, dtype: str, scale_dtype: str) -> int:

@@ -24,7 +24,10 @@ Conventions (docs/profiles.md explains them with examples):
 - 8-bit workloads quantise the linear layers of every transformer layer (projections, attention
   output, MLP, T5's cross-attention projections): an fp8 workload's are FP8 x FP8 problems
   (scaling "tensor" or "outer", output in `out_dtype`), an fp8 or int8 `weights` workload's are
-  weight-only problems (scaling "channel"). The attention products (batched GEMMs) and the LM
+  weight-only problems (scaling "channel") up to `WEIGHT_ONLY_MAX_M` rows: past the weight-only
+  kernels' rows, the runtime multiplies in the 16-bit format with weights dequantised into a
+  scratch buffer (a GEMM of more rows is no longer a read of its weight), so those problems are
+  fp16/bf16 ones. The attention products (batched GEMMs) and the LM
   head stay unquantised, in the 16-bit format (`Workload.out_dtype`), as the common FP8 and
   weight-only recipes keep them (TensorRT Model Optimizer leaves lm_head unquantised).
 """
@@ -38,6 +41,7 @@ from typing import Any, Literal
 
 from ftbench.errors import InvalidInputError
 from ftbench.gemm.problem import GemmProblem, linear_problem
+from ftbench.kernels.weight_only import MAX_M as WEIGHT_ONLY_MAX_M
 from ftbench.profiles.spec import ModelSpec, Workload
 
 PHASES = ("context", "generation")
@@ -231,6 +235,8 @@ class _Emitter:
     def _quantised(self, m: int, n: int, k: int) -> GemmProblem:
         """A linear layer of a transformer layer, in the workload's formats and scaling."""
         w = self.workload
+        if w.scaling == "channel" and m > WEIGHT_ONLY_MAX_M:
+            return linear_problem(m, n, k, w.dtype)  # dequantised weights (module docstring)
         return linear_problem(
             m, n, k, w.dtype, weights=w.weights, out_dtype=w.out_dtype, scaling=w.scaling
         )

@@ -66,6 +66,15 @@ KINDS = {
             shown="time against the measured roofline; speed-ups over the peers",
         ),
         ResultKind(
+            "tune-8bit",
+            writer="`benchmarks/tune_8bit.py`",
+            record="per 8-bit problem: the choice and its default re-measured side by side, the "
+            "weight-only read fraction; one record of the run's ceilings",
+            shown="a table of the problems",
+            required=_fields("model group problem default_ms chosen_ms slower_than_default"),
+            plotted=False,
+        ),
+        ResultKind(
             "foundation",
             writer="`benchmarks/foundation.py`",
             record="per process: the three probes' timings; one record of Nsight Compute's time",

@@ -334,6 +334,7 @@ _PARSERS: dict[str, Callable[[list[dict[str, Any]]], Any]] = {
             "parallel-emulated",
             "runtime-acceptance",
             "comm-cost",
+            "tune-8bit",
         )
     },  # fmt: skip
 }

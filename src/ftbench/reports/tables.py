@@ -26,6 +26,7 @@ TITLES = {
     "parallel-emulated": "Tensor and pipeline ranks emulated on one GPU",
     "runtime-acceptance": "Runtime against Hugging Face, and GPT-J 6B speed",
     "comm-cost": "Communication's cost inside a decode step",
+    "tune-8bit": "8-bit GEMMs tuned: FP8 and weight-only choices against their defaults",
 }
 _SCALARS = (str, int, float, bool, type(None))
 

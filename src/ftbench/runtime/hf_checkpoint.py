@@ -4,6 +4,15 @@
 `from_state_dict` a state dict in memory; both map HF names onto ftbench's layout
 (`runtime.weights`: fused QKV and gate | up projections, [out, in] weights), check every name
 and shape against the spec first and report every problem in one error.
+
+FP8 checkpoints (the common layout of TensorRT Model Optimizer and compressed-tensors exports):
+a transformer layer's projection `P.weight` stored in E4M3 comes with `P.weight_scale`, fp32,
+one value (per tensor: shape [] or [1]) or one per output row ([rows] or [rows, 1]); the weight
+is weight * weight_scale. ftbench reads it as an 8-bit `Linear` (codes and one scale per output
+channel: a per-tensor scale is repeated over the projection's rows, so q, k and v, or gate and
+up, with scales of their own stack into one fused layer). A static activation scale stored beside
+it (`P.input_scale`) is accepted and not used: the runtime computes activation scales on the
+device. The embeddings, norms and LM head must be unquantised.
 """
 
 from __future__ import annotations
@@ -24,8 +33,11 @@ from ftbench.profiles.spec import ModelSpec
 from ftbench.runtime.weights import ModelWeights, check_decoder, from_named, listing, weight_shapes
 
 # Buffers some checkpoints store next to the weights: GPT-2/GPT-J causal masks, old LLaMA
-# rotary frequencies. They carry no weights and are skipped.
-_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
+# rotary frequencies, FP8 exports' static activation scales. They carry no weights and are
+# skipped.
+_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq", ".input_scale")
+_SCALE_SUFFIX = "_scale"  # P.weight_scale: the fp32 scales of an E4M3 P.weight
+_QUANTISED_PARTS = ("qkv", "attn_out", "ffn_up", "ffn_down")
 
 
 @dataclass(frozen=True)
@@ -186,33 +198,55 @@ def _hf_sources(spec: ModelSpec, names: _HfNames, prefix: str) -> dict[str, _Sou
 def _map_checkpoint(
     spec: ModelSpec,
     shapes: Mapping[str, tuple[int, ...]],
-    load: Callable[[str], np.ndarray],
+    load: Callable[[str, bool], np.ndarray],
     origin: str,
 ) -> ModelWeights:
     """Check a checkpoint's names and shapes against `spec`, then build `ModelWeights`.
 
-    `shapes` gives every stored tensor's shape by HF name; `load` reads one tensor (already in
-    the target dtype). Every problem is reported at once, in one error.
+    `shapes` gives every stored tensor's shape by HF name; `load(name, convert)` reads one
+    tensor, in the target dtype when `convert`, else as stored (E4M3 codes, fp32 scales). Every
+    problem is reported at once, in one error.
     """
     names = _hf_names(spec)
     prefix = names.prefix if any(key.startswith(names.prefix) for key in shapes) else ""
     names = _fused_names(names, shapes)
     sources = _hf_sources(spec, names, prefix)
     used = {name for source in sources.values() for name in source.names}
-    missing, misshaped = [], []
+    missing, misshaped, problems = [], [], []
     for source in sources.values():
         for name, expected in zip(source.names, source.shapes, strict=True):
             if name not in shapes:
                 missing.append(name)
             elif tuple(shapes[name]) != expected:
                 misshaped.append(f"{name} (expected {list(expected)}, got {list(shapes[name])})")
+    quantised = {}  # ftbench name -> the HF scale tensors of its parts
+    for name, source in sources.items():
+        scales = [f"{hf}{_SCALE_SUFFIX}" for hf in source.names]
+        present = [scale in shapes for scale in scales]
+        if not any(present):
+            continue
+        part = name.split(".")[-2] if name.startswith("layers.") else name
+        if part not in _QUANTISED_PARTS or not name.endswith(".weight"):
+            problems.append(f"{name} is stored quantised; ftbench quantises only the layers' "
+                            f"linears ({', '.join(_QUANTISED_PARTS)})")  # fmt: skip
+        elif not all(present):
+            missing += [scale for scale, there in zip(scales, present, strict=True) if not there]
+        else:
+            for scale, expected in zip(scales, source.shapes, strict=True):
+                if tuple(shapes[scale]) not in ((), (1,), (expected[0],), (expected[0], 1)):
+                    misshaped.append(
+                        f"{scale} (expected [], [1], [{expected[0]}] or [{expected[0]}, 1], got "
+                        f"{list(shapes[scale])})"
+                    )
+            quantised[name] = scales
+            used.update(scales)
     ignored = {"lm_head.weight"} if spec.tie_word_embeddings else set()
     unexpected = [
         name
         for name in shapes
         if name not in used and name not in ignored and not name.endswith(_IGNORED_SUFFIXES)
     ]
-    problems = [
+    problems += [
         f"{kind}: {listing(items)}"
         for kind, items in (
             ("missing tensors", missing),
@@ -228,10 +262,16 @@ def _map_checkpoint(
         )
     named = {}
     for name, source in sources.items():
-        parts = [load(hf_name) for hf_name in source.names]
+        scales = quantised.get(name)
+        parts = [load(hf_name, scales is None) for hf_name in source.names]
         if source.transpose:
             parts = [part.T for part in parts]
         named[name] = np.ascontiguousarray(parts[0] if len(parts) == 1 else np.concatenate(parts))
+        if scales is not None:
+            named[f"{name.removesuffix('.weight')}.scale"] = np.concatenate([
+                np.broadcast_to(load(scale, False).astype(np.float32).reshape(-1), len(part))
+                for scale, part in zip(scales, parts, strict=True)
+            ])  # fmt: skip
     if spec.tie_word_embeddings:
         named["lm_head.weight"] = named["embed"]
     return from_named(named, spec.num_layers)
@@ -252,9 +292,12 @@ def from_state_dict(
         embed = [name for name in shapes if name.endswith(f"{names.embed}.weight")]
         dtype = np.asarray(state_dict[embed[0]]).dtype if embed else np.float32
     target = numpy_dtype(dtype)
-    return _map_checkpoint(
-        spec, shapes, lambda name: np.asarray(state_dict[name]).astype(target), "the state dict"
-    )
+
+    def load(name: str, convert: bool) -> np.ndarray:
+        value = np.asarray(state_dict[name])
+        return value.astype(target) if convert else value.copy()
+
+    return _map_checkpoint(spec, shapes, load, "the state dict")
 
 
 def _safetensors_files(directory: Path) -> list[Path]:
@@ -280,18 +323,20 @@ def _safetensors_files(directory: Path) -> list[Path]:
     return files
 
 
-def _bf16_as_float32(path: Path, name: str) -> np.ndarray:
-    """Read a bf16 tensor's raw bits and widen them to float32 (exact: bf16 is fp32's top half).
-
-    NumPy has no bf16 type, so safetensors' NumPy reader cannot return one; this reads the
-    bytes through the safetensors header (8-byte little-endian length, JSON, data) instead.
-    """
+def _raw(path: Path, name: str, dtype: Any) -> np.ndarray:
+    """A tensor's stored bytes as `dtype` elements, in its shape, read through the safetensors
+    header (8-byte little-endian length, JSON, data): NumPy has no bf16 or E4M3 type, so
+    safetensors' NumPy reader cannot return those. bf16 is then widened to fp32 exactly (its
+    top half), E4M3 viewed as ml_dtypes' float8_e4m3fn."""
     with open(path, "rb") as file:
         header_size = int.from_bytes(file.read(8), "little")
         entry = json.loads(file.read(header_size))[name]
     start, end = entry["data_offsets"]
-    bits = np.fromfile(path, dtype="<u2", count=(end - start) // 2, offset=8 + header_size + start)
-    return (bits.astype(np.uint32) << 16).view(np.float32).reshape(entry["shape"])
+    size = np.dtype(dtype).itemsize
+    data = np.fromfile(
+        path, dtype=dtype, count=(end - start) // size, offset=8 + header_size + start
+    )
+    return data.reshape(entry["shape"])
 
 
 @contextmanager
@@ -311,9 +356,9 @@ def load_hf_weights(directory: str | Path, spec: ModelSpec, dtype: Any) -> Model
     """Load an HF safetensors checkpoint (one file or shards with an index) as `ModelWeights`.
 
     Tensors are read one at a time and converted to `dtype` ("fp16", "bf16", "fp32", "fp64" or
-    a NumPy dtype). bf16 tensors are widened to float32 from their raw bits first (see
-    `_bf16_as_float32`), so reading bf16 checkpoints does not need ml_dtypes; producing bf16
-    arrays does.
+    a NumPy dtype). bf16 tensors are widened to float32 from their raw bits first (see `_raw`),
+    so reading bf16 checkpoints does not need ml_dtypes; producing bf16 arrays does, and so do
+    FP8 checkpoints (their E4M3 codes stay codes, see the module docstring).
     """
     from safetensors import safe_open
 
@@ -337,16 +382,27 @@ def load_hf_weights(directory: str | Path, spec: ModelSpec, dtype: Any) -> Model
                 files[name] = (path, handle)
                 shapes[name] = tuple(handle.get_slice(name).get_shape())
 
-        def load(name: str) -> np.ndarray:
+        def load(name: str, convert: bool) -> np.ndarray:
             path, handle = files[name]
             stored = handle.get_slice(name).get_dtype()
-            if stored == "BF16":
-                return _bf16_as_float32(path, name).astype(target, copy=False)
-            if stored not in ("F16", "F32", "F64"):
+            if stored == "F8_E4M3" and not convert:
+                return _raw(path, name, np.uint8).view(numpy_dtype("fp8"))
+            if stored == "F8_E4M3":
                 raise InvalidInputError(
-                    f"{path}: tensor {name} is {stored}; ftbench reads F16, BF16, F32 and F64"
+                    f"{path}: tensor {name} is F8_E4M3 but has no {name}{_SCALE_SUFFIX}"
                 )
-            with reading_safetensors(path):
-                return handle.get_tensor(name).astype(target, copy=False)
+            if stored == "BF16":
+                values = (_raw(path, name, "<u2").astype(np.uint32) << 16).view(np.float32)
+            elif stored in ("F16", "F32", "F64"):
+                with reading_safetensors(path):
+                    values = handle.get_tensor(name)
+            else:
+                raise InvalidInputError(
+                    f"{path}: tensor {name} is {stored}; ftbench reads F16, BF16, F32, F64 and "
+                    "F8_E4M3 (with its weight_scale)"
+                )
+            if not convert and name.endswith(_SCALE_SUFFIX):
+                return values
+            return values.astype(target, copy=False)
 
         return _map_checkpoint(spec, shapes, load, str(directory))

@@ -35,6 +35,12 @@ from ftbench.files import is_positive_number
 from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import ModelSpec
 from ftbench.runtime.pipeline import split_sequences
+from ftbench.runtime.quantize import (
+    ACTIVATION_SCALINGS,
+    dequantize_weights,
+    fp8_activations,
+    weight_format,
+)
 from ftbench.runtime.sharding import vocabulary_start
 from ftbench.runtime.weights import Linear, ModelWeights, Norm, check_shapes
 
@@ -194,12 +200,34 @@ class _KVCache:
         return self.keys[rows, :needed], self.values[rows, :needed]
 
 
+def _activation_scaling(activations: str | None, ranks: Sequence[ModelWeights]) -> str | None:
+    """The activation scaling of `activations` ("fp8-token", "fp8-tensor"), or None; FP8
+    activations need fp8 weights (FP8 tensor cores multiply E4M3 by E4M3)."""
+    if activations is None:
+        return None
+    choices = [f"fp8-{scaling}" for scaling in ACTIVATION_SCALINGS]
+    if activations not in choices:
+        raise InvalidInputError(f"activations must be {' or '.join(choices)}, got {activations!r}")
+    formats = {weight_format(rank) for rank in ranks}
+    if formats != {"fp8"}:
+        raise InvalidInputError(
+            f"fp8 activations need fp8 weights (quantize_weights(weights, 'fp8')), got "
+            f"{', '.join(str(f) for f in formats)}"
+        )
+    return activations.removeprefix("fp8-")
+
+
 class ReferenceModel:
     """A decoder with a KV cache: `prefill` a batch of prompts, then `decode` token by token.
 
     `weights` is a `ModelWeights` or the list of per-rank shards from `shard()` (tp = its
     length), of the whole model or of the pipeline stage holding `layers` (see the module
-    docstring). `dtype` (float64 or float32) is the compute dtype; weights are converted to it.
+    docstring). `dtype` (float64 or float32) is the compute dtype; weights are converted to it
+    (8-bit linears: their codes times their scales, `runtime.quantize`). `activations`: None,
+    or "fp8-token" / "fp8-tensor" with fp8 weights: every quantised linear then reads its input
+    as E4M3 under a dynamic per-token or per-tensor scale (`quantize.fp8_activations`), an FP8
+    deployment's math; under tensor parallelism each rank scales its own part of a row-parallel
+    layer's input, as each rank's kernel would.
     `micro_batches`: how many groups of sequences each call runs (see the module docstring).
     """
 
@@ -210,6 +238,7 @@ class ReferenceModel:
         dtype: Any = np.float64,
         layers: range | None = None,
         micro_batches: int = 1,
+        activations: str | None = None,
     ) -> None:
         ranks = [weights] if isinstance(weights, ModelWeights) else list(weights)
         if not ranks:
@@ -227,7 +256,12 @@ class ReferenceModel:
         self.rank_shapes = rank_shapes(spec, self.tp)
         for rank_weights in ranks:
             check_shapes(rank_weights, spec, self.tp, self.layers)
-        self.ranks = [rank_weights.astype(self.dtype) for rank_weights in ranks]
+        self.activation_scaling = _activation_scaling(activations, ranks)
+        # 8-bit linears run as their codes times their scales, exactly, in the compute dtype.
+        self.ranks = [
+            dequantize_weights(rank_weights, self.dtype).astype(self.dtype)
+            for rank_weights in ranks
+        ]
         self.lengths: np.ndarray | None = None
         self._caches: list[list[_KVCache]] = []
 
@@ -372,7 +406,7 @@ class ReferenceModel:
         batch, tokens, _ = normed.shape
         shapes, head_dim = self.rank_shapes, spec.head_dim
         q_heads, kv_heads = shapes.q_heads, shapes.kv_heads
-        qkv = linear(normed, layer.qkv)
+        qkv = linear(self._input(normed), layer.qkv)
         q, k, v = np.split(qkv, [q_heads * head_dim, (q_heads + kv_heads) * head_dim], axis=-1)
         q = q.reshape(batch, tokens, q_heads, head_dim)
         k = k.reshape(batch, tokens, kv_heads, head_dim)
@@ -381,15 +415,22 @@ class ReferenceModel:
             q, k = rotary(q, positions, spec), rotary(k, positions, spec)
         keys, values = self._caches[rank][index].update(positions, k, v, rows)
         context = causal_attention(q, keys, values, positions)
-        return context.reshape(batch, tokens, q_heads * head_dim) @ layer.attn_out.weight.T
+        context = context.reshape(batch, tokens, q_heads * head_dim)
+        return self._input(context) @ layer.attn_out.weight.T
 
     def _mlp(self, rank: int, index: int, normed: np.ndarray) -> np.ndarray:
         """One rank's MLP output before the all-reduce (and without ffn_down's bias)."""
         spec, layer = self.spec, self.ranks[rank].layers[index]
-        up = linear(normed, layer.ffn_up)
+        up = linear(self._input(normed), layer.ffn_up)
         if spec.gated_ffn:
             gate, up = np.split(up, 2, axis=-1)
             inner = activation(gate, spec.activation) * up
         else:
             inner = activation(up, spec.activation)
-        return inner @ layer.ffn_down.weight.T
+        return self._input(inner) @ layer.ffn_down.weight.T
+
+    def _input(self, x: np.ndarray) -> np.ndarray:
+        """What a transformer layer's linear reads of x: x, or its FP8 rounding."""
+        if self.activation_scaling is None:
+            return x
+        return fp8_activations(x, self.activation_scaling).astype(self.dtype)

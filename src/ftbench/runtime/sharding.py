@@ -31,12 +31,14 @@ def _rows(linear: Linear, rows: Iterable[slice]) -> Linear:
     rows = list(rows)
     weight = np.concatenate([linear.weight[part] for part in rows])
     bias = None if linear.bias is None else np.concatenate([linear.bias[part] for part in rows])
-    return Linear(weight, bias)
+    scale = None if linear.scale is None else np.concatenate([linear.scale[p] for p in rows])
+    return Linear(weight, bias, scale)
 
 
 def _columns(linear: Linear, columns: slice) -> Linear:
-    """The layer restricted to some input columns (a row-parallel split); the bias is kept."""
-    return Linear(np.ascontiguousarray(linear.weight[:, columns]), linear.bias)
+    """The layer restricted to some input columns (a row-parallel split); the bias and the
+    per-output-channel scales are kept."""
+    return Linear(np.ascontiguousarray(linear.weight[:, columns]), linear.bias, linear.scale)
 
 
 def shard(weights: ModelWeights, spec: ModelSpec, tp: int, rank: int) -> ModelWeights:

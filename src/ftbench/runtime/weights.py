@@ -10,7 +10,10 @@ Layout (docs/runtime/reference.md shows it with shapes):
   the activation applies to the gate half: act(gate) * up.
 - `ln2` is None for a parallel block (GPT-J), whose attention and MLP both read `ln1`'s output.
 - A tied LM head is the token embedding itself (`weights.lm_head.weight is weights.embed`).
-- Every array has one dtype.
+- Every array has one dtype, but for 8-bit linear layers (`runtime.quantize`): a `Linear` with a
+  `scale` holds 8-bit codes (int8, or ml_dtypes' float8_e4m3fn) as its weight and one fp32
+  scale per output channel, its weight being codes * scale[:, None]. The transformer layers'
+  linears may be quantised; the embeddings, norms and LM head never are.
 
 `weight_shapes` says what every array's shape is for a spec (one tensor-parallel rank's, one
 pipeline stage's); `check_shapes` holds weights to it. Weights come from a Hugging Face
@@ -40,10 +43,18 @@ _MAX_LISTED = 12
 
 @dataclass(frozen=True)
 class Linear:
-    """A linear layer: y = x @ weight.T + bias, weight [out_features, in_features]."""
+    """A linear layer: y = x @ weight.T + bias, weight [out_features, in_features]; with a
+    `scale` [out_features] (fp32), `weight` holds 8-bit codes and the layer's weight is
+    weight * scale[:, None]."""
 
     weight: np.ndarray
     bias: np.ndarray | None = None
+    scale: np.ndarray | None = None
+
+    def dequantized(self, dtype: Any = np.float64) -> np.ndarray:
+        """The layer's weight in `dtype`: the weight, or the codes times their scales."""
+        weight = self.weight.astype(dtype)
+        return weight if self.scale is None else weight * self.scale.astype(dtype)[:, None]
 
 
 @dataclass(frozen=True)
@@ -78,16 +89,18 @@ class ModelWeights:
 
     @property
     def dtype(self) -> np.dtype:
-        """The dtype of every array."""
-        return next(iter(self.named_tensors().values())).dtype
+        """The dtype of every array but 8-bit codes and their scales."""
+        return next(iter(self.named_tensors(quantised=False).values())).dtype
 
     @property
     def tied_lm_head(self) -> bool:
         """True when the LM head is the token embedding itself (one array, not a copy)."""
         return self.lm_head is not None and self.lm_head.weight is self.embed
 
-    def named_tensors(self) -> dict[str, np.ndarray]:
-        """Every array by ftbench name ("embed", "layers.0.qkv.weight", "lm_head.bias", ...).
+    def named_tensors(self, quantised: bool = True) -> dict[str, np.ndarray]:
+        """Every array by ftbench name ("embed", "layers.0.qkv.weight", "lm_head.bias", ...),
+        an 8-bit layer's scales as "layers.0.qkv.scale"; `quantised=False` leaves out 8-bit
+        layers' codes and scales.
 
         A tied LM head appears as "lm_head.weight" too, as the same array as "embed".
         """
@@ -100,15 +113,27 @@ class ModelWeights:
         for prefix, module in modules:
             if module is None:
                 continue
-            named[f"{prefix}.weight"] = module.weight
+            scale = getattr(module, "scale", None)
+            if scale is None or quantised:
+                named[f"{prefix}.weight"] = module.weight
+            if scale is not None and quantised:
+                named[f"{prefix}.scale"] = scale
             if module.bias is not None:
                 named[f"{prefix}.bias"] = module.bias
         return named
 
     def astype(self, dtype: Any) -> ModelWeights:
-        """These weights converted to `dtype` (a tied LM head stays tied)."""
+        """These weights converted to `dtype` (a tied LM head stays tied); 8-bit codes and their
+        scales stay as they are."""
         target = numpy_dtype(dtype)
-        return self.map(lambda array: array.astype(target, copy=False))
+        named = self.named_tensors()
+        kept = {
+            id(array)
+            for name, array in named.items()
+            if name.endswith(".scale")
+            or (name.endswith(".weight") and f"{name.removesuffix('.weight')}.scale" in named)
+        }
+        return self.map(lambda a: a if id(a) in kept else a.astype(target, copy=False))
 
     def map(self, convert: Callable[[Any], Any]) -> ModelWeights:
         """These weights with `convert` applied to every array once (a tied LM head stays
@@ -178,6 +203,9 @@ def from_named(named: Mapping[str, np.ndarray], num_layers: int) -> ModelWeights
     def module(kind: type[Linear] | type[Norm], prefix: str) -> Any:
         if f"{prefix}.weight" not in named:
             return None
+        if kind is Linear:
+            return Linear(named[f"{prefix}.weight"], named.get(f"{prefix}.bias"),
+                          named.get(f"{prefix}.scale"))  # fmt: skip
         return kind(named[f"{prefix}.weight"], named.get(f"{prefix}.bias"))
 
     layers = tuple(
@@ -206,7 +234,14 @@ def check_shapes(
     """Raise `InvalidInputError` unless `weights` has exactly one rank's arrays for `spec`, `tp`
     (and the pipeline stage of `layers`)."""
     expected = weight_shapes(spec, tp, layers)
-    actual = {name: array.shape for name, array in weights.named_tensors().items()}
+    named = weights.named_tensors()
+    # An 8-bit layer's scales: one per output channel.
+    expected |= {
+        name: (named[f"{name[: -len('.scale')]}.weight"].shape[0],)
+        for name in named
+        if name.endswith(".scale") and f"{name[: -len('.scale')]}.weight" in named
+    }
+    actual = {name: array.shape for name, array in named.items()}
     if actual == expected:
         return
     wrong = [
