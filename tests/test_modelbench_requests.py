@@ -181,9 +181,9 @@ def test_a_stream_draws_every_sharegpt_pair_once_before_repeating_any(tmp_path):
     assert all(r.prompt_len == r.output_len for r in requests)
 
 
-def test_a_distribution_replaces_sharegpt_outputs(tmp_path):
-    path = write_sharegpt(tmp_path, [conversation(("human", "p" * 40), ("gpt", "o" * 40))])
-    requests = stream(4, ShareGpt(path), Fixed(128))
+def test_a_distribution_replaces_sharegpt_outputs_and_their_limit(tmp_path):
+    path = write_sharegpt(tmp_path, [conversation(("human", "p" * 40), ("gpt", "o" * 4000))])
+    requests = stream(4, ShareGpt(path), Fixed(128), max_output_len=128)
     assert [(r.prompt_len, r.output_len) for r in requests] == [(10, 128)] * 4
 
 

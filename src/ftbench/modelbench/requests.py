@@ -7,11 +7,13 @@ Lengths come from a distribution or from a local ShareGPT-format file:
   (ceil), then clipped to [1, the stream's maximum];
 - `ShareGpt(path)`: a JSON list of {"conversations": [{"from": "human" | "gpt", "value": str},
   ...]}; each conversation whose first turn is human and second is gpt gives one (prompt,
-  output) pair, counted by a tokenizer callable (text -> tokens) or, without one, estimated as
-  ceil(characters / 4) (`estimate_tokens`: about 4 characters per token of English BPE text; an
-  estimate, say so where it is used). Pairs with an empty side or above the maximum lengths are
-  dropped (ShareGPT holds very long conversations); the stream draws the pairs in a seeded
-  order, each once before any repeats. Nothing is fetched: the file must be local.
+  output) pair, counted by a callable (text -> its number of tokens, e.g. `lambda text:
+  len(tokenizer.encode(text))`) or, without one, estimated as ceil(characters / 4)
+  (`estimate_tokens`: about 4 characters per token of English BPE text; an estimate, say so
+  where it is used). Pairs with an empty side or above the maximum lengths are dropped
+  (ShareGPT holds very long conversations; the output maximum applies only where the file's
+  outputs are used); the stream draws the pairs in a seeded order, each once before any
+  repeats. Nothing is fetched: the file must be local.
 
 Arrivals (seconds from the first request, which arrives at 0):
 - `InfiniteRate()`: every request at 0;
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,7 +209,8 @@ def request_stream(
         np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(3)
     )
     if isinstance(prompt, ShareGpt):
-        pairs = sharegpt_pairs(prompt.path, count_tokens, max_prompt_len, max_output_len)
+        output_limit = max_output_len if output == prompt else sys.maxsize
+        pairs = sharegpt_pairs(prompt.path, count_tokens, max_prompt_len, output_limit)
         drawn = pairs[_cycled_permutation(prompt_rng, len(pairs), count)]
         prompts, outputs = drawn[:, 0], drawn[:, 1]
         if output != prompt:

@@ -166,7 +166,7 @@ class Scheduler:
         sampling = {step.seq_id for step in plan.steps if step.samples}
         if not stopped <= sampling:
             raise InvalidInputError(
-                f"only sequences that sampled this step can stop, not {sorted(stopped - sampling)}"
+                f"only sequences that sampled this step can stop, not {list(stopped - sampling)}"
             )
         self._planned = None
         by_id = {seq.seq_id: seq for seq in self._running}
