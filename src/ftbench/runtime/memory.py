@@ -71,8 +71,7 @@ def footprint(
         shapes.pop("lm_head.weight")
     weights = sum(_count(shape) for shape in shapes.values()) * element
     q_width, kv_width = rank.q_width, rank.kv_width
-    stage_layers = spec.num_layers if layers is None else len(layers)
-    kv_cache = stage_layers * 2 * batch * max_seq_len * kv_width * element
+    kv_cache = batch * max_seq_len * kv_bytes_per_token(spec, dtype, tp, layers)
     ffn = rank.ffn_hidden_size
     up_width = rank.ffn_up_rows
     per_token = (
@@ -94,6 +93,15 @@ def footprint(
         batch, rank.q_heads, spec.head_dim, max_seq_len, num_kv_heads=rank.kv_heads
     )
     return Footprint(weights, kv_cache, tokens * per_token + batch * per_sequence + decode_partials)
+
+
+def kv_bytes_per_token(
+    spec: ModelSpec, dtype: str, tp: int = 1, layers: range | None = None
+) -> int:
+    """The KV-cache bytes one token takes on one rank: a key and a value of the rank's kv_width
+    per layer (of the stage holding `layers`, or all), in `dtype`."""
+    stage_layers = spec.num_layers if layers is None else len(layers)
+    return stage_layers * 2 * rank_shapes(spec, tp).kv_width * dtype_info(dtype).bytes
 
 
 def check_fits(
