@@ -16,7 +16,7 @@ In one run, with one method (`bench.timer.time_launch`, cold L2):
     python benchmarks/tune_8bit.py --out-dir DIR [--quick] [--budget-s S]
 
 Writes DIR/tune-8bit-cache.json (+ .results.json), DIR/tune-8bit-<time>.json and
-DIR/acceptance/fp8_gemms.json.
+DIR/acceptance/fp8_gemms.json, the last two again after every re-measured problem.
 """
 
 from __future__ import annotations
@@ -120,6 +120,7 @@ def main() -> None:
     print(f"sweep: {report.tuned} problems in {sweep_s:.0f} s", flush=True)
 
     rows = []
+    results_path = result_path(out_dir, "tune-8bit")
     for model, group, problem in chosen:
         entry = report.cache.entries[problem.key()]
         try:
@@ -153,6 +154,13 @@ def main() -> None:
               f"{row['chosen_ms'] * 1e3:8.1f} us x{row['speedup_over_default']:.3f}{extra}",
               flush=True)  # fmt: skip
 
+        # Rewritten after every problem: a run cut short keeps what it measured.
+        write_files(args, environment, bandwidth, rows, sweep_s, report, results_path)
+
+
+def write_files(args, environment, bandwidth, rows, sweep_s, report, results_path) -> None:
+    """The result file (`results_path`) and the acceptance summary of the rows so far."""
+    read_bytes_per_s = bandwidth["bytes_per_s"]
     weight_only = [r for r in rows if r["group"] == "weight-only"]
     summary = {
         "hbm_read_tb_per_s": read_bytes_per_s / 1e12,
@@ -174,11 +182,11 @@ def main() -> None:
         "unavailable_backends": report.unavailable_backends,
         "utc_time": environment.utc_time,
     }
-    path = write(result_path(out_dir, "tune-8bit"), "tune-8bit",
-                 [{"ceilings": {"read": bandwidth}}, *rows], environment)  # fmt: skip
+    path = write(results_path, "tune-8bit", [{"ceilings": {"read": bandwidth}}, *rows],
+                 environment)  # fmt: skip
     summary["source"] = str(path)
     device = environment.device_label(args.device_kind)
-    write_summary(out_dir, "fp8_gemms", summary, device, environment.git_commit)
+    write_summary(args.out_dir, "fp8_gemms", summary, device, environment.git_commit)
 
 
 if __name__ == "__main__":
