@@ -221,3 +221,15 @@ def test_8_bit_problems_write_16_or_32_bits_accumulate_in_fp32_and_are_not_batch
 def test_linear_problem_refuses_fp8_activations_with_int8_weights():
     with pytest.raises(InvalidInputError, match=re.escape("fp8 activations (A) need fp8 weights")):
         linear_problem(16, 4096, 4096, "fp8", weights="int8")
+
+
+def test_fp8_problems_sit_under_the_fp8_tensor_core_peak_and_weight_only_under_fp16s():
+    h100, a100 = datasheet_peaks("h100"), datasheet_peaks("a100")
+    fp8 = linear_problem(4096, 4096, 4096, "fp8")
+    weight_only = linear_problem(4096, 4096, 4096, "fp16", weights="int8")
+    assert h100.flops_per_s(fp8) == 2 * h100.dense_fp16_flops_per_s
+    assert h100.flops_per_s(weight_only) == h100.dense_fp16_flops_per_s
+    assert h100.floor_s(fp8) == fp8.flops() / 1979e12
+    with pytest.raises(InvalidInputError, match="no FP8 peak for NVIDIA A100"):
+        a100.bound(fp8)
+    assert a100.bound(weight_only) == "compute"

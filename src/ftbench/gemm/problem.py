@@ -304,22 +304,37 @@ def linear_problem(
 
 @dataclass(frozen=True)
 class GpuPeaks:
-    """The two roofline numbers of a GPU and where they come from ("datasheet" or "measured")."""
+    """The roofline numbers of a GPU and where they come from ("datasheet" or "measured"): the
+    dense fp16 tensor-core peak, the HBM bandwidth and, where the GPU has FP8 tensor cores and
+    the number is known, the dense FP8 peak."""
 
     name: str
     dense_fp16_flops_per_s: float
     hbm_bytes_per_s: float
     source: str
+    dense_fp8_flops_per_s: float | None = None
+
+    def flops_per_s(self, problem: GemmProblem) -> float:
+        """The tensor-core peak `problem` runs at: FP8's for E4M3 x E4M3, else fp16's (a
+        weight-only GEMM multiplies fp16/bf16 on the tensor cores)."""
+        if problem.a_dtype != "fp8":
+            return self.dense_fp16_flops_per_s
+        if self.dense_fp8_flops_per_s is None:
+            raise InvalidInputError(
+                f"{problem.key()}: no FP8 peak for {self.name} ({self.source}): it has no FP8 "
+                "tensor cores, or none was measured"
+            )
+        return self.dense_fp8_flops_per_s
 
     def bound(self, problem: GemmProblem) -> str:
         """Classify `problem` as "memory"- or "compute"-bound on this GPU."""
-        return problem.bound_on(self.dense_fp16_flops_per_s, self.hbm_bytes_per_s)
+        return problem.bound_on(self.flops_per_s(problem), self.hbm_bytes_per_s)
 
     def floor_s(self, problem: GemmProblem) -> float:
-        """The roofline floor of `problem`: the longer of its FLOPs at peak and its bytes at
+        """The roofline floor of `problem`: the longer of its FLOPs at its peak and its bytes at
         full bandwidth (a measured time over it is the fraction of the roofline reached)."""
         return max(
-            problem.flops() / self.dense_fp16_flops_per_s, problem.bytes() / self.hbm_bytes_per_s
+            problem.flops() / self.flops_per_s(problem), problem.bytes() / self.hbm_bytes_per_s
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -327,17 +342,17 @@ class GpuPeaks:
         return {
             "name": self.name,
             "dense_fp16_flops_per_s": self.dense_fp16_flops_per_s,
+            "dense_fp8_flops_per_s": self.dense_fp8_flops_per_s,
             "hbm_bytes_per_s": self.hbm_bytes_per_s,
             "source": self.source,
         }
 
 
-# Dense (no sparsity) FP16/BF16 tensor-core peaks with FP32 accumulation and HBM bandwidth from
-# NVIDIA's datasheets (SXM parts). Leads only: measured peaks from `bench` should replace them.
+# Dense (non-sparse) tensor-core peaks from NVIDIA's datasheets; the A100 has no FP8.
 DATASHEET_PEAKS = {
     "a100": GpuPeaks("NVIDIA A100 SXM4 80GB", 312e12, 2.039e12, "datasheet"),
-    "h100": GpuPeaks("NVIDIA H100 SXM5 80GB", 989.5e12, 3.35e12, "datasheet"),
-    "h200": GpuPeaks("NVIDIA H200 SXM 141GB", 989.5e12, 4.8e12, "datasheet"),
+    "h100": GpuPeaks("NVIDIA H100 SXM5 80GB", 989.5e12, 3.35e12, "datasheet", 1979e12),
+    "h200": GpuPeaks("NVIDIA H200 SXM 141GB", 989.5e12, 4.8e12, "datasheet", 1979e12),
 }
 
 
