@@ -23,6 +23,7 @@ from ftbench.profiles.hf import spec_from_hf_config
 from ftbench.runtime.beam import BeamSettings, beam_search, log_softmax
 from ftbench.runtime.hf_checkpoint import from_state_dict
 from ftbench.runtime.reference import ReferenceModel
+from tiny_models import perturb_norms_and_biases
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -72,11 +73,7 @@ _MODELS: dict = {}
 def model(name: str):
     if name not in _MODELS:
         torch.manual_seed(sum(map(ord, name)))
-        hf = CONFIGS[name]().double().eval()
-        with torch.no_grad():
-            for parameter in hf.parameters():
-                if parameter.ndim == 1:
-                    parameter.add_(0.1 * torch.randn_like(parameter))
+        hf = perturb_norms_and_biases(CONFIGS[name]().double())
         spec = spec_from_hf_config(hf.config.to_dict(), name=name)
         _MODELS[name] = hf, spec, from_state_dict(hf.state_dict(), spec)
     return _MODELS[name]

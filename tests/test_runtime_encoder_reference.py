@@ -14,6 +14,7 @@ from ftbench.errors import InvalidInputError
 from ftbench.profiles.hf import spec_from_hf_config
 from ftbench.runtime.encoder_checkpoint import encoder_from_state_dict
 from ftbench.runtime.encoder_reference import EncoderReference, remove_padding, restore_padding
+from tiny_models import perturb_norms_and_biases
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -46,14 +47,6 @@ def bert_config(**overrides):
     )
 
 
-def perturbed(model):
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.ndim == 1:  # norm weights and every bias
-                parameter.add_(0.1 * torch.randn_like(parameter))
-    return model.eval()
-
-
 _MODELS: dict = {}
 
 
@@ -63,7 +56,7 @@ def bert(name: str, dtype: str, pooler: bool = True):
     if key not in _MODELS:
         torch.manual_seed(sum(map(ord, name)))
         model = transformers.BertModel(bert_config(**CONFIGS[name]), add_pooling_layer=pooler)
-        model = perturbed(model.to(getattr(torch, dtype)))
+        model = perturb_norms_and_biases(model.to(getattr(torch, dtype)))
         spec = spec_from_hf_config(model.config.to_dict(), name=name)
         spec = dataclasses.replace(spec, pooler=pooler)
         _MODELS[key] = model, spec, encoder_from_state_dict(model.state_dict(), spec)

@@ -14,6 +14,7 @@ from ftbench.profiles.hf import spec_from_hf_config
 from ftbench.runtime.beam import BeamSettings
 from ftbench.runtime.encoder_checkpoint import encoder_from_state_dict
 from ftbench.runtime.t5_reference import T5Reference, relative_position_buckets
+from tiny_models import perturb_norms_and_biases
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -60,11 +61,8 @@ def t5(name: str, dtype: str):
             vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
             decoder_start_token_id=0, **CONFIGS[name],
         )  # fmt: skip
-        model = transformers.T5ForConditionalGeneration(config).to(getattr(torch, dtype)).eval()
-        with torch.no_grad():
-            for parameter in model.parameters():
-                if parameter.ndim == 1:
-                    parameter.add_(0.1 * torch.randn_like(parameter))
+        model = transformers.T5ForConditionalGeneration(config).to(getattr(torch, dtype))
+        model = perturb_norms_and_biases(model)
         spec = spec_from_hf_config(model.config.to_dict(), name=name)
         _MODELS[name, dtype] = model, spec, encoder_from_state_dict(model.state_dict(), spec)
     return _MODELS[name, dtype]

@@ -89,6 +89,18 @@ class BeamResult:
     scores: np.ndarray
 
 
+def check_rows(rows: object, sequences: int) -> np.ndarray:
+    """The rows of a `reorder` call: a non-empty 1-D integer array, each in 0..sequences-1."""
+    rows = np.asarray(rows)
+    if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer) or len(rows) == 0:
+        raise InvalidInputError("reorder() takes a 1-D integer array of rows")
+    if rows.min() < 0 or rows.max() >= sequences:
+        raise InvalidInputError(
+            f"reorder() rows must be in 0..{sequences - 1}, got {rows.min()} to {rows.max()}"
+        )
+    return rows
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """log softmax over the last axis, in float64."""
     logits = np.asarray(logits, np.float64)

@@ -23,7 +23,7 @@ import numpy as np
 
 from ftbench.errors import InvalidInputError
 from ftbench.profiles.spec import ModelSpec
-from ftbench.runtime.encoder_weights import EncoderWeights, check_encoder_shapes
+from ftbench.runtime.encoder_weights import EncoderWeights, T5Weights, check_encoder_shapes
 from ftbench.runtime.reference import COMPUTE_DTYPES, activation, linear, norm
 
 
@@ -50,6 +50,25 @@ def attention(
     probabilities = np.exp(scores - scores.max(axis=-1, keepdims=True))
     probabilities /= probabilities.sum(axis=-1, keepdims=True)
     return (probabilities @ values.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
+
+
+def checked_weights(
+    spec: ModelSpec, weights: EncoderWeights | T5Weights, architecture: str, dtype: Any
+) -> Any:
+    """`weights` in the compute `dtype` (float64 or float32), once they are checked against a
+    `spec` of `architecture` ("encoder" or "encoder-decoder")."""
+    compute = np.dtype(dtype)
+    if compute.name not in COMPUTE_DTYPES:
+        raise InvalidInputError(
+            f"reference compute dtype must be float32 or float64, got {compute}"
+        )
+    if spec.architecture != architecture:
+        raise InvalidInputError(
+            f"{spec.name}: this reference runs {architecture} models; family {spec.family} is an "
+            f"{spec.architecture} model"
+        )
+    check_encoder_shapes(weights, spec)
+    return weights.astype(compute)
 
 
 def check_lengths(lengths: Any, batch: int, seq: int) -> np.ndarray:
@@ -97,19 +116,8 @@ class EncoderReference:
     """
 
     def __init__(self, spec: ModelSpec, weights: EncoderWeights, dtype: Any = np.float64) -> None:
-        self.dtype = np.dtype(dtype)
-        if self.dtype.name not in COMPUTE_DTYPES:
-            raise InvalidInputError(
-                f"reference compute dtype must be float32 or float64, got {self.dtype}"
-            )
-        if spec.architecture != "encoder":
-            raise InvalidInputError(
-                f"{spec.name}: EncoderReference runs encoder models (bert); family "
-                f"{spec.family} is an {spec.architecture} model"
-            )
-        check_encoder_shapes(weights, spec)
-        self.spec = spec
-        self.weights = weights.astype(self.dtype)
+        self.spec, self.weights = spec, checked_weights(spec, weights, "encoder", dtype)
+        self.dtype = self.weights.dtype
 
     def encode(self, token_ids: Any, lengths: Any = None, token_type_ids: Any = None) -> np.ndarray:
         """The last layer's hidden states [batch, seq, hidden] of token_ids [batch, seq],

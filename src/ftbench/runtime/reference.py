@@ -37,7 +37,7 @@ from ftbench.errors import InvalidInputError
 from ftbench.files import is_positive_number
 from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import ModelSpec
-from ftbench.runtime.beam import BeamResult, BeamSettings, beam_search, log_softmax
+from ftbench.runtime.beam import BeamResult, BeamSettings, beam_search, check_rows, log_softmax
 from ftbench.runtime.pipeline import split_sequences
 from ftbench.runtime.quantize import (
     ACTIVATION_SCALINGS,
@@ -323,14 +323,7 @@ class ReferenceModel:
         gather: rows may repeat, and expand a batch of prompts into their beams)."""
         if self.lengths is None:
             raise InvalidInputError("reorder() needs a prefill() first")
-        rows = np.asarray(rows)
-        if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer) or len(rows) == 0:
-            raise InvalidInputError("reorder() takes a 1-D integer array of rows")
-        if rows.min() < 0 or rows.max() >= len(self.lengths):
-            raise InvalidInputError(
-                f"reorder() rows must be in 0..{len(self.lengths) - 1}, got {rows.min()} to "
-                f"{rows.max()}"
-            )
+        rows = check_rows(rows, len(self.lengths))
         for cache in (cache for rank in self._caches for cache in rank):
             cache.keys, cache.values = cache.keys[rows], cache.values[rows]
         self.lengths = self.lengths[rows]

@@ -33,10 +33,15 @@ import numpy as np
 
 from ftbench.errors import InvalidInputError
 from ftbench.profiles.spec import ModelSpec
-from ftbench.runtime.beam import BeamResult, BeamSettings, beam_search, log_softmax
-from ftbench.runtime.encoder_reference import attention, check_lengths, check_token_ids
-from ftbench.runtime.encoder_weights import T5Weights, check_encoder_shapes
-from ftbench.runtime.reference import COMPUTE_DTYPES, activation, linear, norm
+from ftbench.runtime.beam import BeamResult, BeamSettings, beam_search, check_rows, log_softmax
+from ftbench.runtime.encoder_reference import (
+    attention,
+    check_lengths,
+    check_token_ids,
+    checked_weights,
+)
+from ftbench.runtime.encoder_weights import T5Weights
+from ftbench.runtime.reference import activation, linear, norm
 
 
 def relative_position_buckets(
@@ -67,19 +72,8 @@ class T5Reference:
     the compute dtype; the weights are converted to it."""
 
     def __init__(self, spec: ModelSpec, weights: T5Weights, dtype: Any = np.float64) -> None:
-        self.dtype = np.dtype(dtype)
-        if self.dtype.name not in COMPUTE_DTYPES:
-            raise InvalidInputError(
-                f"reference compute dtype must be float32 or float64, got {self.dtype}"
-            )
-        if spec.architecture != "encoder-decoder":
-            raise InvalidInputError(
-                f"{spec.name}: T5Reference runs encoder-decoder models (t5); family "
-                f"{spec.family} is an {spec.architecture} model"
-            )
-        check_encoder_shapes(weights, spec)
-        self.spec = spec
-        self.weights = weights.astype(self.dtype)
+        self.spec, self.weights = spec, checked_weights(spec, weights, "encoder-decoder", dtype)
+        self.dtype = self.weights.dtype
         self.source_lengths: np.ndarray | None = None
         self.length = 0  # decoder tokens in the cache, the same for every sequence
         self._cross: list[tuple[np.ndarray, np.ndarray]] = []  # per decoder layer: K, V
@@ -136,14 +130,7 @@ class T5Reference:
         decoder cache and its source length (beam search's gather, `runtime.beam`)."""
         if self.source_lengths is None:
             raise InvalidInputError("reorder() needs an encode() first")
-        rows = np.asarray(rows)
-        if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer) or len(rows) == 0:
-            raise InvalidInputError("reorder() takes a 1-D integer array of rows")
-        if rows.min() < 0 or rows.max() >= len(self.source_lengths):
-            raise InvalidInputError(
-                f"reorder() rows must be in 0..{len(self.source_lengths) - 1}, got {rows.min()} "
-                f"to {rows.max()}"
-            )
+        rows = check_rows(rows, len(self.source_lengths))
         self._cross = [(keys[rows], values[rows]) for keys, values in self._cross]
         self._keys = [keys[rows] for keys in self._keys]
         self._values = [values[rows] for values in self._values]
