@@ -1,5 +1,6 @@
 """Tiny Hugging Face configs of the families ftbench loads (GPT-2, GPT-J, LLaMA with grouped-query
-attention), their specs, and a comparison of two `ModelWeights`, for the weight-layout tests."""
+attention), their specs, and a comparison of two `ModelWeights`, for the weight-layout tests; and
+`perturb_norms_and_biases`, for the tests that hold a reference to an HF model."""
 
 import numpy as np
 
@@ -45,3 +46,15 @@ def assert_same_weights(actual, expected) -> None:
     assert actual_named.keys() == expected_named.keys()
     for name, array in expected_named.items():
         np.testing.assert_array_equal(actual_named[name], array, err_msg=name)
+
+
+def perturb_norms_and_biases(model, scale: float = 0.1):
+    """`model` (an HF torch model) in eval mode with every 1-D parameter (norm weights, biases)
+    moved by scale * N(0, 1), so a reference that drops or swaps one of them shows."""
+    import torch
+
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.ndim == 1:
+                parameter.add_(scale * torch.randn_like(parameter))
+    return model.eval()

@@ -283,6 +283,11 @@ def _t5(f: _Fields) -> dict[str, Any]:
         )
     heads = f.integer("num_heads")
     layers = f.integer("num_layers")
+    # T5 v1.0 ties its LM head to the shared embedding and rescales the decoder output by
+    # d_model ** -0.5; v1.1 / Flan have their own head and no rescale. Configs written by
+    # transformers 5 always say tie_word_embeddings and carry the distinction in
+    # scale_decoder_outputs instead.
+    tied = f.flag("scale_decoder_outputs", f.flag("tie_word_embeddings", True))
     return {
         "family": "t5",
         "hidden_size": f.integer("d_model"),
@@ -301,7 +306,7 @@ def _t5(f: _Fields) -> dict[str, Any]:
         "position_embedding": "relative",
         "relative_attention_num_buckets": f.integer("relative_attention_num_buckets", 32),
         "relative_attention_max_distance": f.integer("relative_attention_max_distance", 128),
-        "tie_word_embeddings": f.flag("tie_word_embeddings", True),
+        "tie_word_embeddings": tied,
         "parallel_attn_mlp": False,
         "qkv_bias": False,
         "attn_out_bias": False,

@@ -19,6 +19,9 @@ Chaining the stages' `prefill` and `decode` calls is the pipeline's math. With `
 m, each call runs the batch's sequences m contiguous groups at a time
 (`pipeline.split_sequences`, as the runtime's stages do), each group on its own rows of the KV
 cache.
+
+`reorder` gathers sequences (KV-cache rows and lengths), which is what beam search
+(`runtime.beam`) needs of an engine; `generate_beam` runs it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from ftbench.errors import InvalidInputError
 from ftbench.files import is_positive_number
 from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import ModelSpec
+from ftbench.runtime.beam import BeamResult, BeamSettings, beam_search, check_rows, log_softmax
 from ftbench.runtime.pipeline import split_sequences
 from ftbench.runtime.quantize import (
     ACTIVATION_SCALINGS,
@@ -313,6 +317,28 @@ class ReferenceModel:
         for _ in range(steps - 1):
             generated.append(self.decode(generated[-1]).argmax(axis=-1))
         return np.stack(generated, axis=1)
+
+    def reorder(self, rows: Any) -> None:
+        """Make sequence i the old sequence rows[i], its KV cache and length (beam search's
+        gather: rows may repeat, and expand a batch of prompts into their beams)."""
+        if self.lengths is None:
+            raise InvalidInputError("reorder() needs a prefill() first")
+        rows = check_rows(rows, len(self.lengths))
+        for cache in (cache for rank in self._caches for cache in rank):
+            cache.keys, cache.values = cache.keys[rows], cache.values[rows]
+        self.lengths = self.lengths[rows]
+
+    def generate_beam(
+        self, prompt_ids: Any, settings: BeamSettings, lengths: Any = None
+    ) -> BeamResult:
+        """Beam search (`runtime.beam`) from prompts [batch, seq], right-padded to `lengths`."""
+        logits = self.prefill(prompt_ids, lengths)
+        last = logits[np.arange(len(logits)), self.lengths - 1]
+
+        def step(tokens: np.ndarray) -> np.ndarray:
+            return log_softmax(self.decode(tokens))
+
+        return beam_search(settings, log_softmax(last), step, self.reorder)
 
     def _check_inputs(self, inputs: Any, ndim: int) -> np.ndarray:
         """Token ids (first stage) or the previous stage's hidden states (one more axis)."""
