@@ -34,14 +34,12 @@ BERT checkpoint's task heads (every name outside `bert.`: `cls.*`, `classifier.*
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ftbench.dtypes import numpy_dtype
-from ftbench.errors import InvalidInputError
 from ftbench.profiles.spec import ModelSpec
 from ftbench.runtime.encoder_weights import (
     EncoderWeights,
@@ -49,8 +47,8 @@ from ftbench.runtime.encoder_weights import (
     check_encoder_model,
     encoder_weight_shapes,
 )
-from ftbench.runtime.hf_checkpoint import _raw, _safetensors_files, reading_safetensors
-from ftbench.runtime.weights import listing
+from ftbench.runtime.hf_checkpoint import opened_safetensors, read_float_tensor
+from ftbench.runtime.weights import mismatch_problems, raise_mismatch
 
 _BERT_PREFIX = "bert."
 _BERT_TOP = {
@@ -164,20 +162,7 @@ def _map_checkpoint(
                 )
     used = {hf_name for hf_names in sources.values() for hf_name in hf_names}
     unexpected = [name for name in shapes if name not in used and not _skipped(spec, name, prefix)]
-    problems = [
-        f"{kind}: {listing(items)}"
-        for kind, items in (
-            ("missing tensors", missing),
-            ("mis-shaped tensors", misshaped),
-            ("unexpected tensors", unexpected),
-        )
-        if items
-    ]
-    if problems:
-        raise InvalidInputError(
-            f"{origin} does not match {spec.name} (family {spec.family}, {spec.num_layers} "
-            f"layers): {'; '.join(problems)}"
-        )
+    raise_mismatch(origin, spec, mismatch_problems(missing, misshaped, unexpected))
     named = {}
     for name, hf_names in sources.items():
         parts = [load(hf_name) for hf_name in hf_names]
@@ -212,41 +197,11 @@ def load_hf_encoder_weights(
     """Load a BERT or T5 safetensors checkpoint (one file or shards with an index), each tensor
     converted to `dtype` ("fp16", "bf16", "fp32", "fp64" or a NumPy dtype; bf16 tensors are
     widened exactly from their raw bits, as the decoder loader does)."""
-    from safetensors import safe_open
-
-    directory = Path(directory)
     target = numpy_dtype(dtype)
-    with ExitStack() as stack:
-        files: dict[str, tuple[Path, Any]] = {}
-        for path in _safetensors_files(directory):
-            if not path.is_file():
-                raise InvalidInputError(f"{path}: named by the index but missing")
-            with reading_safetensors(path):
-                handle = stack.enter_context(safe_open(str(path), framework="np"))
-            for name in handle.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
-                if name in files:
-                    raise InvalidInputError(
-                        f"{directory}: tensor {name} is stored twice ({files[name][0].name} and "
-                        f"{path.name})"
-                    )
-                files[name] = (path, handle)
-        shapes = {
-            name: tuple(handle.get_slice(name).get_shape()) for name, (_, handle) in files.items()
-        }
-
-        def load(name: str) -> np.ndarray:
-            path, handle = files[name]
-            stored = handle.get_slice(name).get_dtype()
-            if stored == "BF16":
-                values = (_raw(path, name, "<u2").astype(np.uint32) << 16).view(np.float32)
-            elif stored in ("F16", "F32", "F64"):
-                with reading_safetensors(path):
-                    values = handle.get_tensor(name)
-            else:
-                raise InvalidInputError(
-                    f"{path}: tensor {name} is {stored}; ftbench reads F16, BF16, F32 and F64 "
-                    "encoder checkpoints"
-                )
-            return values.astype(target, copy=False)
-
-        return _map_checkpoint(spec, shapes, load, str(directory))
+    with opened_safetensors(directory) as (files, shapes):
+        return _map_checkpoint(
+            spec,
+            shapes,
+            lambda name: read_float_tensor(files, name).astype(target, copy=False),
+            str(directory),
+        )

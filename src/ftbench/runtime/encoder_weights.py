@@ -34,7 +34,15 @@ import numpy as np
 from ftbench.dtypes import numpy_dtype
 from ftbench.errors import InvalidInputError
 from ftbench.profiles.spec import ModelSpec
-from ftbench.runtime.weights import LayerWeights, Linear, Norm, _add, listing
+from ftbench.runtime.weights import (
+    LayerWeights,
+    Linear,
+    Norm,
+    add_shape,
+    convert_once,
+    listing,
+    shape_differences,
+)
 
 _ENCODER_PARTS = ("ln1", "qkv", "attn_out", "ln2", "ffn_up", "ffn_down")
 _DECODER_PARTS = ("ln1", "qkv", "attn_out", "ln_cross", "cross_q", "cross_kv", "cross_out",
@@ -89,13 +97,7 @@ class _NamedArrays:
     def map(self, convert: Callable[[Any], Any]) -> Any:
         """These weights with `convert` applied to every array once (a tied LM head stays
         tied), e.g. `weights.map(cupy.asarray)` to move them to the GPU."""
-        converted: dict[int, Any] = {}
-        named = {}
-        for name, array in self.named_tensors().items():
-            if id(array) not in converted:
-                converted[id(array)] = convert(array)
-            named[name] = converted[id(array)]
-        return type(self).from_named(named)
+        return type(self).from_named(convert_once(self.named_tensors(), convert))
 
 
 @dataclass(frozen=True)
@@ -221,36 +223,36 @@ def encoder_weight_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     ffn_rows = 2 * ffn if spec.gated_ffn else ffn
 
     def layer(shapes: dict, prefix: str, cross_attention: bool) -> None:
-        _add(shapes, f"{prefix}ln1", (hidden,), norm_bias)
-        _add(shapes, f"{prefix}qkv", (width + 2 * spec.kv_width, hidden), spec.qkv_bias)
-        _add(shapes, f"{prefix}attn_out", (hidden, width), spec.attn_out_bias)
+        add_shape(shapes, f"{prefix}ln1", (hidden,), norm_bias)
+        add_shape(shapes, f"{prefix}qkv", (width + 2 * spec.kv_width, hidden), spec.qkv_bias)
+        add_shape(shapes, f"{prefix}attn_out", (hidden, width), spec.attn_out_bias)
         if cross_attention:
-            _add(shapes, f"{prefix}ln_cross", (hidden,), norm_bias)
-            _add(shapes, f"{prefix}cross_q", (width, hidden), spec.qkv_bias)
-            _add(shapes, f"{prefix}cross_kv", (2 * spec.kv_width, hidden), spec.qkv_bias)
-            _add(shapes, f"{prefix}cross_out", (hidden, width), spec.attn_out_bias)
-        _add(shapes, f"{prefix}ln2", (hidden,), norm_bias)
-        _add(shapes, f"{prefix}ffn_up", (ffn_rows, hidden), spec.ffn_bias)
-        _add(shapes, f"{prefix}ffn_down", (hidden, ffn), spec.ffn_bias)
+            add_shape(shapes, f"{prefix}ln_cross", (hidden,), norm_bias)
+            add_shape(shapes, f"{prefix}cross_q", (width, hidden), spec.qkv_bias)
+            add_shape(shapes, f"{prefix}cross_kv", (2 * spec.kv_width, hidden), spec.qkv_bias)
+            add_shape(shapes, f"{prefix}cross_out", (hidden, width), spec.attn_out_bias)
+        add_shape(shapes, f"{prefix}ln2", (hidden,), norm_bias)
+        add_shape(shapes, f"{prefix}ffn_up", (ffn_rows, hidden), spec.ffn_bias)
+        add_shape(shapes, f"{prefix}ffn_down", (hidden, ffn), spec.ffn_bias)
 
     shapes: dict[str, tuple[int, ...]] = {"embed": (spec.vocab_size, hidden)}
     if spec.architecture == "encoder":
         shapes["positions"] = (spec.max_positions, hidden)
         if spec.type_vocab_size:
             shapes["token_types"] = (spec.type_vocab_size, hidden)
-        _add(shapes, "embed_norm", (hidden,), norm_bias)
+        add_shape(shapes, "embed_norm", (hidden,), norm_bias)
         for index in range(spec.num_layers):
             layer(shapes, f"layers.{index}.", cross_attention=False)
         if spec.pooler:
-            _add(shapes, "pooler", (hidden, hidden), True)
+            add_shape(shapes, "pooler", (hidden, hidden), True)
         return shapes
     bias_table = (spec.relative_attention_num_buckets, spec.num_heads)
     for stack, count in (("encoder", spec.num_layers), ("decoder", spec.decoder_layers)):
         shapes[f"{stack}.relative_bias"] = bias_table
         for index in range(count):
             layer(shapes, f"{stack}.layers.{index}.", cross_attention=stack == "decoder")
-        _add(shapes, f"{stack}.final_norm", (hidden,), norm_bias)
-    _add(shapes, "lm_head", (spec.vocab_size, hidden), spec.lm_head_bias)
+        add_shape(shapes, f"{stack}.final_norm", (hidden,), norm_bias)
+    add_shape(shapes, "lm_head", (spec.vocab_size, hidden), spec.lm_head_bias)
     return shapes
 
 
@@ -263,12 +265,7 @@ def check_encoder_shapes(weights: EncoderWeights | T5Weights, spec: ModelSpec) -
         )
     expected = encoder_weight_shapes(spec)
     actual = {name: tuple(array.shape) for name, array in weights.named_tensors().items()}
-    if actual == expected:
+    wrong = shape_differences(expected, actual)
+    if not wrong:
         return
-    wrong = [
-        f"{name} (expected {list(expected[name]) if name in expected else 'none'}, got "
-        f"{list(actual[name]) if name in actual else 'none'})"
-        for name in sorted(expected.keys() | actual.keys())
-        if expected.get(name) != actual.get(name)
-    ]
     raise InvalidInputError(f"weights do not match {spec.name}: {listing(wrong)}")

@@ -30,7 +30,14 @@ import numpy as np
 from ftbench.dtypes import numpy_dtype
 from ftbench.errors import InvalidInputError
 from ftbench.profiles.spec import ModelSpec
-from ftbench.runtime.weights import ModelWeights, check_decoder, from_named, listing, weight_shapes
+from ftbench.runtime.weights import (
+    ModelWeights,
+    check_decoder,
+    from_named,
+    mismatch_problems,
+    raise_mismatch,
+    weight_shapes,
+)
 
 # Buffers some checkpoints store next to the weights: GPT-2/GPT-J causal masks, old LLaMA
 # rotary frequencies, FP8 exports' static activation scales. They carry no weights and are
@@ -246,20 +253,7 @@ def _map_checkpoint(
         for name in shapes
         if name not in used and name not in ignored and not name.endswith(_IGNORED_SUFFIXES)
     ]
-    problems += [
-        f"{kind}: {listing(items)}"
-        for kind, items in (
-            ("missing tensors", missing),
-            ("mis-shaped tensors", misshaped),
-            ("unexpected tensors", unexpected),
-        )
-        if items
-    ]
-    if problems:
-        raise InvalidInputError(
-            f"{origin} does not match {spec.name} (family {spec.family}, {spec.num_layers} "
-            f"layers): {'; '.join(problems)}"
-        )
+    raise_mismatch(origin, spec, problems + mismatch_problems(missing, misshaped, unexpected))
     named = {}
     for name, source in sources.items():
         scales = quantised.get(name)
@@ -352,18 +346,16 @@ def reading_safetensors(path: Path) -> Iterator[None]:
         raise InvalidInputError(f"cannot read {path} as safetensors: {reason}") from exc
 
 
-def load_hf_weights(directory: str | Path, spec: ModelSpec, dtype: Any) -> ModelWeights:
-    """Load an HF safetensors checkpoint (one file or shards with an index) as `ModelWeights`.
-
-    Tensors are read one at a time and converted to `dtype` ("fp16", "bf16", "fp32", "fp64" or
-    a NumPy dtype). bf16 tensors are widened to float32 from their raw bits first (see `_raw`),
-    so reading bf16 checkpoints does not need ml_dtypes; producing bf16 arrays does, and so do
-    FP8 checkpoints (their E4M3 codes stay codes, see the module docstring).
-    """
+@contextmanager
+def opened_safetensors(
+    directory: str | Path,
+) -> Iterator[tuple[dict[str, tuple[Path, Any]], dict[str, tuple[int, ...]]]]:
+    """The tensors of a safetensors checkpoint (one file, or shards with an index) while the
+    block runs: (name -> (file, open handle), name -> shape). A tensor stored twice, a file the
+    index names but lacks, or an unreadable file is an InvalidInputError naming it."""
     from safetensors import safe_open
 
     directory = Path(directory)
-    target = numpy_dtype(dtype)
     with ExitStack() as stack:
         files: dict[str, tuple[Path, Any]] = {}
         shapes: dict[str, tuple[int, ...]] = {}
@@ -372,8 +364,7 @@ def load_hf_weights(directory: str | Path, spec: ModelSpec, dtype: Any) -> Model
                 raise InvalidInputError(f"{path}: named by the index but missing")
             with reading_safetensors(path):
                 handle = stack.enter_context(safe_open(str(path), framework="np"))
-            stored_names = handle.keys()
-            for name in stored_names:
+            for name in handle.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
                 if name in files:
                     raise InvalidInputError(
                         f"{directory}: tensor {name} is stored twice ({files[name][0].name} and "
@@ -381,26 +372,45 @@ def load_hf_weights(directory: str | Path, spec: ModelSpec, dtype: Any) -> Model
                     )
                 files[name] = (path, handle)
                 shapes[name] = tuple(handle.get_slice(name).get_shape())
+        yield files, shapes
+
+
+def read_float_tensor(files: Mapping[str, tuple[Path, Any]], name: str) -> np.ndarray:
+    """A float tensor of `opened_safetensors` as stored: F16, F32 or F64 as they are, BF16
+    widened to fp32 exactly (see `_raw`); any other type is an InvalidInputError."""
+    path, handle = files[name]
+    stored = handle.get_slice(name).get_dtype()
+    if stored == "BF16":
+        return (_raw(path, name, "<u2").astype(np.uint32) << 16).view(np.float32)
+    if stored not in ("F16", "F32", "F64"):
+        raise InvalidInputError(
+            f"{path}: tensor {name} is {stored}; ftbench reads F16, BF16, F32 and F64 tensors "
+            f"(and F8_E4M3 decoder-layer weights with their {_SCALE_SUFFIX[1:]})"
+        )
+    with reading_safetensors(path):
+        return handle.get_tensor(name)
+
+
+def load_hf_weights(directory: str | Path, spec: ModelSpec, dtype: Any) -> ModelWeights:
+    """Load an HF safetensors checkpoint (one file or shards with an index) as `ModelWeights`.
+
+    Tensors are read one at a time and converted to `dtype` ("fp16", "bf16", "fp32", "fp64" or
+    a NumPy dtype). bf16 tensors are widened to float32 from their raw bits first (see `_raw`),
+    so reading bf16 checkpoints does not need ml_dtypes; producing bf16 arrays does, and so do
+    FP8 checkpoints (their E4M3 codes stay codes, see the module docstring).
+    """
+    target = numpy_dtype(dtype)
+    with opened_safetensors(directory) as (files, shapes):
 
         def load(name: str, convert: bool) -> np.ndarray:
             path, handle = files[name]
-            stored = handle.get_slice(name).get_dtype()
-            if stored == "F8_E4M3" and not convert:
+            if handle.get_slice(name).get_dtype() == "F8_E4M3":
+                if convert:
+                    raise InvalidInputError(
+                        f"{path}: tensor {name} is F8_E4M3 but has no {name}{_SCALE_SUFFIX}"
+                    )
                 return _raw(path, name, np.uint8).view(numpy_dtype("fp8"))
-            if stored == "F8_E4M3":
-                raise InvalidInputError(
-                    f"{path}: tensor {name} is F8_E4M3 but has no {name}{_SCALE_SUFFIX}"
-                )
-            if stored == "BF16":
-                values = (_raw(path, name, "<u2").astype(np.uint32) << 16).view(np.float32)
-            elif stored in ("F16", "F32", "F64"):
-                with reading_safetensors(path):
-                    values = handle.get_tensor(name)
-            else:
-                raise InvalidInputError(
-                    f"{path}: tensor {name} is {stored}; ftbench reads F16, BF16, F32, F64 and "
-                    "F8_E4M3 (with its weight_scale)"
-                )
+            values = read_float_tensor(files, name)
             if not convert and name.endswith(_SCALE_SUFFIX):
                 return values
             return values.astype(target, copy=False)

@@ -138,13 +138,19 @@ class ModelWeights:
     def map(self, convert: Callable[[Any], Any]) -> ModelWeights:
         """These weights with `convert` applied to every array once (a tied LM head stays
         tied), e.g. `weights.map(cupy.asarray)` to move them to the GPU."""
-        converted: dict[int, Any] = {}
-        named = {}
-        for name, array in self.named_tensors().items():
-            if id(array) not in converted:
-                converted[id(array)] = convert(array)
-            named[name] = converted[id(array)]
-        return from_named(named, len(self.layers))
+        return from_named(convert_once(self.named_tensors(), convert), len(self.layers))
+
+
+def convert_once(named: Mapping[str, Any], convert: Callable[[Any], Any]) -> dict[str, Any]:
+    """`named` with `convert` applied to each distinct array once: names sharing an array (a
+    tied LM head and the embedding) share its conversion."""
+    converted: dict[int, Any] = {}
+    result = {}
+    for name, array in named.items():
+        if id(array) not in converted:
+            converted[id(array)] = convert(array)
+        result[name] = converted[id(array)]
+    return result
 
 
 def check_decoder(spec: ModelSpec) -> None:
@@ -156,7 +162,8 @@ def check_decoder(spec: ModelSpec) -> None:
         )
 
 
-def _add(shapes: dict[str, tuple[int, ...]], prefix: str, shape: tuple[int, ...], bias: bool):
+def add_shape(shapes: dict[str, tuple[int, ...]], prefix: str, shape: tuple[int, ...], bias: bool):
+    """Record the weight `prefix`.weight of `shape` in `shapes`, and its bias when it has one."""
     shapes[f"{prefix}.weight"] = shape
     if bias:
         shapes[f"{prefix}.bias"] = shape[:1]
@@ -184,16 +191,16 @@ def weight_shapes(
             shapes["positions"] = (spec.max_positions, hidden)
     for index in range(len(layers)):
         layer = f"layers.{index}"
-        _add(shapes, f"{layer}.ln1", (hidden,), norm_bias)
-        _add(shapes, f"{layer}.qkv", (rank.qkv_width, hidden), spec.qkv_bias)
-        _add(shapes, f"{layer}.attn_out", (hidden, rank.q_width), spec.attn_out_bias)
+        add_shape(shapes, f"{layer}.ln1", (hidden,), norm_bias)
+        add_shape(shapes, f"{layer}.qkv", (rank.qkv_width, hidden), spec.qkv_bias)
+        add_shape(shapes, f"{layer}.attn_out", (hidden, rank.q_width), spec.attn_out_bias)
         if not spec.parallel_attn_mlp:
-            _add(shapes, f"{layer}.ln2", (hidden,), norm_bias)
-        _add(shapes, f"{layer}.ffn_up", (rank.ffn_up_rows, hidden), spec.ffn_bias)
-        _add(shapes, f"{layer}.ffn_down", (hidden, ffn), spec.ffn_bias)
+            add_shape(shapes, f"{layer}.ln2", (hidden,), norm_bias)
+        add_shape(shapes, f"{layer}.ffn_up", (rank.ffn_up_rows, hidden), spec.ffn_bias)
+        add_shape(shapes, f"{layer}.ffn_down", (hidden, ffn), spec.ffn_bias)
     if layers.stop == spec.num_layers:
-        _add(shapes, "final_norm", (hidden,), norm_bias)
-        _add(shapes, "lm_head", (rank.lm_head_rows, hidden), spec.lm_head_bias)
+        add_shape(shapes, "final_norm", (hidden,), norm_bias)
+        add_shape(shapes, "lm_head", (rank.lm_head_rows, hidden), spec.lm_head_bias)
     return shapes
 
 
@@ -242,18 +249,49 @@ def check_shapes(
         if name.endswith(".scale") and f"{name[: -len('.scale')]}.weight" in named
     }
     actual = {name: array.shape for name, array in named.items()}
-    if actual == expected:
+    wrong = shape_differences(expected, actual)
+    if not wrong:
         return
-    wrong = [
-        f"{name} (expected {list(expected[name]) if name in expected else 'none'}, got "
-        f"{list(actual[name]) if name in actual else 'none'})"
-        for name in sorted(expected.keys() | actual.keys())
-        if expected.get(name) != actual.get(name)
-    ]
     stage = "" if layers is None else f", layers {layers.start}..{layers.stop - 1}"
     raise InvalidInputError(
         f"weights do not match {spec.name} with tp={tp}{stage}: {listing(wrong)}"
     )
+
+
+def shape_differences(
+    expected: Mapping[str, tuple[int, ...]], actual: Mapping[str, tuple[int, ...]]
+) -> list[str]:
+    """Every name whose shape differs between `expected` and `actual` (or that one lacks), with
+    both shapes, sorted by name."""
+    return [
+        f"{name} (expected {list(expected[name]) if name in expected else 'none'}, got "
+        f"{list(actual[name]) if name in actual else 'none'})"
+        for name in sorted(expected.keys() | actual.keys())
+        if (tuple(expected[name]) if name in expected else None)
+        != (tuple(actual[name]) if name in actual else None)
+    ]
+
+
+def raise_mismatch(origin: str, spec: ModelSpec, problems: list[str]) -> None:
+    """Raise the one error of a checkpoint that does not match `spec`, if there are `problems`."""
+    if problems:
+        raise InvalidInputError(
+            f"{origin} does not match {spec.name} (family {spec.family}, {spec.num_layers} "
+            f"layers): {'; '.join(problems)}"
+        )
+
+
+def mismatch_problems(missing: list[str], misshaped: list[str], unexpected: list[str]) -> list[str]:
+    """The parts of a checkpoint-does-not-match error: each non-empty kind with its names."""
+    return [
+        f"{kind}: {listing(items)}"
+        for kind, items in (
+            ("missing tensors", missing),
+            ("mis-shaped tensors", misshaped),
+            ("unexpected tensors", unexpected),
+        )
+        if items
+    ]
 
 
 def listing(items: list[str]) -> str:
