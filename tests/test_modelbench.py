@@ -45,6 +45,16 @@ def test_decode_floor_is_weights_plus_average_kv_cache_at_bandwidth():
     )
 
 
+def test_an_8_bit_decode_floor_reads_the_8_bit_weights():
+    point = RunPoint(1, 128, 128)
+    plan = footprint(GPTJ, 1, 256, "fp16", max_tokens=1, weights="int8")
+    expected = (plan.weights + plan.kv_cache * 192 / 256) / 4e12 * 1e3
+    assert decode_floor_ms(GPTJ, point, "fp16", 4e12, weights="int8") == pytest.approx(expected)
+    # GPT-J's layer linears are 5.2 of its 6.05 billion weights: the floor falls to about 0.53x
+    ratio = expected / decode_floor_ms(GPTJ, point, "fp16", 4e12)
+    assert 0.52 < ratio < 0.55
+
+
 def test_prefill_floor_is_the_slower_of_flops_and_weight_reads():
     short, long = RunPoint(1, 128, 2), RunPoint(1, 2048, 2)
     # 1 x 128 tokens: about 2 x 6e9 x 128 FLOP = 1.5 TFLOP, 2 ms at 750 TFLOP/s, but the

@@ -19,6 +19,21 @@ from tune_fakes import entry, fake_environment
 GPTJ = load_builtin("gptj-6b")
 
 
+@pytest.mark.parametrize("weights", ["int8", "fp8"])
+def test_8_bit_weights_count_a_byte_a_linear_weight_plus_a_scale_per_row(weights):
+    """GPT-J's layer linears at one byte and an fp32 scale per output row; embedding, LM head,
+    norms and biases stay fp16, and the KV cache and activations do not change."""
+    plain = footprint(GPTJ, batch=1, max_seq_len=256, dtype="fp16")
+    quantised = footprint(GPTJ, batch=1, max_seq_len=256, dtype="fp16", weights=weights)
+    h, f, layers = GPTJ.hidden_size, GPTJ.ffn_hidden_size, GPTJ.num_layers
+    linear_elements = layers * (3 * h * h + h * h + f * h + h * f)
+    linear_rows = layers * (3 * h + h + f + h)
+    assert plain.weights - quantised.weights == linear_elements * (2 - 1) - linear_rows * 4
+    assert (quantised.kv_cache, quantised.activations) == (plain.kv_cache, plain.activations)
+    with pytest.raises(InvalidInputError, match="8-bit weights are fp8 or int8, not 'fp16'"):
+        footprint(GPTJ, batch=1, max_seq_len=256, dtype="fp16", weights="fp16")
+
+
 def test_gptj_footprint_counts_weights_and_kv_cache_exactly():
     plan = footprint(GPTJ, batch=64, max_seq_len=256, dtype="fp16")
     assert plan.weights == 6_050_882_784 * 2

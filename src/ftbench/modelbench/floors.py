@@ -9,10 +9,14 @@ from ftbench.profiles.spec import ModelSpec, Workload
 from ftbench.runtime.memory import footprint
 
 
-def decode_floor_ms(spec: ModelSpec, point: RunPoint, dtype: str, bandwidth: float, tp: int = 1):
-    """The decode step's floor: one rank's weights plus its KV cache at the average length of
-    the decode steps, read once at `bandwidth` bytes/s."""
-    plan = footprint(spec, point.batch, point.max_seq_len, dtype, tp, max_tokens=1)
+def decode_floor_ms(
+    spec: ModelSpec, point: RunPoint, dtype: str, bandwidth: float, tp: int = 1,
+    weights: str | None = None,
+) -> float:  # fmt: skip
+    """The decode step's floor: one rank's weights (8-bit `weights`: their bytes and scales,
+    `runtime.memory.footprint`) plus its KV cache at the average length of the decode steps,
+    read once at `bandwidth` bytes/s."""
+    plan = footprint(spec, point.batch, point.max_seq_len, dtype, tp, max_tokens=1, weights=weights)
     average_length = point.input_len + point.output_len / 2
     kv_bytes = plan.kv_cache * average_length / point.max_seq_len
     return (plan.weights + kv_bytes) / bandwidth * 1e3

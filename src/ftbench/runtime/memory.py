@@ -12,11 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from ftbench.dtypes import RUNTIME_DTYPES, dtype_info
+from ftbench.dtypes import EIGHT_BIT_DTYPES, RUNTIME_DTYPES, dtype_info
 from ftbench.errors import InvalidInputError
+from ftbench.gemm.problem import SCALE_DTYPE
 from ftbench.kernels.attention import decode_workspace_floats
 from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import ModelSpec
+from ftbench.runtime.quantize import QUANTISED_PARTS
 from ftbench.runtime.weights import weight_shapes
 
 GIB = 1024**3
@@ -55,12 +57,19 @@ def footprint(
     tp: int = 1,
     max_tokens: int | None = None,
     layers: range | None = None,
+    weights: str | None = None,
 ) -> Footprint:
     """The bytes one rank of `spec` needs for `batch` sequences of up to `max_seq_len` tokens,
     with steps of up to `max_tokens` tokens (default batch * max_seq_len); with `layers`, one
-    rank of the pipeline stage holding those layers."""
+    rank of the pipeline stage holding those layers. `weights` "int8" or "fp8": the transformer
+    layers' linears hold one byte a weight and one fp32 scale per output row
+    (`runtime.quantize`); everything else stays in `dtype`."""
     if dtype not in RUNTIME_DTYPES:
         raise InvalidInputError(f"the runtime runs fp16 or bf16, not {dtype!r}")
+    if weights is not None and weights not in EIGHT_BIT_DTYPES:
+        raise InvalidInputError(
+            f"8-bit weights are {' or '.join(EIGHT_BIT_DTYPES)}, not {weights!r}"
+        )
     if batch < 1 or max_seq_len < 1:
         raise InvalidInputError(f"batch and length must be positive, got {batch} x {max_seq_len}")
     element = dtype_info(dtype).bytes
@@ -69,7 +78,9 @@ def footprint(
     shapes = weight_shapes(spec, tp, layers)
     if spec.tie_word_embeddings and "embed" in shapes and "lm_head.weight" in shapes:
         shapes.pop("lm_head.weight")
-    weights = sum(_count(shape) for shape in shapes.values()) * element
+    weight_bytes = sum(
+        _weight_bytes(name, shape, element, weights) for name, shape in shapes.items()
+    )
     q_width, kv_width = rank.q_width, rank.kv_width
     kv_cache = batch * max_seq_len * kv_bytes_per_token(spec, dtype, tp, layers)
     ffn = rank.ffn_hidden_size
@@ -92,7 +103,18 @@ def footprint(
     decode_partials = 4 * decode_workspace_floats(
         batch, rank.q_heads, spec.head_dim, max_seq_len, num_kv_heads=rank.kv_heads
     )
-    return Footprint(weights, kv_cache, tokens * per_token + batch * per_sequence + decode_partials)
+    return Footprint(
+        weight_bytes, kv_cache, tokens * per_token + batch * per_sequence + decode_partials
+    )
+
+
+def _weight_bytes(name: str, shape: tuple[int, ...], element: int, weights: str | None) -> int:
+    """Bytes of the array `name`: 8-bit codes and fp32 row scales for a quantised linear's
+    weight (`quantize.QUANTISED_PARTS`), else `element` bytes a value."""
+    part = name.split(".")[-2] if name.startswith("layers.") else ""
+    if weights is None or part not in QUANTISED_PARTS or not name.endswith(".weight"):
+        return _count(shape) * element
+    return _count(shape) * dtype_info(weights).bytes + shape[0] * dtype_info(SCALE_DTYPE).bytes
 
 
 def kv_bytes_per_token(
