@@ -238,7 +238,14 @@ CASES = [
     ("profiles show --profile gpt2-124m --beam 0", "Invalid value for '--beam'"),
     ("profiles show --profile gpt2-124m --beam -3", "Invalid value for '--beam'"),
     ("profiles show --profile gpt2-124m --dtype fp4", "'fp4' is not one of 'fp16', 'bf16', 'fp8'"),
-    ("profiles show --profile gpt2-124m --dtype fp8 --weights int8", "dtype fp8 takes fp8 weights"),
+    (
+        "profiles show --profile gpt2-124m --dtype fp8 --weights int8",
+        "--dtype fp8 --weights int8: dtype fp8 takes fp8 weights",
+    ),
+    (
+        "tune --profile gpt2-124m --dtype fp8 --scaling channel --dry-run",
+        "--dtype fp8 --scaling channel: fp8 x fp8 GEMMs take scaling tensor or outer",
+    ),
     ("profiles show --profile gpt2-124m --dtype ''", "'' is not one of 'fp16', 'bf16'"),
     ("profiles show --profile gpt2-124m --gpu v100", "v100"),
     ("profiles show", "give exactly one of --profile NAME or --config PATH"),

@@ -225,17 +225,23 @@ def formats(chosen) -> str:
 
 def workload(batch: str, input_len: str, output_len: str, dtype: str, tp: int, pp: int = 1,
              beam: int = 1, weights: Enum | None = None, scaling: Enum | None = None):  # fmt: skip
-    """The `Workload` of the grid options shared by `profiles show` and `tune`."""
+    """The `Workload` of the grid options shared by `profiles show` and `tune`; number formats
+    that do not go together are an error naming the options given."""
     from ftbench.profiles.spec import Workload
 
-    return Workload(
-        weights=None if weights is None else weights.value,
-        scaling=None if scaling is None else scaling.value,
-        batch_sizes=int_list(batch, "--batch"),
-        input_lens=int_list(input_len, "--input-len"),
-        output_lens=int_list(output_len, "--output-len"),
-        dtype=dtype,
-        tp=tp,
-        pp=pp,
-        beam_width=beam,
+    batch_sizes = int_list(batch, "--batch")
+    input_lens, output_lens = (
+        int_list(input_len, "--input-len"),
+        int_list(output_len, "--output-len"),
     )
+    formats = {"--dtype": dtype, "--weights": weights, "--scaling": scaling}
+    given = {option: getattr(value, "value", value) for option, value in formats.items() if value}
+    try:
+        return Workload(
+            batch_sizes=batch_sizes, input_lens=input_lens, output_lens=output_lens, dtype=dtype,
+            tp=tp, pp=pp, beam_width=beam, weights=given.get("--weights"),
+            scaling=given.get("--scaling"),
+        )  # fmt: skip
+    except InvalidInputError as exc:
+        options = " ".join(f"{option} {value}" for option, value in given.items())
+        raise InvalidInputError(f"{options}: {str(exc).removeprefix('workload: ')}") from None
