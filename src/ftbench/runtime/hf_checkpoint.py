@@ -30,6 +30,7 @@ import numpy as np
 from ftbench.dtypes import numpy_dtype
 from ftbench.errors import InvalidInputError
 from ftbench.profiles.spec import ModelSpec
+from ftbench.runtime.quantize import QUANTISED_PARTS, quantisable
 from ftbench.runtime.weights import (
     ModelWeights,
     check_decoder,
@@ -44,7 +45,6 @@ from ftbench.runtime.weights import (
 # skipped.
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq", ".input_scale")
 _SCALE_SUFFIX = "_scale"  # P.weight_scale: the fp32 scales of an E4M3 P.weight
-_QUANTISED_PARTS = ("qkv", "attn_out", "ffn_up", "ffn_down")
 
 
 @dataclass(frozen=True)
@@ -232,10 +232,9 @@ def _map_checkpoint(
         present = [scale in shapes for scale in scales]
         if not any(present):
             continue
-        part = name.split(".")[-2] if name.startswith("layers.") else name
-        if part not in _QUANTISED_PARTS or not name.endswith(".weight"):
+        if not quantisable(name):
             problems.append(f"{name} is stored quantised; ftbench quantises only the layers' "
-                            f"linears ({', '.join(_QUANTISED_PARTS)})")  # fmt: skip
+                            f"linears ({', '.join(QUANTISED_PARTS)})")  # fmt: skip
         elif not all(present):
             missing += [scale for scale, there in zip(scales, present, strict=True) if not there]
         else:

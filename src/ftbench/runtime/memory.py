@@ -18,7 +18,7 @@ from ftbench.gemm.problem import SCALE_DTYPE
 from ftbench.kernels.attention import decode_workspace_floats
 from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import ModelSpec
-from ftbench.runtime.quantize import QUANTISED_PARTS
+from ftbench.runtime.quantize import quantisable
 from ftbench.runtime.weights import weight_shapes
 
 GIB = 1024**3
@@ -110,9 +110,8 @@ def footprint(
 
 def _weight_bytes(name: str, shape: tuple[int, ...], element: int, weights: str | None) -> int:
     """Bytes of the array `name`: 8-bit codes and fp32 row scales for a quantised linear's
-    weight (`quantize.QUANTISED_PARTS`), else `element` bytes a value."""
-    part = name.split(".")[-2] if name.startswith("layers.") else ""
-    if weights is None or part not in QUANTISED_PARTS or not name.endswith(".weight"):
+    weight (`quantize.quantisable`), else `element` bytes a value."""
+    if weights is None or not quantisable(name):
         return _count(shape) * element
     return _count(shape) * dtype_info(weights).bytes + shape[0] * dtype_info(SCALE_DTYPE).bytes
 

@@ -13,15 +13,39 @@ Codes are int8 or ml_dtypes' float8_e4m3fn host arrays (`runtime.weights.Linear`
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 
-from ftbench.dtypes import EIGHT_BIT_DTYPES
+from ftbench.dtypes import EIGHT_BIT_DTYPES, numpy_dtype
 from ftbench.errors import InvalidInputError
-from ftbench.kernels.weight_only import quantize_reference
+from ftbench.kernels.weight_only import CODE_MAX, quantize_reference
 from ftbench.runtime.weights import Linear, ModelWeights
 
 QUANTISED_PARTS = ("qkv", "attn_out", "ffn_up", "ffn_down")
+
+
+def quantisable(name: str) -> bool:
+    """Whether the array called `name` (`ModelWeights.named_tensors`) is the weight of a linear
+    that may be 8-bit: "layers.N.PART.weight" with PART one of QUANTISED_PARTS."""
+    parts = name.split(".")
+    return (
+        len(parts) == 4
+        and parts[0] == "layers"
+        and parts[2] in QUANTISED_PARTS
+        and (parts[3] == "weight")
+    )
+
+
+def _map_linears(weights: ModelWeights, convert: Callable[[Linear], Linear]) -> ModelWeights:
+    """`weights` with `convert` applied to every transformer layer's quantisable linear."""
+    layers = tuple(
+        dataclasses.replace(
+            layer, **{part: convert(getattr(layer, part)) for part in QUANTISED_PARTS}
+        )
+        for layer in weights.layers
+    )
+    return dataclasses.replace(weights, layers=layers)
 
 
 def quantize_linear(layer: Linear, weights: str) -> Linear:
@@ -45,13 +69,7 @@ def quantize_weights(weights: ModelWeights, fmt: str) -> ModelWeights:
         raise InvalidInputError(
             f"weights can be quantised to {' or '.join(EIGHT_BIT_DTYPES)}, not {fmt!r}"
         )
-    layers = tuple(
-        dataclasses.replace(
-            layer, **{part: quantize_linear(getattr(layer, part), fmt) for part in QUANTISED_PARTS}
-        )
-        for layer in weights.layers
-    )
-    return dataclasses.replace(weights, layers=layers)
+    return _map_linears(weights, lambda linear: quantize_linear(linear, fmt))
 
 
 def weight_format(weights: ModelWeights) -> str | None:
@@ -79,17 +97,10 @@ def dequantize_weights(weights: ModelWeights, dtype: object = np.float64) -> Mod
             return linear
         return Linear(linear.dequantized(dtype), linear.bias)
 
-    layers = tuple(
-        dataclasses.replace(
-            layer, **{part: plain(getattr(layer, part)) for part in QUANTISED_PARTS}
-        )
-        for layer in weights.layers
-    )
-    return dataclasses.replace(weights, layers=layers)
+    return _map_linears(weights, plain)
 
 
 ACTIVATION_SCALINGS = ("token", "tensor")
-E4M3_MAX = 448.0
 
 
 def fp8_activations(x: np.ndarray, scaling: str = "token") -> np.ndarray:
@@ -101,12 +112,11 @@ def fp8_activations(x: np.ndarray, scaling: str = "token") -> np.ndarray:
         raise InvalidInputError(
             f"activation scaling must be {' or '.join(ACTIVATION_SCALINGS)}, got {scaling!r}"
         )
-    from ftbench.dtypes import numpy_dtype
-
+    e4m3_max = np.float32(CODE_MAX["fp8"])
     values = np.asarray(x, dtype=np.float32)
     axis = -1 if scaling == "token" else None
     absmax = np.abs(values).max(axis=axis, keepdims=True)
-    scale = absmax / np.float32(E4M3_MAX)
+    scale = absmax / e4m3_max
     ratio = values / np.where(scale > 0, scale, np.float32(1))
-    codes = np.clip(ratio, -E4M3_MAX, E4M3_MAX).astype(numpy_dtype("fp8"))
+    codes = np.clip(ratio, -e4m3_max, e4m3_max).astype(numpy_dtype("fp8"))
     return codes.astype(np.float64) * scale.astype(np.float64)
