@@ -121,6 +121,30 @@ def test_run_config_refuses_unknown_engines_and_one_token_outputs():
         RunConfig(GPTJ, "fp32", (RunPoint(1, 128, 128),))
 
 
+def test_8_bit_records_name_their_weights_and_floor_on_their_bytes():
+    """A record of ftbench with --weights says so (a series of its own) and its floors count
+    the 8-bit bytes; the prefill's FLOPs stay fp16's."""
+    from ftbench.modelbench.ceilings import Ceilings
+    from ftbench.modelbench.records import engine_record
+    from ftbench.modelbench.runs import series_key
+
+    point = RunPoint(1, 128, 128)
+    measured = Measured(
+        ttft_ms=[10.0], end_to_end_ms=[500.0], step_ms=[3.0, 3.1], peak_memory_bytes=None,
+        gemm=None, conditions={},
+    )  # fmt: skip
+    ceilings = Ceilings(4e12, 750e12)
+    plain = engine_record(RunConfig(GPTJ, "fp16", (point,)), "ftbench", point, measured, ceilings)
+    config = RunConfig(GPTJ, "fp16", (point,), weights="int8")
+    record = engine_record(config, "ftbench", point, measured, ceilings)
+    assert "weights" not in plain and record["weights"] == "int8"
+    assert series_key(record) == "gptj-6b fp16 w=int8 tp=1 pp=1 batch=1 in=128 out=128"
+    assert record["floor_decode_step_ms"] == decode_floor_ms(GPTJ, point, "fp16", 4e12, 1, "int8")
+    assert record["floor_prefill_ms"] < plain["floor_prefill_ms"]  # batch 1 x 128: weight reads
+    with pytest.raises(InvalidInputError, match="--weights must be fp8 or int8, not 'fp16'"):
+        RunConfig(GPTJ, "fp16", (point,), weights="fp16")
+
+
 def test_a_breakdown_is_taken_on_one_gpu_only():
     assert RunConfig(GPTJ, "fp16", (RunPoint(1, 128, 128),), breakdown=True).breakdown
     with pytest.raises(InvalidInputError, match="--breakdown takes steps apart on one GPU"):
@@ -236,6 +260,11 @@ def test_run_without_a_gpu_is_a_one_line_error(monkeypatch, capsys):
         (["--profile", "gptj-6b", "--checkpoint", "/no/such/dir"], "--checkpoint /no/such/dir: no"),
         (["--profile", "gptj-6b", "--tuned", "/no/such.json"], "--tuned /no/such.json: no such"),
         (["--profile", "bert-base"], "bert-base: the runtime runs decoder models only"),
+        (["--profile", "gptj-6b", "--weights", "int4"], "'int4' is not one of 'fp8', 'int8'"),
+        (
+            ["--profile", "gptj-6b", "--weights", "int8", "--compare", "hf"],
+            "--weights int8 quantises ftbench's weights; peers ['hf-eager'] would run",
+        ),
         (
             ["--profile", "gpt2-124m", "--input-len", "128,1000", "--output-len", "32"],
             "input length 1000 + output length 32: gpt2-124m has 1024 learned positions",

@@ -22,14 +22,22 @@ GPTJ = load_builtin("gptj-6b")
 @pytest.mark.parametrize("weights", ["int8", "fp8"])
 def test_8_bit_weights_count_a_byte_a_linear_weight_plus_a_scale_per_row(weights):
     """GPT-J's layer linears at one byte and an fp32 scale per output row; embedding, LM head,
-    norms and biases stay fp16, and the KV cache and activations do not change."""
+    norms and biases stay fp16, and the KV cache does not change. Steps of at most 16 tokens need
+    no more activation memory; longer ones two fp16 copies of the largest linear (FFN up or down,
+    16384 x 4096), the dequantisation scratch of each stream slot."""
     plain = footprint(GPTJ, batch=1, max_seq_len=256, dtype="fp16")
     quantised = footprint(GPTJ, batch=1, max_seq_len=256, dtype="fp16", weights=weights)
     h, f, layers = GPTJ.hidden_size, GPTJ.ffn_hidden_size, GPTJ.num_layers
     linear_elements = layers * (3 * h * h + h * h + f * h + h * f)
     linear_rows = layers * (3 * h + h + f + h)
     assert plain.weights - quantised.weights == linear_elements * (2 - 1) - linear_rows * 4
-    assert (quantised.kv_cache, quantised.activations) == (plain.kv_cache, plain.activations)
+    assert quantised.kv_cache == plain.kv_cache
+    assert quantised.activations - plain.activations == 2 * f * h * 2
+    decode = dict(batch=16, max_seq_len=256, dtype="fp16", max_tokens=16)
+    assert (
+        footprint(GPTJ, **decode, weights=weights).activations
+        == footprint(GPTJ, **decode).activations
+    )
     with pytest.raises(InvalidInputError, match="8-bit weights are fp8 or int8, not 'fp16'"):
         footprint(GPTJ, batch=1, max_seq_len=256, dtype="fp16", weights="fp16")
 
@@ -223,3 +231,54 @@ def test_communication_calls_sum_each_kind_over_its_places():
     assert calls["all_reduce"]["ms"] == pytest.approx(0.29)
     assert calls["recv"] == {"calls": 1, "ms": 0.5}
     assert communication_ms(operations) == pytest.approx(0.81)
+
+
+class _ScaledNumpyBackend(_NumpyBackend):
+    """`_NumpyBackend` whose runners also take an 8-bit layer's per-row scales."""
+
+    def prepare(self, candidate, problem):
+        self.prepared.append((candidate.config["algo"], problem.key()))
+
+        def run(a, b, c, *scales):
+            weight = b.astype(np.float32) * (scales[0][:, None] if scales else 1)
+            c[...] = (a.astype(np.float32) @ weight.T).astype(c.dtype)
+
+        return run
+
+
+def test_8_bit_linears_run_weight_only_up_to_16_rows_and_on_dequantised_weights_beyond(
+    monkeypatch,
+):
+    """m <= 16: the weight-only problem, its runner given the codes and scales; m > 16: the codes
+    dequantised into the stream slot's scratch, then the fp16 problem of the same shape."""
+    from ftbench.gemm.problem import linear_problem
+    from ftbench.kernels import weight_only
+
+    backend = _ScaledNumpyBackend("ftbench")
+    monkeypatch.setattr(gemm_module, "get_backend", lambda name: backend)
+    monkeypatch.setattr(backends_module, "get_backend", lambda name: backend)
+    monkeypatch.setattr(gemm_module, "scratch_slot", lambda: 0)
+    dequantised = []
+
+    def dequantize(codes, scales, out):
+        dequantised.append(codes.shape)
+        out[...] = (codes.astype(np.float32) * scales[:, None]).astype(out.dtype)
+
+    monkeypatch.setattr(weight_only, "dequantize", dequantize)
+    rng = np.random.default_rng(1)
+    codes = rng.integers(-127, 128, (24, 32)).astype(np.int8)
+    scales = rng.uniform(0.001, 0.01, 24).astype(np.float32)
+    dispatch = GemmDispatch()
+    for m in (16, 17):
+        x = rng.standard_normal((m, 32)).astype(np.float16)
+        out = np.empty((m, 24), np.float16)
+        dispatch.linear(x, codes, out, scales)
+        expected = x.astype(np.float64) @ (codes * scales.astype(np.float64)[:, None]).T
+        np.testing.assert_allclose(out, expected, rtol=2e-2, atol=2e-2)
+    assert dequantised == [(24, 32)]
+    assert dispatch.stats.misses == [
+        linear_problem(16, 24, 32, "fp16", weights="int8").key(),
+        GemmProblem(17, 24, 32).key(),
+    ]
+    with pytest.raises(Exception, match="fp16 or bf16 x and out of one dtype"):
+        dispatch.linear(x, codes, np.empty((17, 24), np.float32), scales)

@@ -22,9 +22,9 @@ from ftbench.validation.parallel_check import (
     PIPELINE_SIZES,
     SEED,
     TP_SIZES,
-    check_inputs,
     compare_emulated,
     run_logits,
+    teacher_forced_inputs,
     tp1_logits,
 )
 
@@ -96,7 +96,7 @@ def test_micro_batches_inside_decode_graphs_match_tp1(case, micro, tp1):
     # forks and joins its branch stream per micro-batch); the prefill and the steps' logits.
     spec = CASES[case]
     weights = random_weights(spec, "fp16", seed=SEED)
-    prompts, continuations = check_inputs(spec)
+    prompts, continuations = teacher_forced_inputs(spec)
     ours = run_logits(spec, weights, prompts, continuations, micro_batches=micro, use_graph=True)
     worst = max(
         float((np.linalg.norm(a - b, axis=-1) / np.linalg.norm(b, axis=-1)).max())

@@ -40,6 +40,7 @@ def spelled(values: tuple[str, ...] | type[Enum]) -> str:
 RuntimeDType = choices("RuntimeDType", RUNTIME_DTYPES)
 GemmDType = choices("GemmDType", WORKLOAD_DTYPES)
 WeightDType = choices("WeightDType", (*RUNTIME_DTYPES, *EIGHT_BIT_DTYPES))
+EightBitWeights = choices("EightBitWeights", EIGHT_BIT_DTYPES)
 Scaling = choices("Scaling", tuple(s for s in SCALINGS if s != "none"))
 StoredDType = choices("StoredDType", STORED_DTYPES)
 L2Mode = choices("L2Mode", L2_MODES)

@@ -14,6 +14,7 @@ from ftbench.cli.options import (
     BatchOption,
     ConfigOption,
     DTypeOption,
+    EightBitWeights,
     InputLenOption,
     OutputLenOption,
     PpOption,
@@ -62,6 +63,18 @@ def run_command(
     checkpoint: Annotated[
         Path | None,
         typer.Option("--checkpoint", help="A local HF safetensors directory (default: random)."),
+    ] = None,
+    weights: Annotated[
+        EightBitWeights | None,
+        typer.Option(
+            "--weights",
+            help="Quantise the transformer layers' linear weights to int8 or fp8 (E4M3) at load, "
+            "one fp32 scale per output channel (absmax), on the GPU; embeddings, norms and LM "
+            "head stay --dtype. Decode GEMMs (up to 16 tokens) read the 8-bit codes, longer "
+            "steps multiply by dequantised weights. Every record adds the accuracy cost: logit "
+            "error and top-1 agreement against the unquantised weights (fp8 needs sm_89+). "
+            "Peers run their own weights: compare them in another run.",
+        ),
     ] = None,
     compare: Annotated[
         str,
@@ -169,6 +182,7 @@ def run_command(
         spec, dtype.value, tuple(run_grid(batches, inputs, outputs)), engines,
         None if tuned is None else str(tuned), None if checkpoint is None else str(checkpoint),
         repeats, tp=tp, pp=pp, micro_batches=micro_batches, breakdown=breakdown,
+        weights=None if weights is None else weights.value,
     )  # fmt: skip
     if out is not None:
         check_run_outputs(out, force)
@@ -186,7 +200,7 @@ def run_command(
         else f"tuned cache: {choice.path} ({len(choice.cache.entries)} problems)"
     )  # fmt: skip
     if max_throughput:
-        points = throughput_points(spec, run.dtype, inputs, outputs, micro_batches)
+        points = throughput_points(spec, run.dtype, inputs, outputs, micro_batches, run.weights)
         run = dataclasses.replace(run, points=points)
     if out is None:
         stamp = environment.utc_time.replace(":", "").replace("-", "")[:15]

@@ -6,6 +6,14 @@ a hit runs the tuned backend with its stored configuration, a miss runs the libr
 (cublasGemmEx, CUBLAS_GEMM_DEFAULT). Each distinct problem is resolved once and its runner kept,
 so later calls cost a dictionary lookup and can be captured in a CUDA graph. Misses are counted
 per distinct problem and listed, so `ftbench run` can say how much of a model ran untuned.
+
+A layer with 8-bit weights (int8 codes, or E4M3 bits in uint8, with one fp32 scale per output
+channel: `runtime.weights.Linear`) is a weight-only problem while m <= `weight_only.MAX_M` (the
+decode GEMMs, which read their weight and little else): the project's weight-only kernels, tuned
+or default, multiply by the codes in registers. A GEMM of more rows (a prefill) is compute-bound:
+its weight is dequantised into a scratch buffer (`weight_only.dequantize`, one per stream slot,
+kept and grown as needed) and the fp16/bf16 problem of the same shape runs on it, tuned as the
+unquantised layer's would be.
 """
 
 from __future__ import annotations
@@ -13,13 +21,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ftbench.dtypes import array_dtype
 from ftbench.errors import GpuError
 from ftbench.gemm.backends import default_candidate, get_backend
 from ftbench.gemm.backends.base import Runner
 from ftbench.gemm.cache import TunedCache
 from ftbench.gemm.problem import GemmProblem, linear_problem
-from ftbench.kernels.cublas import check_linear_operands
+from ftbench.kernels.cublas import check_linear_operands, check_linear_shapes
+from ftbench.kernels.streams import scratch_slot
 
 
 @dataclass
@@ -45,17 +56,59 @@ class GemmDispatch:
     def __init__(self, cache: TunedCache | None = None) -> None:
         self.cache = cache
         self.stats = DispatchStats()
-        # Runners by (m, n, k, dtype): a call after the first builds no GemmProblem.
-        self._runners: dict[tuple[int, int, int, str], Runner] = {}
+        # Runners by (m, n, k, dtype, weights): a call after the first builds no GemmProblem.
+        self._runners: dict[tuple[int, int, int, str, str | None], Runner] = {}
+        # Dequantised weights of prefill GEMMs, by scratch slot (see the module docstring).
+        self._dequantised: dict[int, Any] = {}
+        # Outgrown buffers stay alive: a captured prefill graph may still point at one.
+        self._outgrown: list[Any] = []
 
-    def linear(self, x: Any, weight: Any, out: Any) -> None:
-        """out = x @ weight^T on CuPy's current stream (x [m, k], weight [n, k], out [m, n])."""
+    def linear(self, x: Any, weight: Any, out: Any, scale: Any = None) -> None:
+        """out = x @ weight^T on CuPy's current stream (x [m, k], weight [n, k], out [m, n]);
+        with `scale` [n], weight holds 8-bit codes and the layer's weight is
+        weight * scale[:, None] (see the module docstring)."""
+        if scale is not None:
+            self._linear_8bit(x, weight, out, scale)
+            return
         m, n, k = check_linear_operands(x, weight, out)
-        shape = (m, n, k, array_dtype(x))
+        self._runner(m, n, k, array_dtype(x), None)(x, weight, out)
+
+    def _runner(self, m: int, n: int, k: int, dtype: str, weights: str | None) -> Runner:
+        shape = (m, n, k, dtype, weights)
         runner = self._runners.get(shape)
         if runner is None:
-            runner = self._runners[shape] = self._resolve(linear_problem(*shape))
-        runner(x, weight, out)
+            problem = linear_problem(m, n, k, dtype, weights=weights)
+            runner = self._runners[shape] = self._resolve(problem)
+        return runner
+
+    def _linear_8bit(self, x: Any, codes: Any, out: Any, scale: Any) -> None:
+        from ftbench.kernels import weight_only
+
+        m, n, k = check_linear_shapes(x, codes, out)
+        dtype = array_dtype(x)
+        if array_dtype(out) != dtype or dtype not in ("fp16", "bf16"):
+            raise GpuError(
+                f"an 8-bit linear layer takes fp16 or bf16 x and out of one dtype, got "
+                f"{array_dtype(x)} and {array_dtype(out)}"
+            )
+        if m <= weight_only.MAX_M:
+            weights = weight_only.code_format(codes, "an 8-bit linear layer")
+            self._runner(m, n, k, dtype, weights)(x, codes, out, scale)
+            return
+        plain = self._scratch(x, n * k)[: n * k].reshape(n, k)
+        weight_only.dequantize(codes, scale, plain)
+        self._runner(m, n, k, dtype, None)(x, plain, out)
+
+    def _scratch(self, like: Any, size: int) -> Any:
+        """This stream slot's dequantisation buffer: at least `size` elements of `like`'s
+        dtype, where `like` is (a CuPy array; a NumPy one in the host tests)."""
+        slot = scratch_slot()
+        buffer = self._dequantised.get(slot)
+        if buffer is None or buffer.size < size or buffer.dtype != like.dtype:
+            if buffer is not None:
+                self._outgrown.append(buffer)
+            buffer = self._dequantised[slot] = _empty_like_module(like, size)
+        return buffer
 
     def _resolve(self, problem: GemmProblem) -> Runner:
         entry = self.cache.lookup(problem) if self.cache is not None else None
@@ -76,3 +129,12 @@ class GemmDispatch:
             ) from exc
         self.stats.backends[candidate.backend] = self.stats.backends.get(candidate.backend, 0) + 1
         return runner
+
+
+def _empty_like_module(like: Any, size: int) -> Any:
+    """An uninitialised vector of `size` elements of `like`'s dtype, in `like`'s array module."""
+    if isinstance(like, np.ndarray):
+        return np.empty(size, like.dtype)
+    import cupy
+
+    return cupy.empty(size, like.dtype)

@@ -10,7 +10,8 @@ The tuning space is `gemv`'s (`GemvConfig`, the mma kernel only: `weight_only_co
 candidates), and so are split-K's workspace and the launch path (PDL included). `quantize` makes
 (Wq, scales) from an fp16/bf16 weight on the device, per output channel by absmax;
 `quantize_reference` is the same arithmetic in NumPy, and `weight_only_reference` the float64
-product of the dequantised operands.
+product of the dequantised operands. `dequantize` turns codes back into fp16/bf16 weights, for the
+GEMMs of more rows than these kernels take.
 
 Weight formats are ftbench's names, "int8" and "fp8". On the device int8 codes are int8 arrays;
 CuPy has no float8 type, so E4M3 codes travel as their bits in uint8 arrays (an array CuPy reports
@@ -217,7 +218,7 @@ def _plan(
     return name, grid, (config.threads, 1, 1), k_per_split(config, k)
 
 
-def _code_format(codes: Any, what: str) -> str:
+def code_format(codes: Any, what: str) -> str:
     """ "int8" or "fp8": the format of a device array of 8-bit codes."""
     name = numpy_name(codes)
     if name not in CODE_ARRAYS:
@@ -255,7 +256,7 @@ def weight_only_gemv(
         raise InvalidInputError(
             f"weight-only GEMV: x and y must have one dtype, got {dtype} and {numpy_name(y)}"
         )
-    weights = _code_format(wq, "weight-only GEMV")
+    weights = code_format(wq, "weight-only GEMV")
     scale_dtype = _check_scales(scales, n)
     name, grid, block, split_k_elements = _plan(config, m, n, k, dtype, weights, scale_dtype)
     if x.data.ptr % 16 or wq.data.ptr % 16:
@@ -318,6 +319,43 @@ def quantize(w: Any, weights: str) -> tuple[Any, Any]:
     arguments = [np.uint64(array.data.ptr) for array in (w, codes, scales)] + [np.int32(k)]
     nvrtc.launch(kernel, (n, 1, 1), (QUANTIZE_THREADS, 1, 1), arguments)
     return codes, scales
+
+
+def dequantize_kernel_name(dtype: str, weights: str) -> str:
+    """The C++ name of the dequantiser instance from `weights` codes to `dtype` values."""
+    return f"ftb_dequantize_rows<{C_TYPES[dtype]}, {dtype_info(weights).c_type}>"
+
+
+def dequantize(codes: Any, scales: Any, out: Any) -> None:
+    """out[n, k] = codes[n, k] * scales[n] on the current stream, rounded once from the fp32
+    product: codes int8 (or E4M3 bits in uint8), scales [n] fp32, out fp16 or bf16, k % 16 == 0,
+    codes and out 16-byte aligned. What a GEMM of more rows than `weight_only_gemv` takes
+    multiplies by. Allocates nothing and never synchronises (graph-capturable once compiled)."""
+    weights = code_format(codes, "dequantize")
+    if codes.ndim != 2 or not codes.flags.c_contiguous or tuple(out.shape) != tuple(codes.shape):
+        raise InvalidInputError(
+            f"dequantize: codes must be a row-major [n, k] array and out the same shape, got "
+            f"{tuple(codes.shape)} and {tuple(out.shape)}"
+        )
+    n, k = codes.shape
+    if k % K_MULTIPLE or not out.flags.c_contiguous or codes.data.ptr % 16 or out.data.ptr % 16:
+        raise InvalidInputError(
+            f"dequantize: k = {k} must be a multiple of {K_MULTIPLE}, and codes and out "
+            "contiguous and 16-byte aligned"
+        )
+    if numpy_name(scales) != "float32" or _check_scales(scales, n) != "float32":
+        raise InvalidInputError(f"dequantize: scales must be float32, not {numpy_name(scales)}")
+    dtype = numpy_name(out)
+    if dtype not in C_TYPES:
+        raise InvalidInputError(f"dequantize: out must be one of {sorted(C_TYPES)}, not {dtype}")
+    _current_device(weights, "dequantize")
+    name = dequantize_kernel_name(dtype, weights)
+    kernel = nvrtc.load(SOURCE_PATH, [name])[name]
+    vectors = n * k // K_MULTIPLE
+    arguments = [np.uint64(array.data.ptr) for array in (codes, scales, out)]
+    arguments += [np.int32(k), np.int64(vectors)]
+    grid = (math.ceil(vectors / QUANTIZE_THREADS), 1, 1)
+    nvrtc.launch(kernel, grid, (QUANTIZE_THREADS, 1, 1), arguments)
 
 
 def quantize_reference(w: np.ndarray, weights: str) -> tuple[np.ndarray, np.ndarray]:

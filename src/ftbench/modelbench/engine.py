@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ftbench.errors import FtbenchError
+from ftbench.errors import FtbenchError, InvalidInputError
 from ftbench.gemm.cache import UNTUNED, TunedChoice
 from ftbench.modelbench.ceilings import Ceilings, measure_ceilings
 from ftbench.modelbench.grid import RunConfig, RunPoint, point_micro_batches
@@ -44,6 +44,7 @@ from ftbench.modelbench.records import Measured, conditions_dict, engine_record,
 from ftbench.modelbench.runs import OUR_ENGINES, PEER_ENGINES
 from ftbench.modelbench.step_breakdown import point_breakdown
 from ftbench.runtime.pipeline import Stage
+from ftbench.runtime.quantize import weight_format
 
 
 def measure_requests(
@@ -97,14 +98,16 @@ def run_benchmark(
     ceilings = ceilings or measure_ceilings(config.dtype)
     ours = [engine for engine in config.engines if engine in OUR_ENGINES]
     if ours:
-        weights = _ftbench_weights(config, ranks)
+        weights, accuracy = _quantised(config, _ftbench_weights(config, ranks), ranks)
+        config = replace(config, weights=weight_format(weights))  # what the records say
         for engine in ours:
             choice = tuned if engine == "ftbench" else UNTUNED
             for point in config.points:
                 on_point(engine, point)
                 measured = _measure_ftbench(config, weights, choice, point, engine, ranks, ceilings)
                 record = engine_record(config, engine, point, measured, ceilings)
-                on_record({**record, "tuned_cache": choice.to_dict()})
+                extra = {} if accuracy is None else {"accuracy": accuracy}
+                on_record({**record, "tuned_cache": choice.to_dict(), **extra})
         del weights
         cupy.get_default_memory_pool().free_all_blocks()
     for engine in (engine for engine in config.engines if engine in PEER_ENGINES):
@@ -129,6 +132,7 @@ def _ftbench_weights(config: RunConfig, ranks: Ranks | None):
     from ftbench.runtime.hf_checkpoint import load_hf_weights
     from ftbench.runtime.random_weights import random_weights
     from ftbench.runtime.sharding import shard, stage_weights
+    from ftbench.runtime.weights import to_device
 
     spec, tp = config.spec, config.tp
     if ranks is None:
@@ -138,8 +142,32 @@ def _ftbench_weights(config: RunConfig, ranks: Ranks | None):
     if config.checkpoint:
         weights = load_hf_weights(config.checkpoint, spec, config.dtype)
         part = stage_weights(shard(weights, spec, tp, tp_rank), spec, layers)
-        return part.map(cupy.asarray)
+        return part.map(to_device)
     return random_weights(spec, config.dtype, seed=config.seed, tp=tp, xp=cupy, layers=layers)
+
+
+def _quantised(config: RunConfig, weights, ranks: Ranks | None):
+    """(the weights the run measures, the accuracy cost of their 8 bits or None): `weights`
+    themselves, or with `config.weights` quantised on the GPU, and on one GPU what that costs
+    against them (`runtime.agreement.accuracy_cost`; a rank of a tp x pp run has a shard)."""
+    import cupy
+
+    from ftbench.runtime.agreement import accuracy_cost
+    from ftbench.runtime.quantize import quantize_weights
+
+    given = weight_format(weights)  # a checkpoint may hold 8-bit weights already
+    if given is not None and config.weights not in (None, given):
+        raise InvalidInputError(
+            f"--checkpoint {config.checkpoint} holds {given} weights; --weights {config.weights} "
+            f"cannot quantise them again: leave --weights out or pass --weights {given}"
+        )
+    if config.weights is None or given is not None:
+        return weights, None
+    quantised = quantize_weights(weights, config.weights)
+    accuracy = None if ranks is not None else accuracy_cost(config.spec, weights, quantised)
+    del weights
+    cupy.get_default_memory_pool().free_all_blocks()
+    return quantised, None if accuracy is None else accuracy.to_dict()
 
 
 def _prompts(config: RunConfig, point: RunPoint) -> np.ndarray:

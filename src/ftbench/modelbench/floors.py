@@ -23,11 +23,13 @@ def decode_floor_ms(
 
 
 def prefill_floor_ms(
-    spec: ModelSpec, point: RunPoint, dtype: str, peak_flops: float, bandwidth: float, tp: int = 1
-) -> float:
+    spec: ModelSpec, point: RunPoint, dtype: str, peak_flops: float, bandwidth: float, tp: int = 1,
+    weights: str | None = None,
+) -> float:  # fmt: skip
     """The prefill's floor on one rank: the FLOPs of its context-phase GEMMs (the problems the
-    profile derives, `profiles.problems.gemm_problems`) at `peak_flops`, or its weights read once
-    at `bandwidth`, whichever takes longer. Causal attention computes half of its score and
+    profile derives, `profiles.problems.gemm_problems`, in `dtype`: 8-bit `weights` are
+    multiplied as `dtype` ones) at `peak_flops`, or its weights (8-bit `weights`: their bytes) read
+    once at `bandwidth`, whichever takes longer. Causal attention computes half of its score and
     context products' square on average."""
     workload = Workload((point.batch,), (point.input_len,), (point.output_len,), dtype, tp)
     flops = 0.0
@@ -35,5 +37,5 @@ def prefill_floor_ms(
         if use.phase == "context":
             causal = 0.5 if use.fused_into_attention else 1.0
             flops += use.problem.flops() * use.calls_per_step * causal
-    weights = footprint(spec, 1, 1, dtype, tp, max_tokens=1).weights
-    return max(flops / peak_flops, weights / bandwidth) * 1e3
+    weight_bytes = footprint(spec, 1, 1, dtype, tp, max_tokens=1, weights=weights).weights
+    return max(flops / peak_flops, weight_bytes / bandwidth) * 1e3

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftbench.dtypes import RUNTIME_DTYPES
+from ftbench.dtypes import EIGHT_BIT_DTYPES, RUNTIME_DTYPES
 from ftbench.errors import InvalidInputError
 from ftbench.modelbench.runs import ENGINES, PEER_ENGINES
 from ftbench.profiles.problems import rank_shapes
@@ -78,6 +78,8 @@ class RunConfig:
     pp: int = 1
     micro_batches: int | None = None
     breakdown: bool = False  # ftbench's points: a decode step and prefill taken apart
+    # ftbench's engines: the layers' linears quantised to 8 bits ("int8", "fp8") at load
+    weights: str | None = None
 
     def __post_init__(self) -> None:
         unknown = [engine for engine in self.engines if engine not in ENGINES]
@@ -85,6 +87,16 @@ class RunConfig:
             raise InvalidInputError(f"unknown engines {unknown}; choose from {', '.join(ENGINES)}")
         if self.dtype not in RUNTIME_DTYPES:
             raise InvalidInputError(f"ftbench run measures fp16 or bf16, not {self.dtype!r}")
+        if self.weights is not None and self.weights not in EIGHT_BIT_DTYPES:
+            raise InvalidInputError(
+                f"--weights must be {' or '.join(EIGHT_BIT_DTYPES)}, not {self.weights!r}"
+            )
+        peers = [engine for engine in self.engines if engine in PEER_ENGINES]
+        if self.weights is not None and peers:
+            raise InvalidInputError(
+                f"--weights {self.weights} quantises ftbench's weights; peers {peers} would run "
+                "other weights: compare them in a run of their own"
+            )
         if self.repeats < 1:
             raise InvalidInputError(f"--repeats must be at least 1, got {self.repeats}")
         if self.checkpoint is not None and not Path(self.checkpoint).is_dir():
@@ -98,7 +110,6 @@ class RunConfig:
 
             load_cache(self.tuned_cache)  # corrupt, or not a cache: said before any GPU work
         rank_shapes(self.spec, self.tp, self.pp)  # a tp or pp the model cannot split: an error
-        peers = [engine for engine in self.engines if engine in PEER_ENGINES]
         if self.tp * self.pp > 1 and peers:
             raise InvalidInputError(f"peers {peers} run on one GPU; compare them at tp=pp=1")
         if self.tp * self.pp > 1 and self.breakdown:
@@ -124,12 +135,17 @@ class RunConfig:
             )
 
 
-def max_batch(spec: ModelSpec, input_len: int, output_len: int, dtype: str, free: int) -> int:
-    """The largest batch whose KV cache and buffers fit in `free` bytes next to the weights."""
+def max_batch(
+    spec: ModelSpec, input_len: int, output_len: int, dtype: str, free: int,
+    weights: str | None = None,
+) -> int:  # fmt: skip
+    """The largest batch whose KV cache and buffers fit in `free` bytes next to the weights
+    (8-bit `weights`: theirs)."""
     from ftbench.runtime.memory import largest_fitting
 
     def fits(batch: int) -> bool:
-        need = footprint(spec, batch, input_len + output_len, dtype, max_tokens=batch * input_len)
+        length, tokens = input_len + output_len, batch * input_len
+        need = footprint(spec, batch, length, dtype, max_tokens=tokens, weights=weights)
         return need.total <= free
 
     return largest_fitting(fits, 1 << 16)
@@ -153,16 +169,19 @@ def throughput_batches(largest: int) -> list[int]:
 
 
 def throughput_points(
-    spec: ModelSpec, dtype: str, input_lens, output_lens, micro_batches: int | None = None
-) -> tuple[RunPoint, ...]:
+    spec: ModelSpec, dtype: str, input_lens, output_lens, micro_batches: int | None = None,
+    weights: str | None = None,
+) -> tuple[RunPoint, ...]:  # fmt: skip
     """`--max-throughput`'s points: per length pair, the batches of `throughput_batches` up to
     the largest that fits in this GPU's free memory (from `micro_batches` up: a batch needs a
-    sequence per micro-batch)."""
+    sequence per micro-batch; 8-bit `weights` leave more of it to the KV cache)."""
     free = free_memory_for_runs()
     return tuple(
         RunPoint(batch, input_len, output_len)
         for input_len in input_lens
         for output_len in output_lens
-        for batch in throughput_batches(max_batch(spec, input_len, output_len, dtype, free))
+        for batch in throughput_batches(
+            max_batch(spec, input_len, output_len, dtype, free, weights)
+        )
         if micro_batches is None or batch >= micro_batches
     )

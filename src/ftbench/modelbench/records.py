@@ -13,7 +13,7 @@ from ftbench.bench.stats import summarize
 from ftbench.modelbench.ceilings import Ceilings
 from ftbench.modelbench.floors import decode_floor_ms, prefill_floor_ms
 from ftbench.modelbench.grid import RunConfig, RunPoint
-from ftbench.modelbench.runs import run_record
+from ftbench.modelbench.runs import OUR_ENGINES, run_record
 
 PERCENTILES = (50, 90, 99)
 
@@ -102,14 +102,17 @@ def engine_record(config: RunConfig, engine: str, point: RunPoint, measured, cei
     # A step runs the stages one after another: its floor is one tensor-parallel rank's share
     # of every layer, whatever pp.
     bandwidth = ceilings.hbm_read_bytes_per_s
+    weights = config.weights if engine in OUR_ENGINES else None
     record = point_record(
         engine, spec.name, config.dtype, config.tp, point, measured,
-        decode_floor_ms(spec, point, config.dtype, bandwidth, config.tp),
+        decode_floor_ms(spec, point, config.dtype, bandwidth, config.tp, weights),
         prefill_floor_ms(
-            spec, point, config.dtype, ceilings.gemm_peak_flops, bandwidth, config.tp
+            spec, point, config.dtype, ceilings.gemm_peak_flops, bandwidth, config.tp, weights
         ),
         config.pp,
     )  # fmt: skip
+    if weights is not None:
+        record["weights"] = weights
     record["hbm_read_bytes_per_s"] = ceilings.hbm_read_bytes_per_s
     record["gemm_peak_flops"] = ceilings.gemm_peak_flops
     return record

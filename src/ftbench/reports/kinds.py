@@ -143,6 +143,15 @@ KINDS = {
             plotted=False,
         ),
         ResultKind(
+            "quantised-check",
+            writer="`benchmarks/weights_8bit.py`",
+            record="per small model and 8-bit format: the 8-bit runtime's and the fp16 runtime's "
+            "logit errors against float64 on their own weights (`validation.quantised_check`)",
+            shown="a table of the cases",
+            required=_fields("model fmt ratio quantised_vs_float64 plain_vs_float64"),
+            plotted=False,
+        ),
+        ResultKind(
             "comm-cost",
             writer="`benchmarks/comm_cost.py`",
             record="per model and communicator variant: the median batch-1 decode step",

@@ -335,6 +335,7 @@ _PARSERS: dict[str, Callable[[list[dict[str, Any]]], Any]] = {
             "runtime-acceptance",
             "comm-cost",
             "tune-8bit",
+            "quantised-check",
         )
     },  # fmt: skip
 }

@@ -27,6 +27,7 @@ TITLES = {
     "runtime-acceptance": "Runtime against Hugging Face, and GPT-J 6B speed",
     "comm-cost": "Communication's cost inside a decode step",
     "tune-8bit": "8-bit GEMMs tuned: FP8 and weight-only choices against their defaults",
+    "quantised-check": "8-bit weights: the runtime's error against float64 beside fp16's",
 }
 _SCALARS = (str, int, float, bool, type(None))
 

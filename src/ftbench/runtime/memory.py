@@ -16,6 +16,7 @@ from ftbench.dtypes import EIGHT_BIT_DTYPES, RUNTIME_DTYPES, dtype_info
 from ftbench.errors import InvalidInputError
 from ftbench.gemm.problem import SCALE_DTYPE
 from ftbench.kernels.attention import decode_workspace_floats
+from ftbench.kernels.gemv import MAX_M as WEIGHT_ONLY_MAX_M
 from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import ModelSpec
 from ftbench.runtime.quantize import quantisable
@@ -103,9 +104,16 @@ def footprint(
     decode_partials = 4 * decode_workspace_floats(
         batch, rank.q_heads, spec.head_dim, max_seq_len, num_kv_heads=rank.kv_heads
     )
+    # A step of more tokens than the weight-only kernels take dequantises each 8-bit weight
+    # into a scratch buffer before its GEMM (`gemm.dispatch`): one per stream slot, two slots.
+    dequantised = 0
+    if weights is not None and tokens > WEIGHT_ONLY_MAX_M:
+        largest = max(_count(shape) for name, shape in shapes.items() if quantisable(name))
+        dequantised = 2 * largest * element
     return Footprint(
-        weight_bytes, kv_cache, tokens * per_token + batch * per_sequence + decode_partials
-    )
+        weight_bytes, kv_cache,
+        tokens * per_token + batch * per_sequence + decode_partials + dequantised,
+    )  # fmt: skip
 
 
 def _weight_bytes(name: str, shape: tuple[int, ...], element: int, weights: str | None) -> int:
@@ -134,15 +142,16 @@ def check_fits(
     tp: int = 1,
     max_tokens: int | None = None,
     layers: range | None = None,
+    weights: str | None = None,
 ) -> Footprint:
     """The footprint, or an error naming the largest batch and length that fit in `free_bytes`."""
-    need = footprint(spec, batch, max_seq_len, dtype, tp, max_tokens, layers)
+    need = footprint(spec, batch, max_seq_len, dtype, tp, max_tokens, layers, weights)
     if need.total <= free_bytes:
         return need
 
     def fits(b: int, length: int) -> bool:
         tokens = None if max_tokens is None else min(max_tokens, b * length)
-        return footprint(spec, b, length, dtype, tp, tokens, layers).total <= free_bytes
+        return footprint(spec, b, length, dtype, tp, tokens, layers, weights).total <= free_bytes
 
     best_batch = largest_fitting(lambda b: fits(b, max_seq_len), batch)
     best_length = largest_fitting(lambda length: fits(batch, length), max_seq_len)
@@ -152,8 +161,9 @@ def check_fits(
     if best_length:
         options.append(f"the longest length that fits at batch {batch} is {best_length} tokens")
     advice = "; ".join(options) or "the weights alone do not fit: use more GPUs (--tp, --pp)"
+    formats = dtype if weights is None else f"{dtype} with {weights} weights"
     raise InvalidInputError(
-        f"{spec.name} {dtype} tp={tp}, batch {batch} x {max_seq_len} tokens needs "
+        f"{spec.name} {formats} tp={tp}, batch {batch} x {max_seq_len} tokens needs "
         f"{need.describe()}, but {free_bytes / GIB:.2f} GiB are free: {advice}"
     )
 

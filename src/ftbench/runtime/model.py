@@ -14,6 +14,10 @@ rows named in `last_rows`:
               k and v written into the KV cache in place
     mlp(h)  = act(h @ Wup^T + b_up) @ Wdown^T (gated: act(gate) * up, both from one GEMM)
 
+A layer's linears may hold 8-bit weights with per-channel scales (`runtime.quantize`): the
+dispatch then multiplies by codes * scales (weight-only kernels while a step has at most 16 tokens,
+dequantised weights beyond), so nothing here changes but the scale passed with each weight.
+
 `Decoder._layer` is that block, in that order, as `runtime.reference`'s `_layer` is. Each
 residual add is one kernel with the norm that follows it (`_add_residual_and_norm`: ln2, the
 next layer's ln1, or, after the last layer, the final norm of the last rows), so x is read and
@@ -62,8 +66,9 @@ from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import ModelSpec
 from ftbench.runtime.memory import Footprint, check_fits
 from ftbench.runtime.pipeline import whole_model
+from ftbench.runtime.quantize import weight_format
 from ftbench.runtime.reference import rope_inverse_frequencies
-from ftbench.runtime.weights import ModelWeights, Norm, check_shapes
+from ftbench.runtime.weights import ModelWeights, Norm, check_shapes, to_device
 
 MIN_LENGTH_BOUND = 128
 
@@ -219,6 +224,8 @@ class Decoder:
             raise InvalidInputError(f"the runtime runs fp16 or bf16 weights, not {weights.dtype}")
         check_shapes(weights, spec, tp, self.stage.layers)
         self.spec, self.dtype, self.tp = spec, dtype, tp
+        # None, or the 8-bit format of the layers' linears ("int8", "fp8": `runtime.quantize`)
+        self.weight_format = weight_format(weights)
         # Parallel blocks run attention and MLP on two streams (see `_attention_beside_mlp`).
         self.overlap_branches = True
         self.max_batch, self.max_seq_len = max_batch, max_seq_len
@@ -231,9 +238,9 @@ class Decoder:
         resident = 0 if not on_device else _weights_bytes(weights)
         self.footprint: Footprint = check_fits(
             spec, max_batch, max_seq_len, dtype, free_bytes + resident, tp, self.max_tokens,
-            self.stage.layers,
+            self.stage.layers, self.weight_format,
         )  # fmt: skip
-        self.weights = weights if on_device else weights.map(cupy.asarray)
+        self.weights = weights if on_device else weights.map(to_device)
         self._allocate(cupy)
         # The weights may still be in flight on the caller's stream (host copies, random
         # draws), and steps run on other, non-blocking streams that do not wait for it.
@@ -367,7 +374,7 @@ class Decoder:
         tokens, count = rows.tokens, rows.tokens.stop - rows.tokens.start
         qkv, queries, context = self.qkv[tokens], self.queries[tokens], self.context[tokens]
         keys, values = self.kv_cache[index, 0], self.kv_cache[index, 1]
-        self.ops.linear(normed, layer.qkv.weight, qkv)
+        self.ops.linear(normed, layer.qkv.weight, qkv, layer.qkv.scale)
         rotary_dim = spec.rotary_dim if spec.position_embedding == "rotary" else 0
         # seq_ids are cache rows of the whole cache.
         self.ops.qkv_rotary(
@@ -395,16 +402,18 @@ class Decoder:
                 self.context[:end], scale=scale, max_q_len=step.max_q_len,
             )  # fmt: skip
         out = self.attention_out[tokens]
-        self.ops.linear(context.reshape(count, -1), layer.attn_out.weight, out)
+        self.ops.linear(
+            context.reshape(count, -1), layer.attn_out.weight, out, layer.attn_out.scale
+        )
         return out
 
     def _mlp(self, layer: Any, normed: Any, rows: Rows) -> Any:
         """mlp(h) of one layer on `rows`, before ffn_down's bias."""
         up, inner = self.ffn_up[rows.tokens], self.ffn_inner[rows.tokens]
-        self.ops.linear(normed, layer.ffn_up.weight, up)
+        self.ops.linear(normed, layer.ffn_up.weight, up, layer.ffn_up.scale)
         self.ops.bias_act(up, layer.ffn_up.bias, inner, self.spec.activation, self.spec.gated_ffn)
         out = self.mlp_out[rows.tokens]
-        self.ops.linear(inner, layer.ffn_down.weight, out)
+        self.ops.linear(inner, layer.ffn_down.weight, out, layer.ffn_down.scale)
         return out
 
     def _attention_beside_mlp(

@@ -7,7 +7,9 @@ device quantiser). The embeddings, norms and LM head stay as they are, as the co
 and FP8 recipes keep them. Quantise the full weights, then shard: a row-parallel layer's ranks
 then share one scale per output channel, and a column-parallel one's split them with its rows.
 
-Codes are int8 or ml_dtypes' float8_e4m3fn host arrays (`runtime.weights.Linear`).
+Host weights (NumPy) become int8 or ml_dtypes' float8_e4m3fn codes (`runtime.weights.Linear`);
+weights already on the GPU (CuPy) are quantised there, by `kernels.weight_only.quantize`, into int8
+or uint8 (E4M3 bits) device codes, what the runtime's kernels read. Either way the same bits.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ftbench.dtypes import EIGHT_BIT_DTYPES, numpy_dtype
+from ftbench.dtypes import EIGHT_BIT_DTYPES, numpy_dtype, numpy_name
 from ftbench.errors import InvalidInputError
-from ftbench.kernels.weight_only import CODE_MAX, quantize_reference
+from ftbench.kernels.weight_only import CODE_ARRAYS, CODE_MAX, quantize, quantize_reference
 from ftbench.runtime.weights import Linear, ModelWeights
 
 QUANTISED_PARTS = ("qkv", "attn_out", "ffn_up", "ffn_down")
@@ -49,16 +51,20 @@ def _map_linears(weights: ModelWeights, convert: Callable[[Linear], Linear]) -> 
 
 
 def quantize_linear(layer: Linear, weights: str) -> Linear:
-    """`layer` with its weight as `weights` codes and per-output-channel fp32 scales; the bias
-    stays. Refuses a layer already quantised."""
+    """`layer` with its weight as `weights` codes and per-output-channel fp32 scales, on the
+    host or the GPU as the weight is (module docstring); the bias stays. Refuses a layer
+    already quantised."""
     if layer.scale is not None:
         raise InvalidInputError(f"this linear layer is already {layer.weight.dtype}-quantised")
-    if layer.weight.dtype != np.float16 and str(layer.weight.dtype) != "bfloat16":
+    if numpy_name(layer.weight) not in ("float16", "bfloat16"):
         raise InvalidInputError(
             f"quantise the fp16 or bf16 weights the runtime runs, not {layer.weight.dtype} ones "
             "(the device quantiser reads those)"
         )
-    codes, scales = quantize_reference(np.ascontiguousarray(layer.weight), weights)
+    if isinstance(layer.weight, np.ndarray):
+        codes, scales = quantize_reference(np.ascontiguousarray(layer.weight), weights)
+    else:
+        codes, scales = quantize(layer.weight, weights)
     return Linear(codes, layer.bias, scales)
 
 
@@ -76,7 +82,7 @@ def weight_format(weights: ModelWeights) -> str | None:
     """The 8-bit format of the transformer layers' linears ("int8", "fp8"), or None when they
     are not quantised; refuses weights quantised only in part or in two formats."""
     formats = {
-        None if linear.scale is None else ("int8" if linear.weight.dtype == np.int8 else "fp8")
+        None if linear.scale is None else CODE_ARRAYS[numpy_name(linear.weight)]
         for layer in weights.layers
         for linear in (getattr(layer, part) for part in QUANTISED_PARTS)
     }

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ftbench.dtypes import numpy_dtype
+from ftbench.dtypes import numpy_dtype, numpy_name
 from ftbench.errors import InvalidInputError
 from ftbench.profiles.problems import rank_shapes
 from ftbench.profiles.spec import ModelSpec
@@ -139,6 +139,16 @@ class ModelWeights:
         """These weights with `convert` applied to every array once (a tied LM head stays
         tied), e.g. `weights.map(cupy.asarray)` to move them to the GPU."""
         return from_named(convert_once(self.named_tensors(), convert), len(self.layers))
+
+
+def to_device(array: np.ndarray) -> Any:
+    """A host array on the current GPU (`weights.map(to_device)`); E4M3 codes go as their bits
+    in uint8, since CuPy has no float8 type (the 8-bit kernels read them so)."""
+    import cupy
+
+    if numpy_name(array) == "float8_e4m3fn":
+        array = array.view(np.uint8)
+    return cupy.asarray(array)
 
 
 def convert_once(named: Mapping[str, Any], convert: Callable[[Any], Any]) -> dict[str, Any]:

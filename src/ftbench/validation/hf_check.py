@@ -28,6 +28,7 @@ import numpy as np
 
 from ftbench.dtypes import RUNTIME_DTYPES, torch_dtype
 from ftbench.profiles.hf import spec_from_hf_config
+from ftbench.runtime.agreement import relative_errors
 from ftbench.runtime.generate import Generator, unpad
 from ftbench.runtime.hf_checkpoint import load_hf_weights
 from ftbench.runtime.model import Decoder
@@ -161,11 +162,6 @@ def _divergence_margin(ours: np.ndarray, expected: np.ndarray, logits: np.ndarra
     return float((row[expected[step]] - row[ours[step]]) / np.linalg.norm(row))
 
 
-def _relative_errors(ours: np.ndarray, expected: np.ndarray) -> np.ndarray:
-    """‖ours − expected‖ / ‖expected‖ per row."""
-    return np.linalg.norm(ours - expected, axis=-1) / np.linalg.norm(expected, axis=-1)
-
-
 def _left_padded(prompts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     width = max(len(prompt) for prompt in prompts)
     ids = np.zeros((len(prompts), width), np.int64)
@@ -209,8 +205,8 @@ def compare_with_hf(case: str, dtype: str, directory: str | Path) -> CaseResult:
             np.stack([logits[len(p) + step] for logits, p in zip(expected, prompts, strict=True)])
         )
     decoded, decode_expected = np.concatenate(decoded), np.concatenate(decode_expected)
-    prefill_err = float(_relative_errors(prefill, prefill_expected).max())
-    decode_err = float(_relative_errors(decoded, decode_expected).max())
+    prefill_err = float(relative_errors(prefill, prefill_expected).max())
+    decode_err = float(relative_errors(decoded, decode_expected).max())
     agree = np.concatenate(
         [
             prefill.argmax(-1) == prefill_expected.argmax(-1),

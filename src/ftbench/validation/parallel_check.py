@@ -33,10 +33,18 @@ import numpy as np
 from ftbench.errors import InvalidInputError
 from ftbench.profiles.catalog import load_builtin
 from ftbench.profiles.spec import ModelSpec
+from ftbench.runtime.agreement import (
+    SEED,
+    decoder_args,
+    logits_of,
+    relative_errors,
+    run_logits,
+    teacher_forced_inputs,
+)
 from ftbench.runtime.generate import Generator
 from ftbench.runtime.pipeline import Stage, pipeline_group, rank_place, stage_plan, tensor_group
 from ftbench.runtime.random_weights import random_weights
-from ftbench.runtime.rank import RankDecoder, make_decoder
+from ftbench.runtime.rank import RankDecoder
 from ftbench.runtime.reference import ReferenceModel
 from ftbench.runtime.sharding import shard, stage_weights
 from ftbench.runtime.weights import ModelWeights
@@ -47,9 +55,6 @@ TP_SIZES = (2, 4, 8)
 PIPELINE_SIZES = ((1, 2), (1, 4), (2, 2))
 # (tp, pp, micro-batches) of the micro-batch check: the 3 prompts split 2 + 1 and 1 + 1 + 1.
 MICRO_BATCH_SIZES = ((1, 2, 2), (1, 2, 3), (2, 2, 2), (2, 2, 3))
-PROMPT_LENGTHS = (5, 17, 11)
-STEPS = 16
-SEED = 4321
 # Vocabularies not divisible by every tp, so the padding rows of the vocabulary-split embedding
 # and LM head are exercised.
 CASES = {
@@ -110,54 +115,6 @@ class EmulatedResult:
         return asdict(self)
 
 
-def _relative_errors(ours: np.ndarray, expected: np.ndarray) -> np.ndarray:
-    """‖ours − expected‖ / ‖expected‖ per row."""
-    return np.linalg.norm(ours - expected, axis=-1) / np.linalg.norm(expected, axis=-1)
-
-
-def check_inputs(spec: ModelSpec) -> tuple[list[np.ndarray], np.ndarray]:
-    """The prompts (`PROMPT_LENGTHS` tokens) and the teacher-forced continuations [3, STEPS]."""
-    rng = np.random.default_rng(SEED)
-    prompts = [rng.integers(0, spec.vocab_size, length) for length in PROMPT_LENGTHS]
-    return prompts, rng.integers(0, spec.vocab_size, (len(prompts), STEPS))
-
-
-def _run(generator: Generator, prompts: list, continuations: np.ndarray) -> list[np.ndarray]:
-    """Logits (float64, padding columns dropped) of every prompt token, then of each step;
-    None on a pipeline stage before the last (it has no logits)."""
-    import cupy
-
-    vocab = generator.decoder.spec.vocab_size
-
-    def kept(logits: Any) -> Any:
-        # A copy now: the logits are a view of a buffer the next step overwrites.
-        return None if logits is None else cupy.asnumpy(logits.astype(cupy.float64))[:, :vocab]
-
-    outputs = [kept(generator.prefill(prompts, all_logits=True))]
-    for step in range(continuations.shape[1]):
-        outputs.append(kept(generator.decode(continuations[:, step])))
-    return None if outputs[0] is None else outputs
-
-
-def _decoder_args(spec: ModelSpec) -> dict[str, Any]:
-    # all_logits prefill returns one row per prompt token: max_batch must hold them all.
-    return {"max_batch": sum(PROMPT_LENGTHS), "max_seq_len": max(PROMPT_LENGTHS) + STEPS + 1}
-
-
-def run_logits(
-    spec: ModelSpec,
-    weights: ModelWeights,
-    prompts,
-    continuations,
-    micro_batches: int = 1,
-    use_graph: bool = False,
-) -> list[np.ndarray]:
-    """The unsharded runtime's logits for `prompts` and teacher-forced `continuations` (TP=1:
-    by default one micro-batch, no CUDA graphs)."""
-    decoder = make_decoder(spec, weights, micro_batches=micro_batches, **_decoder_args(spec))
-    return _run(Generator(decoder, use_graph=use_graph), prompts, continuations)
-
-
 def rank_decoder(
     spec: ModelSpec, weights: ModelWeights, tp: int, pp: int, rank: int, tensor: Any, pipe: Any,
     micro_batches: int = 1,
@@ -168,7 +125,7 @@ def rank_decoder(
     layers = stage_plan(spec, pp)[index]
     return RankDecoder(
         spec, stage_weights(shard(weights, spec, tp, tp_rank), spec, layers), tp=tp, comm=tensor,
-        stage=Stage(index, pp, layers, pipe), micro_batches=micro_batches, **_decoder_args(spec),
+        stage=Stage(index, pp, layers, pipe), micro_batches=micro_batches, **decoder_args(),
     )  # fmt: skip
 
 
@@ -191,12 +148,12 @@ def run_emulated(
         tensor = group.communicator(rank, tensor_group(index, tp))
         decoder = rank_decoder(spec, weights, tp, pp, rank, tensor, pipe, micro_batches)
         generators.append(Generator(decoder, use_graph=False, stream=group.stream))
-    ranks = group.run(lambda rank: _run(generators[rank], prompts, continuations))
+    ranks = group.run(lambda rank: logits_of(generators[rank], prompts, continuations))
     return ranks[(pp - 1) * tp :]
 
 
 def reference_logits(spec: ModelSpec, weights: ModelWeights, prompts, continuations):
-    """The float64 NumPy reference's logits, laid out as `_run` returns them."""
+    """The float64 NumPy reference's logits, laid out as `run_logits` returns them."""
     outputs = []
     for prompt, continuation in zip(prompts, continuations, strict=True):
         model = ReferenceModel(spec, weights)
@@ -224,7 +181,7 @@ def compare_emulated(
     (`run_logits` on the same case and dtype)."""
     spec = case_spec(case)
     weights = random_weights(spec, dtype, seed=SEED)
-    prompts, continuations = check_inputs(spec)
+    prompts, continuations = teacher_forced_inputs(spec)
     tp1 = tp1 if tp1 is not None else run_logits(spec, weights, prompts, continuations)
     ranks = run_emulated(spec, weights, tp, prompts, continuations, pp, micro_batches)
     ours = ranks[0]
@@ -247,7 +204,7 @@ def _agreement(
 ) -> dict[str, float]:
     """`EmulatedResult`'s error fields: `ours` against the TP=1 logits and both against the
     float64 reference (of `prompts` and `continuations`)."""
-    errors = [_relative_errors(a, b) for a, b in zip(ours, tp1, strict=True)]
+    errors = [relative_errors(a, b) for a, b in zip(ours, tp1, strict=True)]
     agree = np.concatenate([a.argmax(-1) == b.argmax(-1) for a, b in zip(ours, tp1, strict=True)])
     reference = reference_logits(spec, weights, prompts, continuations)
     return {
@@ -273,9 +230,9 @@ def check_rank(info: Any, world: Any, case: str, tp: int, pp: int) -> dict[str, 
     tensor, pipe = connect_groups(info, world, tp, pp, world.timeout_s)
     spec = case_spec(case)
     weights = random_weights(spec, "fp16", seed=SEED)
-    prompts, continuations = check_inputs(spec)
+    prompts, continuations = teacher_forced_inputs(spec)
     decoder = rank_decoder(spec, weights, tp, pp, info.rank, tensor, pipe)
-    ours = _run(Generator(decoder), prompts, continuations)  # its graphs are gone on return
+    ours = logits_of(Generator(decoder), prompts, continuations)  # its graphs are gone on return
     for comm in (tensor, pipe):
         if comm is not None and comm is not world:
             comm.close()
@@ -292,12 +249,12 @@ def check_rank(info: Any, world: Any, case: str, tp: int, pp: int) -> dict[str, 
 def tp1_logits(case: str, dtype: str = "fp16") -> list[np.ndarray]:
     """`run_logits` for `case` with the weights and inputs `compare_emulated` uses."""
     spec = case_spec(case)
-    prompts, continuations = check_inputs(spec)
+    prompts, continuations = teacher_forced_inputs(spec)
     return run_logits(spec, random_weights(spec, dtype, seed=SEED), prompts, continuations)
 
 
 def _worst(ours: list[np.ndarray], expected: list[np.ndarray]) -> float:
-    return float(max(_relative_errors(a, b).max() for a, b in zip(ours, expected, strict=True)))
+    return float(max(relative_errors(a, b).max() for a, b in zip(ours, expected, strict=True)))
 
 
 def main(argv: list[str] | None = None) -> int:

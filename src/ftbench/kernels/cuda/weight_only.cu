@@ -345,3 +345,34 @@ __global__ void __launch_bounds__(256)
     *reinterpret_cast<uint4*>(codes + row_start + i) = packed;
   }
 }
+
+// out[n, k] (T) = codes[n, k] * scales[n], rounded to T once from the fp32 product: what a GEMM
+// of more rows than the weight-only kernels take multiplies by (`GemmDispatch`'s prefill path).
+// One thread per 16 codes (one 16-byte load, two 16-byte stores of fp16/bf16); k % 16 == 0, so
+// a thread's codes lie in one row.
+template <typename T, typename Q>
+__global__ void __launch_bounds__(256)
+    ftb_dequantize_rows(const Q* __restrict__ codes, const float* __restrict__ scales,
+                        T* __restrict__ out, int k, long long vectors) {
+  constexpr int VECTOR = 16;
+  ftb_pdl::begin();
+  const long long v = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (v >= vectors) return;
+  const long long start = v * VECTOR;
+  const float scale = scales[start / k];
+  const uint4 word = *reinterpret_cast<const uint4*>(codes + start);
+  float first[VECTOR / 2], second[VECTOR / 2];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    unsigned lo, hi;
+    ftb::Dequant<T, Q>::pairs(ftb::word_of(word, i), lo, hi);
+    float* half = i < 2 ? first : second;
+    const int at = (i % 2) * 4;
+    half[at + 0] = ftb::Ops<T>::low(lo) * scale;
+    half[at + 1] = ftb::Ops<T>::high(lo) * scale;
+    half[at + 2] = ftb::Ops<T>::low(hi) * scale;
+    half[at + 3] = ftb::Ops<T>::high(hi) * scale;
+  }
+  ftb::store(out + start, first);
+  ftb::store(out + start + VECTOR / 2, second);
+}
