@@ -36,3 +36,15 @@ def test_a_read_smaller_than_a_few_l2s_rotates_cold_copies_and_is_slower():
     assert small["timing"]["l2"] == "cold-rotate" and small["timing"]["input_sets"] >= 2
     assert large["timing"]["l2"] == "cold-flush"
     assert 0 < small["bytes_per_s"] < 1.02 * large["bytes_per_s"]
+
+
+def test_the_hbm_ceiling_is_the_faster_of_the_probe_and_the_fastest_gemv():
+    """No kernel of a run reads faster than its ceiling: the fastest GEMV is one of the reads."""
+    from ftbench.modelbench.ceilings import gemv_read_bandwidth, measure_ceilings, read_bandwidth
+
+    probe = read_bandwidth()["bytes_per_s"]
+    fastest = gemv_read_bandwidth()
+    assert 0.5 * probe < fastest["bytes_per_s"] < 1.3 * probe
+    ceilings = measure_ceilings("fp16")
+    assert ceilings.hbm_read_bytes_per_s >= 0.97 * max(probe, fastest["bytes_per_s"])
+    assert ceilings.hbm_read_by == "read probe" or ceilings.hbm_read_by.startswith("gemv ")

@@ -1,7 +1,10 @@
 """The two ceilings every roofline fraction is measured against, measured here and now.
 
-- HBM read bandwidth: `kernels.gemv.read_probe` reads a 4 GiB buffer once with the loads the
-  GEMV kernels use; the best of 2, 4 and 8 blocks per SM.
+- HBM read bandwidth: the faster of two reads. `kernels.gemv.read_probe` reads a 4 GiB buffer
+  once with the loads the GEMV kernels use (the best of 2, 4 and 8 blocks per SM), and the
+  project's fastest GEMV configuration reads a 1 x 16384 x 4096 fp16 problem (GPT-J's FFN up at
+  batch 1, 128 MiB), counting its weight, input and output once. The GEMV beats the probe on
+  H100 (it issues its loads deeper), and no kernel of a run may read faster than its ceiling.
 - Device-to-device copy bandwidth (bytes read plus bytes written), for comparison.
 Both cold (the buffer is 70 times the L2), both through `bench.timer`.
 - Dense GEMM peak: the best cuBLAS / cuBLASLt candidate on 8192^3, tuned as `ftbench tune`
@@ -61,6 +64,50 @@ def read_bandwidth(nbytes: int = PROBE_BYTES, policy: TimingPolicy = POLICY) -> 
     }
 
 
+GEMV_READ_SHAPE = (1, 16384, 4096)  # GPT-J's FFN up at batch 1: 128 MiB of fp16 weight
+GEMV_POLICY = TimingPolicy(warmup_ms=10.0, min_time_s=0.02, budget_s=0.3, target_rel_ci=0.01)
+
+
+def gemv_read_bandwidth(policy: TimingPolicy = GEMV_POLICY) -> dict[str, Any]:
+    """Bytes per second of the fastest `kernels.gemv` configuration on `GEMV_READ_SHAPE` (fp16,
+    cold, random operands), its weight, input and output counted once; with the winner's name
+    and timing."""
+    import cupy
+
+    from ftbench.kernels import gemv
+
+    m, n, k = GEMV_READ_SHAPE
+    sm_count = cupy.cuda.Device().attributes["MultiProcessorCount"]
+    configs = gemv.gemv_configs(m, n, k, sm_count)
+    gemv.prepare(configs, m, "float16")
+    nbytes = (n * k + m * k + m * n) * gemv.W_BYTES
+    sets = cold_input_sets(nbytes, device_facts(cupy)[0])
+    rng = cupy.random.RandomState(0)
+    operands = [
+        (rng.standard_normal((m, k), dtype=cupy.float32).astype(cupy.float16),
+         (rng.standard_normal((n, k), dtype=cupy.float32) * 0.02).astype(cupy.float16),
+         cupy.empty((m, n), cupy.float16))
+        for _ in range(sets)
+    ]  # fmt: skip
+    timings = {
+        config.name: time_launch(
+            lambda i, config=config: gemv.gemv(*operands[i], config),
+            name=f"gemv {config.name} {m}x{n}x{k}",
+            l2="cold",
+            input_sets=sets,
+            set_bytes=nbytes,
+            policy=policy,
+        )  # fmt: skip
+        for config in configs
+    }
+    name, best = min(timings.items(), key=lambda item: item[1].median_ms)
+    return {
+        "bytes_per_s": nbytes / (best.median_ms / 1e3),
+        "config": name,
+        "timing": best.to_dict(),
+    }
+
+
 def copy_bandwidth(nbytes: int = PROBE_BYTES, policy: TimingPolicy = POLICY) -> dict[str, Any]:
     """Bytes read plus written per second by a device-to-device copy of `nbytes`."""
     import cupy
@@ -97,12 +144,19 @@ def gemm_peak(dtype: str = "fp16") -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Ceilings:
-    """The GPU's measured HBM read bandwidth (bytes/s) and dense GEMM peak (FLOP/s)."""
+    """The GPU's measured HBM read bandwidth (bytes/s) and dense GEMM peak (FLOP/s); `hbm_read_by`
+    says which read reached the bandwidth ("read probe", or "gemv CONFIG")."""
 
     hbm_read_bytes_per_s: float
     gemm_peak_flops: float
+    hbm_read_by: str = "read probe"
 
 
 def measure_ceilings(dtype: str) -> Ceilings:
-    """The HBM read bandwidth and the dense GEMM peak of `dtype`, measured now."""
-    return Ceilings(read_bandwidth()["bytes_per_s"], gemm_peak(dtype)["flops_per_s"])
+    """The HBM read bandwidth (the faster of the read probe and the fastest GEMV, see the module
+    docstring) and the dense GEMM peak of `dtype`, measured now."""
+    probe, fastest_gemv = read_bandwidth(), gemv_read_bandwidth()
+    peak = gemm_peak(dtype)["flops_per_s"]
+    if fastest_gemv["bytes_per_s"] > probe["bytes_per_s"]:
+        return Ceilings(fastest_gemv["bytes_per_s"], peak, f"gemv {fastest_gemv['config']}")
+    return Ceilings(probe["bytes_per_s"], peak)

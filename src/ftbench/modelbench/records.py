@@ -114,6 +114,7 @@ def engine_record(config: RunConfig, engine: str, point: RunPoint, measured, cei
     if weights is not None:
         record["weights"] = weights
     record["hbm_read_bytes_per_s"] = ceilings.hbm_read_bytes_per_s
+    record["hbm_read_by"] = ceilings.hbm_read_by
     record["gemm_peak_flops"] = ceilings.gemm_peak_flops
     return record
 
