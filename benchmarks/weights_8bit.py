@@ -31,7 +31,7 @@ FORMATS = ("int8", "fp8")
 MODELS = ("gptj-6b", "llama3-8b")
 SMALL_CASES = ("gptj", "llama-gqa")
 INPUT_LEN = OUTPUT_LEN = 128
-REPEATS = 5
+REPEATS = 3
 
 
 def kernel_errors() -> list[dict]:
