@@ -197,9 +197,10 @@ def _timed_operations(decoder: Decoder, step: StepInputs, lengths: list[int]):
         decoder.overlap_branches = True
 
 
-def _gemm_sizes(x: Any, weight: Any, out: Any) -> tuple[int, int]:
-    """Bytes (A, B and C once) and FLOPs of out = x @ weight^T."""
-    return int(x.nbytes + weight.nbytes + out.nbytes), 2 * x.shape[0] * weight.shape[0] * x.shape[1]
+def _gemm_sizes(x: Any, weight: Any, out: Any, scale: Any = None) -> tuple[int, int]:
+    """Bytes (A, B, an 8-bit B's scales and C once) and FLOPs of out = x @ weight^T."""
+    moved = x.nbytes + weight.nbytes + out.nbytes + (0 if scale is None else scale.nbytes)
+    return int(moved), 2 * x.shape[0] * weight.shape[0] * x.shape[1]
 
 
 def breakdown(
