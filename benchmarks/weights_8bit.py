@@ -6,8 +6,8 @@
 2. GPT-J 6B and LLaMA-3 8B, random fp16 weights, 128 tokens in and out, at each --batch (default
    1): `ftbench run`'s measurement (`modelbench.engine.run_benchmark`, untuned GEMMs) with fp16,
    int8 and fp8 weights in one process against one set of ceilings (HBM read bandwidth, GEMM
-   peak, measured first), fp16 first and again last so drift shows. Each 8-bit record carries
-   its accuracy cost against the fp16 runtime on the same weights.
+   peak, measured first). Each 8-bit record carries its accuracy cost against the fp16 runtime
+   on the same weights.
 
     python benchmarks/weights_8bit.py --out-dir benchmarks/results --device-kind nvidia-h100-x1
 
@@ -51,7 +51,7 @@ def decode_runs(models, batches, ceilings) -> list[dict]:
     points = tuple(RunPoint(batch, INPUT_LEN, OUTPUT_LEN) for batch in batches)
     for name in models:
         spec = load_builtin(name)
-        for weights in (None, *FORMATS, None):
+        for weights in (None, *FORMATS):
             config = RunConfig(spec, "fp16", points, repeats=REPEATS, weights=weights)
             run_benchmark(config, records.append, ceilings=ceilings)
             for record in records[-len(points) :]:
