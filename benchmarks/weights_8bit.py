@@ -46,14 +46,21 @@ def kernel_errors() -> list[dict]:
     return rows
 
 
-def decode_runs(models, batches, ceilings) -> list[dict]:
+def decode_runs(models, batches, ceilings, keep) -> list[dict]:
+    """Every model and weight format at every batch; `keep(records)` after each record (the
+    file is rewritten, so an interrupted run keeps what finished)."""
     records = []
     points = tuple(RunPoint(batch, INPUT_LEN, OUTPUT_LEN) for batch in batches)
+
+    def on_record(record: dict) -> None:
+        records.append(record)
+        keep(records)
+
     for name in models:
         spec = load_builtin(name)
         for weights in (None, *FORMATS):
             config = RunConfig(spec, "fp16", points, repeats=REPEATS, weights=weights)
-            run_benchmark(config, records.append, ceilings=ceilings)
+            run_benchmark(config, on_record, ceilings=ceilings)
             for record in records[-len(points) :]:
                 step = record.get("decode_step_ms", {}).get("median_ms")
                 fraction, cost = record.get("roofline_fraction"), record.get("accuracy")
@@ -110,8 +117,11 @@ def main() -> None:
     ceilings = measure_ceilings("fp16")
     print(f"HBM read {ceilings.hbm_read_bytes_per_s / 1e12:.3f} TB/s", flush=True)
     batches = [int(value) for value in args.batch.split(",")]
-    records = decode_runs(args.models.split(","), batches, ceilings)
-    path = write(result_path(args.out_dir, "weights-8bit"), "run", records, environment)
+    path = result_path(args.out_dir, "weights-8bit")
+    records = decode_runs(
+        args.models.split(","), batches, ceilings,
+        lambda records: write(path, "run", records, environment),
+    )  # fmt: skip
     summary = {**summarise(records, checks, ceilings), "source": str(path)}
     device = environment.device_label(args.device_kind)
     write_summary(args.out_dir, "fp8_decode", summary, device, environment.git_commit)
