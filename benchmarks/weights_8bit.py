@@ -1,13 +1,14 @@
 """8-bit weights in the runtime: kernel error on small models, then GPT-J 6B and LLaMA-3 8B decode.
 
-1. For small random GPT-J and LLaMA (GQA) models, int8 and fp8 weights: the 8-bit runtime's
-   logits against float64 on the dequantised weights, beside the fp16 runtime's against float64
-   on its own (`validation.quantised_check`): do the kernels add error beyond the quantisation?
+1. For small random GPT-J and LLaMA (GQA) models, int8 and fp8 weights (and fp8 W8A8, its
+   prefill): the 8-bit runtime's logits against float64 on the dequantised weights (W8A8: with
+   the activations rounded the same way), beside the fp16 runtime's against float64 on its own
+   (`validation.quantised_check`): do the kernels add error beyond the quantisation?
 2. GPT-J 6B and LLaMA-3 8B, random fp16 weights, 128 tokens in and out, at each --batch (default
    1): `ftbench run`'s measurement (`modelbench.engine.run_benchmark`, untuned GEMMs) with fp16,
-   int8 and fp8 weights in one process against one set of ceilings (HBM read bandwidth, GEMM
-   peak, measured first). Each 8-bit record carries its accuracy cost against the fp16 runtime
-   on the same weights.
+   int8 and fp8 weights (weight-only) and fp8 W8A8 (`--dtype fp8`) in one process against one set
+   of ceilings (HBM read bandwidth, GEMM peak, measured first). Each 8-bit record carries its
+   accuracy cost against the fp16 runtime on the same weights.
 
     python benchmarks/weights_8bit.py --out-dir benchmarks/results --device-kind nvidia-h100-x1
 
@@ -28,6 +29,8 @@ from ftbench.validation.parallel_check import CASES, SEED
 from ftbench.validation.quantised_check import kernel_error
 
 FORMATS = ("int8", "fp8")
+# (weights, activations) of the decode runs: fp16, weight-only int8 and fp8, and W8A8 fp8
+RUNS = ((None, None), ("int8", None), ("fp8", None), ("fp8", "fp8"))
 MODELS = ("gptj-6b", "llama3-8b")
 SMALL_CASES = ("gptj", "llama-gqa")
 INPUT_LEN = OUTPUT_LEN = 128
@@ -39,8 +42,9 @@ def kernel_errors() -> list[dict]:
     for case in SMALL_CASES:
         spec = CASES[case]
         weights = random_weights(spec, "fp16", seed=SEED)
-        for fmt in FORMATS:
-            row = {"model": spec.name, **kernel_error(spec, weights, fmt).to_dict()}
+        for fmt, activations in (*((fmt, None) for fmt in FORMATS), ("fp8", "fp8")):
+            check = kernel_error(spec, weights, fmt, activations)
+            row = {"model": spec.name, **check.to_dict()}
             print(row, flush=True)
             rows.append(row)
     return rows
@@ -58,37 +62,46 @@ def decode_runs(models, batches, ceilings, keep) -> list[dict]:
 
     for name in models:
         spec = load_builtin(name)
-        for weights in (None, *FORMATS):
-            config = RunConfig(spec, "fp16", points, repeats=REPEATS, weights=weights)
+        for weights, activations in RUNS:
+            config = RunConfig(
+                spec, "fp16", points, repeats=REPEATS, weights=weights, activations=activations
+            )
             run_benchmark(config, on_record, ceilings=ceilings)
             for record in records[-len(points) :]:
                 step = record.get("decode_step_ms", {}).get("median_ms")
                 fraction, cost = record.get("roofline_fraction"), record.get("accuracy")
-                print(name, weights or "fp16", record["batch"], record["status"], step, fraction,
-                      cost, flush=True)  # fmt: skip
+                print(name, _label(record), record["batch"], record["status"], step, fraction,
+                      cost, record.get("throughput_tok_s"), flush=True)  # fmt: skip
     return records
+
+
+def _label(record: dict) -> str:
+    """fp16, int8 / fp8 (weight-only) or w8a8-fp8."""
+    if record.get("activations"):
+        return f"w8a8-{record['weights']}"
+    return record.get("weights") or "fp16"
 
 
 def summarise(records: list[dict], checks: list[dict], ceilings) -> dict:
     steps: dict[tuple, list[float]] = {}
     for record in records:
         if record["status"] == "ok":
-            key = (record["model"], record.get("weights") or "fp16", record["batch"])
+            key = (record["model"], _label(record), record["batch"])
             steps.setdefault(key, []).append(record["decode_step_ms"]["median_ms"])
     rows = {}
-    for (model, weights, batch), values in steps.items():
+    for (model, label, batch), values in steps.items():
         fp16 = steps.get((model, "fp16", batch))
         mine = next(
             r for r in records
-            if r["status"] == "ok" and (r["model"], r.get("weights") or "fp16", r["batch"])
-            == (model, weights, batch)
+            if r["status"] == "ok" and (r["model"], _label(r), r["batch"]) == (model, label, batch)
         )  # fmt: skip
-        rows[f"{model} {weights} batch={batch}"] = {
+        rows[f"{model} {label} batch={batch}"] = {
             "decode_step_ms": min(values),
             "over_fp16": None if fp16 is None else min(values) / min(fp16),
             "floor_decode_step_ms": mine["floor_decode_step_ms"],
             "over_floor": min(values) / mine["floor_decode_step_ms"],
             "accuracy": mine.get("accuracy"),
+            "output_tok_s": mine["throughput_tok_s"],
         }
     summary = {
         "hbm_read_tb_per_s": ceilings.hbm_read_bytes_per_s / 1e12,
@@ -96,11 +109,11 @@ def summarise(records: list[dict], checks: list[dict], ceilings) -> dict:
         "kernel_error_within_fp16": all(row["ratio"] <= 2.0 for row in checks),
         "decode": rows,
     }
-    for fmt in FORMATS:
-        row = rows.get(f"gptj-6b {fmt} batch=1")
+    for label in (*FORMATS, "w8a8-fp8"):
+        row = rows.get(f"gptj-6b {label} batch=1")
         if row:
-            summary[f"gptj_b1_{fmt}_over_fp16"] = row["over_fp16"]
-            summary[f"gptj_b1_{fmt}_over_floor"] = row["over_floor"]
+            summary[f"gptj_b1_{label.replace('-', '_')}_over_fp16"] = row["over_fp16"]
+            summary[f"gptj_b1_{label.replace('-', '_')}_over_floor"] = row["over_floor"]
     return summary
 
 

@@ -143,6 +143,11 @@ def test_8_bit_records_name_their_weights_and_floor_on_their_bytes():
     assert record["floor_prefill_ms"] < plain["floor_prefill_ms"]  # batch 1 x 128: weight reads
     with pytest.raises(InvalidInputError, match="--weights must be fp8 or int8, not 'fp16'"):
         RunConfig(GPTJ, "fp16", (point,), weights="fp16")
+    w8a8 = RunConfig(GPTJ, "fp16", (point,), weights="fp8", activations="fp8")
+    record = engine_record(w8a8, "ftbench", point, measured, ceilings)
+    assert series_key(record) == "gptj-6b fp16 w=fp8 a=fp8 tp=1 pp=1 batch=1 in=128 out=128"
+    with pytest.raises(InvalidInputError, match="fp8 activations need fp8 weights"):
+        RunConfig(GPTJ, "fp16", (point,), weights="int8", activations="fp8")
 
 
 def test_a_breakdown_is_taken_on_one_gpu_only():
@@ -250,8 +255,16 @@ def test_run_without_a_gpu_is_a_one_line_error(monkeypatch, capsys):
         (["--profile", "nope"], "nope"),
         ([], "exactly one of --profile"),
         (
-            ["--profile", "gptj-6b", "--dtype", "fp8"],
-            "'fp8' is not one of 'fp16', 'bf16'",
+            ["--profile", "gptj-6b", "--dtype", "fp4"],
+            "'fp4' is not one of 'fp16', 'bf16', 'fp8'",
+        ),
+        (
+            ["--profile", "gptj-6b", "--dtype", "fp8", "--weights", "int8"],
+            "--dtype fp8 runs fp8 weights; --weights int8 is another format",
+        ),
+        (
+            ["--profile", "gptj-6b", "--dtype", "fp8", "--compare", "gpt-fast"],
+            "--weights fp8 quantises ftbench's weights; peers ['gpt-fast'] would run",
         ),
         (["--profile", "gptj-6b", "--repeats", "0"], "--repeats must be at least 1, got 0"),
         (["--profile", "gptj-6b", "--output-len", "1"], "output lengths must be at least 2"),

@@ -282,3 +282,66 @@ def test_8_bit_linears_run_weight_only_up_to_16_rows_and_on_dequantised_weights_
     ]
     with pytest.raises(Exception, match="fp16 or bf16 x and out of one dtype"):
         dispatch.linear(x, codes, np.empty((17, 24), np.float32), scales)
+
+
+class _Fp8NumpyBackend(_NumpyBackend):
+    """Runs an FP8 problem with outer scales from E4M3 bits in uint8, as cuBLASLt's runner is
+    called: runner(a, b, c, a_scale, b_scale)."""
+
+    def prepare(self, candidate, problem):
+        from ftbench.dtypes import numpy_dtype
+
+        self.prepared.append((candidate.config["algo"], problem.key()))
+        e4m3 = numpy_dtype("fp8")
+
+        def run(a, b, c, a_scale, b_scale):
+            x = a.view(e4m3).astype(np.float64) * a_scale[:, None]
+            w = b.view(e4m3).astype(np.float64) * b_scale[:, None]
+            c[...] = (x @ w.T).astype(c.dtype)
+
+        return run
+
+
+def test_fp8_activations_quantise_each_token_for_gemms_beyond_16_rows(monkeypatch):
+    """W8A8: m > 16 quantises x per token into scratch and runs the FP8 outer-scaled problem;
+    m <= 16 stays weight-only (fp16 x); int8 weights with fp8 activations are refused."""
+    from ftbench.gemm.problem import linear_problem
+    from ftbench.kernels import weight_only
+    from ftbench.runtime.quantize import fp8_activations
+
+    backend = _Fp8NumpyBackend("cublaslt")
+    monkeypatch.setattr(gemm_module, "get_backend", lambda name: backend)
+    monkeypatch.setattr(backends_module, "get_backend", lambda name: backend)
+    monkeypatch.setattr(gemm_module, "scratch_slot", lambda: 0)
+
+    def quantize(x, weights, out):
+        codes, scales = weight_only.quantize_reference(x, weights)
+        out[0][...], out[1][...] = codes.view(np.uint8), scales
+
+    monkeypatch.setattr(weight_only, "quantize", quantize)
+    rng = np.random.default_rng(2)
+    weight = rng.standard_normal((24, 32)).astype(np.float16)
+    codes, scales = weight_only.quantize_reference(weight, "fp8")
+    dispatch = GemmDispatch(activations="fp8")
+    x = rng.standard_normal((20, 32)).astype(np.float16)
+    out = np.empty((20, 24), np.float16)
+    dispatch.linear(x, codes.view(np.uint8), out, scales)
+    dequantised = codes.astype(np.float64) * scales.astype(np.float64)[:, None]
+    expected = fp8_activations(x, "token") @ dequantised.T
+    np.testing.assert_allclose(out, expected, rtol=1e-3, atol=1e-3)
+    fp8 = linear_problem(20, 24, 32, "fp8", out_dtype="fp16", scaling="outer")
+    assert dispatch.stats.misses == [fp8.key()]
+    int8_codes, int8_scales = weight_only.quantize_reference(weight, "int8")
+    with pytest.raises(InvalidInputError, match="fp8 activations multiply fp8 weights, not int8"):
+        dispatch.linear(x, int8_codes, out, int8_scales)
+    with pytest.raises(InvalidInputError, match="activations must be one of"):
+        GemmDispatch(activations="int8")
+
+
+def test_fp8_activations_need_scratch_for_the_widest_input_of_each_token():
+    """W8A8 steps of more than 16 tokens quantise each linear's input: per stream slot (two),
+    E4M3 codes of the widest input (GPT-J's FFN down, 16384) and an fp32 scale per token, in
+    place of dequantised weights."""
+    plain = footprint(GPTJ, batch=4, max_seq_len=256, dtype="fp16", max_tokens=512)
+    w8a8 = footprint(GPTJ, 4, 256, "fp16", max_tokens=512, weights="fp8", activations="fp8")
+    assert w8a8.activations - plain.activations == 2 * 512 * (16384 + 4)

@@ -103,3 +103,37 @@ def test_ftbench_run_with_8_bit_weights_records_them_and_their_cost(tmp_path):
             "positions", "mean_rel_logit_err", "max_rel_logit_err", "top1_agreement"
         }  # fmt: skip
         assert record["gemm_dispatch"]["backends"].get("ftbench", 0) > 0
+
+
+@pytest.mark.skipif("not _fp8_runs()")
+@pytest.mark.parametrize("case", ["gptj", "llama-gqa"])
+def test_fp8_activations_add_little_beyond_their_rounding(case):
+    """W8A8 prefill (E4M3 activations per token, cuBLASLt FP8 GEMMs) against float64 that rounds
+    the activations the same way: the runtime's fp16 inputs put a few values on the other side
+    of an E4M3 rounding boundary, one E4M3 step (1/16) each, so allow 4x fp16's own error."""
+    spec = CASES[case]
+    result = kernel_error(spec, random_weights(spec, "fp16", seed=SEED), "fp8", activations="fp8")
+    print(json.dumps(result.to_dict()))
+    assert result.quantised_vs_float64.top1_agreement >= 0.9
+    assert result.ratio <= 4.0
+
+
+@pytest.mark.skipif("not _fp8_runs()")
+def test_ftbench_run_dtype_fp8_records_w8a8(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "model_type": "llama", "vocab_size": 509, "hidden_size": 256, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 512,
+        "max_position_embeddings": 128,
+    }))  # fmt: skip
+    out = tmp_path / "run.json"
+    run = [sys.executable, "-m", "ftbench", "run", "--config", str(config), "--dtype", "fp8",
+           "--batch", "1,20", "--input-len", "24", "--output-len", "6", "--repeats", "2",
+           "--out", str(out)]  # fmt: skip
+    done = subprocess.run(run, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = json.loads(out.read_text())["records"]
+    assert [(r["status"], r["weights"], r["activations"]) for r in records] == [
+        ("ok", "fp8", "fp8"), ("ok", "fp8", "fp8")
+    ]  # fmt: skip
+    assert records[1]["gemm_dispatch"]["backends"].get("cublaslt", 0) > 0

@@ -80,8 +80,16 @@ OutputLenOption = Annotated[
         "step (`ftbench run` needs at least 2).",
     ),
 ]
+RunDType = choices("RunDType", (*RUNTIME_DTYPES, "fp8"))
 DTypeOption = Annotated[
-    RuntimeDType, typer.Option("--dtype", help="Activation and weight dtype of the model.")
+    RunDType,
+    typer.Option(
+        "--dtype",
+        help="Activation and weight dtype of the model: fp16, bf16, or fp8 (W8A8: the layers' "
+        "linears hold fp8 weights, as --weights fp8, and their GEMMs of more than 16 tokens read "
+        "E4M3 activations with a scale per token; embeddings, norms, attention, the KV cache and "
+        "the LM head stay fp16; needs sm_89+).",
+    ),
 ]
 # The GEMM formats of `tune` and `profiles show` (the shapes an 8-bit deployment issues).
 GemmDTypeOption = Annotated[

@@ -19,7 +19,7 @@ from ftbench.cli.options import (
     OutputLenOption,
     PpOption,
     ProfileOption,
-    RuntimeDType,
+    RunDType,
     TpOption,
     force_option,
     int_list,
@@ -36,7 +36,7 @@ from ftbench.runtime.parallel import DEFAULT_TIMEOUT_S
 def run_command(
     profile: ProfileOption = None,
     config: ConfigOption = None,
-    dtype: DTypeOption = RuntimeDType.fp16,
+    dtype: DTypeOption = RunDType.fp16,
     batch: BatchOption = "1",
     input_len: InputLenOption = "128",
     output_len: OutputLenOption = "128",
@@ -178,11 +178,19 @@ def run_command(
     batches = [micro_batches or 1] if max_throughput else int_list(batch, "--batch")
     engines = ("ftbench", *(COMPARE_NAMES[name] for name in peers))
     # every option checked here, before a rank is started or a GPU looked for
+    runtime_dtype, activations, weight_format = dtype.value, None, weights and weights.value
+    if dtype.value == "fp8":
+        if weight_format not in (None, "fp8"):
+            raise InvalidInputError(
+                f"--dtype fp8 runs fp8 weights; --weights {weight_format} is another format: "
+                "leave --weights out, or use --dtype fp16 --weights int8 (weight-only)"
+            )
+        runtime_dtype, activations, weight_format = "fp16", "fp8", "fp8"
     run = RunConfig(
-        spec, dtype.value, tuple(run_grid(batches, inputs, outputs)), engines,
+        spec, runtime_dtype, tuple(run_grid(batches, inputs, outputs)), engines,
         None if tuned is None else str(tuned), None if checkpoint is None else str(checkpoint),
         repeats, tp=tp, pp=pp, micro_batches=micro_batches, breakdown=breakdown,
-        weights=None if weights is None else weights.value,
+        weights=weight_format, activations=activations,
     )  # fmt: skip
     if out is not None:
         check_run_outputs(out, force)

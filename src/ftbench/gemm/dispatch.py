@@ -13,7 +13,11 @@ decode GEMMs, which read their weight and little else): the project's weight-onl
 or default, multiply by the codes in registers. A GEMM of more rows (a prefill) is compute-bound:
 its weight is dequantised into a scratch buffer (`weight_only.dequantize`, one per stream slot,
 kept and grown as needed) and the fp16/bf16 problem of the same shape runs on it, tuned as the
-unquantised layer's would be.
+unquantised layer's would be. With `activations="fp8"` (W8A8, fp8 weights) such a GEMM instead
+quantises x per token to E4M3 (`weight_only.quantize`, the weights' absmax rule, one fp32 scale a
+row) into scratch and runs the FP8 problem with outer-vector scales (token scales x channel
+scales, cuBLASLt) at twice the fp16 tensor-core rate; decode GEMMs stay weight-only, reading fp16
+activations, since they are bound by the weight read.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ftbench.dtypes import array_dtype
-from ftbench.errors import GpuError
+from ftbench.errors import GpuError, InvalidInputError
 from ftbench.gemm.backends import default_candidate, get_backend
 from ftbench.gemm.backends.base import Runner
 from ftbench.gemm.cache import TunedCache
@@ -50,16 +54,25 @@ class DispatchStats:
         }
 
 
+ACTIVATIONS = (None, "fp8")  # what an 8-bit layer's GEMMs of more than 16 rows read: see above
+
+
 class GemmDispatch:
     """Runs linear layers with the tuned backend for their shape, or the default on a miss."""
 
-    def __init__(self, cache: TunedCache | None = None) -> None:
+    def __init__(self, cache: TunedCache | None = None, activations: str | None = None) -> None:
+        if activations not in ACTIVATIONS:
+            raise InvalidInputError(
+                f"activations must be one of {[a for a in ACTIVATIONS if a]} or None (the "
+                f"layer's dtype), not {activations!r}"
+            )
         self.cache = cache
+        self.activations = activations
         self.stats = DispatchStats()
         # Runners by (m, n, k, dtype, weights): a call after the first builds no GemmProblem.
         self._runners: dict[tuple[int, int, int, str, str | None], Runner] = {}
-        # Dequantised weights of prefill GEMMs, by scratch slot (see the module docstring).
-        self._dequantised: dict[int, Any] = {}
+        # Scratch by (stream slot, use): dequantised weights, E4M3 activations and their scales.
+        self._scratches: dict[tuple[int, str], Any] = {}
         # Outgrown buffers stay alive: a captured prefill graph may still point at one.
         self._outgrown: list[Any] = []
 
@@ -74,10 +87,15 @@ class GemmDispatch:
         self._runner(m, n, k, array_dtype(x), None)(x, weight, out)
 
     def _runner(self, m: int, n: int, k: int, dtype: str, weights: str | None) -> Runner:
+        """The runner of an fp16/bf16 layer (weights None), a weight-only one (weights "int8",
+        "fp8"), or, with dtype "fp8", an FP8 one with outer scales and `weights` output."""
         shape = (m, n, k, dtype, weights)
         runner = self._runners.get(shape)
         if runner is None:
-            problem = linear_problem(m, n, k, dtype, weights=weights)
+            if dtype == "fp8":
+                problem = linear_problem(m, n, k, "fp8", out_dtype=weights, scaling="outer")
+            else:
+                problem = linear_problem(m, n, k, dtype, weights=weights)
             runner = self._runners[shape] = self._resolve(problem)
         return runner
 
@@ -91,23 +109,35 @@ class GemmDispatch:
                 f"an 8-bit linear layer takes fp16 or bf16 x and out of one dtype, got "
                 f"{array_dtype(x)} and {array_dtype(out)}"
             )
+        weights = weight_only.code_format(codes, "an 8-bit linear layer")
         if m <= weight_only.MAX_M:
-            weights = weight_only.code_format(codes, "an 8-bit linear layer")
             self._runner(m, n, k, dtype, weights)(x, codes, out, scale)
             return
-        plain = self._scratch(x, n * k)[: n * k].reshape(n, k)
+        if self.activations == "fp8":
+            if weights != "fp8":
+                raise InvalidInputError(
+                    f"fp8 activations multiply fp8 weights, not {weights} ones: quantise the "
+                    "weights to fp8, or keep the activations in the layer's dtype"
+                )
+            x_codes = self._scratch(x, m * k, "fp8 activations", np.uint8)[: m * k]
+            x_scales = self._scratch(x, m, "fp8 activation scales", np.float32)[:m]
+            x_codes = x_codes.reshape(m, k)
+            weight_only.quantize(x, "fp8", out=(x_codes, x_scales))
+            self._runner(m, n, k, "fp8", dtype)(x_codes, codes, out, x_scales, scale)
+            return
+        plain = self._scratch(x, n * k, "dequantised weight", x.dtype)[: n * k].reshape(n, k)
         weight_only.dequantize(codes, scale, plain)
         self._runner(m, n, k, dtype, None)(x, plain, out)
 
-    def _scratch(self, like: Any, size: int) -> Any:
-        """This stream slot's dequantisation buffer: at least `size` elements of `like`'s
-        dtype, where `like` is (a CuPy array; a NumPy one in the host tests)."""
-        slot = scratch_slot()
-        buffer = self._dequantised.get(slot)
-        if buffer is None or buffer.size < size or buffer.dtype != like.dtype:
+    def _scratch(self, like: Any, size: int, use: str, dtype: Any) -> Any:
+        """This stream slot's buffer for `use`: at least `size` elements of `dtype`, in the
+        array module of `like` (CuPy; NumPy in the host tests)."""
+        key = (scratch_slot(), use)
+        buffer = self._scratches.get(key)
+        if buffer is None or buffer.size < size or buffer.dtype != dtype:
             if buffer is not None:
                 self._outgrown.append(buffer)
-            buffer = self._dequantised[slot] = _empty_like_module(like, size)
+            buffer = self._scratches[key] = _empty_like_module(like, size, dtype)
         return buffer
 
     def _resolve(self, problem: GemmProblem) -> Runner:
@@ -131,10 +161,10 @@ class GemmDispatch:
         return runner
 
 
-def _empty_like_module(like: Any, size: int) -> Any:
-    """An uninitialised vector of `size` elements of `like`'s dtype, in `like`'s array module."""
+def _empty_like_module(like: Any, size: int, dtype: Any) -> Any:
+    """An uninitialised vector of `size` elements of `dtype`, in `like`'s array module."""
     if isinstance(like, np.ndarray):
-        return np.empty(size, like.dtype)
+        return np.empty(size, dtype)
     import cupy
 
-    return cupy.empty(size, like.dtype)
+    return cupy.empty(size, dtype)

@@ -297,10 +297,12 @@ def _check_weight(w: Any, weights: str) -> tuple[int, int]:
     return n, k
 
 
-def quantize(w: Any, weights: str) -> tuple[Any, Any]:
+def quantize(w: Any, weights: str, out: tuple[Any, Any] | None = None) -> tuple[Any, Any]:
     """Per-output-channel absmax quantisation of w [n, k] (CuPy, fp16 or bf16, k % 16 == 0) on
     the current stream, in one launch: (codes [n, k], scales [n] fp32) with
     w ~ codes * scales[:, None], for `weights` "int8" (int8 codes) or "fp8" (E4M3 bits, uint8).
+    Rows of activations quantise the same way, one scale per token. `out`: the (codes, scales)
+    arrays to write (then nothing is allocated and the call can be captured in a CUDA graph).
 
     scale = absmax / 127 (int8) or / 448 (fp8) in fp32; code = w / scale in fp32, rounded to
     nearest even (int8 clamped to +-127, fp8 saturating at +-448); a row of zeros gets scale 0
@@ -312,8 +314,19 @@ def quantize(w: Any, weights: str) -> tuple[Any, Any]:
     if w.data.ptr % 16:
         raise InvalidInputError("quantize: the weight must start on a 16-byte boundary")
     _current_device(weights, "quantize")
-    codes = cupy.empty((n, k), dtype=cupy.int8 if weights == "int8" else cupy.uint8)
-    scales = cupy.empty(n, dtype=cupy.float32)
+    code_dtype = cupy.int8 if weights == "int8" else cupy.uint8
+    if out is None:
+        out = cupy.empty((n, k), dtype=code_dtype), cupy.empty(n, dtype=cupy.float32)
+    codes, scales = out
+    if (
+        tuple(codes.shape) != (n, k) or codes.dtype != code_dtype or not codes.flags.c_contiguous
+        or tuple(scales.shape) != (n,) or scales.dtype != cupy.float32
+    ):  # fmt: skip
+        raise InvalidInputError(
+            f"quantize: out must be contiguous {numpy_name(code_dtype)} codes [{n}, {k}] and "
+            f"float32 scales [{n}], got {codes.dtype} {tuple(codes.shape)} and {scales.dtype} "
+            f"{tuple(scales.shape)}"
+        )
     name = quantize_kernel_name(numpy_name(w), weights)
     kernel = nvrtc.load(SOURCE_PATH, [name])[name]
     arguments = [np.uint64(array.data.ptr) for array in (w, codes, scales)] + [np.int32(k)]

@@ -164,7 +164,9 @@ def _quantised(config: RunConfig, weights, ranks: Ranks | None):
     if config.weights is None or given is not None:
         return weights, None
     quantised = quantize_weights(weights, config.weights)
-    accuracy = None if ranks is not None else accuracy_cost(config.spec, weights, quantised)
+    accuracy = None
+    if ranks is None:
+        accuracy = accuracy_cost(config.spec, weights, quantised, config.activations)
     del weights
     cupy.get_default_memory_pool().free_all_blocks()
     return quantised, None if accuracy is None else accuracy.to_dict()
@@ -201,7 +203,7 @@ def _measure_ftbench(
     from ftbench.runtime.generate import Generator
     from ftbench.runtime.rank import make_decoder
 
-    gemm = GemmDispatch(tuned.cache)
+    gemm = GemmDispatch(tuned.cache, activations=config.activations)
     pool = cupy.get_default_memory_pool()
     pool.free_all_blocks()
     prompts = list(_prompts(config, point))

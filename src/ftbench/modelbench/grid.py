@@ -80,6 +80,8 @@ class RunConfig:
     breakdown: bool = False  # ftbench's points: a decode step and prefill taken apart
     # ftbench's engines: the layers' linears quantised to 8 bits ("int8", "fp8") at load
     weights: str | None = None
+    # "fp8" (with fp8 weights): GEMMs of more than 16 tokens read E4M3 activations (W8A8)
+    activations: str | None = None
 
     def __post_init__(self) -> None:
         unknown = [engine for engine in self.engines if engine not in ENGINES]
@@ -90,6 +92,11 @@ class RunConfig:
         if self.weights is not None and self.weights not in EIGHT_BIT_DTYPES:
             raise InvalidInputError(
                 f"--weights must be {' or '.join(EIGHT_BIT_DTYPES)}, not {self.weights!r}"
+            )
+        if self.activations is not None and (self.activations, self.weights) != ("fp8", "fp8"):
+            raise InvalidInputError(
+                f"fp8 activations need fp8 weights (--dtype fp8 sets both), got activations "
+                f"{self.activations!r} with weights {self.weights!r}"
             )
         peers = [engine for engine in self.engines if engine in PEER_ENGINES]
         if self.weights is not None and peers:

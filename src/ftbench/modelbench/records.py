@@ -113,6 +113,8 @@ def engine_record(config: RunConfig, engine: str, point: RunPoint, measured, cei
     )  # fmt: skip
     if weights is not None:
         record["weights"] = weights
+    if config.activations is not None and engine in OUR_ENGINES:
+        record["activations"] = config.activations
     record["hbm_read_bytes_per_s"] = ceilings.hbm_read_bytes_per_s
     record["hbm_read_by"] = ceilings.hbm_read_by
     record["gemm_peak_flops"] = ceilings.gemm_peak_flops

@@ -27,10 +27,10 @@ are null (or absent: throughput_tok_s, peak_memory_bytes, floor_decode_step_ms, 
 gemm_cache_misses, flags). A configuration that could not run has the key fields, a status other
 than "ok" (e.g. "does not fit") and a "reason", and no timings. With `ftbench run --weights
 int8|fp8` ftbench's records add "weights" (the linears' 8-bit format, part of the series: absent
-means the weights are in dtype) and "accuracy": {positions, mean_rel_logit_err, max_rel_logit_err,
-top1_agreement} of the quantised runtime against the runtime on the unquantised weights
-(`runtime.agreement.accuracy_cost`). Writers may add fields of their
-own; readers ignore them.
+means the weights are in dtype; `--dtype fp8` adds "activations": "fp8" too, W8A8) and
+"accuracy": {positions, mean_rel_logit_err, max_rel_logit_err, top1_agreement} of the quantised
+runtime against the runtime on the unquantised weights (`runtime.agreement.accuracy_cost`).
+Writers may add fields of their own; readers ignore them.
 """
 
 from __future__ import annotations
@@ -212,12 +212,16 @@ def run_key(record: Mapping[str, Any]) -> str:
 def series_key(record: Mapping[str, Any]) -> str:
     """What a configuration measures, whichever engine ran it: model, dtype and shape, e.g.
     "gptj-6b fp16 tp=1 pp=1 batch=8 in=128 out=128" (with " mb=M" after pp=P where a pipeline
-    step ran in M > 1 micro-batches, and "fp16 w=int8" where its linears had 8-bit weights)."""
+    step ran in M > 1 micro-batches, "fp16 w=int8" where its linears had 8-bit weights and
+    "fp16 w=fp8 a=fp8" where they also read fp8 activations)."""
     micro = record.get("micro_batches", 1)
-    weights = record.get("weights")
+    formats = "".join(
+        f" {short}={record[name]}"
+        for name, short in (("weights", "w"), ("activations", "a"))
+        if record.get(name)
+    )
     return (
-        f"{record['model']} {record['dtype']}{f' w={weights}' if weights else ''} "
-        f"tp={record['tp']} pp={record['pp']}"
+        f"{record['model']} {record['dtype']}{formats} tp={record['tp']} pp={record['pp']}"
         f"{f' mb={micro}' if micro > 1 else ''} batch={record['batch']} "
         f"in={record['input_len']} out={record['output_len']}"
     )

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ftbench.gemm.dispatch import GemmDispatch
 from ftbench.profiles.spec import ModelSpec
 from ftbench.runtime.generate import Generator
 from ftbench.runtime.rank import make_decoder
@@ -65,10 +66,12 @@ def run_logits(
     continuations,
     micro_batches: int = 1,
     use_graph: bool = False,
+    activations: str | None = None,
 ) -> list[np.ndarray]:
     """The one-GPU runtime's logits for `prompts` and teacher-forced `continuations` (by default
-    one micro-batch, no CUDA graphs)."""
-    decoder = make_decoder(spec, weights, micro_batches=micro_batches, **decoder_args())
+    one micro-batch, no CUDA graphs; `activations` "fp8": `GemmDispatch`'s W8A8 GEMMs)."""
+    gemm = GemmDispatch(activations=activations)
+    decoder = make_decoder(spec, weights, micro_batches=micro_batches, gemm=gemm, **decoder_args())
     return logits_of(Generator(decoder, use_graph=use_graph), prompts, continuations)
 
 
@@ -104,10 +107,12 @@ def agreement(ours: list[np.ndarray], expected: list[np.ndarray]) -> LogitAgreem
 
 
 def accuracy_cost(
-    spec: ModelSpec, weights: ModelWeights, quantised: ModelWeights
+    spec: ModelSpec, weights: ModelWeights, quantised: ModelWeights, activations: str | None = None
 ) -> LogitAgreement:
-    """The runtime on `quantised` (`weights` quantised to 8 bits, `runtime.quantize`) against
-    the runtime on `weights` themselves (fp16/bf16, on the host or the GPU): what 8 bits cost."""
+    """The runtime on `quantised` (`weights` quantised to 8 bits, `runtime.quantize`; with
+    `activations` "fp8", W8A8) against the runtime on `weights` themselves (fp16/bf16, on the
+    host or the GPU): what the 8 bits cost."""
     prompts, continuations = teacher_forced_inputs(spec)
     plain = run_logits(spec, weights, prompts, continuations)
-    return agreement(run_logits(spec, quantised, prompts, continuations), plain)
+    ours = run_logits(spec, quantised, prompts, continuations, activations=activations)
+    return agreement(ours, plain)

@@ -59,12 +59,14 @@ def footprint(
     max_tokens: int | None = None,
     layers: range | None = None,
     weights: str | None = None,
+    activations: str | None = None,
 ) -> Footprint:
     """The bytes one rank of `spec` needs for `batch` sequences of up to `max_seq_len` tokens,
     with steps of up to `max_tokens` tokens (default batch * max_seq_len); with `layers`, one
     rank of the pipeline stage holding those layers. `weights` "int8" or "fp8": the transformer
     layers' linears hold one byte a weight and one fp32 scale per output row
-    (`runtime.quantize`); everything else stays in `dtype`."""
+    (`runtime.quantize`); everything else stays in `dtype`. `activations` "fp8" (W8A8): steps of
+    more than 16 tokens quantise each linear's input into E4M3 scratch (`gemm.dispatch`)."""
     if dtype not in RUNTIME_DTYPES:
         raise InvalidInputError(f"the runtime runs fp16 or bf16, not {dtype!r}")
     if weights is not None and weights not in EIGHT_BIT_DTYPES:
@@ -108,8 +110,11 @@ def footprint(
     # into a scratch buffer before its GEMM (`gemm.dispatch`): one per stream slot, two slots.
     dequantised = 0
     if weights is not None and tokens > WEIGHT_ONLY_MAX_M:
-        largest = max(_count(shape) for name, shape in shapes.items() if quantisable(name))
-        dequantised = 2 * largest * element
+        linears = [shape for name, shape in shapes.items() if quantisable(name)]
+        if activations == "fp8":  # E4M3 codes of the widest input and a scale per token
+            dequantised = 2 * tokens * (max(shape[1] for shape in linears) + 4)
+        else:
+            dequantised = 2 * max(_count(shape) for shape in linears) * element
     return Footprint(
         weight_bytes, kv_cache,
         tokens * per_token + batch * per_sequence + decode_partials + dequantised,
@@ -143,15 +148,17 @@ def check_fits(
     max_tokens: int | None = None,
     layers: range | None = None,
     weights: str | None = None,
+    activations: str | None = None,
 ) -> Footprint:
     """The footprint, or an error naming the largest batch and length that fit in `free_bytes`."""
-    need = footprint(spec, batch, max_seq_len, dtype, tp, max_tokens, layers, weights)
+    need = footprint(spec, batch, max_seq_len, dtype, tp, max_tokens, layers, weights, activations)
     if need.total <= free_bytes:
         return need
 
     def fits(b: int, length: int) -> bool:
         tokens = None if max_tokens is None else min(max_tokens, b * length)
-        return footprint(spec, b, length, dtype, tp, tokens, layers, weights).total <= free_bytes
+        plan = footprint(spec, b, length, dtype, tp, tokens, layers, weights, activations)
+        return plan.total <= free_bytes
 
     best_batch = largest_fitting(lambda b: fits(b, max_seq_len), batch)
     best_length = largest_fitting(lambda length: fits(batch, length), max_seq_len)

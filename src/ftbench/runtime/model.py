@@ -232,13 +232,18 @@ class Decoder:
         self.max_tokens = max_batch * max_seq_len if max_tokens is None else max_tokens
         self.rank = rank_shapes(spec, tp)
         self.gemm = gemm or GemmDispatch()
+        if self.gemm.activations == "fp8" and self.weight_format != "fp8":
+            raise InvalidInputError(
+                f"fp8 activations multiply fp8 weights; these are {self.weight_format or dtype}: "
+                "quantise them to fp8 (runtime.quantize)"
+            )
         self.ops = DecoderOps(linear=self.gemm.linear)
         free_bytes, _ = cupy.cuda.runtime.memGetInfo()
         on_device = isinstance(weights.layers[0].qkv.weight, cupy.ndarray)
         resident = 0 if not on_device else _weights_bytes(weights)
         self.footprint: Footprint = check_fits(
             spec, max_batch, max_seq_len, dtype, free_bytes + resident, tp, self.max_tokens,
-            self.stage.layers, self.weight_format,
+            self.stage.layers, self.weight_format, self.gemm.activations,
         )  # fmt: skip
         self.weights = weights if on_device else weights.map(to_device)
         self._allocate(cupy)

@@ -152,11 +152,14 @@ def run_emulated(
     return ranks[(pp - 1) * tp :]
 
 
-def reference_logits(spec: ModelSpec, weights: ModelWeights, prompts, continuations):
-    """The float64 NumPy reference's logits, laid out as `run_logits` returns them."""
+def reference_logits(
+    spec: ModelSpec, weights: ModelWeights, prompts, continuations, activations: str | None = None
+):
+    """The float64 NumPy reference's logits, laid out as `run_logits` returns them
+    (`activations`: `ReferenceModel`'s, e.g. "fp8-token")."""
     outputs = []
     for prompt, continuation in zip(prompts, continuations, strict=True):
-        model = ReferenceModel(spec, weights)
+        model = ReferenceModel(spec, weights, activations=activations)
         outputs.append(model.prefill(np.concatenate([prompt, continuation])[None])[0])
     prefill = np.concatenate(
         [logits[: len(prompt)] for logits, prompt in zip(outputs, prompts, strict=True)]

@@ -53,21 +53,27 @@ class KernelError:
         }  # fmt: skip
 
 
-def kernel_error(spec: ModelSpec, weights: ModelWeights, fmt: str) -> KernelError:
+def kernel_error(
+    spec: ModelSpec, weights: ModelWeights, fmt: str, activations: str | None = None
+) -> KernelError:
     """See the module docstring; `weights` are host fp16/bf16 weights (the reference runs in
-    NumPy)."""
+    NumPy). With `activations` "fp8" (fp8 weights, W8A8) the prefill alone is compared: its
+    GEMMs read E4M3 activations under per-token scales, which the reference applies with the
+    same rounding ("fp8-token"), while decode steps stay weight-only on fp16 activations."""
     prompts, continuations = teacher_forced_inputs(spec)
     quantised = quantize_weights(weights, fmt)
     plain_reference = reference_logits(spec, weights, prompts, continuations)
     # The reference multiplies by codes * scales in float64 (`ReferenceModel` dequantises).
-    quantised_reference = reference_logits(spec, quantised, prompts, continuations)
+    scaling = None if activations is None else f"{activations}-token"
+    quantised_reference = reference_logits(
+        spec, quantised, prompts, continuations, activations=scaling
+    )
+    ours = run_logits(spec, quantised, prompts, continuations, activations=activations)
+    plain = run_logits(spec, weights, prompts, continuations)
+    kept = slice(None) if activations is None else slice(0, 1)  # the prefill's logits only
     return KernelError(
-        fmt=fmt,
-        steps=STEPS,
-        quantised_vs_float64=agreement(
-            run_logits(spec, quantised, prompts, continuations), quantised_reference
-        ),
-        plain_vs_float64=agreement(
-            run_logits(spec, weights, prompts, continuations), plain_reference
-        ),
+        fmt=fmt if activations is None else f"{fmt} weights, {activations} activations",
+        steps=STEPS if activations is None else 0,
+        quantised_vs_float64=agreement(ours[kept], quantised_reference[kept]),
+        plain_vs_float64=agreement(plain[kept], plain_reference[kept]),
     )
