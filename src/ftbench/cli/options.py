@@ -88,7 +88,8 @@ DTypeOption = Annotated[
         help="Activation and weight dtype of the model: fp16, bf16, or fp8 (W8A8: the layers' "
         "linears hold fp8 weights, as --weights fp8, and their GEMMs of more than 16 tokens read "
         "E4M3 activations with a scale per token; embeddings, norms, attention, the KV cache and "
-        "the LM head stay fp16; needs sm_89+).",
+        "the LM head stay fp16; needs sm_89+). Its tuned GEMMs come from `ftbench tune --dtype "
+        "fp8 --scaling outer` (more than 16 tokens) and `ftbench tune --weights fp8` (decode).",
     ),
 ]
 # The GEMM formats of `tune` and `profiles show` (the shapes an 8-bit deployment issues).
