@@ -83,19 +83,25 @@ def test_int8_costs_less_accuracy_than_fp8():
     assert 0 < costs["int8"].mean_rel_logit_err < 0.1
 
 
-def test_ftbench_run_with_8_bit_weights_records_them_and_their_cost(tmp_path):
+def _ftbench_run(tmp_path, hf_config: dict, *options: str) -> list[dict]:
+    """The records of `ftbench run` on a small random model of `hf_config`: batches 1 and 20
+    (prefills of 24 and 480 tokens, decode steps of 1 and 20: both sides of 16 rows)."""
     config = tmp_path / "config.json"
-    config.write_text(json.dumps({
-        "model_type": "gptj", "vocab_size": 509, "n_embd": 256, "n_layer": 2, "n_head": 4,
-        "rotary_dim": 32, "n_positions": 128,
-    }))  # fmt: skip
+    config.write_text(json.dumps(hf_config))
     out = tmp_path / "run.json"
-    run = [sys.executable, "-m", "ftbench", "run", "--config", str(config), "--weights", "int8",
+    run = [sys.executable, "-m", "ftbench", "run", "--config", str(config), *options,
            "--batch", "1,20", "--input-len", "24", "--output-len", "6", "--repeats", "2",
            "--out", str(out)]  # fmt: skip
     done = subprocess.run(run, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    records = json.loads(out.read_text())["records"]
+    return json.loads(out.read_text())["records"]
+
+
+def test_ftbench_run_with_8_bit_weights_records_them_and_their_cost(tmp_path):
+    records = _ftbench_run(tmp_path, {
+        "model_type": "gptj", "vocab_size": 509, "n_embd": 256, "n_layer": 2, "n_head": 4,
+        "rotary_dim": 32, "n_positions": 128,
+    }, "--weights", "int8")  # fmt: skip
     assert [record["status"] for record in records] == ["ok", "ok"]
     for record in records:
         assert record["weights"] == "int8"
@@ -120,19 +126,11 @@ def test_fp8_activations_add_little_beyond_their_rounding(case):
 
 @pytest.mark.skipif("not _fp8_runs()")
 def test_ftbench_run_dtype_fp8_records_w8a8(tmp_path):
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps({
+    records = _ftbench_run(tmp_path, {
         "model_type": "llama", "vocab_size": 509, "hidden_size": 256, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 512,
         "max_position_embeddings": 128,
-    }))  # fmt: skip
-    out = tmp_path / "run.json"
-    run = [sys.executable, "-m", "ftbench", "run", "--config", str(config), "--dtype", "fp8",
-           "--batch", "1,20", "--input-len", "24", "--output-len", "6", "--repeats", "2",
-           "--out", str(out)]  # fmt: skip
-    done = subprocess.run(run, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    records = json.loads(out.read_text())["records"]
+    }, "--dtype", "fp8")  # fmt: skip
     assert [(r["status"], r["weights"], r["activations"]) for r in records] == [
         ("ok", "fp8", "fp8"), ("ok", "fp8", "fp8")
     ]  # fmt: skip
