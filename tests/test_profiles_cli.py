@@ -19,7 +19,7 @@ def test_list_json_has_every_profile_with_its_size():
     result = runner.invoke(app, ["profiles", "list", "--json"])
     assert result.exit_code == 0
     rows = {row["name"]: row for row in json.loads(result.stdout)}
-    assert len(rows) == 18
+    assert len(rows) == 19
     assert rows["llama2-70b"]["parameters"] == 68_976_648_192
     assert (rows["llama2-70b"]["num_heads"], rows["llama2-70b"]["num_kv_heads"]) == (64, 8)
     assert rows["t5-base"]["layers"] == "12+12"

@@ -33,6 +33,7 @@ PARAMETERS = {
     "t5-small.json": 60_506_624,
     "flan-t5-base.json": 247_577_856,
     "bert-large-uncased.json": 335_141_888,
+    "roberta-base.json": 124_645_632,  # RobertaModel with its pooler
 }
 
 UNSUPPORTED = {
@@ -217,7 +218,7 @@ def test_refusal_is_one_line_and_exit_code_2(args):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: {CONFIGS / 'mixtral-8x7b-v0.1.json'}: model_type 'mixtral' is not supported; "
-        "supported: gpt2, gptj, llama, mistral, qwen2, phi3, bert, t5"
+        "supported: gpt2, gptj, llama, mistral, qwen2, phi3, bert, roberta, t5"
     ]
 
 

@@ -24,6 +24,7 @@ CONFIGS = Path(__file__).parent / "data" / "hf_configs"
         ("llama-2-70b.json", "llama2-70b"),
         ("meta-llama-3-8b.json", "llama3-8b"),
         ("bert-base-uncased.json", "bert-base"),
+        ("roberta-base.json", "roberta-base"),
         ("t5-base.json", "t5-base"),
     ],
 )
@@ -52,6 +53,29 @@ def test_mistral_is_read_as_a_llama_style_gqa_model():
     )
     assert spec.parameter_count() == 7_241_732_096  # HF MistralForCausalLM
     assert spec.sliding_window == 4096
+
+
+def test_roberta_is_bert_with_positions_counted_from_its_padding_id_plus_one(tmp_path):
+    spec = spec_from_hf_config(CONFIGS / "roberta-base.json")
+    bert = spec_from_hf_config(CONFIGS / "bert-base-uncased.json")
+    assert (spec.family, spec.architecture, spec.position_offset, bert.position_offset) == (
+        "bert",
+        "encoder",
+        2,
+        0,
+    )
+    assert (spec.max_positions, spec.token_positions, spec.type_vocab_size) == (514, 512, 1)
+    assert (
+        spec_from_hf_config(_write(tmp_path, "roberta-base.json", pad_token_id=0)).position_offset
+        == 1
+    )
+    # RobertaConfig's default padding id is 1
+    assert (
+        spec_from_hf_config(
+            _write(tmp_path, "roberta-base.json", pad_token_id=None)
+        ).position_offset
+        == 2
+    )
 
 
 def test_rope_scaling_is_carried_so_the_runtime_can_refuse_it():
@@ -157,7 +181,7 @@ def test_unsupported_model_type_lists_the_supported_ones(tmp_path):
     path = _write(tmp_path, "llama-2-7b.json", model_type="mixtral")
     with pytest.raises(InvalidInputError, match="model_type 'mixtral' is not supported") as info:
         spec_from_hf_config(path)
-    assert "gpt2, gptj, llama, mistral, qwen2, phi3, bert, t5" in str(info.value)
+    assert "gpt2, gptj, llama, mistral, qwen2, phi3, bert, roberta, t5" in str(info.value)
 
 
 def test_missing_model_type_is_named(tmp_path):
@@ -184,6 +208,12 @@ def test_missing_model_type_is_named(tmp_path):
             "bert-base-uncased.json",
             {"position_embedding_type": "relative_key"},
             "field 'position_embedding_type' is 'relative_key'",
+        ),
+        ("roberta-base.json", {"pad_token_id": -1}, "field 'pad_token_id' must be an integer >= 0"),
+        (
+            "roberta-base.json",
+            {"pad_token_id": 513},
+            "position_offset 514 leaves no position of the 514 \\(max_positions\\) for a token",
         ),
         (
             "llama-2-7b.json",

@@ -242,6 +242,13 @@ def test_learned_positions_limit_the_sequence():
         gemm_problems(load_builtin("bert-base"), Workload(input_lens=(513,)))
 
 
+def test_roberta_sequences_take_the_positions_after_its_offset():
+    roberta = load_builtin("roberta-base")  # 514 rows, the first token's is row 2
+    gemm_problems(roberta, Workload(input_lens=(512,)))
+    with pytest.raises(InvalidInputError, match="roberta-base has 512 learned positions"):
+        gemm_problems(roberta, Workload(input_lens=(513,)))
+
+
 def test_deduplicate_sums_calls_over_roles_and_grid_points():
     spec = load_builtin("gptj-6b")
     uses = gemm_problems(spec, Workload(batch_sizes=(1, 8), input_lens=(128,), tp=2), fused=False)

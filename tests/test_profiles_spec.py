@@ -28,6 +28,7 @@ BUILTIN_NAMES = [
     "megatron-gpt-20b",
     "megatron-gpt-345m",
     "megatron-gpt-5b",
+    "roberta-base",
     "t5-base",
     "t5-large",
 ]
@@ -45,6 +46,7 @@ EXACT_PUBLISHED_PARAMS = {
     "llama3-70b": 70_553_706_496,
     "bert-base": 109_482_240,  # HF BertModel with pooler
     "bert-large": 335_141_888,  # HF BertModel with pooler (the paper rounds to 340M)
+    "roberta-base": 124_645_632,  # HF RobertaModel with pooler
     "t5-base": 222_903_552,  # HF T5ForConditionalGeneration, shared embedding counted once
     "t5-large": 737_668_096,
 }
@@ -222,6 +224,8 @@ def test_rope_scaling_must_be_a_json_object_naming_its_type(scaling):
         ({"num_layers": True}, "num_layers must be a positive integer"),
         ({"gated_ffn": "yes"}, "gated_ffn must be true or false"),
         ({"decoder_layers": 12}, "decoder_layers must be > 0 for family t5 and 0 for the others"),
+        ({"position_offset": 2}, "position_offset is RoBERTa's \\(family bert\\); it must be 0"),
+        ({"position_offset": -1}, "position_offset must be an integer >= 0"),
         ({"family": "opt"}, "family must be one of"),
         ({"norm_eps": 0.0}, "norm_eps must be a positive number"),
     ],

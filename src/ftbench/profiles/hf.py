@@ -1,5 +1,5 @@
 """`ModelSpec` from a local Hugging Face `config.json` (gpt2, gptj, llama, mistral, qwen2, phi3,
-bert, t5).
+bert, roberta, t5).
 
 The fields that fix the shapes (widths, layer and head counts, vocabulary, positions) must be
 present; a missing one is an error naming the field and the file. Fields that Hugging Face
@@ -50,12 +50,11 @@ class _Fields:
             )
         return default
 
-    def integer(self, key: str, default: Any = _MISSING) -> int:
+    def integer(self, key: str, default: Any = _MISSING, minimum: int = 1) -> int:
         value = self._get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidInputError(
-                f"{self.origin}: field {key!r} must be a positive integer, got {value!r}"
-            )
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            raise InvalidInputError(f"{self.origin}: field {key!r} must be {kind}, got {value!r}")
         return value
 
     def number(self, key: str, default: Any = _MISSING) -> float:
@@ -269,6 +268,12 @@ def _bert(f: _Fields) -> dict[str, Any]:
     }
 
 
+def _roberta(f: _Fields) -> dict[str, Any]:
+    """RoBERTa: BERT's layers, with learned positions counted from pad_token_id + 1 (HF's
+    RobertaEmbeddings; pad_token_id defaults to 1 as in RobertaConfig)."""
+    return {**_bert(f), "position_offset": f.integer("pad_token_id", 1, minimum=0) + 1}
+
+
 def _t5(f: _Fields) -> dict[str, Any]:
     projection = f.data.get("feed_forward_proj") or "relu"
     gated = isinstance(projection, str) and projection.startswith("gated-")
@@ -332,6 +337,7 @@ _BUILDERS: dict[str, Callable[[_Fields], dict[str, Any]]] = {
     "qwen2": _qwen2,
     "phi3": _llama,  # LLaMA's layout with fused qkv_proj and gate_up_proj tensors
     "bert": _bert,
+    "roberta": _roberta,
     "t5": _t5,
 }
 

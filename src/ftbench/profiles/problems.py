@@ -334,9 +334,9 @@ def _check_positions(spec: ModelSpec, workload: Workload) -> None:
     if spec.position_embedding != "learned":
         return
     needed, what = _positions_needed(spec, workload.input_lens, workload.output_lens)
-    if needed > spec.max_positions:
+    if needed > spec.token_positions:
         raise InvalidInputError(
-            f"{spec.name} has {spec.max_positions} learned positions but {what} positions are "
+            f"{spec.name} has {spec.token_positions} learned positions but {what} positions are "
             "needed; shorten the input or output length"
         )
 

@@ -104,6 +104,12 @@ class ModelSpec:
     Some structure follows from `family` rather than from a field: BERT is post-norm with an
     embedding norm and no LM head (encoder only); T5 is an encoder-decoder whose decoder layers
     add cross-attention; the others are pre-norm decoders with a final norm.
+
+    `position_offset` is RoBERTa's difference from BERT: the position of a sequence's first
+    token, padding_idx + 1. As in HF's create_position_ids_from_input_ids, the tokens count on
+    from there, except padding tokens (id padding_idx = position_offset - 1), which take
+    position padding_idx and are not counted. It is 0 for BERT (every token counted from 0) and
+    for every other family.
     """
 
     name: str
@@ -137,6 +143,7 @@ class ModelSpec:
     relative_attention_max_distance: int = 0
     type_vocab_size: int = 0
     pooler: bool = False
+    position_offset: int = 0
     source: str = ""
     schema: int = SPEC_SCHEMA
 
@@ -170,6 +177,7 @@ class ModelSpec:
             "relative_attention_num_buckets",
             "relative_attention_max_distance",
             "type_vocab_size",
+            "position_offset",
         ):
             _check_int(owner, name, getattr(self, name), 0, SPEC_LIMITS.get(name, MAX_SIZE))
         _check_rope_scaling(owner, self.rope_scaling)
@@ -227,6 +235,16 @@ class ModelSpec:
                 f"{owner}: relative_attention_* fields are set but position_embedding is "
                 f"{self.position_embedding!r}"
             )
+        if self.position_offset and self.family != "bert":
+            raise InvalidInputError(
+                f"{owner}: position_offset is RoBERTa's (family bert); it must be 0 for family "
+                f"{self.family}, got {self.position_offset}"
+            )
+        if self.position_offset >= self.max_positions:
+            raise InvalidInputError(
+                f"{owner}: position_offset {self.position_offset} leaves no position of the "
+                f"{self.max_positions} (max_positions) for a token"
+            )
         if (self.family == "t5") != (self.decoder_layers > 0):
             raise InvalidInputError(
                 f"{owner}: decoder_layers must be > 0 for family t5 and 0 for the others, got "
@@ -241,6 +259,12 @@ class ModelSpec:
         if self.family == "t5":
             return "encoder-decoder"
         return "decoder"
+
+    @property
+    def token_positions(self) -> int:
+        """How many tokens a sequence may have under learned positions: max_positions less
+        position_offset (RoBERTa's rows below it are never a token's)."""
+        return self.max_positions - self.position_offset
 
     @property
     def q_width(self) -> int:
