@@ -1,5 +1,7 @@
-"""HF BERT and T5 checkpoints as ftbench encoder weights: the name maps, safetensors files and the
-one error that lists every problem."""
+"""HF BERT, RoBERTa and T5 checkpoints as ftbench encoder weights: the name maps, safetensors
+files and the one error that lists every problem."""
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from ftbench.runtime.encoder_weights import (
     check_encoder_shapes,
     encoder_weight_shapes,
 )
+from tiny_models import assert_same_weights
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -40,6 +43,12 @@ T5 = {
 def bert_model(cls=None):
     torch.manual_seed(0)
     return (cls or transformers.BertModel)(transformers.BertConfig(**BERT)).eval()
+
+
+def roberta_model(cls=None):
+    torch.manual_seed(0)
+    config = transformers.RobertaConfig(**BERT, type_vocab_size=1)
+    return (cls or transformers.RobertaModel)(config).eval()
 
 
 def t5_model(**overrides):
@@ -77,6 +86,23 @@ def test_a_task_model_checkpoint_loads_its_bert_and_skips_its_head():
     )
 
 
+@pytest.mark.parametrize(
+    "cls",
+    ["RobertaForSequenceClassification", "RobertaForMaskedLM", "RobertaForTokenClassification"],
+)
+def test_a_roberta_task_checkpoint_loads_its_roberta_and_skips_its_head(tmp_path, cls):
+    model = roberta_model(getattr(transformers, cls))
+    model.save_pretrained(tmp_path)
+    # HF builds RoBERTa task models without a pooler
+    spec = dataclasses.replace(spec_from_hf_config(tmp_path / "config.json"), pooler=False)
+    weights = load_hf_encoder_weights(tmp_path, spec, "fp32")
+    expected = encoder_from_state_dict(
+        {f"roberta.{name}": value for name, value in model.roberta.state_dict().items()}, spec
+    )
+    assert_same_weights(weights, expected)
+    assert weights.token_types.shape == (1, 16)
+
+
 def test_gated_t5_stacks_wi_0_and_wi_1_and_cross_k_v():
     model = t5_model(feed_forward_proj="gated-gelu")
     state = {name: value.detach().numpy() for name, value in model.state_dict().items()}
@@ -111,7 +137,7 @@ def test_tied_t5_head_is_the_shared_embedding():
 
 
 def test_safetensors_checkpoints_load_as_their_state_dict(tmp_path):
-    for model in (bert_model(), t5_model(feed_forward_proj="gated-gelu")):
+    for model in (bert_model(), roberta_model(), t5_model(feed_forward_proj="gated-gelu")):
         directory = tmp_path / type(model).__name__
         model.save_pretrained(directory)
         spec = spec_from_hf_config(directory / "config.json")

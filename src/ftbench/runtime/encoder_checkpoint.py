@@ -1,4 +1,5 @@
-"""Hugging Face BERT and T5 checkpoints as ftbench's encoder weights (`runtime.encoder_weights`).
+"""Hugging Face BERT, RoBERTa and T5 checkpoints as ftbench's encoder weights
+(`runtime.encoder_weights`).
 
 `encoder_from_state_dict` maps a state dict in memory and `load_hf_encoder_weights` a
 safetensors checkpoint (one file, or shards with an index, found as the decoder loader finds
@@ -12,8 +13,8 @@ decoder):
 
 - `embed`: BERT `embeddings.word_embeddings`; T5 `shared`.
 - BERT `positions`, `token_types`, `embed_norm`: `embeddings.position_embeddings`,
-  `.token_type_embeddings`, `.LayerNorm`; `pooler`: `pooler.dense`. The `bert.` prefix of task
-  models is optional.
+  `.token_type_embeddings`, `.LayerNorm`; `pooler`: `pooler.dense`. RoBERTa's names are BERT's.
+  The `bert.` or `roberta.` prefix of task models is optional.
 - BERT layers, under `encoder.layer.N.`: `qkv` = `attention.self.{query,key,value}`,
   `attn_out` = `attention.output.dense`, `ln1` = `attention.output.LayerNorm`, `ffn_up` =
   `intermediate.dense`, `ffn_down` = `output.dense`, `ln2` = `output.LayerNorm`.
@@ -28,7 +29,8 @@ decoder):
 
 Skipped: the `embeddings.position_ids` and `token_type_ids` buffers, T5's `encoder.embed_tokens`
 and `decoder.embed_tokens` (copies of `shared`), a tied model's stored `lm_head`, and a prefixed
-BERT checkpoint's task heads (every name outside `bert.`: `cls.*`, `classifier.*`).
+BERT or RoBERTa checkpoint's task heads (every name outside the prefix: `cls.*`, `lm_head.*`,
+`classifier.*`).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from ftbench.runtime.encoder_weights import (
 from ftbench.runtime.hf_checkpoint import opened_safetensors, read_float_tensor
 from ftbench.runtime.weights import mismatch_problems, raise_mismatch
 
-_BERT_PREFIX = "bert."
+_BERT_PREFIXES = ("bert.", "roberta.")  # a task model's encoder: BertFor*, RobertaFor*
 _BERT_TOP = {
     "embed": "embeddings.word_embeddings",
     "positions": "embeddings.position_embeddings",
@@ -144,8 +146,9 @@ def _map_checkpoint(
     error."""
     check_encoder_model(spec)
     prefix = ""
-    if spec.architecture == "encoder" and any(key.startswith(_BERT_PREFIX) for key in shapes):
-        prefix = _BERT_PREFIX
+    if spec.architecture == "encoder":
+        stored = (p for p in _BERT_PREFIXES if any(key.startswith(p) for key in shapes))
+        prefix = next(stored, "")
     expected_shapes = encoder_weight_shapes(spec)
     sources = _hf_sources(spec, prefix, "lm_head.weight" in shapes)
     missing, misshaped = [], []

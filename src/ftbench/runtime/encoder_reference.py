@@ -1,4 +1,5 @@
-"""A NumPy reference of the BERT encoder, driven only by `ModelSpec` and `EncoderWeights`.
+"""A NumPy reference of the BERT encoder (and RoBERTa), driven only by `ModelSpec` and
+`EncoderWeights`.
 
 The ground truth a CUDA encoder is tested against; it reads as the math, not for speed. It runs
 as FasterTransformer's "effective transformer" does: a right-padded batch's padding is removed
@@ -10,7 +11,8 @@ padded positions). A padded position therefore never reaches a real one, by cons
 Per layer (post-norm, BERT): x = ln1(x + attn_out(attention(qkv(x)))), then
 x = ln2(x + ffn_down(act(ffn_up(x)))); attention is softmax(q k^T / sqrt(head_dim)) v with
 every key of the sequence visible. The embeddings are ln(word + position + token type). The
-optional pooler is tanh(pooler(x[:, 0])).
+optional pooler is tanh(pooler(x[:, 0])). RoBERTa is this encoder with other position ids
+(`position_ids`: counted from `spec.position_offset`, padding tokens skipped).
 
 `attention` (any mask, any additive bias, any scale) is shared with the T5 reference.
 """
@@ -95,6 +97,18 @@ def check_token_ids(token_ids: Any, vocab_size: int) -> np.ndarray:
     return tokens
 
 
+def position_ids(tokens: np.ndarray, offset: int) -> np.ndarray:
+    """The learned-position row of every token [batch, seq]: BERT's (offset 0) 0, 1, 2, ...;
+    with an offset (RoBERTa: padding_idx + 1), HF's create_position_ids_from_input_ids: the
+    tokens that are not padding (id offset - 1) count from offset, a padding token takes
+    offset - 1."""
+    if offset == 0:
+        return np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape)
+    padding_idx = offset - 1
+    real = tokens != padding_idx
+    return np.where(real, padding_idx + np.cumsum(real, axis=1), padding_idx)
+
+
 def remove_padding(padded: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """The real tokens of a right-padded [batch, seq, ...] packed into [sum(lengths), ...],
     sequence after sequence."""
@@ -110,7 +124,8 @@ def restore_padding(packed: np.ndarray, lengths: np.ndarray, seq: int) -> np.nda
 
 
 class EncoderReference:
-    """A BERT encoder: `encode` a right-padded batch into hidden states, `pool` them.
+    """A BERT or RoBERTa encoder: `encode` a right-padded batch into hidden states, `pool`
+    them.
 
     `dtype` (float64 or float32) is the compute dtype; the weights are converted to it.
     """
@@ -127,9 +142,9 @@ class EncoderReference:
         tokens = check_token_ids(token_ids, spec.vocab_size)
         batch, seq = tokens.shape
         lengths = check_lengths(lengths, batch, seq)
-        if seq > spec.max_positions:
+        if seq > spec.token_positions:
             raise InvalidInputError(
-                f"{spec.name} has {spec.max_positions} learned positions; {seq} tokens do not fit"
+                f"{spec.name} has {spec.token_positions} learned positions; {seq} tokens do not fit"
             )
         types = np.zeros_like(tokens) if token_type_ids is None else np.asarray(token_type_ids)
         if (
@@ -141,7 +156,8 @@ class EncoderReference:
                 f"token_type_ids must be {list(tokens.shape)} values in "
                 f"0..{max(spec.type_vocab_size, 1) - 1}"
             )
-        hidden = weights.embed[tokens] + weights.positions[np.arange(seq)]
+        positions = position_ids(tokens, spec.position_offset)
+        hidden = weights.embed[tokens] + weights.positions[positions]
         if weights.token_types is not None:
             hidden = hidden + weights.token_types[types]
         hidden = remove_padding(hidden, lengths)  # [tokens, hidden]
