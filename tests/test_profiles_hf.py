@@ -78,6 +78,26 @@ def test_roberta_is_bert_with_positions_counted_from_its_padding_id_plus_one(tmp
     )
 
 
+@pytest.mark.parametrize(
+    ("changes", "labels"),
+    [
+        ({}, 0),  # RobertaForMaskedLM: no classification head
+        ({"architectures": ["RobertaForSequenceClassification"]}, 2),  # HF's default two
+        ({"architectures": ["RobertaForSequenceClassification"], "num_labels": 5}, 5),
+        (
+            {
+                "architectures": ["RobertaForSequenceClassification"],
+                "id2label": {"0": "NEGATIVE", "1": "NEUTRAL", "2": "POSITIVE"},
+            },
+            3,
+        ),
+    ],
+)
+def test_a_sequence_classification_config_gives_its_labels(tmp_path, changes, labels):
+    spec = spec_from_hf_config(_write(tmp_path, "roberta-base.json", **changes))
+    assert spec.num_labels == labels
+
+
 def test_rope_scaling_is_carried_so_the_runtime_can_refuse_it():
     config = json.loads((CONFIGS / "meta-llama-3-8b.json").read_text())
     assert spec_from_hf_config(config).rope_scaling == ""

@@ -226,6 +226,7 @@ def test_rope_scaling_must_be_a_json_object_naming_its_type(scaling):
         ({"decoder_layers": 12}, "decoder_layers must be > 0 for family t5 and 0 for the others"),
         ({"position_offset": 2}, "position_offset is RoBERTa's \\(family bert\\); it must be 0"),
         ({"position_offset": -1}, "position_offset must be an integer >= 0"),
+        ({"num_labels": 2}, "num_labels 2\\) reads the pooled output; it needs an encoder"),
         ({"family": "opt"}, "family must be one of"),
         ({"norm_eps": 0.0}, "norm_eps must be a positive number"),
     ],
@@ -233,6 +234,14 @@ def test_rope_scaling_must_be_a_json_object_naming_its_type(scaling):
 def test_invalid_fields_name_the_field(changes, message):
     with pytest.raises(InvalidInputError, match=message):
         ModelSpec.from_dict(_llama_fields(**changes), "bad.toml")
+
+
+def test_a_classification_head_needs_the_pooler_it_reads():
+    bert = load_builtin("bert-base")
+    labelled = dataclasses.replace(bert, num_labels=3)
+    assert labelled.parameter_count() == bert.parameter_count() + 3 * (768 + 1)
+    with pytest.raises(InvalidInputError, match="it needs an encoder with a pooler"):
+        dataclasses.replace(bert, num_labels=3, pooler=False)
 
 
 def test_from_dict_names_missing_and_unknown_fields_and_the_file():

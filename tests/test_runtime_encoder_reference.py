@@ -103,14 +103,19 @@ def inputs(spec, seed: int = 0):
     return tokens, types
 
 
-def hf_outputs(model, tokens, types):
+def hf_forward(model, tokens, types):
+    """The HF model's output on a batch right-padded to LENGTHS."""
     mask = np.arange(SEQ) < LENGTHS[:, None]
     with torch.no_grad():
-        out = model(
+        return model(
             input_ids=torch.from_numpy(tokens),
             token_type_ids=torch.from_numpy(types),
             attention_mask=torch.from_numpy(mask.astype(np.int64)),
         )
+
+
+def hf_outputs(model, tokens, types):
+    out = hf_forward(model, tokens, types)
     pooled = None if out.pooler_output is None else out.pooler_output.double().numpy()
     return out.last_hidden_state.double().numpy(), pooled
 
@@ -133,6 +138,25 @@ def test_ragged_batch_hidden_states_and_pooler_match_hf(encoder, name, dtype):
     assert np.isnan(hidden[~real]).all() and not np.isnan(hidden[real]).any()
     assert relative_error(hidden[real], expected[real]) < TOLERANCE[dtype]
     assert relative_error(reference.pool(hidden), expected_pooled) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize(
+    ("name", "model_class"),
+    [("bert", "BertForSequenceClassification"), ("roberta", "RobertaForSequenceClassification")],
+)
+def test_sequence_classification_logits_match_hf(tmp_path, name, model_class):
+    _, config_class, overrides = CONFIGS[name]
+    torch.manual_seed(sum(map(ord, model_class)))
+    config = encoder_config(config_class, num_labels=3, **overrides)
+    model = perturb_norms_and_biases(getattr(transformers, model_class)(config).double())
+    model.save_pretrained(tmp_path)
+    spec = spec_from_hf_config(tmp_path / "config.json")
+    reference = EncoderReference(spec, load_hf_encoder_weights(tmp_path, spec, "fp64"))
+    tokens, types = inputs(spec)
+    logits = reference.classify(reference.encode(tokens, LENGTHS, types))
+    expected = hf_forward(model, tokens, types).logits.numpy()
+    assert logits.shape == (3, 3)
+    assert relative_error(logits, expected) < TOLERANCE["float64"]
 
 
 def test_roberta_positions_count_from_padding_idx_plus_one_and_skip_padding_tokens():
@@ -189,6 +213,8 @@ def test_no_pooler_spec_loads_a_checkpoint_without_one(encoder):
     assert relative_error(hidden[real], expected[real]) < TOLERANCE["float64"]
     with pytest.raises(InvalidInputError, match="has no pooler"):
         reference.pool(hidden)
+    with pytest.raises(InvalidInputError, match="has no classification head"):
+        reference.classify(hidden)
 
 
 def test_padding_removal_round_trips():

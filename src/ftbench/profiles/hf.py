@@ -234,6 +234,19 @@ def _llama(f: _Fields) -> dict[str, Any]:
     }
 
 
+def _classification_labels(f: _Fields) -> int:
+    """The labels of a sequence-classification model (its `architectures` name one), else 0.
+    HF counts them as id2label's entries, or takes num_labels, else 2 (written configs omit
+    the default two)."""
+    architectures = f.data.get("architectures") or []
+    if not any(str(name).endswith("ForSequenceClassification") for name in architectures):
+        return 0
+    id2label = f.data.get("id2label")
+    if isinstance(id2label, dict) and id2label:
+        return len(id2label)
+    return f.integer("num_labels", 2)
+
+
 def _bert(f: _Fields) -> dict[str, Any]:
     position_type = f.data.get("position_embedding_type", "absolute")
     if position_type != "absolute":
@@ -259,6 +272,7 @@ def _bert(f: _Fields) -> dict[str, Any]:
         "position_embedding": "learned",
         "type_vocab_size": f.integer("type_vocab_size", 2),
         "pooler": True,
+        "num_labels": _classification_labels(f),
         "tie_word_embeddings": f.flag("tie_word_embeddings", True),
         "parallel_attn_mlp": False,
         "qkv_bias": True,

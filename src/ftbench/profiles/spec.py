@@ -109,7 +109,8 @@ class ModelSpec:
     token, padding_idx + 1. As in HF's create_position_ids_from_input_ids, the tokens count on
     from there, except padding tokens (id padding_idx = position_offset - 1), which take
     position padding_idx and are not counted. It is 0 for BERT (every token counted from 0) and
-    for every other family.
+    for every other family. `num_labels` > 0 gives an encoder a sequence-classification head
+    (HF's BertFor- and RobertaForSequenceClassification): logits = classifier(pooled output).
     """
 
     name: str
@@ -144,6 +145,7 @@ class ModelSpec:
     type_vocab_size: int = 0
     pooler: bool = False
     position_offset: int = 0
+    num_labels: int = 0
     source: str = ""
     schema: int = SPEC_SCHEMA
 
@@ -178,6 +180,7 @@ class ModelSpec:
             "relative_attention_max_distance",
             "type_vocab_size",
             "position_offset",
+            "num_labels",
         ):
             _check_int(owner, name, getattr(self, name), 0, SPEC_LIMITS.get(name, MAX_SIZE))
         _check_rope_scaling(owner, self.rope_scaling)
@@ -245,6 +248,11 @@ class ModelSpec:
                 f"{owner}: position_offset {self.position_offset} leaves no position of the "
                 f"{self.max_positions} (max_positions) for a token"
             )
+        if self.num_labels and not (self.architecture == "encoder" and self.pooler):
+            raise InvalidInputError(
+                f"{owner}: a classification head (num_labels {self.num_labels}) reads the pooled "
+                "output; it needs an encoder with a pooler"
+            )
         if (self.family == "t5") != (self.decoder_layers > 0):
             raise InvalidInputError(
                 f"{owner}: decoder_layers must be > 0 for family t5 and 0 for the others, got "
@@ -280,7 +288,8 @@ class ModelSpec:
         """Exact number of parameters: embeddings, every weight, bias and norm, the LM head.
 
         A tied LM head shares the token embedding and adds nothing. BERT counts as `BertModel`
-        (with its pooler, without an LM head); T5 counts its shared embedding once and one
+        (with its pooler, without an LM head) or, with `num_labels`, as
+        `BertForSequenceClassification`; T5 counts its shared embedding once and one
         relative-position bias table per stack.
         """
         hidden = self.hidden_size
@@ -294,7 +303,7 @@ class ModelSpec:
             total += self.num_layers * self._layer_parameters(cross_attention=False)
             if self.pooler:
                 total += hidden * hidden + hidden
-            return total
+            return total + self.num_labels * (hidden + 1)
         relative_bias_table = self.relative_attention_num_buckets * self.num_heads
         total += self.num_layers * self._layer_parameters(cross_attention=False)
         total += relative_bias_table + norm

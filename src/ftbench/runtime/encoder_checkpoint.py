@@ -15,6 +15,9 @@ decoder):
 - BERT `positions`, `token_types`, `embed_norm`: `embeddings.position_embeddings`,
   `.token_type_embeddings`, `.LayerNorm`; `pooler`: `pooler.dense`. RoBERTa's names are BERT's.
   The `bert.` or `roberta.` prefix of task models is optional.
+- A sequence-classification head (a spec with `num_labels`): BERT's `classifier` (after
+  `pooler`); RoBERTa's `classifier.dense` as `pooler` and `classifier.out_proj` as
+  `classifier`.
 - BERT layers, under `encoder.layer.N.`: `qkv` = `attention.self.{query,key,value}`,
   `attn_out` = `attention.output.dense`, `ln1` = `attention.output.LayerNorm`, `ffn_up` =
   `intermediate.dense`, `ffn_down` = `output.dense`, `ln2` = `output.LayerNorm`.
@@ -29,13 +32,13 @@ decoder):
 
 Skipped: the `embeddings.position_ids` and `token_type_ids` buffers, T5's `encoder.embed_tokens`
 and `decoder.embed_tokens` (copies of `shared`), a tied model's stored `lm_head`, and a prefixed
-BERT or RoBERTa checkpoint's task heads (every name outside the prefix: `cls.*`, `lm_head.*`,
-`classifier.*`).
+BERT or RoBERTa checkpoint's task heads (every name outside the prefix that the spec does not
+read: `cls.*`, `lm_head.*`, a classifier when the spec has no `num_labels`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +63,11 @@ _BERT_TOP = {
     "embed_norm": "embeddings.LayerNorm",
     "pooler": "pooler.dense",
 }
+# A sequence-classification head, outside the prefix. BertForSequenceClassification's
+# `classifier` reads the pooler; RobertaForSequenceClassification has no pooler, and its head's
+# `classifier.dense` (then tanh) and `classifier.out_proj` are the same two linears.
+_BERT_HEAD = {"classifier": "classifier"}
+_ROBERTA_HEAD = {"pooler": "classifier.dense", "classifier": "classifier.out_proj"}
 _BERT_LAYER = {
     "qkv": ("attention.self.query", "attention.self.key", "attention.self.value"),
     "attn_out": ("attention.output.dense",),
@@ -92,13 +100,22 @@ def _t5_layer(stack: str, gated: bool) -> dict[str, tuple[str, ...]]:
     return parts
 
 
-def _hf_sources(spec: ModelSpec, prefix: str, stored_head: bool) -> dict[str, tuple[str, ...]]:
-    """ftbench name -> the HF tensors stacked by rows into it, for every array of `spec`.
+def _bert_modules(prefix: str, names: Collection[str]) -> dict[str, str]:
+    """ftbench's BERT names outside the layers -> the HF modules a checkpoint with tensor
+    `names` holds them in."""
+    head = _ROBERTA_HEAD if "classifier.out_proj.weight" in names else _BERT_HEAD
+    return {name: f"{prefix}{module}" for name, module in _BERT_TOP.items()} | head
+
+
+def _hf_sources(spec: ModelSpec, prefix: str, names: Collection[str]) -> dict[str, tuple[str, ...]]:
+    """ftbench name -> the HF tensors stacked by rows into it, for every array of `spec`, in a
+    checkpoint with tensor `names`.
 
     An untied T5 head is `lm_head`, or, where the checkpoint stores none (transformers 5 ties
     T5's head to `shared` always and saves it once), a copy of `shared`."""
     sources = {}
     layers = {stack: _t5_layer(stack, spec.gated_ffn) for stack in ("encoder", "decoder")}
+    bert_modules = _bert_modules(prefix, names)
     for name in encoder_weight_shapes(spec):
         *path, kind = name.split(".")
         if spec.architecture == "encoder":
@@ -107,13 +124,14 @@ def _hf_sources(spec: ModelSpec, prefix: str, stored_head: bool) -> dict[str, tu
                 layer = f"{prefix}encoder.layer.{index}."
                 sources[name] = tuple(f"{layer}{hf}.{kind}" for hf in _BERT_LAYER[part])
             else:
-                module = _BERT_TOP[path[0] if path else kind]
-                sources[name] = (f"{prefix}{module}.{kind if path else 'weight'}",)
+                module = bert_modules[path[0] if path else kind]
+                sources[name] = (f"{module}.{kind if path else 'weight'}",)
         elif name == "embed":
             sources[name] = ("shared.weight",)
         elif name == "lm_head.weight":
             if not spec.tie_word_embeddings:
-                sources[name] = ("lm_head.weight" if stored_head else "shared.weight",)
+                stored = "lm_head.weight" in names
+                sources[name] = ("lm_head.weight" if stored else "shared.weight",)
         elif kind == "relative_bias":
             bias = f"{path[0]}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
             sources[name] = (bias,)
@@ -150,7 +168,7 @@ def _map_checkpoint(
         stored = (p for p in _BERT_PREFIXES if any(key.startswith(p) for key in shapes))
         prefix = next(stored, "")
     expected_shapes = encoder_weight_shapes(spec)
-    sources = _hf_sources(spec, prefix, "lm_head.weight" in shapes)
+    sources = _hf_sources(spec, prefix, shapes.keys())
     missing, misshaped = [], []
     for name, hf_names in sources.items():
         shape = expected_shapes[name]

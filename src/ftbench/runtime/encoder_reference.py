@@ -11,7 +11,8 @@ padded positions). A padded position therefore never reaches a real one, by cons
 Per layer (post-norm, BERT): x = ln1(x + attn_out(attention(qkv(x)))), then
 x = ln2(x + ffn_down(act(ffn_up(x)))); attention is softmax(q k^T / sqrt(head_dim)) v with
 every key of the sequence visible. The embeddings are ln(word + position + token type). The
-optional pooler is tanh(pooler(x[:, 0])). RoBERTa is this encoder with other position ids
+optional pooler is tanh(pooler(x[:, 0])), and an optional classification head's logits are
+classifier(pooled). RoBERTa is this encoder with other position ids
 (`position_ids`: counted from `spec.position_offset`, padding tokens skipped).
 
 `attention` (any mask, any additive bias, any scale) is shared with the T5 reference.
@@ -125,7 +126,7 @@ def restore_padding(packed: np.ndarray, lengths: np.ndarray, seq: int) -> np.nda
 
 class EncoderReference:
     """A BERT or RoBERTa encoder: `encode` a right-padded batch into hidden states, `pool`
-    them.
+    them, `classify` them.
 
     `dtype` (float64 or float32) is the compute dtype; the weights are converted to it.
     """
@@ -171,6 +172,13 @@ class EncoderReference:
         if self.weights.pooler is None:
             raise InvalidInputError(f"{self.spec.name} has no pooler")
         return np.tanh(linear(hidden[:, 0], self.weights.pooler))
+
+    def classify(self, hidden: np.ndarray) -> np.ndarray:
+        """A sequence-classification head's logits: classifier(pool(hidden)), [batch,
+        num_labels]."""
+        if self.weights.classifier is None:
+            raise InvalidInputError(f"{self.spec.name} has no classification head (num_labels)")
+        return linear(self.pool(hidden), self.weights.classifier)
 
     def _layer(self, index: int, hidden: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """One post-norm block over the packed rows: x = ln1(x + attn(x)), x = ln2(x + mlp(x))."""

@@ -8,7 +8,7 @@ The layers are the decoder's `LayerWeights`, read as each family's block reads t
 - BERT (`EncoderWeights`) is post-norm: `ln1` normalises the residual after attention
   (x = ln1(x + attn(x))), `ln2` after the FFN. The embeddings are word + learned position +
   token type, then `embed_norm`. `pooler` (tanh(pooler(x[:, 0]))) is present when the spec has
-  one.
+  one, and `classifier` [num_labels, h] (logits = classifier(pooled)) when it has num_labels.
 - T5 (`T5Weights`) is pre-norm with RMS norms and no biases. Each stack (`T5StackWeights`) has
   one relative-position bias table [num_buckets, num_heads] (HF keeps it in the first layer
   and shares it with every layer) and a final norm. Decoder layers (`T5DecoderLayerWeights`)
@@ -110,6 +110,7 @@ class EncoderWeights(_NamedArrays):
     embed_norm: Norm
     layers: tuple[LayerWeights, ...]
     pooler: Linear | None
+    classifier: Linear | None
 
     @classmethod
     def from_named(cls, named: Mapping[str, np.ndarray]) -> EncoderWeights:
@@ -121,6 +122,7 @@ class EncoderWeights(_NamedArrays):
             embed_norm=_module(Norm, named, "embed_norm"),
             layers=_layers(LayerWeights, _ENCODER_PARTS, named, ""),
             pooler=_module(Linear, named, "pooler"),
+            classifier=_module(Linear, named, "classifier"),
         )
 
 
@@ -245,6 +247,8 @@ def encoder_weight_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
             layer(shapes, f"layers.{index}.", cross_attention=False)
         if spec.pooler:
             add_shape(shapes, "pooler", (hidden, hidden), True)
+        if spec.num_labels:
+            add_shape(shapes, "classifier", (spec.num_labels, hidden), True)
         return shapes
     bias_table = (spec.relative_attention_num_buckets, spec.num_heads)
     for stack, count in (("encoder", spec.num_layers), ("decoder", spec.decoder_layers)):
