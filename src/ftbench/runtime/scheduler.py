@@ -132,6 +132,13 @@ class Scheduler:
         """Queue a request that has arrived: `prompt_len` tokens, generating `output_len`."""
         if seq_id in self._known:
             raise InvalidInputError(f"request {seq_id!r} was already added")
+        self.check_fits(seq_id, prompt_len, output_len)
+        self._known.add(seq_id)
+        self._waiting.append(_Sequence(seq_id, prompt_len, output_len))
+
+    def check_fits(self, seq_id: Hashable, prompt_len: int, output_len: int) -> None:
+        """Refuse a request that `add` would refuse for its lengths: empty, or caching more
+        tokens than the whole pool holds (a caller can check a stream before serving it)."""
         if prompt_len < 1 or output_len < 1:
             raise InvalidInputError(
                 f"request {seq_id!r} needs a prompt and an output of at least 1 token, got "
@@ -145,8 +152,6 @@ class Scheduler:
                 f"request {seq_id!r} caches up to {cached} tokens, more than the "
                 f"{pool.num_blocks} blocks of {pool.block_size} tokens hold"
             )
-        self._known.add(seq_id)
-        self._waiting.append(_Sequence(seq_id, prompt_len, output_len))
 
     def schedule(self) -> StepPlan:
         """Plan the next step and reserve its blocks; `commit` it before planning another."""
