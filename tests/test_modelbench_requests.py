@@ -9,6 +9,7 @@ import pytest
 
 from ftbench.errors import InvalidInputError
 from ftbench.modelbench.requests import (
+    Arrivals,
     Fixed,
     FixedRate,
     Gamma,
@@ -17,6 +18,7 @@ from ftbench.modelbench.requests import (
     Request,
     ShareGpt,
     Uniform,
+    arrivals_for,
     estimate_tokens,
     parse_arrivals,
     parse_lengths,
@@ -220,6 +222,7 @@ def test_a_missing_sharegpt_file_is_refused(tmp_path):
     ("text", "lengths"),
     [
         ("fixed:128", Fixed(128)),
+        ("128", Fixed(128)),
         ("uniform:100,900", Uniform(100, 900)),
         ("normal:512,256", Normal(512.0, 256.0)),
         ("sharegpt:/data/sg.json", ShareGpt(Path("/data/sg.json"))),
@@ -272,6 +275,51 @@ def test_arrival_specs_parse(text, arrivals):
 def test_bad_arrival_specs_are_refused(text, message):
     with pytest.raises(InvalidInputError, match=message):
         parse_arrivals(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["fixed:128", "uniform:100,900", "normal:512,256", "normal:512.5,0.25"]
+)
+def test_a_distribution_is_named_in_the_form_that_parses_back_to_it(text):
+    assert parse_lengths(text).name == text
+    assert parse_lengths(parse_lengths(text).name) == parse_lengths(text)
+
+
+def test_a_sharegpt_file_is_named_by_its_file_name_alone():
+    assert ShareGpt(Path("/data/sets/sg.json")).name == "sharegpt:sg.json"
+
+
+@pytest.mark.parametrize("text", ["inf", "4.5", "poisson:4", "gamma:4,0.5"])
+def test_arrivals_are_named_in_the_form_that_parses_back_to_them(text):
+    assert parse_arrivals(text).name == text
+
+
+@pytest.mark.parametrize(
+    ("rate", "burstiness", "arrivals"),
+    [
+        (float("inf"), 1.0, InfiniteRate()),
+        (float("inf"), 0.5, InfiniteRate()),
+        (4.0, 1.0, Gamma(4.0, 1.0)),
+        (4.0, 0.5, Gamma(4.0, 0.5)),
+        (4.0, float("inf"), FixedRate(4.0)),
+    ],
+)
+def test_rate_and_burstiness_choose_the_arrival_process(rate, burstiness, arrivals: Arrivals):
+    assert arrivals_for(rate, burstiness) == arrivals
+
+
+@pytest.mark.parametrize(
+    ("rate", "burstiness", "message"),
+    [
+        (0.0, 1.0, "rate must be positive"),
+        (float("nan"), 1.0, "rate must be positive"),
+        (4.0, 0.0, "burstiness must be positive"),
+        (4.0, float("nan"), "burstiness must be positive"),
+    ],
+)
+def test_bad_rates_and_burstiness_are_refused(rate, burstiness, message):
+    with pytest.raises(InvalidInputError, match=message):
+        arrivals_for(rate, burstiness)
 
 
 def test_a_stream_of_no_requests_is_refused():

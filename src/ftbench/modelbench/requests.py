@@ -24,8 +24,12 @@ Arrivals (seconds from the first request, which arrives at 0):
 
 One seed makes a stream reproducible; prompt lengths, output lengths and arrivals draw from
 independent child streams of it, so changing the arrivals keeps the lengths. `parse_lengths` and
-`parse_arrivals` read the command-line forms ("normal:512,256", "uniform:100,900", "fixed:128",
-"sharegpt:PATH"; "inf", "4.5" (a fixed rate), "poisson:4", "gamma:4,0.5").
+`parse_arrivals` read the command-line forms ("normal:512,256", "uniform:100,900", "fixed:128" or
+"128", "sharegpt:PATH"; "inf", "4.5" (a fixed rate), "poisson:4", "gamma:4,0.5"), and every
+distribution and arrival process has a `name` in that form (a ShareGPT file by its file name
+alone: the same file elsewhere is the same workload). `arrivals_for(rate, burstiness)` is
+`ftbench serve-bench`'s --rate and --burstiness: all at once at an infinite rate, else gamma
+gaps (burstiness 1: Poisson), evenly spaced at an infinite burstiness (the gamma's limit).
 """
 
 from __future__ import annotations
@@ -70,6 +74,10 @@ class Fixed:
     def __post_init__(self) -> None:
         _check_range("fixed", self.tokens, self.tokens)
 
+    @property
+    def name(self) -> str:
+        return f"fixed:{self.tokens}"
+
     def sample(self, rng: np.random.Generator, count: int, max_len: int) -> np.ndarray:
         _check_maximum("fixed", self.tokens, max_len)
         return np.full(count, self.tokens, dtype=np.int64)
@@ -84,6 +92,10 @@ class Uniform:
 
     def __post_init__(self) -> None:
         _check_range("uniform", self.low, self.high)
+
+    @property
+    def name(self) -> str:
+        return f"uniform:{self.low},{self.high}"
 
     def sample(self, rng: np.random.Generator, count: int, max_len: int) -> np.ndarray:
         _check_maximum("uniform", self.high, max_len)
@@ -105,6 +117,10 @@ class Normal:
         if self.mean < 1:
             raise InvalidInputError(f"normal lengths need a mean of at least 1, got {self.mean}")
 
+    @property
+    def name(self) -> str:
+        return f"normal:{_text(self.mean)},{_text(self.std)}"
+
     def sample(self, rng: np.random.Generator, count: int, max_len: int) -> np.ndarray:
         _check_maximum("normal", self.mean, max_len)
         drawn = np.ceil(rng.normal(self.mean, self.std, size=count))
@@ -116,6 +132,10 @@ class ShareGpt:
     """A local ShareGPT-format JSON file (see the module docstring)."""
 
     path: Path
+
+    @property
+    def name(self) -> str:
+        return f"sharegpt:{Path(self.path).name}"
 
 
 def _check_range(kind: str, low: int, high: int) -> None:
@@ -130,6 +150,11 @@ def _check_maximum(kind: str, length: float, max_len: int) -> None:
         )
 
 
+def _text(number: float) -> str:
+    """A number as its name writes it: 512 for 512.0, else Python's shortest exact repr."""
+    return str(int(number)) if float(number).is_integer() else repr(float(number))
+
+
 def estimate_tokens(text: str) -> int:
     """An estimate of `text`'s tokens without a tokenizer: ceil(characters / CHARS_PER_TOKEN)."""
     return -(-len(text) // CHARS_PER_TOKEN)
@@ -137,6 +162,8 @@ def estimate_tokens(text: str) -> int:
 
 @dataclass(frozen=True)
 class InfiniteRate:
+    name = "inf"
+
     def times(self, rng: np.random.Generator, count: int) -> np.ndarray:
         return np.zeros(count)
 
@@ -149,6 +176,10 @@ class FixedRate:
 
     def __post_init__(self) -> None:
         _check_rate(self.rate)
+
+    @property
+    def name(self) -> str:
+        return _text(self.rate)
 
     def times(self, rng: np.random.Generator, count: int) -> np.ndarray:
         return np.arange(count) / self.rate
@@ -166,6 +197,12 @@ class Gamma:
         if not (math.isfinite(self.burstiness) and self.burstiness > 0):
             raise InvalidInputError(f"burstiness must be positive, got {self.burstiness}")
 
+    @property
+    def name(self) -> str:
+        if self.burstiness == 1:
+            return f"poisson:{_text(self.rate)}"
+        return f"gamma:{_text(self.rate)},{_text(self.burstiness)}"
+
     def times(self, rng: np.random.Generator, count: int) -> np.ndarray:
         gaps = rng.gamma(self.burstiness, 1 / (self.rate * self.burstiness), size=count - 1)
         return np.concatenate([[0.0], np.cumsum(gaps)])[:count]
@@ -177,6 +214,18 @@ def poisson(rate: float) -> Gamma:
 
 
 Arrivals = InfiniteRate | FixedRate | Gamma
+
+
+def arrivals_for(rate: float, burstiness: float = 1.0) -> Arrivals:
+    """Requests at `rate` per second (infinite: all at once) with gaps of gamma shape
+    `burstiness` (1: Poisson; infinite: evenly spaced)."""
+    if math.isnan(burstiness) or burstiness <= 0:
+        raise InvalidInputError(f"burstiness must be positive, got {burstiness}")
+    if rate == math.inf:
+        return InfiniteRate()
+    if burstiness == math.inf:
+        return FixedRate(rate)
+    return Gamma(rate, burstiness)
 
 
 def _check_rate(rate: float) -> None:
@@ -281,15 +330,17 @@ def _turns(path: Path, index: int, entry: object) -> list[tuple[str, str]]:
 
 
 def parse_lengths(text: str) -> LengthDistribution | ShareGpt:
-    """ "fixed:N", "uniform:LOW,HIGH", "normal:MEAN,STD" or "sharegpt:PATH"."""
+    """ "fixed:N" (or "N"), "uniform:LOW,HIGH", "normal:MEAN,STD" or "sharegpt:PATH"."""
+    if text.isascii() and text.isdigit():
+        return Fixed(int(text))
     kind, _, args = text.partition(":")
     if kind == "sharegpt" and args:
         return ShareGpt(Path(args))
     forms = {"fixed": (Fixed, int, 1), "uniform": (Uniform, int, 2), "normal": (Normal, float, 2)}
     if kind not in forms:
         raise InvalidInputError(
-            f"lengths {text!r}: expected fixed:N, uniform:LOW,HIGH, normal:MEAN,STD or "
-            "sharegpt:PATH"
+            f"lengths {text!r}: expected fixed:N, uniform:LOW,HIGH, normal:MEAN,STD, "
+            "sharegpt:PATH or N (fixed)"
         )
     make, number, arity = forms[kind]
     return make(*_numbers(text, args, number, arity))
