@@ -31,6 +31,7 @@ class FakeClock:
     def __init__(self) -> None:
         self.time = 0.0
         self.waits: list[float] = []
+        self.step_scale = 1.0  # a slower engine: every step takes this many times as long
 
     def now(self) -> float:
         return self.time
@@ -73,7 +74,7 @@ class FakeServingEngine(FakeClock):
                 written[int(position)] = int(token)
             self.pool[batch.slot_mapping[first:last]] = batch.tokens[first:last]
         self.batches.append(batch)
-        self.time += step_s(batch.num_tokens)
+        self.time += self.step_scale * step_s(batch.num_tokens)
         tokens = []
         for row in np.flatnonzero([step.samples for step in batch.steps]):
             seq, position = batch.steps[row].seq_id, int(batch.lengths[row])
@@ -102,7 +103,7 @@ class FakeStaticEngine(FakeClock):
         batch, prompt_len = prompts.shape
         times = []
         for step in range(output_len):
-            self.time += step_s(batch * prompt_len if step == 0 else batch)
+            self.time += self.step_scale * step_s(batch * prompt_len if step == 0 else batch)
             times.append(self.time)
         return StaticBatchResult(self.tokens(prompts, output_len), tuple(times))
 

@@ -289,7 +289,7 @@ def test_a_sharegpt_file_is_named_by_its_file_name_alone():
     assert ShareGpt(Path("/data/sets/sg.json")).name == "sharegpt:sg.json"
 
 
-@pytest.mark.parametrize("text", ["inf", "4.5", "poisson:4", "gamma:4,0.5"])
+@pytest.mark.parametrize("text", ["inf", "4.5", "poisson:4", "gamma:4,0.5", "gamma:1234567.5,0.25"])
 def test_arrivals_are_named_in_the_form_that_parses_back_to_them(text):
     assert parse_arrivals(text).name == text
 

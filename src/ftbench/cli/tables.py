@@ -1,5 +1,5 @@
 """Tables more than one command prints: tuned GEMMs (`tune`, `cache show`) and run records
-(`run`)."""
+(`run`, `serve-bench`)."""
 
 from __future__ import annotations
 
@@ -40,12 +40,13 @@ def print_tuned(cache, problems, gpu_name: str) -> None:
     print_table(table)
 
 
-def print_run_table(table) -> None:
-    """`ftbench run`'s records, one row per engine and point (`modelbench.tables.run_table`)."""
+def print_run_table(table, columns: dict[str, str] | None = None) -> None:
+    """`ftbench run`'s records, one row per engine and point (`modelbench.tables.run_table`),
+    or serve-bench's (`serving_table`, its `SERVING_COLUMNS`)."""
     from ftbench.modelbench.tables import RUN_COLUMNS
 
     rich_table = Table(box=box.SIMPLE_HEAD)
-    for header in RUN_COLUMNS.values():
+    for header in (columns or RUN_COLUMNS).values():
         rich_table.add_column(header)
     for row in table.itertuples(index=False):
         rich_table.add_row(*(number_cell(value) for value in row))

@@ -31,6 +31,33 @@ means the weights are in dtype; `--dtype fp8` adds "activations": "fp8" too, W8A
 "accuracy": {positions, mean_rel_logit_err, max_rel_logit_err, top1_agreement} of the quantised
 runtime against the runtime on the unquantised weights (`runtime.agreement.accuracy_cost`).
 Writers may add fields of their own; readers ignore them.
+
+`ftbench serve-bench` writes records of this schema too, one per engine and arrival process of
+a request stream (`modelbench.serving_bench`), so that report, compare and history read them as
+they read any run:
+- engine: "ftbench-inflight" (in-flight batching over the paged KV cache) or "ftbench-static"
+  (the static-batch baseline on the same stream) (`SERVING_ENGINES`); tp = pp = 1;
+- batch: --max-concurrency, the most sequences served at once (the in-flight batch's largest,
+  the static batch's size);
+- input_len, output_len: the stream's mean prompt and drawn output lengths, rounded (at least 1);
+  the distributions themselves are in "serving";
+- ttft_ms, decode_step_ms, end_to_end_ms: TIMING summaries (`records.percentile_summary`) whose
+  samples are the requests': TTFT (arrival to first token, queueing included), TPOT (per request,
+  (e2e - TTFT) / (its output tokens - 1): the decode step a request sees; requests of one token
+  have none) and end-to-end latency, in ms;
+- throughput_tok_s: output tokens over the run's span (first arrival to last finish), given by
+  the writer instead of batch x output_len over the median request; floors, roofline fraction
+  and GEMM cache misses null;
+- "serving": {requests, arrivals, input_lengths, output_lengths (their command-line forms:
+  "poisson:4", "normal:512,256", `requests.*.name`), stop_token (null: outputs of exactly their
+  drawn length), seed, max_num_tokens, block_size, kv_blocks (in-flight; null for static),
+  preemptions, output_tokens, span_s, request_throughput (req/s), output_throughput and
+  total_throughput (tok/s, total counting prompts), ttft_ms, tpot_ms, itl_ms, e2e_ms (each
+  {mean, p50, p90, p99} in ms, `serving_metrics.Distribution`; tpot_ms and itl_ms null when no
+  request has two tokens), slo ({ttft_ms, tpot_ms, e2e_ms} targets, null each where none, or
+  null without --slo), good_requests and goodput (req/s meeting every target; null without
+  --slo)}. Its arrivals, lengths, request count and stop token are part of the series
+  (`series_key`), so runs at several rates are several configurations of one file.
 """
 
 from __future__ import annotations
@@ -48,6 +75,8 @@ KIND = "run"
 OUR_ENGINES = ("ftbench", "ftbench-untuned")
 PEER_ENGINES = ("hf-eager", "hf-compile", "gpt-fast")
 ENGINES = OUR_ENGINES + PEER_ENGINES
+# `ftbench serve-bench`'s engines: in-flight batching, and the static-batch baseline.
+INFLIGHT, STATIC = SERVING_ENGINES = ("ftbench-inflight", "ftbench-static")
 # `ftbench run --compare NAME`: the engine each name measures beside "ftbench".
 COMPARE_NAMES = {
     "untuned": "ftbench-untuned", "hf": "hf-eager", "hf-compile": "hf-compile",
@@ -61,6 +90,11 @@ _INT_FIELDS = ("tp", "pp", "batch", "input_len", "output_len")
 _OPTIONAL_NUMBERS = ("throughput_tok_s", "floor_decode_step_ms", "roofline_fraction")
 _OPTIONAL_COUNTS = ("peak_memory_bytes", "gemm_cache_misses")
 OK = "ok"
+SERVING_NAMES = ("arrivals", "input_lengths", "output_lengths")
+SERVING_COUNTS = ("requests", "output_tokens", "max_num_tokens", "block_size")
+SERVING_RATES = ("span_s", "request_throughput", "output_throughput", "total_throughput")
+SERVING_LATENCIES = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")
+DISTRIBUTION_FIELDS = ("mean", "p50", "p90", "p99")
 
 
 def timing_summary(timing: Any) -> dict[str, Any]:
@@ -96,9 +130,12 @@ def run_record(
     flags: Sequence[str] = (),
     comm_step_ms_per_rank: Sequence[float] | None = None,
     micro_batches: int | None = None,
+    throughput_tok_s: float | None = None,
 ) -> dict[str, Any]:
     """One model-run record; `ttft`, `decode_step` and `end_to_end` are timer results
-    (`Timing`) or their summary dicts, in ms per prefill, per decode step and per request."""
+    (`Timing`) or their summary dicts, in ms per prefill, per decode step and per request.
+    `throughput_tok_s`: a serving record's (output tokens over its span); by default batch x
+    output_len over the median end-to-end time."""
     record = {
         "engine": engine, "model": model, "dtype": dtype, "tp": tp, "pp": pp, "batch": batch,
         "input_len": input_len, "output_len": output_len,
@@ -108,7 +145,9 @@ def run_record(
     }  # fmt: skip
     end_to_end_s = record["end_to_end_ms"]["median_ms"] / 1e3
     decode_ms = record["decode_step_ms"]["median_ms"]
-    record["throughput_tok_s"] = batch * output_len / end_to_end_s
+    record["throughput_tok_s"] = (
+        batch * output_len / end_to_end_s if throughput_tok_s is None else throughput_tok_s
+    )
     record["peak_memory_bytes"] = peak_memory_bytes
     record["floor_decode_step_ms"] = floor_decode_step_ms
     record["roofline_fraction"] = (
@@ -164,6 +203,8 @@ def check_run_record(record: Any, where: str) -> None:
         raise InvalidInputError(f"{where}: flags must be a list of strings, got {flags!r}")
     if record.get("breakdown") is not None:
         _check_breakdown(record["breakdown"], f"{where}: breakdown")
+    if "serving" in record:
+        _check_serving(record["serving"], f"{where}: serving")
     communication = record.get("comm_step_ms_per_rank")
     if communication is not None and (
         not isinstance(communication, list)
@@ -198,6 +239,40 @@ def _check_breakdown(breakdown: Any, where: str) -> None:
                 positive_number(operation[name], f"{at}.operations[{index}].{name}", zero_ok=True)
 
 
+def _check_serving(serving: Any, where: str) -> None:
+    """Raise InvalidInputError naming `where` unless `serving` has the shape `ftbench
+    serve-bench` writes (the module docstring)."""
+    if not isinstance(serving, Mapping):
+        raise InvalidInputError(f"{where} must be an object")
+    for name in SERVING_NAMES:
+        if not isinstance(serving.get(name), str) or not serving[name]:
+            raise InvalidInputError(f"{where}.{name} must be a non-empty string")
+    for name, smallest in (*((name, 1) for name in SERVING_COUNTS), ("preemptions", 0)):
+        value = serving.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
+            raise InvalidInputError(
+                f"{where}.{name} must be an integer >= {smallest}, got {value!r}"
+            )
+    for name in SERVING_RATES:
+        positive_number(serving.get(name), f"{where}.{name}")
+    for name in SERVING_LATENCIES:
+        latency = serving.get(name)
+        if latency is None and name in ("tpot_ms", "itl_ms"):
+            continue
+        if not isinstance(latency, Mapping):
+            raise InvalidInputError(f"{where}.{name} must be {{{', '.join(DISTRIBUTION_FIELDS)}}}")
+        for field in DISTRIBUTION_FIELDS:
+            positive_number(latency.get(field), f"{where}.{name}.{field}", zero_ok=True)
+    stop = serving.get("stop_token")
+    if stop is not None and (isinstance(stop, bool) or not isinstance(stop, int) or stop < 0):
+        raise InvalidInputError(f"{where}.stop_token must be null or a token id, got {stop!r}")
+
+
+def is_serving(record: Mapping[str, Any]) -> bool:
+    """True for a record of `ftbench serve-bench` (it has a "serving" block)."""
+    return "serving" in record
+
+
 def measured_ok(record: Mapping[str, Any]) -> bool:
     """True for a configuration that ran (status "ok", the default when absent)."""
     return record.get("status", OK) == OK
@@ -213,15 +288,25 @@ def series_key(record: Mapping[str, Any]) -> str:
     """What a configuration measures, whichever engine ran it: model, dtype and shape, e.g.
     "gptj-6b fp16 tp=1 pp=1 batch=8 in=128 out=128" (with " mb=M" after pp=P where a pipeline
     step ran in M > 1 micro-batches, "fp16 w=int8" where its linears had 8-bit weights and
-    "fp16 w=fp8 a=fp8" where they also read fp8 activations)."""
+    "fp16 w=fp8 a=fp8" where they also read fp8 activations). A serving record names its
+    stream instead of the mean lengths: "... batch=64 in=normal:512,256 out=normal:256,128
+    arrivals=poisson:4 requests=2000" (" stop=ID" after it where outputs end at a stop token)."""
     micro = record.get("micro_batches", 1)
     formats = "".join(
         f" {short}={record[name]}"
         for name, short in (("weights", "w"), ("activations", "a"))
         if record.get(name)
     )
-    return (
+    head = (
         f"{record['model']} {record['dtype']}{formats} tp={record['tp']} pp={record['pp']}"
-        f"{f' mb={micro}' if micro > 1 else ''} batch={record['batch']} "
-        f"in={record['input_len']} out={record['output_len']}"
+        f"{f' mb={micro}' if micro > 1 else ''} batch={record['batch']}"
+    )
+    if not is_serving(record):
+        return f"{head} in={record['input_len']} out={record['output_len']}"
+    serving = record["serving"]
+    stop = serving.get("stop_token")
+    return (
+        f"{head} in={serving['input_lengths']} out={serving['output_lengths']} "
+        f"arrivals={serving['arrivals']} requests={serving['requests']}"
+        f"{'' if stop is None else f' stop={stop}'}"
     )

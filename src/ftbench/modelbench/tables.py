@@ -1,4 +1,5 @@
-"""`ftbench run`'s records as a table: one row per engine and point, for the console and CSV."""
+"""`ftbench run`'s records as a table: one row per engine and point, for the console and CSV;
+`ftbench serve-bench`'s: one row per engine and arrival process."""
 
 from __future__ import annotations
 
@@ -15,6 +16,13 @@ RUN_COLUMNS = {
     "throughput_tok_s": "out tok/s", "roofline_fraction": "decode/floor",
     "prefill_roofline_fraction": "prefill/floor", "peak_memory_gib": "memory GiB",
     "gemm_cache_misses": "GEMM misses", "comm_ms_per_rank": "comm ms/rank", "status": "status",
+}  # fmt: skip
+SERVING_COLUMNS = {
+    "engine": "engine", "arrivals": "arrivals", "batch": "concurrency",
+    "request_throughput": "req/s", "output_throughput": "out tok/s", "goodput": "goodput req/s",
+    "ttft_p50_ms": "TTFT p50 ms", "ttft_p99_ms": "TTFT p99 ms", "tpot_p50_ms": "TPOT p50 ms",
+    "tpot_p99_ms": "TPOT p99 ms", "itl_p99_ms": "ITL p99 ms", "e2e_p50_ms": "e2e p50 ms",
+    "e2e_p99_ms": "e2e p99 ms", "preemptions": "preemptions",
 }  # fmt: skip
 
 
@@ -59,8 +67,34 @@ def run_table(records: Iterable[dict[str, Any]]):
     return pd.DataFrame(rows, columns=list(RUN_COLUMNS))
 
 
-def write_run_table(records: Iterable[dict[str, Any]], out: Path):
-    """Write the records' table as CSV beside the results file `out` (OUT.csv); return it."""
-    table = run_table(records)
-    write_text_atomic(out.with_suffix(".csv"), table.to_csv(index=False))
-    return table
+def serving_table(records: Iterable[dict[str, Any]]):
+    """serve-bench's records as a pandas DataFrame, one row per (engine, arrivals)."""
+    import pandas as pd
+
+    def percentile(serving: dict[str, Any], metric: str, q: str) -> float | None:
+        distribution = serving[metric]
+        return None if distribution is None else distribution[q]
+
+    rows = []
+    for record in records:
+        serving = record["serving"]
+        rows.append({
+            "engine": record["engine"], "arrivals": serving["arrivals"], "batch": record["batch"],
+            "request_throughput": serving["request_throughput"],
+            "output_throughput": serving["output_throughput"], "goodput": serving["goodput"],
+            **{
+                f"{name}_{q}_ms": percentile(serving, f"{name}_ms", q)
+                for name, q in (("ttft", "p50"), ("ttft", "p99"), ("tpot", "p50"),
+                                ("tpot", "p99"), ("itl", "p99"), ("e2e", "p50"), ("e2e", "p99"))
+            },
+            "preemptions": serving["preemptions"],
+        })  # fmt: skip
+    return pd.DataFrame(rows, columns=list(SERVING_COLUMNS))
+
+
+def write_run_table(records: Iterable[dict[str, Any]], out: Path, table=run_table):
+    """Write the records' table (`table`: `run_table` or `serving_table`) as CSV beside the
+    results file `out` (OUT.csv); return it."""
+    rows = table(records)
+    write_text_atomic(out.with_suffix(".csv"), rows.to_csv(index=False))
+    return rows

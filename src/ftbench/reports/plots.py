@@ -18,7 +18,11 @@ from ftbench.modelbench import runs
 BACKEND_COLORS = {"cublas": "#1f77b4", "cublaslt": "#ff7f0e", "cutlass": "#2ca02c",
                   "ftbench": "#d62728"}  # fmt: skip
 ENGINE_COLORS = dict(
-    zip(runs.ENGINES, ("#d62728", "#ff9896", "#1f77b4", "#2ca02c", "#ff7f0e"), strict=True)
+    zip(
+        runs.ENGINES + runs.SERVING_ENGINES,
+        ("#d62728", "#ff9896", "#1f77b4", "#2ca02c", "#ff7f0e", "#d62728", "#1f77b4"),
+        strict=True,
+    )
 )
 OTHER_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 LINE_COLORS = ("#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
@@ -181,6 +185,43 @@ def engine_lines(
         axes.set_title(f"{title}\n{scenario}", fontsize=10)
         axes.grid(True, alpha=0.3)
         axes.legend(fontsize=8)
+    return figure
+
+
+def latency_throughput(table: pd.DataFrame) -> Figure:
+    """Serving latency against the output throughput it was served at: a panel each for TTFT
+    (on a log scale) and TPOT, a line per scenario and engine through its arrival processes
+    (rates), p50 solid and p99 dashed, each point labelled with its arrivals. Columns:
+    scenario, engine, arrivals, output_throughput, ttft_p50_ms, ttft_p99_ms, tpot_p50_ms,
+    tpot_p99_ms (`modelbench.tables.serving_table`)."""
+    figure = Figure(figsize=(12, 4.5), layout="constrained")
+    scenarios = list(dict.fromkeys(table["scenario"]))
+    lines = list(dict.fromkeys(zip(table["scenario"], table["engine"], strict=True)))
+    for index, (metric, label) in enumerate((("ttft", "time to first token (ms)"),
+                                             ("tpot", "time per output token (ms)"))):  # fmt: skip
+        axes = figure.add_subplot(1, 2, index + 1)
+        for number, (scenario, engine) in enumerate(lines):
+            rows = table[(table["scenario"] == scenario) & (table["engine"] == engine)]
+            rows = rows.sort_values("output_throughput")
+            color = _color(ENGINE_COLORS, engine, number) if len(scenarios) == 1 else (
+                LINE_COLORS[number % len(LINE_COLORS)]
+            )  # fmt: skip
+            name = engine if len(scenarios) == 1 else f"{engine}, {scenario}"
+            for q, style in (("p50", "-"), ("p99", "--")):
+                axes.plot(rows["output_throughput"], rows[f"{metric}_{q}_ms"], style, marker="o",
+                          color=color, label=f"{name} {q}")  # fmt: skip
+            for arrivals, x, y in zip(rows["arrivals"], rows["output_throughput"],
+                                      rows[f"{metric}_p50_ms"], strict=True):  # fmt: skip
+                axes.annotate(arrivals, (x, y), fontsize=6, textcoords="offset points",
+                              xytext=(3, 3))  # fmt: skip
+        if metric == "ttft":  # queueing takes it over orders of magnitude as the rate rises
+            axes.set_yscale("log")
+        axes.set_xlabel("output tokens / s (over the run's span)")
+        axes.set_ylabel(label)
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend(fontsize=7)
+    title = "Serving latency against throughput, over request rates"
+    figure.suptitle(title if len(scenarios) > 1 else f"{title}\n{scenarios[0]}", fontsize=10)
     return figure
 
 

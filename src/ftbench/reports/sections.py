@@ -11,7 +11,9 @@ function per kind, each taking a `records.ResultSet` and returning an `html.Sect
 - allreduce: latency against message size per method and number of ranks;
 - run: decode latency and throughput against batch, time to first token against input length,
   ftbench tuned against untuned and peers; with `ftbench run --breakdown`, where a decode step's
-  and a prefill's time goes, operation by operation.
+  and a prefill's time goes, operation by operation; `ftbench serve-bench`'s records (in-flight
+  and static batching over request rates): TTFT and TPOT against output throughput, and a table
+  of their latency percentiles, throughputs and goodput.
 """
 
 from __future__ import annotations
@@ -310,7 +312,9 @@ def _scenario(record: dict, *, without: str) -> str:
 def run_section(result_set: ResultSet) -> Section:
     order = {engine: rank for rank, engine in enumerate(runs.ENGINES)}
     ranked = sorted(result_set.data, key=lambda r: order.get(r["engine"], len(order)))
-    records = [r for r in ranked if runs.measured_ok(r)]
+    measured = [r for r in ranked if runs.measured_ok(r)]
+    serving = [r for r in measured if runs.is_serving(r)]
+    records = [r for r in measured if not runs.is_serving(r)]
     skipped = [r for r in result_set.data if not runs.measured_ok(r)]
     points = []
     for r in records:
@@ -362,22 +366,55 @@ def run_section(result_set: ResultSet) -> Section:
             "flags": [", ".join(r.get("flags") or ()) for r in records],
         }
     )
-    summary = f"{len(records)} measured configurations on {result_set.gpu}"
+    summary = f"{len(measured)} measured configurations on {result_set.gpu}"
     if skipped:
         summary += "; not run: " + "; ".join(
             f"{runs.run_key(r)} ({r.get('status')}: {r.get('reason')})" for r in skipped
         )
+    tables = [table] if records or not serving else []
     steps = _breakdown_steps(records)
-    if steps.empty:
-        return section("Model runs", result_set.path, summary, figures, [table])
-    kinds = steps.groupby(["phase", "step", "operation"], sort=False, as_index=False).agg(
-        ms=("ms", "sum"), floor_ms=("step_floor_ms", "first")
+    if not steps.empty:
+        kinds = steps.groupby(["phase", "step", "operation"], sort=False, as_index=False).agg(
+            ms=("ms", "sum"), floor_ms=("step_floor_ms", "first")
+        )
+        figures.append(figure_html(plots.breakdown_bars(kinds), "time per operation"))
+        tables.append(
+            steps.drop(columns=["phase", "operation", "step_floor_ms"]).rename(
+                columns={"ms": "ms/step", "per_step": "x per step"}
+            )
+        )
+    if serving:
+        served = _serving_table(serving)
+        figures.append(figure_html(plots.latency_throughput(served), "latency vs throughput"))
+        tables.append(_serving_rows(served))
+    return section("Model runs", result_set.path, summary, figures, tables)
+
+
+def _serving_scenario(record: dict) -> str:
+    """What a serve-bench record serves, whatever the engine and arrivals."""
+    serving = record["serving"]
+    stop = serving.get("stop_token")
+    return (
+        f"{record['model']} {record['dtype']} concurrency={record['batch']} "
+        f"in={serving['input_lengths']} out={serving['output_lengths']} "
+        f"requests={serving['requests']}{'' if stop is None else f' stop={stop}'}"
     )
-    figures.append(figure_html(plots.breakdown_bars(kinds), "time per operation"))
-    places = steps.drop(columns=["phase", "operation", "step_floor_ms"]).rename(
-        columns={"ms": "ms/step", "per_step": "x per step"}
-    )
-    return section("Model runs", result_set.path, summary, figures, [table, places])
+
+
+def _serving_table(records: list[dict]) -> pd.DataFrame:
+    """serve-bench's records (`modelbench.tables.serving_table`) with their scenarios."""
+    from ftbench.modelbench.tables import serving_table
+
+    table = serving_table(records)
+    table.insert(1, "scenario", [_serving_scenario(r) for r in records])
+    return table
+
+
+def _serving_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The report's table of `_serving_table`: its headers, numbers rounded."""
+    from ftbench.modelbench.tables import SERVING_COLUMNS
+
+    return table.round(3).rename(columns=SERVING_COLUMNS)
 
 
 def _breakdown_steps(records: list[dict]) -> pd.DataFrame:
