@@ -37,8 +37,9 @@ class FakeClock:
         return self.time
 
     def wait_until(self, time_s: float) -> None:
-        self.waits.append(time_s)
-        self.time = max(self.time, time_s)
+        if time_s > self.time:  # `waits`: the times it idled until
+            self.waits.append(time_s)
+            self.time = time_s
 
 
 class FakeServingEngine(FakeClock):

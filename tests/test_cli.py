@@ -153,14 +153,17 @@ def test_min_speedup_help_says_it_is_a_ratio_and_which_one():
 
 
 def test_help_says_which_model_option_is_required_and_that_run_out_has_a_default():
-    for command in ("tune", "run"):
+    for command in ("tune", "run", "serve-bench"):
         assert "this or --config is required" in help_text(command)
     assert "(default: ftbench-run-MODEL-TIME.json in the current folder)" in help_text("run")
+    assert "(default: ftbench-serve-MODEL-TIME.json in the current folder)" in help_text(
+        "serve-bench"
+    )
     assert "a folder holding anything else only with --force. [required]" in help_text("report")
 
 
 @pytest.mark.parametrize("command", ["env", "tune", "cache prune", "cache merge", "run",
-                                     "report", "dashboard", "convert"])  # fmt: skip
+                                     "serve-bench", "report", "dashboard", "convert"])  # fmt: skip
 def test_every_command_that_writes_offers_force_and_says_what_it_replaces(command):
     text = help_text(*command.split())
     assert "--force" in text

@@ -59,6 +59,8 @@ AT_THE_CACHE = {
     "tune --results": (["tune", "--profile", "gpt2-124m", "--out", "t.json", "--results",
                         "cache.json"], REFUSED),
     "run --out": (["run", "--profile", "gpt2-124m", "--out", "cache.json"], REFUSED),
+    "serve-bench --out": (["serve-bench", "--profile", "gpt2-124m", "--out", "cache.json"],
+                          REFUSED),
     "report --out": (["report", "run.json", "--out", "cache.json"],
                      "error: cannot write the ftbench report: cache.json is a file, not a folder"),
     "dashboard --out": (["dashboard", "--db", "history.sqlite3", "--out", "cache.json"],

@@ -197,6 +197,24 @@ def test_both_loops_serve_a_bursty_stream_in_full():
         assert all(t.token_s[0] > r.arrival_s for t, r in zip(served.timings, stream, strict=True))
 
 
+@pytest.mark.parametrize("engine_kind", ["inflight", "static"])
+def test_an_engine_whose_clock_is_not_at_zero_serves_a_stream_at_a_rate(engine_kind):
+    """Arrivals are due at start + arrival_s: on a clock at 1/3 s, (start + a) - start rounds
+    below some a, and a loop comparing the difference would wait for them for ever."""
+    stream = request_stream(24, Uniform(16, 128), Uniform(8, 40), Gamma(100.0, 1.0), seed=1,
+                            max_prompt_len=128, max_output_len=40)  # fmt: skip
+    prompts = prompt_tokens(stream, VOCAB, seed=0)
+    if engine_kind == "inflight":
+        engine = FakeServingEngine(4096)
+        engine.time = 1 / 3
+        served = serve_inflight(engine, stream, prompts, 4, 256)
+    else:
+        engine = FakeStaticEngine()
+        engine.time = 1 / 3
+        served = serve_static(engine, stream, prompts, 4)
+    assert [len(t.token_s) for t in served.timings] == [r.output_len for r in stream]
+
+
 def test_prompts_are_seeded_and_within_the_vocabulary():
     requests = requests_of((5, 1), (7, 1))
     first = prompt_tokens(requests, 11, seed=4)

@@ -1,9 +1,9 @@
 """The `ftbench` command line: parse options, call the library, print with rich.
 
 `app` (cli/app.py) is the command tree; each command lives in the module of its topic
-(profiles, tune, cache, reports, convert, run, env), options several commands share are defined
-once in cli/options.py, and printing goes through cli/output.py. `main` is the console script:
-it turns every error into one line and an exit code.
+(profiles, tune, cache, reports, convert, run, serve, env), options several commands share are
+defined once in cli/options.py, and printing goes through cli/output.py. `main` is the console
+script: it turns every error into one line and an exit code.
 """
 
 from __future__ import annotations

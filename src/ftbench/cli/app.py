@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ftbench.cli import cache, convert, env, profiles, reports, run, tune
+from ftbench.cli import cache, convert, env, profiles, reports, run, serve, tune
 from ftbench.cli.output import console
 
 EXIT_CODES = (
@@ -63,3 +63,4 @@ app.command("dashboard")(reports.dashboard_command)
 app.command("build-cutlass")(tune.build_cutlass_command)
 app.command("convert")(convert.convert_command)
 app.command("run")(run.run_command)
+app.command("serve-bench")(serve.serve_bench_command)

@@ -164,8 +164,10 @@ def serve_inflight(
     finish_s: dict[int, float] = {}
     start = engine.now()
     while arriving or scheduler.has_work():
-        clock = engine.now() - start
-        while arriving and arriving[0].arrival_s <= clock:
+        # arrivals are compared on the engine's clock itself: (start + a) - start may round
+        # below a, and a request waited for would never be due
+        now = engine.now()
+        while arriving and start + arriving[0].arrival_s <= now:
             request = arriving.popleft()
             scheduler.add(request.id, request.prompt_len, request.output_len)
         if not scheduler.has_work():
@@ -208,11 +210,10 @@ def serve_static(
     timings: dict[int, RequestTiming] = {}
     start = engine.now()
     while arriving:
-        if arriving[0].arrival_s > engine.now() - start:
-            engine.wait_until(start + arriving[0].arrival_s)
-        clock = engine.now() - start
+        engine.wait_until(start + arriving[0].arrival_s)
+        now = engine.now()
         batch = []
-        while arriving and len(batch) < max_batch and arriving[0].arrival_s <= clock:
+        while arriving and len(batch) < max_batch and start + arriving[0].arrival_s <= now:
             batch.append(arriving.popleft())
         prompt_len = max(request.prompt_len for request in batch)
         output_len = max(request.output_len for request in batch)

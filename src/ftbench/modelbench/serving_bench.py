@@ -21,6 +21,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,10 +31,12 @@ from ftbench.errors import FtbenchError, InvalidInputError, MeasurementError
 from ftbench.modelbench.records import percentile_summary
 from ftbench.modelbench.requests import (
     Arrivals,
+    Fixed,
     LengthDistribution,
     Request,
     ShareGpt,
     arrivals_for,
+    parse_lengths,
     request_stream,
 )
 from ftbench.modelbench.runs import INFLIGHT, STATIC, check_run_record, run_record
@@ -113,10 +116,15 @@ class ServingConfig:
     def stream(self, arrivals: Arrivals) -> list[Request]:
         """The requests, arriving by `arrivals` (lengths the same whatever the arrivals)."""
         limit = self.spec.max_positions
-        return request_stream(
-            self.requests, self.input_lengths, self.output_lengths, arrivals, self.seed,
-            max_prompt_len=limit, max_output_len=limit,
-        )  # fmt: skip
+        try:
+            return request_stream(
+                self.requests, self.input_lengths, self.output_lengths, arrivals, self.seed,
+                max_prompt_len=limit, max_output_len=limit,
+            )  # fmt: skip
+        except InvalidInputError as exc:
+            raise InvalidInputError(
+                f"{exc} ({self.spec.name}'s max_positions: the longest prompt or output)"
+            ) from exc
 
     @cached_property
     def lengths(self) -> tuple[Request, ...]:
@@ -127,6 +135,47 @@ class ServingConfig:
     def prompts(self) -> dict[int, np.ndarray]:
         """Every request's prompt token ids (seeded: the same for every rate and engine)."""
         return prompt_tokens(self.lengths, self.spec.vocab_size, self.seed)
+
+
+def parse_rates(text: str) -> tuple[float, ...]:
+    """--rate: comma-separated request rates (requests/s), "inf" for all at once, each once."""
+    rates = []
+    for part in text.split(","):
+        try:
+            rates.append(float(part.strip()))
+        except ValueError:
+            raise InvalidInputError(
+                f"--rate takes comma-separated request rates (requests/s) or inf, got {text!r}"
+            ) from None
+    for rate in rates:
+        if rates.count(rate) > 1:
+            raise InvalidInputError(f"--rate lists {rate:g} twice")
+    return tuple(rates)
+
+
+def stream_lengths(
+    input_len: str | None, output_len: str | None, dataset: Path | None
+) -> tuple[LengthDistribution | ShareGpt, LengthDistribution | ShareGpt]:
+    """(prompt, output) lengths of --input-len, --output-len and --dataset: a ShareGPT file's
+    pairs, or its prompts with --output-len's outputs; else the distributions (default 128
+    tokens each)."""
+    if dataset is not None and input_len is not None:
+        raise InvalidInputError("--dataset gives the prompts: leave --input-len out")
+    given = [
+        (option, parse_lengths(text))
+        for option, text in (("--input-len", input_len), ("--output-len", output_len))
+        if text is not None
+    ]
+    for option, lengths in given:
+        if isinstance(lengths, ShareGpt):
+            raise InvalidInputError(f"{option}: give a ShareGPT file with --dataset PATH")
+    chosen = dict(given)
+    if dataset is not None:
+        if not Path(dataset).is_file():
+            raise InvalidInputError(f"--dataset {dataset}: no such file (a local ShareGPT JSON)")
+        file = ShareGpt(Path(dataset))
+        return file, chosen.get("--output-len", file)
+    return chosen.get("--input-len", Fixed(128)), chosen.get("--output-len", Fixed(128))
 
 
 def _check_count(option: str, value: int) -> None:
