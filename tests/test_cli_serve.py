@@ -4,17 +4,16 @@ step times: tests/serving_fakes.py) it writes run records and their CSV, and nev
 them without --force."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from ftbench import cli
 from ftbench.bench import environment
 from ftbench.bench.environment import EnvironmentRecord
 from ftbench.modelbench import serving_bench
 from ftbench.reports.records import load_result_set
 from serving_fakes import FakeServingEngine, FakeStaticEngine
+from test_cli_overwrite import ftbench
 
 FOUNDATION = Path(__file__).parent / "data" / "results" / "foundation-20261124T154141Z.json"
 SERVE = ["serve-bench", "--profile", "gptj-6b", "--requests", "24", "--input-len",
@@ -40,14 +39,6 @@ def with_engines(on_a_gpu, monkeypatch):
 
     monkeypatch.setattr(serving_bench, "open_gpu_engines", engines)
     return on_a_gpu
-
-
-def ftbench(monkeypatch, capsys, *argv) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["ftbench", *map(str, argv)])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 def test_without_the_paged_engine_it_says_so_and_writes_nothing(on_a_gpu, monkeypatch, capsys):
