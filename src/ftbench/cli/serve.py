@@ -168,9 +168,10 @@ def serve_bench_command(
     prompts, outputs = stream_lengths(input_len, output_len, dataset)
     # every option checked here, the stream's lengths drawn, before a GPU is looked for
     serving = ServingConfig(
-        spec, dtype.value, requests, prompts, outputs, parse_rates(rate), burstiness,
-        max_concurrency, max_num_tokens, block_size, stop_token,
-        None if slo is None else parse_slo(slo), seed,
+        spec, dtype.value, requests, prompts, outputs, rates=parse_rates(rate),
+        burstiness=burstiness, max_concurrency=max_concurrency, max_num_tokens=max_num_tokens,
+        block_size=block_size, stop_token=stop_token,
+        slo=None if slo is None else parse_slo(slo), seed=seed,
     )  # fmt: skip
     longest = longest_request(serving.lengths)
     warn(positions_warning(spec, [longest.prompt_len], [longest.output_len]))
