@@ -11,7 +11,6 @@ from rich.progress import Progress
 
 from ftbench.cli.options import (
     ConfigOption,
-    DTypeOption,
     ProfileOption,
     RuntimeDType,
     force_option,
@@ -30,7 +29,9 @@ LENGTHS = (
 def serve_bench_command(
     profile: ProfileOption = None,
     config: ConfigOption = None,
-    dtype: DTypeOption = RuntimeDType.fp16,
+    dtype: Annotated[
+        RuntimeDType, typer.Option("--dtype", help="Activation and weight dtype of the model.")
+    ] = RuntimeDType.fp16,
     requests: Annotated[
         int, typer.Option("--requests", help="Requests in the stream (at every rate).")
     ] = 1000,
