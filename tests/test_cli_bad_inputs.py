@@ -393,7 +393,7 @@ CASES = [
     ("serve-bench --profile gpt2-124m --input-len normal:nan,1", "a finite mean and std >= 0"),
     ("serve-bench --profile gpt2-124m --output-len 0", "fixed lengths need 1 <= low <= high"),
     ("serve-bench --profile gpt2-124m --output-len 1", "every request generates one token"),
-    ("serve-bench --profile gpt2-124m --input-len 2000", "above the maximum 1024 (gpt2-124m's"),
+    ("serve-bench --profile gpt2-124m --input-len 2000", "maximum 1024, gpt2-124m's max_pos"),
     ("serve-bench --profile gpt2-124m --input-len 1000 --output-len 100", "1024 learned positions"),
     ("serve-bench --profile gpt2-124m --input-len sharegpt:{notes}", "give a ShareGPT file with"),
     ("serve-bench --profile gpt2-124m --dataset {ws}/missing.json", "--dataset"),

@@ -107,6 +107,15 @@ class ServingConfig:
                 f"vocabulary (0..{vocab - 1})"
             )
         check_runnable(self.spec, 1)
+        for option, lengths in (("--input-len", self.input_lengths),
+                                ("--output-len", self.output_lengths)):  # fmt: skip
+            if not isinstance(lengths, ShareGpt):
+                try:  # no sample drawn: a distribution checks its maximum first
+                    lengths.sample(np.random.default_rng(), 0, self.spec.max_positions)
+                except InvalidInputError as exc:
+                    raise InvalidInputError(
+                        f"{option} {lengths.name}: {exc}, {self.spec.name}'s max_positions"
+                    ) from exc
         check_streams(self.spec, self.lengths)
 
     @property
@@ -116,15 +125,10 @@ class ServingConfig:
     def stream(self, arrivals: Arrivals) -> list[Request]:
         """The requests, arriving by `arrivals` (lengths the same whatever the arrivals)."""
         limit = self.spec.max_positions
-        try:
-            return request_stream(
-                self.requests, self.input_lengths, self.output_lengths, arrivals, self.seed,
-                max_prompt_len=limit, max_output_len=limit,
-            )  # fmt: skip
-        except InvalidInputError as exc:
-            raise InvalidInputError(
-                f"{exc} ({self.spec.name}'s max_positions: the longest prompt or output)"
-            ) from exc
+        return request_stream(
+            self.requests, self.input_lengths, self.output_lengths, arrivals, self.seed,
+            max_prompt_len=limit, max_output_len=limit,
+        )  # fmt: skip
 
     @cached_property
     def lengths(self) -> tuple[Request, ...]:
