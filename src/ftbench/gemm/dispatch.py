@@ -69,8 +69,8 @@ class GemmDispatch:
         self.cache = cache
         self.activations = activations
         self.stats = DispatchStats()
-        # Runners by (m, n, k, dtype, weights): a call after the first builds no GemmProblem.
-        self._runners: dict[tuple[int, int, int, str, str | None], Runner] = {}
+        # Runners by `linear_problem`'s arguments: a call after the first builds no GemmProblem.
+        self._runners: dict[tuple, Runner] = {}
         # Scratch by (stream slot, use): dequantised weights, E4M3 activations and their scales.
         self._scratches: dict[tuple[int, str], Any] = {}
         # Outgrown buffers stay alive: a captured prefill graph may still point at one.
@@ -84,18 +84,19 @@ class GemmDispatch:
             self._linear_8bit(x, weight, out, scale)
             return
         m, n, k = check_linear_operands(x, weight, out)
-        self._runner(m, n, k, array_dtype(x), None)(x, weight, out)
+        self._runner(m, n, k, array_dtype(x))(x, weight, out)
 
-    def _runner(self, m: int, n: int, k: int, dtype: str, weights: str | None) -> Runner:
-        """The runner of an fp16/bf16 layer (weights None), a weight-only one (weights "int8",
-        "fp8"), or, with dtype "fp8", an FP8 one with outer scales and `weights` output."""
-        shape = (m, n, k, dtype, weights)
+    def _runner(
+        self, m: int, n: int, k: int, dtype: str, weights: str | None = None,
+        out_dtype: str | None = None, scaling: str | None = None,
+    ) -> Runner:  # fmt: skip
+        """The runner of `linear_problem` with these arguments, resolved on its first call."""
+        shape = (m, n, k, dtype, weights, out_dtype, scaling)
         runner = self._runners.get(shape)
         if runner is None:
-            if dtype == "fp8":
-                problem = linear_problem(m, n, k, "fp8", out_dtype=weights, scaling="outer")
-            else:
-                problem = linear_problem(m, n, k, dtype, weights=weights)
+            problem = linear_problem(
+                m, n, k, dtype, weights=weights, out_dtype=out_dtype, scaling=scaling
+            )
             runner = self._runners[shape] = self._resolve(problem)
         return runner
 
@@ -105,13 +106,13 @@ class GemmDispatch:
         m, n, k = check_linear_shapes(x, codes, out)
         dtype = array_dtype(x)
         if array_dtype(out) != dtype or dtype not in ("fp16", "bf16"):
-            raise GpuError(
+            raise InvalidInputError(
                 f"an 8-bit linear layer takes fp16 or bf16 x and out of one dtype, got "
                 f"{array_dtype(x)} and {array_dtype(out)}"
             )
         weights = weight_only.code_format(codes, "an 8-bit linear layer")
         if m <= weight_only.MAX_M:
-            self._runner(m, n, k, dtype, weights)(x, codes, out, scale)
+            self._runner(m, n, k, dtype, weights=weights)(x, codes, out, scale)
             return
         if self.activations == "fp8":
             if weights != "fp8":
@@ -123,11 +124,12 @@ class GemmDispatch:
             x_scales = self._scratch(x, m, "fp8 activation scales", np.float32)[:m]
             x_codes = x_codes.reshape(m, k)
             weight_only.quantize(x, "fp8", out=(x_codes, x_scales))
-            self._runner(m, n, k, "fp8", dtype)(x_codes, codes, out, x_scales, scale)
+            fp8 = self._runner(m, n, k, "fp8", out_dtype=dtype, scaling="outer")
+            fp8(x_codes, codes, out, x_scales, scale)
             return
         plain = self._scratch(x, n * k, "dequantised weight", x.dtype)[: n * k].reshape(n, k)
         weight_only.dequantize(codes, scale, plain)
-        self._runner(m, n, k, dtype, None)(x, plain, out)
+        self._runner(m, n, k, dtype)(x, plain, out)
 
     def _scratch(self, like: Any, size: int, use: str, dtype: Any) -> Any:
         """This stream slot's buffer for `use`: at least `size` elements of `dtype`, in the

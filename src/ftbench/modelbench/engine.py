@@ -99,7 +99,8 @@ def run_benchmark(
     ours = [engine for engine in config.engines if engine in OUR_ENGINES]
     if ours:
         weights, accuracy = _quantised(config, _ftbench_weights(config, ranks), ranks)
-        config = replace(config, weights=weight_format(weights))  # what the records say
+        if weight_format(weights) != config.weights:  # a checkpoint's own 8-bit format
+            config = replace(config, weights=weight_format(weights))  # what the records say
         for engine in ours:
             choice = tuned if engine == "ftbench" else UNTUNED
             for point in config.points:
